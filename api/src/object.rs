@@ -1,0 +1,180 @@
+//! Objects on the wire: decoding request bodies (JSON or YAML) into the typed
+//! `k8s-openapi` structs, which checks field types and drops unknown fields exactly as
+//! the Kubernetes API server prunes them, and reading metadata from JSON objects.
+
+use crate::resource::ResourceInfo;
+use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coordination, core::v1 as core};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+/// A body that is not a well-formed object of the expected kind.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the request body is not valid JSON or YAML: {0}")]
+    Syntax(String),
+    #[error("the request body must be an object")]
+    NotAnObject,
+    #[error("the API version in the data ({found}) does not match the expected API version ({expected})")]
+    WrongApiVersion { found: String, expected: String },
+    #[error("the kind in the data ({found}) does not match the expected kind ({expected})")]
+    WrongKind { found: String, expected: String },
+    #[error("the object does not match the schema of {kind}: {reason}")]
+    Schema { kind: String, reason: String },
+}
+
+/// Parses a request body as JSON, or YAML when it is not JSON (`kubectl` and the Python
+/// client send JSON; people with curl send either).
+pub fn parse_body(body: &[u8]) -> Result<Value, DecodeError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => Ok(v),
+        Err(json_error) => {
+            let text = std::str::from_utf8(body)
+                .map_err(|_| DecodeError::Syntax(json_error.to_string()))?;
+            // A body that starts like JSON is JSON; report the JSON error, not a YAML one.
+            if text.trim_start().starts_with(['{', '[']) {
+                return Err(DecodeError::Syntax(json_error.to_string()));
+            }
+            serde_yaml::from_str::<Value>(text).map_err(|e| DecodeError::Syntax(e.to_string()))
+        }
+    }
+}
+
+/// Fills in `apiVersion` and `kind` from the URL when the body leaves them out, and
+/// rejects a body whose kind does not belong at this URL.
+pub fn check_type_meta(
+    object: &mut Value,
+    api_version: &str,
+    kind: &str,
+) -> Result<(), DecodeError> {
+    let map = object.as_object_mut().ok_or(DecodeError::NotAnObject)?;
+    for (field, expected) in [("apiVersion", api_version), ("kind", kind)] {
+        match map.get(field) {
+            None | Some(Value::Null) => {
+                map.insert(field.to_string(), Value::from(expected));
+            }
+            Some(Value::String(s)) if s.is_empty() => {
+                map.insert(field.to_string(), Value::from(expected));
+            }
+            Some(Value::String(s)) if s == expected => {}
+            Some(other) => {
+                let found = other
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| other.to_string());
+                return Err(if field == "kind" {
+                    DecodeError::WrongKind {
+                        found,
+                        expected: expected.to_string(),
+                    }
+                } else {
+                    DecodeError::WrongApiVersion {
+                        found,
+                        expected: expected.to_string(),
+                    }
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn round_trip<T: DeserializeOwned + Serialize>(
+    kind: &str,
+    object: Value,
+) -> Result<Value, DecodeError> {
+    let typed: T = serde_json::from_value(object).map_err(|e| DecodeError::Schema {
+        kind: kind.to_string(),
+        reason: e.to_string(),
+    })?;
+    serde_json::to_value(&typed).map_err(|e| DecodeError::Schema {
+        kind: kind.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Decodes an object of `resource`'s kind through its typed struct: wrong field types are
+/// an error, unknown fields are dropped, and the result is the canonical JSON form.
+pub fn normalize(resource: &ResourceInfo, object: Value) -> Result<Value, DecodeError> {
+    normalize_kind(resource.kind, object)
+}
+
+/// As [`normalize`], for any kind skiff decodes, including `Binding` and `Scale`.
+pub fn normalize_kind(kind: &str, object: Value) -> Result<Value, DecodeError> {
+    match kind {
+        "Namespace" => round_trip::<core::Namespace>(kind, object),
+        "Pod" => round_trip::<core::Pod>(kind, object),
+        "Node" => round_trip::<core::Node>(kind, object),
+        "Service" => round_trip::<core::Service>(kind, object),
+        "Endpoints" => round_trip::<core::Endpoints>(kind, object),
+        "Event" => round_trip::<core::Event>(kind, object),
+        "ConfigMap" => round_trip::<core::ConfigMap>(kind, object),
+        "Secret" => round_trip::<core::Secret>(kind, object),
+        "Binding" => round_trip::<core::Binding>(kind, object),
+        "Deployment" => round_trip::<apps::Deployment>(kind, object),
+        "ReplicaSet" => round_trip::<apps::ReplicaSet>(kind, object),
+        "Lease" => round_trip::<coordination::Lease>(kind, object),
+        "Scale" => round_trip::<k8s_openapi::api::autoscaling::v1::Scale>(kind, object),
+        "DeleteOptions" => round_trip::<
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions,
+        >(kind, object),
+        other => Err(DecodeError::Schema {
+            kind: other.to_string(),
+            reason: "skiff does not serve this kind".into(),
+        }),
+    }
+}
+
+/// Reads a string field of `metadata`.
+pub fn meta_str<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
+    object.get("metadata")?.get(field)?.as_str()
+}
+
+/// Mutable access to `metadata`, created when missing.
+pub fn metadata_mut(object: &mut Value) -> &mut serde_json::Map<String, Value> {
+    if !object.get("metadata").is_some_and(Value::is_object) {
+        object["metadata"] = Value::Object(Default::default());
+    }
+    object["metadata"]
+        .as_object_mut()
+        .expect("metadata was just made an object")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_fields_are_pruned_and_wrong_types_rejected() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "bogus": 1, "spec": {"containers": [{"name": "c", "image": "i", "nope": true}]}});
+        let out = normalize_kind("Pod", pod).unwrap();
+        assert!(out.get("bogus").is_none());
+        assert!(out["spec"]["containers"][0].get("nope").is_none());
+        let bad = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": 5}});
+        assert!(matches!(
+            normalize_kind("Pod", bad),
+            Err(DecodeError::Schema { .. })
+        ));
+    }
+
+    #[test]
+    fn type_meta_comes_from_the_url_when_missing() {
+        let mut o = json!({"metadata": {"name": "x"}});
+        check_type_meta(&mut o, "v1", "Namespace").unwrap();
+        assert_eq!(o["kind"], "Namespace");
+        let mut wrong = json!({"kind": "Pod"});
+        assert!(matches!(
+            check_type_meta(&mut wrong, "v1", "Namespace"),
+            Err(DecodeError::WrongKind { .. })
+        ));
+    }
+
+    #[test]
+    fn yaml_bodies_parse() {
+        let v = parse_body(b"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n").unwrap();
+        assert_eq!(v["metadata"]["name"], "a");
+        assert!(parse_body(b"{\"a\":").is_err());
+    }
+}

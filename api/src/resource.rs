@@ -1,0 +1,335 @@
+//! The registry of resource kinds skiff serves: names, scope, short names and subresources.
+//!
+//! This is the single table the API server, discovery, the OpenAPI document, the CLI and
+//! the store keys are derived from, so adding a kind is one entry here plus its typed
+//! decoding in [`crate::object`].
+
+/// Static description of one served resource (one REST collection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceInfo {
+    /// API group; empty for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    /// Plural lower-case name used in URLs (`pods`).
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    /// Subresources served under `{name}/{sub}`.
+    pub subresources: &'static [Subresource],
+    /// Whether the kind has a `spec` whose change bumps `metadata.generation`.
+    pub has_generation: bool,
+}
+
+/// A subresource and the kind its requests and responses carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subresource {
+    pub name: &'static str,
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub verbs: &'static [&'static str],
+}
+
+/// Verbs every full collection resource supports.
+pub const ALL_VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+const STATUS_VERBS: &[&str] = &["get", "patch", "update"];
+
+const fn status_of(group: &'static str, version: &'static str, kind: &'static str) -> Subresource {
+    Subresource {
+        name: "status",
+        group,
+        version,
+        kind,
+        verbs: STATUS_VERBS,
+    }
+}
+
+const SCALE: Subresource = Subresource {
+    name: "scale",
+    group: "autoscaling",
+    version: "v1",
+    kind: "Scale",
+    verbs: STATUS_VERBS,
+};
+
+/// Every resource skiff serves, in discovery order.
+pub const RESOURCES: &[ResourceInfo] = &[
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "Namespace",
+        plural: "namespaces",
+        singular: "namespace",
+        namespaced: false,
+        short_names: &["ns"],
+        categories: &[],
+        subresources: &[status_of("", "v1", "Namespace")],
+        has_generation: false,
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "Pod",
+        plural: "pods",
+        singular: "pod",
+        namespaced: true,
+        short_names: &["po"],
+        categories: &["all"],
+        subresources: &[
+            status_of("", "v1", "Pod"),
+            Subresource {
+                name: "binding",
+                group: "",
+                version: "v1",
+                kind: "Binding",
+                verbs: &["create"],
+            },
+            Subresource {
+                name: "log",
+                group: "",
+                version: "v1",
+                kind: "Pod",
+                verbs: &["get"],
+            },
+        ],
+        has_generation: true,
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "Node",
+        plural: "nodes",
+        singular: "node",
+        namespaced: false,
+        short_names: &["no"],
+        categories: &[],
+        subresources: &[status_of("", "v1", "Node")],
+        has_generation: false,
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "Service",
+        plural: "services",
+        singular: "service",
+        namespaced: true,
+        short_names: &["svc"],
+        categories: &["all"],
+        subresources: &[status_of("", "v1", "Service")],
+        has_generation: false,
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "Endpoints",
+        plural: "endpoints",
+        singular: "endpoints",
+        namespaced: true,
+        short_names: &["ep"],
+        categories: &[],
+        subresources: &[],
+        has_generation: false,
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "Event",
+        plural: "events",
+        singular: "event",
+        namespaced: true,
+        short_names: &["ev"],
+        categories: &[],
+        subresources: &[],
+        has_generation: false,
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "ConfigMap",
+        plural: "configmaps",
+        singular: "configmap",
+        namespaced: true,
+        short_names: &["cm"],
+        categories: &[],
+        subresources: &[],
+        has_generation: false,
+    },
+    ResourceInfo {
+        group: "",
+        version: "v1",
+        kind: "Secret",
+        plural: "secrets",
+        singular: "secret",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        has_generation: false,
+    },
+    ResourceInfo {
+        group: "apps",
+        version: "v1",
+        kind: "Deployment",
+        plural: "deployments",
+        singular: "deployment",
+        namespaced: true,
+        short_names: &["deploy"],
+        categories: &["all"],
+        subresources: &[status_of("apps", "v1", "Deployment"), SCALE],
+        has_generation: true,
+    },
+    ResourceInfo {
+        group: "apps",
+        version: "v1",
+        kind: "ReplicaSet",
+        plural: "replicasets",
+        singular: "replicaset",
+        namespaced: true,
+        short_names: &["rs"],
+        categories: &["all"],
+        subresources: &[status_of("apps", "v1", "ReplicaSet"), SCALE],
+        has_generation: true,
+    },
+    ResourceInfo {
+        group: "coordination.k8s.io",
+        version: "v1",
+        kind: "Lease",
+        plural: "leases",
+        singular: "lease",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        has_generation: false,
+    },
+];
+
+impl ResourceInfo {
+    /// `apiVersion` as written in objects: `v1` or `apps/v1`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// Resource name qualified by group, as Kubernetes error messages write it
+    /// (`pods`, `deployments.apps`).
+    pub fn qualified_plural(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    /// The URL prefix of this resource's group-version (`/api/v1`, `/apis/apps/v1`).
+    pub fn group_version_path(&self) -> String {
+        if self.group.is_empty() {
+            format!("/api/{}", self.version)
+        } else {
+            format!("/apis/{}/{}", self.group, self.version)
+        }
+    }
+
+    pub fn list_kind(&self) -> String {
+        format!("{}List", self.kind)
+    }
+
+    pub fn subresource(&self, name: &str) -> Option<&'static Subresource> {
+        self.subresources.iter().find(|s| s.name == name)
+    }
+}
+
+/// Finds a resource by group, version and plural, as given in a URL.
+pub fn find_by_path(group: &str, version: &str, plural: &str) -> Option<&'static ResourceInfo> {
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// Finds a resource by `apiVersion` and `kind`, as written in an object.
+pub fn find_by_kind(api_version: &str, kind: &str) -> Option<&'static ResourceInfo> {
+    RESOURCES
+        .iter()
+        .find(|r| r.kind == kind && r.api_version() == api_version)
+}
+
+/// Resolves what a user typed on the command line (`po`, `pod`, `pods`, `Pod`,
+/// `deployments.apps`) to a resource.
+pub fn find_by_user_name(name: &str) -> Option<&'static ResourceInfo> {
+    let lower = name.to_ascii_lowercase();
+    let (base, group) = match lower.split_once('.') {
+        Some((b, g)) => (b.to_string(), Some(g.to_string())),
+        None => (lower.clone(), None),
+    };
+    RESOURCES.iter().find(|r| {
+        group.as_deref().is_none_or(|g| g == r.group)
+            && (r.plural == base
+                || r.singular == base
+                || r.kind.eq_ignore_ascii_case(&base)
+                || r.short_names.contains(&base.as_str()))
+    })
+}
+
+/// The groups (other than core) skiff serves, with their versions, in discovery order.
+pub fn named_groups() -> Vec<(&'static str, &'static str)> {
+    let mut groups: Vec<(&'static str, &'static str)> = Vec::new();
+    for r in RESOURCES {
+        if !r.group.is_empty() && !groups.contains(&(r.group, r.version)) {
+            groups.push((r.group, r.version));
+        }
+    }
+    groups
+}
+
+/// The resources of one group-version.
+pub fn resources_in<'a>(
+    group: &'a str,
+    version: &'a str,
+) -> impl Iterator<Item = &'static ResourceInfo> + 'a {
+    RESOURCES
+        .iter()
+        .filter(move |r| r.group == group && r.version == version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_names_resolve_like_kubectl() {
+        assert_eq!(find_by_user_name("po").unwrap().kind, "Pod");
+        assert_eq!(find_by_user_name("deploy").unwrap().kind, "Deployment");
+        assert_eq!(find_by_user_name("Deployment").unwrap().kind, "Deployment");
+        assert_eq!(
+            find_by_user_name("deployments.apps").unwrap().kind,
+            "Deployment"
+        );
+        assert_eq!(find_by_user_name("svc").unwrap().kind, "Service");
+        assert!(find_by_user_name("deployments.core").is_none());
+        assert!(find_by_user_name("widgets").is_none());
+    }
+
+    #[test]
+    fn paths_and_kinds_agree() {
+        for r in RESOURCES {
+            assert_eq!(find_by_path(r.group, r.version, r.plural), Some(r));
+            assert_eq!(find_by_kind(&r.api_version(), r.kind), Some(r));
+        }
+    }
+}

@@ -1,0 +1,655 @@
+//! Validation of objects as pure functions: names, labels, required and immutable
+//! fields. Each failure is a [`FieldCause`], which the API server returns as the
+//! `details.causes` of a 422 `Invalid` Status.
+
+use crate::resource::ResourceInfo;
+use crate::selector::{labels_of, LabelSelector};
+use serde_json::Value;
+
+/// One field-level validation failure, shaped like `metav1.StatusCause`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldCause {
+    /// `FieldValueRequired`, `FieldValueInvalid`, `FieldValueDuplicate`,
+    /// `FieldValueForbidden` or `FieldValueNotSupported`.
+    pub reason: &'static str,
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldCause {
+    pub fn required(field: impl Into<String>) -> Self {
+        FieldCause {
+            reason: "FieldValueRequired",
+            field: field.into(),
+            message: "Required value".into(),
+        }
+    }
+
+    pub fn invalid(field: impl Into<String>, value: &Value, detail: impl AsRef<str>) -> Self {
+        let shown = match value {
+            Value::String(s) => format!("{s:?}"),
+            other => other.to_string(),
+        };
+        FieldCause {
+            reason: "FieldValueInvalid",
+            field: field.into(),
+            message: format!("Invalid value: {shown}: {}", detail.as_ref()),
+        }
+    }
+
+    pub fn forbidden(field: impl Into<String>, detail: impl AsRef<str>) -> Self {
+        FieldCause {
+            reason: "FieldValueForbidden",
+            field: field.into(),
+            message: format!("Forbidden: {}", detail.as_ref()),
+        }
+    }
+
+    pub fn duplicate(field: impl Into<String>, value: &Value) -> Self {
+        FieldCause {
+            reason: "FieldValueDuplicate",
+            field: field.into(),
+            message: format!("Duplicate value: {value}"),
+        }
+    }
+
+    /// The line Kubernetes prints for this cause: `spec.selector: Required value`.
+    pub fn render(&self) -> String {
+        format!("{}: {}", self.field, self.message)
+    }
+}
+
+const DNS1123_LABEL_MAX: usize = 63;
+const DNS1123_SUBDOMAIN_MAX: usize = 253;
+
+/// Returns why `name` is not a DNS-1123 label, if it is not.
+pub fn dns1123_label_errors(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > DNS1123_LABEL_MAX {
+        return Some(format!(
+            "must be no more than {DNS1123_LABEL_MAX} characters"
+        ));
+    }
+    let ok = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
+    (!ok).then(|| {
+        "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', \
+         and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc')"
+            .to_string()
+    })
+}
+
+/// Returns why `name` is not a DNS-1123 subdomain, if it is not.
+pub fn dns1123_subdomain_errors(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > DNS1123_SUBDOMAIN_MAX {
+        return Some(format!(
+            "must be no more than {DNS1123_SUBDOMAIN_MAX} characters"
+        ));
+    }
+    let ok = name.split('.').all(|part| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && part
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric())
+            && part
+                .bytes()
+                .last()
+                .is_some_and(|b| b.is_ascii_alphanumeric())
+    });
+    (!ok).then(|| {
+        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' \
+         or '.', and must start and end with an alphanumeric character (e.g. 'example.com')"
+            .to_string()
+    })
+}
+
+fn is_name_part(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// Returns why `key` is not a qualified name (`prefix/name`), as label and annotation keys must be.
+pub fn qualified_name_errors(key: &str) -> Option<String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix {
+        if let Some(e) = dns1123_subdomain_errors(p) {
+            return Some(format!("prefix part {e}"));
+        }
+    }
+    (!is_name_part(name)).then(|| {
+        "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and \
+         end with an alphanumeric character, at most 63 characters"
+            .to_string()
+    })
+}
+
+/// Returns why `value` is not a valid label value, if it is not.
+pub fn label_value_errors(value: &str) -> Option<String> {
+    (!value.is_empty() && !is_name_part(value)).then(|| {
+        "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' \
+         or '.', and must start and end with an alphanumeric character, at most 63 characters"
+            .to_string()
+    })
+}
+
+/// Validates an object about to be created or replaced (after defaulting).
+pub fn validate_object(resource: &ResourceInfo, object: &Value) -> Vec<FieldCause> {
+    let mut causes = validate_metadata(resource, object);
+    match resource.kind {
+        "Pod" => validate_pod_spec(object.get("spec"), "spec", &mut causes),
+        "Deployment" | "ReplicaSet" => validate_workload(resource, object, &mut causes),
+        "Service" => validate_service(object, &mut causes),
+        "ConfigMap" | "Secret" => validate_data_keys(object, &mut causes),
+        _ => {}
+    }
+    causes
+}
+
+/// Validates a change from `old` to `new`: everything [`validate_object`] checks plus
+/// fields that may not change after creation.
+pub fn validate_update(resource: &ResourceInfo, old: &Value, new: &Value) -> Vec<FieldCause> {
+    let mut causes = validate_object(resource, new);
+    let immutable: &[&str] = match resource.kind {
+        "Deployment" | "ReplicaSet" => &["/spec/selector"],
+        "Service" => &["/spec/clusterIP"],
+        _ => &[],
+    };
+    for pointer in immutable {
+        let (a, b) = (old.pointer(pointer), new.pointer(pointer));
+        // Clearing an allocated clusterIP in an update is also a change.
+        if a.is_some() && a != b {
+            causes.push(FieldCause::invalid(
+                pointer_to_field(pointer),
+                b.unwrap_or(&Value::Null),
+                "field is immutable",
+            ));
+        }
+    }
+    if resource.kind == "Pod" {
+        validate_pod_update(old, new, &mut causes);
+    }
+    if matches!(resource.kind, "ConfigMap" | "Secret")
+        && old.get("immutable") == Some(&Value::Bool(true))
+    {
+        for field in ["data", "binaryData", "stringData", "immutable"] {
+            if old.get(field) != new.get(field) {
+                causes.push(FieldCause::forbidden(
+                    field,
+                    "field is immutable when `immutable` is set",
+                ));
+            }
+        }
+    }
+    causes
+}
+
+fn pointer_to_field(pointer: &str) -> String {
+    pointer.trim_start_matches('/').replace('/', ".")
+}
+
+fn validate_metadata(resource: &ResourceInfo, object: &Value) -> Vec<FieldCause> {
+    let mut causes = Vec::new();
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if name.is_empty() {
+        causes.push(FieldCause {
+            reason: "FieldValueRequired",
+            field: "metadata.name".into(),
+            message: "Required value: name or generateName is required".into(),
+        });
+    } else {
+        let error = match resource.kind {
+            "Namespace" | "Service" => dns1123_label_errors(name),
+            _ => dns1123_subdomain_errors(name),
+        };
+        if let Some(e) = error {
+            causes.push(FieldCause::invalid("metadata.name", &Value::from(name), e));
+        }
+    }
+    if resource.namespaced {
+        let ns = object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if let Some(e) = dns1123_label_errors(ns) {
+            causes.push(FieldCause::invalid(
+                "metadata.namespace",
+                &Value::from(ns),
+                e,
+            ));
+        }
+    }
+    for (key, value) in labels_of(object) {
+        if let Some(e) = qualified_name_errors(&key) {
+            causes.push(FieldCause::invalid(
+                "metadata.labels",
+                &Value::from(key.clone()),
+                e,
+            ));
+        }
+        if let Some(e) = label_value_errors(&value) {
+            causes.push(FieldCause::invalid(
+                format!("metadata.labels.{key}"),
+                &Value::from(value),
+                e,
+            ));
+        }
+    }
+    if let Some(annotations) = object
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+    {
+        for key in annotations.keys() {
+            if let Some(e) = qualified_name_errors(key) {
+                causes.push(FieldCause::invalid(
+                    "metadata.annotations",
+                    &Value::from(key.as_str()),
+                    e,
+                ));
+            }
+        }
+    }
+    causes
+}
+
+fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<FieldCause>) {
+    let Some(spec) = spec else {
+        causes.push(FieldCause::required(path));
+        return;
+    };
+    let containers = spec.get("containers").and_then(Value::as_array);
+    match containers {
+        None => causes.push(FieldCause::required(format!("{path}.containers"))),
+        Some(list) if list.is_empty() => {
+            causes.push(FieldCause::required(format!("{path}.containers")))
+        }
+        Some(_) => {}
+    }
+    let mut seen = Vec::new();
+    for list_name in ["initContainers", "containers"] {
+        let Some(list) = spec.get(list_name).and_then(Value::as_array) else {
+            continue;
+        };
+        for (i, c) in list.iter().enumerate() {
+            let field = format!("{path}.{list_name}[{i}]");
+            let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+            if name.is_empty() {
+                causes.push(FieldCause::required(format!("{field}.name")));
+            } else if let Some(e) = dns1123_label_errors(name) {
+                causes.push(FieldCause::invalid(
+                    format!("{field}.name"),
+                    &Value::from(name),
+                    e,
+                ));
+            } else if seen.contains(&name) {
+                causes.push(FieldCause::duplicate(
+                    format!("{field}.name"),
+                    &Value::from(name),
+                ));
+            } else {
+                seen.push(name);
+            }
+            if c.get("image")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .trim()
+                .is_empty()
+            {
+                causes.push(FieldCause::required(format!("{field}.image")));
+            }
+            if let Some(ports) = c.get("ports").and_then(Value::as_array) {
+                for (j, p) in ports.iter().enumerate() {
+                    let port = p.get("containerPort").and_then(Value::as_i64).unwrap_or(0);
+                    if !(1..=65535).contains(&port) {
+                        causes.push(FieldCause::invalid(
+                            format!("{field}.ports[{j}].containerPort"),
+                            &Value::from(port),
+                            "must be between 1 and 65535, inclusive",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(policy) = spec.get("restartPolicy").and_then(Value::as_str) {
+        if !matches!(policy, "Always" | "OnFailure" | "Never") {
+            causes.push(FieldCause {
+                reason: "FieldValueNotSupported",
+                field: format!("{path}.restartPolicy"),
+                message: format!(
+                    "Unsupported value: {policy:?}: supported values: \"Always\", \"OnFailure\", \"Never\""
+                ),
+            });
+        }
+    }
+    if let Some(grace) = spec
+        .get("terminationGracePeriodSeconds")
+        .and_then(Value::as_i64)
+    {
+        if grace < 0 {
+            causes.push(FieldCause::invalid(
+                format!("{path}.terminationGracePeriodSeconds"),
+                &Value::from(grace),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+}
+
+fn validate_pod_update(old: &Value, new: &Value, causes: &mut Vec<FieldCause>) {
+    // As in Kubernetes, a pod's spec is immutable except for container images,
+    // activeDeadlineSeconds and added tolerations; nodeName is set once, by binding.
+    let strip = |pod: &Value| {
+        let mut spec = pod.get("spec").cloned().unwrap_or(Value::Null);
+        for list in ["containers", "initContainers"] {
+            if let Some(items) = spec.get_mut(list).and_then(Value::as_array_mut) {
+                for c in items {
+                    if let Some(obj) = c.as_object_mut() {
+                        obj.remove("image");
+                    }
+                }
+            }
+        }
+        if let Some(obj) = spec.as_object_mut() {
+            obj.remove("activeDeadlineSeconds");
+            obj.remove("tolerations");
+        }
+        spec
+    };
+    if strip(old) != strip(new) {
+        causes.push(FieldCause::forbidden(
+            "spec",
+            "pod updates may not change fields other than `spec.containers[*].image`, \
+             `spec.initContainers[*].image`, `spec.activeDeadlineSeconds` or `spec.tolerations` \
+             (only additions to existing tolerations)",
+        ));
+    }
+}
+
+fn validate_workload(resource: &ResourceInfo, object: &Value, causes: &mut Vec<FieldCause>) {
+    let Some(spec) = object.get("spec") else {
+        causes.push(FieldCause::required("spec"));
+        return;
+    };
+    if let Some(replicas) = spec.get("replicas").and_then(Value::as_i64) {
+        if replicas < 0 {
+            causes.push(FieldCause::invalid(
+                "spec.replicas",
+                &Value::from(replicas),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    let selector = spec.get("selector");
+    let template_labels = spec
+        .pointer("/template/metadata")
+        .map(|m| labels_of(&serde_json::json!({ "metadata": m })))
+        .unwrap_or_default();
+    match selector {
+        None => causes.push(FieldCause::required("spec.selector")),
+        Some(sel) => {
+            let empty = sel
+                .get("matchLabels")
+                .and_then(Value::as_object)
+                .is_none_or(|m| m.is_empty())
+                && sel
+                    .get("matchExpressions")
+                    .and_then(Value::as_array)
+                    .is_none_or(|m| m.is_empty());
+            if empty {
+                causes.push(FieldCause::invalid(
+                    "spec.selector",
+                    sel,
+                    "empty selector is invalid for deployment",
+                ));
+            } else {
+                match LabelSelector::from_structured(sel) {
+                    Err(e) => causes.push(FieldCause::invalid("spec.selector", sel, e.to_string())),
+                    Ok(parsed) if !parsed.matches(&template_labels) => {
+                        causes.push(FieldCause::invalid(
+                            "spec.template.metadata.labels",
+                            &serde_json::to_value(&template_labels).unwrap_or_default(),
+                            "`selector` does not match template `labels`",
+                        ))
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+    validate_pod_spec(spec.pointer("/template/spec"), "spec.template.spec", causes);
+    if resource.kind == "Deployment" {
+        let rolling = spec.pointer("/strategy/rollingUpdate");
+        let is_zero = |v: Option<&Value>| match v {
+            Some(Value::Number(n)) => n.as_i64() == Some(0),
+            Some(Value::String(s)) => s.trim_end_matches('%').trim() == "0",
+            _ => false,
+        };
+        if let Some(r) = rolling {
+            // Kubernetes defaults both to 25%; only explicitly zero values can collide.
+            if is_zero(r.get("maxSurge")) && is_zero(r.get("maxUnavailable")) {
+                causes.push(FieldCause::invalid(
+                    "spec.strategy.rollingUpdate.maxUnavailable",
+                    r.get("maxUnavailable").unwrap_or(&Value::Null),
+                    "may not be 0 when `maxSurge` is 0",
+                ));
+            }
+            for field in ["maxSurge", "maxUnavailable"] {
+                if let Some(Value::String(s)) = r.get(field) {
+                    let valid = s
+                        .strip_suffix('%')
+                        .and_then(|n| n.parse::<u32>().ok())
+                        .is_some_and(|n| field == "maxSurge" || n <= 100);
+                    if !valid {
+                        causes.push(FieldCause::invalid(
+                            format!("spec.strategy.rollingUpdate.{field}"),
+                            &Value::from(s.clone()),
+                            "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%')",
+                        ));
+                    }
+                }
+                if let Some(n) = r.get(field).and_then(Value::as_i64) {
+                    if n < 0 {
+                        causes.push(FieldCause::invalid(
+                            format!("spec.strategy.rollingUpdate.{field}"),
+                            &Value::from(n),
+                            "must be greater than or equal to 0",
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(t) = spec.pointer("/strategy/type").and_then(Value::as_str) {
+            if !matches!(t, "RollingUpdate" | "Recreate") {
+                causes.push(FieldCause {
+                    reason: "FieldValueNotSupported",
+                    field: "spec.strategy.type".into(),
+                    message: format!("Unsupported value: {t:?}: supported values: \"Recreate\", \"RollingUpdate\""),
+                });
+            }
+        }
+    }
+}
+
+fn validate_service(object: &Value, causes: &mut Vec<FieldCause>) {
+    let spec = object.get("spec").cloned().unwrap_or(Value::Null);
+    let service_type = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
+    if !matches!(
+        service_type,
+        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+    ) {
+        causes.push(FieldCause {
+            reason: "FieldValueNotSupported",
+            field: "spec.type".into(),
+            message: format!(
+                "Unsupported value: {service_type:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""
+            ),
+        });
+    }
+    let ports = spec
+        .get("ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let headless = spec.get("clusterIP").and_then(Value::as_str) == Some("None");
+    if ports.is_empty() && !headless && service_type != "ExternalName" {
+        causes.push(FieldCause::required("spec.ports"));
+    }
+    let mut names = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
+        if !(1..=65535).contains(&port) {
+            causes.push(FieldCause::invalid(
+                format!("spec.ports[{i}].port"),
+                &Value::from(port),
+                "must be between 1 and 65535, inclusive",
+            ));
+        }
+        let name = p.get("name").and_then(Value::as_str).unwrap_or_default();
+        if ports.len() > 1 && name.is_empty() {
+            causes.push(FieldCause::required(format!("spec.ports[{i}].name")));
+        }
+        if !name.is_empty() {
+            if names.contains(&name) {
+                causes.push(FieldCause::duplicate(
+                    format!("spec.ports[{i}].name"),
+                    &Value::from(name),
+                ));
+            }
+            names.push(name);
+        }
+        if let Some(protocol) = p.get("protocol").and_then(Value::as_str) {
+            if !matches!(protocol, "TCP" | "UDP" | "SCTP") {
+                causes.push(FieldCause {
+                    reason: "FieldValueNotSupported",
+                    field: format!("spec.ports[{i}].protocol"),
+                    message: format!("Unsupported value: {protocol:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""),
+                });
+            }
+        }
+    }
+}
+
+fn validate_data_keys(object: &Value, causes: &mut Vec<FieldCause>) {
+    for field in ["data", "binaryData", "stringData"] {
+        if let Some(map) = object.get(field).and_then(Value::as_object) {
+            for key in map.keys() {
+                let ok = !key.is_empty()
+                    && key.len() <= 253
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+                if !ok {
+                    causes.push(FieldCause::invalid(
+                        field.to_string(),
+                        &Value::from(key.as_str()),
+                        "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                    ));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::find_by_kind;
+    use serde_json::json;
+
+    #[test]
+    fn names() {
+        assert!(dns1123_label_errors("web-1").is_none());
+        assert!(dns1123_label_errors("Web").is_some());
+        assert!(dns1123_label_errors("-web").is_some());
+        assert!(dns1123_label_errors(&"a".repeat(64)).is_some());
+        assert!(dns1123_subdomain_errors("a.b-c.d").is_none());
+        assert!(dns1123_subdomain_errors("a..b").is_some());
+        assert!(qualified_name_errors("kubernetes.io/hostname").is_none());
+        assert!(qualified_name_errors("bad key").is_some());
+        assert!(label_value_errors("").is_none());
+        assert!(label_value_errors("a b").is_some());
+    }
+
+    fn fields(causes: &[FieldCause]) -> Vec<String> {
+        causes.iter().map(|c| c.field.clone()).collect()
+    }
+
+    #[test]
+    fn deployment_rules() {
+        let deploy = find_by_kind("apps/v1", "Deployment").unwrap();
+        let good = json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {
+            "replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "x.wasm"}]}}}});
+        assert_eq!(validate_object(deploy, &good), vec![]);
+
+        let mut bad = good.clone();
+        bad["spec"]["selector"]["matchLabels"]["app"] = json!("other");
+        bad["spec"]["replicas"] = json!(-1);
+        bad["spec"]["strategy"] = json!({"rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}});
+        assert_eq!(
+            fields(&validate_object(deploy, &bad)),
+            vec![
+                "spec.replicas",
+                "spec.template.metadata.labels",
+                "spec.strategy.rollingUpdate.maxUnavailable"
+            ]
+        );
+
+        let mut changed = good.clone();
+        changed["spec"]["selector"]["matchLabels"] = json!({"app": "web", "x": "y"});
+        changed["spec"]["template"]["metadata"]["labels"]["x"] = json!("y");
+        assert_eq!(
+            fields(&validate_update(deploy, &good, &changed)),
+            vec!["spec.selector"]
+        );
+    }
+
+    #[test]
+    fn pod_rules() {
+        let pod = find_by_kind("v1", "Pod").unwrap();
+        let bad = json!({"metadata": {"name": "Bad_Name", "namespace": "default"},
+            "spec": {"containers": [{"name": "a"}, {"name": "a", "image": "x"}]}});
+        assert_eq!(
+            fields(&validate_object(pod, &bad)),
+            vec![
+                "metadata.name",
+                "spec.containers[0].image",
+                "spec.containers[1].name"
+            ]
+        );
+        let old = json!({"metadata": {"name": "p", "namespace": "default"},
+            "spec": {"containers": [{"name": "a", "image": "x"}]}});
+        let mut new_image = old.clone();
+        new_image["spec"]["containers"][0]["image"] = json!("y");
+        assert!(validate_update(pod, &old, &new_image).is_empty());
+        let mut new_name = old.clone();
+        new_name["spec"]["containers"][0]["name"] = json!("b");
+        assert_eq!(fields(&validate_update(pod, &old, &new_name)), vec!["spec"]);
+    }
+}
