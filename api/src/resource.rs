@@ -97,13 +97,6 @@ pub const RESOURCES: &[ResourceInfo] = &[
                 kind: "Binding",
                 verbs: &["create"],
             },
-            Subresource {
-                name: "log",
-                group: "",
-                version: "v1",
-                kind: "Pod",
-                verbs: &["get"],
-            },
         ],
         has_generation: true,
     },
