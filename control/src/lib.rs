@@ -2,5 +2,69 @@
 //! Kubernetes-compatible API server (the only code that knows axum). The scheduler and
 //! controllers of later issues plug into [`run`].
 
+pub mod apiserver;
 pub mod metrics;
+pub mod namespaces;
+pub mod registry;
 pub mod store;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Errors that stop the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("the cluster's initial objects could not be written: {0}")]
+    Bootstrap(skiff_api::ApiError),
+    #[error("serving the API failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Settings of [`run`].
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// Where the store keeps its files (`DATA_DIR/store`).
+    pub store_dir: PathBuf,
+    pub store: store::StoreConfig,
+}
+
+/// Runs the control plane on a bound listener until `shutdown` completes.
+pub async fn run(
+    config: ControlConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ControlError> {
+    let store = store::Store::open(&config.store_dir, config.store.clone())?;
+    let registry = registry::Registry::new(store.clone(), Arc::new(registry::SystemEnvironment));
+    registry
+        .ensure_default_namespaces()
+        .await
+        .map_err(ControlError::Bootstrap)?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let namespace_deleted = Arc::new(tokio::sync::Notify::new());
+    let finalizer = tokio::spawn(namespaces::run_finalizer(
+        registry.clone(),
+        namespace_deleted.clone(),
+        stopped.clone(),
+    ));
+    let advertise_address = listener.local_addr()?.to_string();
+    let state = apiserver::ApiState {
+        registry,
+        metrics: Arc::new(metrics::RequestMetrics::default()),
+        shutdown: stopped,
+        namespace_deleted,
+        advertise_address,
+    };
+    let result = apiserver::serve(listener, state, async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    })
+    .await;
+    let _ = finalizer.await;
+    store.close().await;
+    result.map_err(ControlError::Serve)
+}

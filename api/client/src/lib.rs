@@ -1,1 +1,413 @@
+//! The HTTP client every skiff component uses to talk to the API server: kubeconfig
+//! loading (the way kubectl finds its cluster), typed errors from `Status` bodies, and
+//! get/list/create/patch/delete/watch on the Kubernetes paths.
+//!
+//! The control-loop harness shared by the controllers, the node agent and the DNS add-on
+//! will live here too, so they share one watch implementation.
 
+pub mod kubeconfig;
+
+use futures::{Stream, StreamExt};
+use serde_json::Value;
+use skiff_api::resource::ResourceInfo;
+use std::time::Duration;
+
+/// Errors of API calls.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with a `Status` error.
+    #[error("Error from server ({reason}): {message}")]
+    Api {
+        code: u16,
+        reason: String,
+        message: String,
+        status: Value,
+    },
+    #[error("cannot reach the API server at {server}: {source}")]
+    Transport {
+        server: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("the server's response could not be read: {0}")]
+    Decode(String),
+    #[error("invalid server URL {0:?}")]
+    BadUrl(String),
+}
+
+impl ClientError {
+    /// The HTTP code of an API error.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(404)
+    }
+}
+
+/// One watch event.
+#[derive(Debug, Clone)]
+pub struct WatchEvent {
+    pub event_type: String,
+    pub object: Value,
+}
+
+/// A client for one API server.
+#[derive(Debug, Clone)]
+pub struct Client {
+    server: String,
+    http: reqwest::Client,
+}
+
+/// Options of a list or watch request.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    pub label_selector: Option<String>,
+    pub field_selector: Option<String>,
+    pub resource_version: Option<String>,
+    pub timeout_seconds: Option<u64>,
+}
+
+const TABLE_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+
+impl Client {
+    /// A client for `server` (`http://127.0.0.1:6443`).
+    pub fn new(server: &str) -> Result<Client, ClientError> {
+        let parsed =
+            url::Url::parse(server).map_err(|_| ClientError::BadUrl(server.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(ClientError::BadUrl(server.to_string()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| ClientError::Transport {
+                server: server.to_string(),
+                source: e,
+            })?;
+        Ok(Client {
+            server: server.trim_end_matches('/').to_string(),
+            http,
+        })
+    }
+
+    /// A client for the cluster of a kubeconfig found the way kubectl finds it.
+    pub fn from_kubeconfig(
+        explicit: Option<&std::path::Path>,
+    ) -> Result<Client, kubeconfig::KubeconfigError> {
+        let config = kubeconfig::Kubeconfig::discover(explicit)?;
+        let server = config.current_server()?;
+        Client::new(&server).map_err(|e| kubeconfig::KubeconfigError::Invalid(e.to_string()))
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The collection path of `resource`, in `namespace` when it is namespaced.
+    pub fn collection_path(resource: &ResourceInfo, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) if resource.namespaced => {
+                format!(
+                    "{}/namespaces/{ns}/{}",
+                    resource.group_version_path(),
+                    resource.plural
+                )
+            }
+            _ => format!("{}/{}", resource.group_version_path(), resource.plural),
+        }
+    }
+
+    pub fn item_path(resource: &ResourceInfo, namespace: Option<&str>, name: &str) -> String {
+        format!("{}/{name}", Self::collection_path(resource, namespace))
+    }
+
+    fn transport(&self, e: reqwest::Error) -> ClientError {
+        ClientError::Transport {
+            server: self.server.clone(),
+            source: e,
+        }
+    }
+
+    async fn finish(&self, response: reqwest::Response) -> Result<Value, ClientError> {
+        let code = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ClientError::Decode(format!("{e}: {}", String::from_utf8_lossy(&bytes)))
+        })?;
+        if code >= 400 {
+            return Err(ClientError::Api {
+                code,
+                reason: value
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("Unknown")
+                    .to_string(),
+                message: value
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                status: value,
+            });
+        }
+        Ok(value)
+    }
+
+    /// Sends a request with an optional JSON body and content type; returns the JSON answer.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Option<(&str, Vec<u8>)>,
+        accept: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path_and_query}", self.server));
+        if let Some((content_type, bytes)) = body {
+            request = request.header("Content-Type", content_type).body(bytes);
+        }
+        request = request.header("Accept", accept.unwrap_or("application/json"));
+        let response = request.send().await.map_err(|e| self.transport(e))?;
+        self.finish(response).await
+    }
+
+    pub async fn get(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ClientError> {
+        self.request(
+            reqwest::Method::GET,
+            &Self::item_path(resource, namespace, name),
+            None,
+            None,
+        )
+        .await
+    }
+
+    /// Gets one object as a server-side Table.
+    pub async fn get_table(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ClientError> {
+        self.request(
+            reqwest::Method::GET,
+            &Self::item_path(resource, namespace, name),
+            None,
+            Some(TABLE_ACCEPT),
+        )
+        .await
+    }
+
+    pub async fn list(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        options: &ListOptions,
+    ) -> Result<Value, ClientError> {
+        let path = with_query(&Self::collection_path(resource, namespace), options, false);
+        self.request(reqwest::Method::GET, &path, None, None).await
+    }
+
+    /// Lists as a server-side Table.
+    pub async fn list_table(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        options: &ListOptions,
+    ) -> Result<Value, ClientError> {
+        let path = with_query(&Self::collection_path(resource, namespace), options, false);
+        self.request(reqwest::Method::GET, &path, None, Some(TABLE_ACCEPT))
+            .await
+    }
+
+    pub async fn create(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        object: &Value,
+    ) -> Result<Value, ClientError> {
+        let body = serde_json::to_vec(object).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.request(
+            reqwest::Method::POST,
+            &Self::collection_path(resource, namespace),
+            Some(("application/json", body)),
+            None,
+        )
+        .await
+    }
+
+    pub async fn replace(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        object: &Value,
+    ) -> Result<Value, ClientError> {
+        let body = serde_json::to_vec(object).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.request(
+            reqwest::Method::PUT,
+            &Self::item_path(resource, namespace, name),
+            Some(("application/json", body)),
+            None,
+        )
+        .await
+    }
+
+    /// Patches with a content type such as `application/merge-patch+json`.
+    pub async fn patch(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        content_type: &str,
+        patch: &Value,
+    ) -> Result<Value, ClientError> {
+        let body = serde_json::to_vec(patch).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.request(
+            reqwest::Method::PATCH,
+            &Self::item_path(resource, namespace, name),
+            Some((content_type, body)),
+            None,
+        )
+        .await
+    }
+
+    /// Deletes with a propagation policy (`Background`, `Foreground`, `Orphan`).
+    pub async fn delete(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        propagation_policy: &str,
+        grace_period_seconds: Option<i64>,
+    ) -> Result<Value, ClientError> {
+        let mut options = serde_json::json!({"propagationPolicy": propagation_policy});
+        if let Some(g) = grace_period_seconds {
+            options["gracePeriodSeconds"] = Value::from(g);
+        }
+        let body = serde_json::to_vec(&options).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.request(
+            reqwest::Method::DELETE,
+            &Self::item_path(resource, namespace, name),
+            Some(("application/json", body)),
+            None,
+        )
+        .await
+    }
+
+    /// Watches a collection; `table` asks for Table-shaped event objects.
+    pub async fn watch(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        options: &ListOptions,
+        table: bool,
+    ) -> Result<impl Stream<Item = Result<WatchEvent, ClientError>> + use<>, ClientError> {
+        let path = with_query(&Self::collection_path(resource, namespace), options, true);
+        let accept = if table {
+            TABLE_ACCEPT
+        } else {
+            "application/json"
+        };
+        let response = self
+            .http
+            .get(format!("{}{path}", self.server))
+            .header("Accept", accept)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        if !response.status().is_success() {
+            return Err(self
+                .finish(response)
+                .await
+                .err()
+                .unwrap_or(ClientError::Decode("watch failed".into())));
+        }
+        let server = self.server.clone();
+        let bytes = Box::pin(response.bytes_stream());
+        let stream = futures::stream::unfold(
+            (bytes, Vec::<u8>::new(), false),
+            move |(mut bytes, mut buffer, mut done)| {
+                let server = server.clone();
+                async move {
+                    loop {
+                        if let Some(pos) = buffer.iter().position(|b| *b == b'\n') {
+                            let line: Vec<u8> = buffer.drain(..=pos).collect();
+                            if line.iter().all(u8::is_ascii_whitespace) {
+                                continue;
+                            }
+                            return Some((parse_event(&line), (bytes, buffer, done)));
+                        }
+                        if done {
+                            if buffer.iter().all(u8::is_ascii_whitespace) {
+                                return None;
+                            }
+                            let line = std::mem::take(&mut buffer);
+                            return Some((parse_event(&line), (bytes, buffer, true)));
+                        }
+                        match bytes.next().await {
+                            None => done = true,
+                            Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+                            Some(Err(e)) => {
+                                return Some((
+                                    Err(ClientError::Transport { server, source: e }),
+                                    (bytes, Vec::new(), true),
+                                ))
+                            }
+                        }
+                    }
+                }
+            },
+        );
+        Ok(stream)
+    }
+}
+
+fn with_query(path: &str, options: &ListOptions, watch: bool) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    if watch {
+        query.append_pair("watch", "true");
+    }
+    if let Some(s) = &options.label_selector {
+        query.append_pair("labelSelector", s);
+    }
+    if let Some(s) = &options.field_selector {
+        query.append_pair("fieldSelector", s);
+    }
+    if let Some(rv) = &options.resource_version {
+        query.append_pair("resourceVersion", rv);
+    }
+    if let Some(t) = options.timeout_seconds {
+        query.append_pair("timeoutSeconds", &t.to_string());
+    }
+    let query = query.finish();
+    if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{query}")
+    }
+}
+
+fn parse_event(line: &[u8]) -> Result<WatchEvent, ClientError> {
+    let value: Value =
+        serde_json::from_slice(line).map_err(|e| ClientError::Decode(e.to_string()))?;
+    Ok(WatchEvent {
+        event_type: value
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        object: value.get("object").cloned().unwrap_or(Value::Null),
+    })
+}

@@ -1,0 +1,950 @@
+//! The Kubernetes-compatible HTTP API server; the only code that knows axum.
+//!
+//! Requests are routed by hand from the path segments (`/api/v1/namespaces/{ns}/pods/{name}/status`)
+//! onto the resource registry in `skiff-api`, so every kind gets every verb the same way.
+//! Every error is a `kind: Status` body with a matching reason and code.
+
+mod discovery;
+mod watch;
+
+use crate::metrics::RequestMetrics;
+use crate::registry::{
+    collection_prefix, decode_entry, DeleteOptions, FieldValidation, Registry, WriteOptions,
+    Written,
+};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use axum::Router;
+use serde_json::{json, Value};
+use skiff_api::object::parse_body;
+use skiff_api::patch::PatchType;
+use skiff_api::resource::{find_by_path, ResourceInfo};
+use skiff_api::selector::{structured_to_string, FieldSelector, LabelSelector};
+use skiff_api::status::{success_status, ApiError};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// Kubernetes' request body limit (`MaxRequestBodyBytes`).
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// Shared state of the API server's handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    pub registry: Registry,
+    pub metrics: Arc<RequestMetrics>,
+    /// Flips to true on shutdown so open watches end and graceful shutdown can finish.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Wakes the namespace finalizer after a namespace is deleted.
+    pub namespace_deleted: Arc<Notify>,
+    /// `host:port` clients reach this server at, for legacy `/api`.
+    pub advertise_address: String,
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = Router::new().fallback(dispatch).with_state(state);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// One parsed request path.
+#[derive(Debug)]
+enum Target {
+    Version,
+    Health(&'static str),
+    Metrics,
+    CoreDiscovery,
+    GroupsDiscovery,
+    Group(String),
+    ResourceList { group: String, version: String },
+    OpenApiIndex,
+    OpenApiDocument(String),
+    Resource(ResourcePath),
+}
+
+#[derive(Debug)]
+struct ResourcePath {
+    resource: &'static ResourceInfo,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn not_found_path(path: &str) -> ApiError {
+    ApiError::new(
+        404,
+        "NotFound",
+        format!("the server could not find the requested resource ({path})"),
+    )
+}
+
+fn parse_target(path: &str) -> Result<Target, ApiError> {
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let target = match segments.as_slice() {
+        ["version"] => Target::Version,
+        ["healthz", ..] => Target::Health("healthz"),
+        ["livez", ..] => Target::Health("livez"),
+        ["readyz", ..] => Target::Health("readyz"),
+        ["metrics"] => Target::Metrics,
+        ["api"] => Target::CoreDiscovery,
+        ["apis"] => Target::GroupsDiscovery,
+        ["apis", group] => Target::Group(group.to_string()),
+        ["openapi", "v3"] => Target::OpenApiIndex,
+        ["openapi", "v3", rest @ ..] => Target::OpenApiDocument(rest.join("/")),
+        ["api", version] => Target::ResourceList {
+            group: String::new(),
+            version: version.to_string(),
+        },
+        ["apis", group, version] => Target::ResourceList {
+            group: group.to_string(),
+            version: version.to_string(),
+        },
+        ["api", version, rest @ ..] => parse_resource_path("", version, rest, path)?,
+        ["apis", group, version, rest @ ..] => parse_resource_path(group, version, rest, path)?,
+        _ => return Err(not_found_path(path)),
+    };
+    Ok(target)
+}
+
+fn parse_resource_path(
+    group: &str,
+    version: &str,
+    rest: &[&str],
+    path: &str,
+) -> Result<Target, ApiError> {
+    let lookup =
+        |plural: &str| find_by_path(group, version, plural).ok_or_else(|| not_found_path(path));
+    let (resource, namespace, tail) = match rest {
+        ["namespaces", ns, plural, tail @ ..]
+            if find_by_path(group, version, plural).is_some_and(|r| r.namespaced) =>
+        {
+            (lookup(plural)?, Some(ns.to_string()), tail)
+        }
+        [plural, tail @ ..] => {
+            let r = lookup(plural)?;
+            // A namespaced resource's items are only addressable inside a namespace.
+            if r.namespaced && !tail.is_empty() {
+                return Err(not_found_path(path));
+            }
+            (r, None, tail)
+        }
+        [] => return Err(not_found_path(path)),
+    };
+    let (name, subresource) = match tail {
+        [] => (None, None),
+        [name] => (Some(name.to_string()), None),
+        [name, sub] => {
+            let known = resource.subresource(sub).is_some()
+                || (resource.kind == "Namespace" && *sub == "finalize");
+            if !known {
+                return Err(not_found_path(path));
+            }
+            (Some(name.to_string()), Some(sub.to_string()))
+        }
+        _ => return Err(not_found_path(path)),
+    };
+    Ok(Target::Resource(ResourcePath {
+        resource,
+        namespace,
+        name,
+        subresource,
+    }))
+}
+
+fn json_response(code: StatusCode, body: &Value) -> Response {
+    bytes_response(
+        code,
+        "application/json",
+        Bytes::from(serde_json::to_vec(body).unwrap_or_default()),
+    )
+}
+
+fn bytes_response(code: StatusCode, content_type: &str, body: Bytes) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = code;
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    response
+}
+
+fn error_response(error: &ApiError) -> Response {
+    let code = StatusCode::from_u16(error.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(code, &error.to_status())
+}
+
+fn written_response(code: StatusCode, written: Written) -> Response {
+    let mut response = json_response(code, &written.object);
+    for warning in written.warnings {
+        if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{}\"", warning.replace('"', "'"))) {
+            response.headers_mut().append("Warning", v);
+        }
+    }
+    response
+}
+
+/// The parts of `Accept` skiff acts on.
+#[derive(Debug, Default)]
+struct Accept {
+    table: bool,
+    aggregated_discovery: bool,
+    /// False when every listed type is one skiff cannot produce (protobuf only).
+    acceptable: bool,
+}
+
+fn parse_accept(headers: &HeaderMap) -> Accept {
+    let Some(raw) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Accept {
+            acceptable: true,
+            ..Default::default()
+        };
+    };
+    let mut accept = Accept::default();
+    for media in raw.split(',') {
+        let mut parts = media.split(';').map(str::trim);
+        let essence = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let params: HashMap<String, String> = parts
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let json_like = matches!(
+            essence.as_str(),
+            "application/json" | "*/*" | "application/*" | "application/yaml" | ""
+        );
+        if !json_like {
+            continue;
+        }
+        accept.acceptable = true;
+        match params.get("as").map(String::as_str) {
+            Some("Table") if params.get("g").map(String::as_str) == Some("meta.k8s.io") => {
+                accept.table = true;
+            }
+            Some("APIGroupDiscoveryList") if params.get("v").map(String::as_str) == Some("v2") => {
+                accept.aggregated_discovery = true;
+            }
+            _ => {}
+        }
+    }
+    accept
+}
+
+fn verb_name(method: &Method, target: &ResourcePath, watching: bool) -> &'static str {
+    match (method.as_str(), target.name.is_some()) {
+        ("GET", false) if watching => "watch",
+        ("GET", false) => "list",
+        ("GET", true) => "get",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", false) => "deletecollection",
+        ("DELETE", true) => "delete",
+        _ => "other",
+    }
+}
+
+async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
+    let started = Instant::now();
+    let path = request.uri().path().to_string();
+    let (verb, resource_label, response) = match parse_target(&path) {
+        Err(e) => ("get", "unknown".to_string(), error_response(&e)),
+        Ok(Target::Resource(target)) => {
+            let query = parse_query(request.uri().query());
+            let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+            let verb = verb_name(request.method(), &target, watching);
+            let label = match &target.subresource {
+                Some(sub) => format!("{}/{sub}", target.resource.plural),
+                None => target.resource.plural.to_string(),
+            };
+            let response = match handle_resource(&state, request, target, query).await {
+                Ok(r) => r,
+                Err(e) => error_response(&e),
+            };
+            (verb, label, response)
+        }
+        Ok(other) => (
+            "get",
+            "discovery".to_string(),
+            handle_meta(&state, request.method(), request.headers(), other),
+        ),
+    };
+    state.metrics.record(
+        verb,
+        &resource_label,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+fn handle_meta(state: &ApiState, method: &Method, headers: &HeaderMap, target: Target) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        return error_response(&ApiError::method_not_allowed(format!(
+            "{method} is not supported here"
+        )));
+    }
+    let accept = parse_accept(headers);
+    match target {
+        Target::Version => json_response(StatusCode::OK, &discovery::version()),
+        Target::Health(name) => {
+            if name == "readyz" && !state.registry.store.healthy() {
+                return bytes_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain; charset=utf-8",
+                    Bytes::from("[-]store failed: writes are refused\nreadyz check failed\n"),
+                );
+            }
+            bytes_response(
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                Bytes::from_static(b"ok"),
+            )
+        }
+        Target::Metrics => bytes_response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            Bytes::from(state.metrics.render(state.registry.store.flush_latency())),
+        ),
+        Target::CoreDiscovery | Target::GroupsDiscovery => {
+            let core = matches!(target, Target::CoreDiscovery);
+            if accept.aggregated_discovery {
+                bytes_response(
+                    StatusCode::OK,
+                    discovery::AGGREGATED_CONTENT_TYPE,
+                    Bytes::from(discovery::aggregated(core).to_string()),
+                )
+            } else if core {
+                json_response(
+                    StatusCode::OK,
+                    &discovery::api_versions(&state.advertise_address),
+                )
+            } else {
+                json_response(StatusCode::OK, &discovery::api_group_list())
+            }
+        }
+        Target::Group(group) => match discovery::api_group(&group) {
+            Some(g) => json_response(StatusCode::OK, &g),
+            None => error_response(&not_found_path(&format!("/apis/{group}"))),
+        },
+        Target::ResourceList { group, version } => {
+            match discovery::api_resource_list(&group, &version) {
+                Some(list) => json_response(StatusCode::OK, &list),
+                None => error_response(&not_found_path(&format!("{group}/{version}"))),
+            }
+        }
+        Target::OpenApiIndex => json_response(StatusCode::OK, &discovery::openapi_index()),
+        Target::OpenApiDocument(path) => match discovery::openapi_for_path(&path) {
+            Some(doc) => json_response(StatusCode::OK, &doc),
+            None => error_response(&not_found_path(&format!("/openapi/v3/{path}"))),
+        },
+        Target::Resource(_) => {
+            error_response(&ApiError::internal("resource paths are handled elsewhere"))
+        }
+    }
+}
+
+fn parse_query(query: Option<&str>) -> HashMap<String, String> {
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+async fn read_body(request: Request) -> Result<(HeaderMap, Bytes), ApiError> {
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(ApiError::request_entity_too_large(MAX_BODY_BYTES));
+    }
+    // Reading stops at the limit, so an oversized chunked body is never buffered whole.
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            if too_large {
+                ApiError::request_entity_too_large(MAX_BODY_BYTES)
+            } else {
+                ApiError::bad_request(format!("the request body could not be read: {e}"))
+            }
+        })?;
+    Ok((parts.headers, bytes))
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Decodes a POST/PUT body; a missing Content-Type means JSON (the Python client sends none).
+fn decode_object_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+    let ct = content_type(headers);
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "" | "application/json" | "application/yaml" | "application/x-yaml" | "text/yaml" | "*/*" => {}
+        "application/vnd.kubernetes.protobuf" => {
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                "skiff accepts JSON and YAML bodies, not protobuf; use `kubectl apply -f` or `kubectl create -f` instead of the `kubectl create <kind>` generators",
+            ))
+        }
+        other => return Err(ApiError::unsupported_media_type(other)),
+    }
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request body is empty; an object is required",
+        ));
+    }
+    let value = parse_body(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("the request body must be an object"));
+    }
+    Ok(value)
+}
+
+fn write_options(query: &HashMap<String, String>) -> Result<WriteOptions, ApiError> {
+    let dry_run = match query.get("dryRun").map(String::as_str) {
+        None | Some("") => false,
+        Some("All") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid dryRun {other:?}: only \"All\" is supported"
+            )))
+        }
+    };
+    let field_validation = match query.get("fieldValidation").map(String::as_str) {
+        None | Some("") | Some("Ignore") => FieldValidation::Ignore,
+        Some("Warn") => FieldValidation::Warn,
+        Some("Strict") => FieldValidation::Strict,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid fieldValidation {other:?}: must be Ignore, Warn or Strict"
+            )))
+        }
+    };
+    Ok(WriteOptions {
+        dry_run,
+        field_validation,
+    })
+}
+
+fn selectors(
+    resource: &ResourceInfo,
+    query: &HashMap<String, String>,
+) -> Result<(LabelSelector, FieldSelector), ApiError> {
+    let labels = LabelSelector::parse(
+        query
+            .get("labelSelector")
+            .map(String::as_str)
+            .unwrap_or_default(),
+    )
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let fields = FieldSelector::parse(
+        query
+            .get("fieldSelector")
+            .map(String::as_str)
+            .unwrap_or_default(),
+    )
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    fields
+        .check_supported(resource.kind)
+        .map_err(ApiError::bad_request)?;
+    Ok((labels, fields))
+}
+
+async fn handle_resource(
+    state: &ApiState,
+    request: Request,
+    target: ResourcePath,
+    query: HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let accept = parse_accept(request.headers());
+    if !accept.acceptable {
+        return Err(ApiError::new(
+            406,
+            "NotAcceptable",
+            "only the following media types are accepted: application/json, application/yaml",
+        ));
+    }
+    let method = request.method().clone();
+    let resource = target.resource;
+    if resource.namespaced && target.namespace.is_none() && method != Method::GET {
+        return Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            format!(
+                "{} are namespaced: {method} needs a namespace in the path",
+                resource.plural
+            ),
+        ));
+    }
+    let ns = target.namespace.as_deref();
+    let registry = &state.registry;
+    match (
+        method.as_str(),
+        target.name.as_deref(),
+        target.subresource.as_deref(),
+    ) {
+        ("GET", None, None) => {
+            let (labels, fields) = selectors(resource, &query)?;
+            if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
+                let from = match query.get("resourceVersion").map(String::as_str) {
+                    None | Some("") | Some("0") => None,
+                    Some(rv) => Some(rv.parse::<u64>().map_err(|_| {
+                        ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
+                    })?),
+                };
+                let request = watch::WatchRequest {
+                    resource,
+                    prefix: collection_prefix(resource, ns),
+                    from,
+                    labels,
+                    fields,
+                    timeout: watch::parse_timeout(query.get("timeoutSeconds").map(String::as_str))?,
+                    as_table: accept.table,
+                };
+                return watch::watch(state, request);
+            }
+            list(state, resource, ns, &labels, &fields, accept.table)
+        }
+        ("GET", Some(name), None | Some("status")) => {
+            let (entry, object) = registry.get(resource, ns, name)?;
+            if accept.table {
+                let table = skiff_api::table::table(
+                    resource,
+                    &[object],
+                    &entry.revision.to_string(),
+                    true,
+                    registry.env.now(),
+                );
+                return Ok(json_response(StatusCode::OK, &table));
+            }
+            Ok(bytes_response(
+                StatusCode::OK,
+                "application/json",
+                Bytes::copy_from_slice(&entry.value),
+            ))
+        }
+        ("GET", Some(name), Some("scale")) => {
+            let (_, object) = registry.get(resource, ns, name)?;
+            Ok(json_response(StatusCode::OK, &scale_of(&object)))
+        }
+        ("POST", None, None) => {
+            let options = write_options(&query)?;
+            let (headers, body) = read_body(request).await?;
+            let object = decode_object_body(&headers, &body)?;
+            let written = registry.create(resource, ns, object, &options).await?;
+            Ok(written_response(StatusCode::CREATED, written))
+        }
+        ("POST", Some(name), Some("binding")) => {
+            let (headers, body) = read_body(request).await?;
+            let binding = decode_object_body(&headers, &body)?;
+            registry.bind(ns.unwrap_or_default(), name, binding).await?;
+            let mut status = success_status(resource, name, "");
+            status["code"] = json!(201);
+            Ok(json_response(StatusCode::CREATED, &status))
+        }
+        ("PUT", Some(name), None | Some("status")) => {
+            let options = write_options(&query)?;
+            let (headers, body) = read_body(request).await?;
+            let object = decode_object_body(&headers, &body)?;
+            let written = registry
+                .update(
+                    resource,
+                    ns,
+                    name,
+                    object,
+                    target.subresource.as_deref(),
+                    &options,
+                )
+                .await?;
+            Ok(written_response(StatusCode::OK, written))
+        }
+        ("PUT", Some(name), Some("finalize")) => {
+            let options = write_options(&query)?;
+            let (headers, body) = read_body(request).await?;
+            let object = decode_object_body(&headers, &body)?;
+            let written = registry
+                .update(resource, ns, name, object, Some("finalize"), &options)
+                .await?;
+            state.namespace_deleted.notify_one();
+            Ok(written_response(StatusCode::OK, written))
+        }
+        ("PUT", Some(name), Some("scale")) => {
+            let options = write_options(&query)?;
+            let (headers, body) = read_body(request).await?;
+            let body = decode_object_body(&headers, &body)?;
+            let mut warnings = Vec::new();
+            let scale = crate::registry::decode_request_object(
+                "autoscaling/v1",
+                "Scale",
+                body,
+                options.field_validation,
+                &mut warnings,
+            )?;
+            let object = set_scale(registry, resource, ns, name, &scale, &options).await?;
+            Ok(json_response(StatusCode::OK, &scale_of(&object)))
+        }
+        ("PATCH", Some(name), sub @ (None | Some("status") | Some("scale"))) => {
+            let options = write_options(&query)?;
+            let (headers, body) = read_body(request).await?;
+            let ct = content_type(&headers);
+            let patch_type = PatchType::from_content_type(&ct)
+                .ok_or_else(|| ApiError::unsupported_media_type(&ct))?;
+            let patch = parse_body(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            if sub == Some("scale") {
+                let (_, object) = registry.get(resource, ns, name)?;
+                let current = scale_of(&object);
+                let patched = skiff_api::patch::apply_patch(patch_type, &current, &patch)
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                let mut warnings = Vec::new();
+                let scale = crate::registry::decode_request_object(
+                    "autoscaling/v1",
+                    "Scale",
+                    patched,
+                    options.field_validation,
+                    &mut warnings,
+                )?;
+                let object = set_scale(registry, resource, ns, name, &scale, &options).await?;
+                return Ok(json_response(StatusCode::OK, &scale_of(&object)));
+            }
+            let (written, created) = registry
+                .patch(resource, ns, name, patch_type, &patch, sub, &options)
+                .await?;
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(written_response(code, written))
+        }
+        ("DELETE", Some(name), None) => {
+            let (headers, body) = read_body(request).await?;
+            let options = delete_options(&query, &headers, &body)?;
+            let written = registry.delete(resource, ns, name, &options).await?;
+            if resource.kind == "Namespace" {
+                state.namespace_deleted.notify_one();
+            }
+            Ok(json_response(StatusCode::OK, &written.object))
+        }
+        ("DELETE", None, None) => {
+            let (headers, body) = read_body(request).await?;
+            let options = delete_options(&query, &headers, &body)?;
+            let (labels, fields) = selectors(resource, &query)?;
+            let (revision, entries) = registry.store.list(&collection_prefix(resource, ns));
+            let mut deleted = Vec::new();
+            for (_, entry) in entries {
+                let object = decode_entry(&entry)?;
+                if !labels.matches_object(&object) || !fields.matches(resource.kind, &object) {
+                    continue;
+                }
+                let object_ns =
+                    skiff_api::object::meta_str(&object, "namespace").map(str::to_string);
+                let name = skiff_api::object::meta_str(&object, "name")
+                    .unwrap_or_default()
+                    .to_string();
+                match registry
+                    .delete(resource, object_ns.as_deref(), &name, &options)
+                    .await
+                {
+                    Ok(w) => deleted.push(w.object),
+                    Err(e) if e.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if resource.kind == "Namespace" {
+                state.namespace_deleted.notify_one();
+            }
+            let list = json!({"kind": resource.list_kind(), "apiVersion": resource.api_version(),
+                "metadata": {"resourceVersion": revision.to_string()}, "items": deleted});
+            Ok(json_response(StatusCode::OK, &list))
+        }
+        (m, _, _) => Err(ApiError::method_not_allowed(format!(
+            "{m} is not supported on this path for {}",
+            resource.qualified_plural()
+        ))),
+    }
+}
+
+fn list(
+    state: &ApiState,
+    resource: &'static ResourceInfo,
+    namespace: Option<&str>,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+    as_table: bool,
+) -> Result<Response, ApiError> {
+    let (revision, entries) = state
+        .registry
+        .store
+        .list(&collection_prefix(resource, namespace));
+    let filtered = !labels.is_empty() || !fields.requirements.is_empty();
+    if as_table || filtered {
+        let mut objects = Vec::with_capacity(entries.len());
+        for (_, entry) in &entries {
+            let object = decode_entry(entry)?;
+            if labels.matches_object(&object) && fields.matches(resource.kind, &object) {
+                objects.push(object);
+            }
+        }
+        if as_table {
+            let table = skiff_api::table::table(
+                resource,
+                &objects,
+                &revision.to_string(),
+                true,
+                state.registry.env.now(),
+            );
+            return Ok(json_response(StatusCode::OK, &table));
+        }
+        let list = json!({"kind": resource.list_kind(), "apiVersion": resource.api_version(),
+            "metadata": {"resourceVersion": revision.to_string()}, "items": objects});
+        return Ok(json_response(StatusCode::OK, &list));
+    }
+    // Unfiltered JSON lists are assembled from the stored bytes without parsing them.
+    let mut body = Vec::with_capacity(
+        entries
+            .iter()
+            .map(|(_, e)| e.value.len() + 1)
+            .sum::<usize>()
+            + 128,
+    );
+    body.extend_from_slice(
+        format!(
+            "{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{{\"resourceVersion\":\"{revision}\"}},\"items\":[",
+            resource.list_kind(),
+            resource.api_version()
+        )
+        .as_bytes(),
+    );
+    for (i, (_, entry)) in entries.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&entry.value);
+    }
+    body.extend_from_slice(b"]}");
+    Ok(bytes_response(
+        StatusCode::OK,
+        "application/json",
+        Bytes::from(body),
+    ))
+}
+
+/// The `autoscaling/v1` Scale view of a Deployment or ReplicaSet.
+fn scale_of(object: &Value) -> Value {
+    let meta = object.get("metadata").cloned().unwrap_or(json!({}));
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+            "creationTimestamp": meta.get("creationTimestamp"),
+        },
+        "spec": {"replicas": object.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
+        "status": {
+            "replicas": object.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+            "selector": object.pointer("/spec/selector").map(structured_to_string).unwrap_or_default(),
+        },
+    })
+}
+
+/// Applies a Scale's `spec.replicas` to its parent, with the Scale's resourceVersion as a
+/// precondition on the parent.
+async fn set_scale(
+    registry: &Registry,
+    resource: &'static ResourceInfo,
+    namespace: Option<&str>,
+    name: &str,
+    scale: &Value,
+    options: &WriteOptions,
+) -> Result<Value, ApiError> {
+    let replicas = scale
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let mut patch = json!({"spec": {"replicas": replicas}});
+    if let Some(rv) = scale
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
+        patch["metadata"] = json!({"resourceVersion": rv});
+    }
+    let (written, _) = registry
+        .patch(
+            resource,
+            namespace,
+            name,
+            PatchType::Merge,
+            &patch,
+            None,
+            options,
+        )
+        .await?;
+    Ok(written.object)
+}
+
+fn delete_options(
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<DeleteOptions, ApiError> {
+    let mut options = DeleteOptions::default();
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let value = decode_object_body(headers, body)?;
+        let mut warnings = Vec::new();
+        let value = crate::registry::decode_request_object(
+            "v1",
+            "DeleteOptions",
+            strip_delete_type_meta(value),
+            FieldValidation::Ignore,
+            &mut warnings,
+        )?;
+        options.grace_period_seconds = value.get("gracePeriodSeconds").and_then(Value::as_i64);
+        options.propagation_policy = value
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if value.get("orphanDependents") == Some(&Value::Bool(true))
+            && options.propagation_policy.is_none()
+        {
+            options.propagation_policy = Some("Orphan".into());
+        }
+        options.precondition_uid = value
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        options.precondition_resource_version = value
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        options.dry_run = value
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|d| d.iter().any(|v| v == "All"));
+    }
+    if let Some(g) = query.get("gracePeriodSeconds") {
+        options.grace_period_seconds = Some(
+            g.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?,
+        );
+    }
+    if let Some(p) = query.get("propagationPolicy") {
+        options.propagation_policy = Some(p.clone());
+    }
+    if query.get("orphanDependents").map(String::as_str) == Some("true")
+        && options.propagation_policy.is_none()
+    {
+        options.propagation_policy = Some("Orphan".into());
+    }
+    if query.get("dryRun").map(String::as_str) == Some("All") {
+        options.dry_run = true;
+    }
+    Ok(options)
+}
+
+/// DeleteOptions bodies come as `meta.k8s.io/v1` or `v1`; normalise to what the typed
+/// struct accepts.
+fn strip_delete_type_meta(mut value: Value) -> Value {
+    if let Some(map) = value.as_object_mut() {
+        map.remove("kind");
+        map.remove("apiVersion");
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_route_like_kubernetes() {
+        let t = |p: &str| match parse_target(p) {
+            Ok(Target::Resource(r)) => format!(
+                "{} {:?} {:?} {:?}",
+                r.resource.plural, r.namespace, r.name, r.subresource
+            ),
+            Ok(other) => format!("{other:?}"),
+            Err(e) => format!("error {}", e.code),
+        };
+        assert_eq!(t("/api/v1/namespaces"), "namespaces None None None");
+        assert_eq!(
+            t("/api/v1/namespaces/default"),
+            "namespaces None Some(\"default\") None"
+        );
+        assert_eq!(
+            t("/api/v1/namespaces/default/status"),
+            "namespaces None Some(\"default\") Some(\"status\")"
+        );
+        assert_eq!(
+            t("/api/v1/namespaces/default/pods"),
+            "pods Some(\"default\") None None"
+        );
+        assert_eq!(t("/api/v1/pods"), "pods None None None");
+        assert_eq!(t("/api/v1/pods/x"), "error 404");
+        assert_eq!(
+            t("/apis/apps/v1/namespaces/a/deployments/web/scale"),
+            "deployments Some(\"a\") Some(\"web\") Some(\"scale\")"
+        );
+        assert_eq!(
+            t("/apis/apps/v1/namespaces/a/deployments/web/bogus"),
+            "error 404"
+        );
+        assert_eq!(
+            t("/api/v1/nodes/n1/status"),
+            "nodes None Some(\"n1\") Some(\"status\")"
+        );
+        assert_eq!(t("/apis/widgets.example/v1/things"), "error 404");
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"));
+        let a = parse_accept(&h);
+        assert!(a.table && a.acceptable && !a.aggregated_discovery);
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json"));
+        assert!(parse_accept(&h).aggregated_discovery);
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/vnd.kubernetes.protobuf"),
+        );
+        assert!(!parse_accept(&h).acceptable);
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/vnd.kubernetes.protobuf,application/json"),
+        );
+        assert!(parse_accept(&h).acceptable);
+    }
+}

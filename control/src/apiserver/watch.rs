@@ -1,0 +1,217 @@
+//! Watch streams: `?watch=true` on a collection. One JSON event per line, flushed per
+//! event; label and field selectors turn objects entering or leaving the selection into
+//! ADDED and DELETED; a too-old `resourceVersion` gets 410 Expired.
+
+use crate::registry::event_type_name;
+use crate::store::{Event, EventType, StoreError};
+use axum::body::{Body, Bytes};
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use serde_json::Value;
+use skiff_api::resource::ResourceInfo;
+use skiff_api::selector::{FieldSelector, LabelSelector};
+use skiff_api::status::ApiError;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::ApiState;
+
+/// What a watch request asked for.
+#[derive(Debug)]
+pub struct WatchRequest {
+    pub resource: &'static ResourceInfo,
+    pub prefix: String,
+    /// `None` for an unset or "0" resourceVersion: start with the current objects.
+    pub from: Option<u64>,
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+    pub timeout: Option<Duration>,
+    pub as_table: bool,
+}
+
+/// Filters, renders and sends events; owned by one watch's task.
+struct Sender {
+    request: WatchRequest,
+    channel: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    sent_columns: bool,
+}
+
+impl Sender {
+    fn selects(&self, object: &Value) -> bool {
+        self.request.labels.matches_object(object)
+            && self
+                .request
+                .fields
+                .matches(self.request.resource.kind, object)
+    }
+
+    fn filtered(&self) -> bool {
+        !self.request.labels.is_empty() || !self.request.fields.requirements.is_empty()
+    }
+
+    /// Renders one event line; `object` is the raw stored JSON.
+    fn line(&mut self, event_type: &str, object: &[u8]) -> Option<Bytes> {
+        let mut out = Vec::with_capacity(object.len() + 32);
+        out.extend_from_slice(b"{\"type\":\"");
+        out.extend_from_slice(event_type.as_bytes());
+        out.extend_from_slice(b"\",\"object\":");
+        if self.request.as_table {
+            let value: Value = serde_json::from_slice(object).ok()?;
+            let rv = value
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let table = skiff_api::table::table(
+                self.request.resource,
+                std::slice::from_ref(&value),
+                &rv,
+                !self.sent_columns,
+                chrono::Utc::now(),
+            );
+            self.sent_columns = true;
+            out.extend_from_slice(&serde_json::to_vec(&table).ok()?);
+        } else {
+            out.extend_from_slice(object);
+        }
+        out.extend_from_slice(b"}\n");
+        Some(Bytes::from(out))
+    }
+
+    async fn send(&mut self, event_type: &str, object: &[u8]) -> bool {
+        match self.line(event_type, object) {
+            Some(line) => self.channel.send(Ok(line)).await.is_ok(),
+            None => true,
+        }
+    }
+
+    /// Sends a committed change if it concerns this watch; false when the client is gone.
+    async fn send_event(&mut self, event: &Event) -> bool {
+        if !event.key.starts_with(&self.request.prefix) {
+            return true;
+        }
+        if !self.filtered() {
+            return self
+                .send(event_type_name(event.event_type), &event.value)
+                .await;
+        }
+        let now: Option<Value> = serde_json::from_slice(&event.value).ok();
+        let before: Option<Value> = event
+            .previous
+            .as_ref()
+            .and_then(|p| serde_json::from_slice(p).ok());
+        let now_selected = now.as_ref().is_some_and(|o| self.selects(o));
+        let before_selected = before.as_ref().is_some_and(|o| self.selects(o));
+        let event_type = match event.event_type {
+            EventType::Added if now_selected => "ADDED",
+            EventType::Modified if now_selected && before_selected => "MODIFIED",
+            EventType::Modified if now_selected => "ADDED",
+            EventType::Modified if before_selected => "DELETED",
+            EventType::Deleted if before_selected || now_selected => "DELETED",
+            _ => return true,
+        };
+        self.send(event_type, &event.value).await
+    }
+
+    async fn send_expired(&mut self, message: String) {
+        let status = ApiError::gone(message).to_status();
+        let line = format!("{{\"type\":\"ERROR\",\"object\":{status}}}\n");
+        let _ = self.channel.send(Ok(Bytes::from(line))).await;
+    }
+}
+
+/// Starts a watch and returns its streaming response.
+pub fn watch(state: &ApiState, request: WatchRequest) -> Result<Response, ApiError> {
+    let store = &state.registry.store;
+    let watch = store
+        .watch(&request.prefix, request.from)
+        .map_err(|e| match e {
+            StoreError::Compacted { requested, oldest } => {
+                ApiError::gone(format!("too old resource version: {requested} ({oldest})"))
+            }
+            other => ApiError::internal(other.to_string()),
+        })?;
+    let (channel, receiver) = tokio::sync::mpsc::channel(64);
+    let timeout = request.timeout;
+    let mut sender = Sender {
+        request,
+        channel,
+        sent_columns: false,
+    };
+    let mut shutdown = state.shutdown.clone();
+    tokio::spawn(async move {
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut live = watch.live;
+        let mut last_sent = 0;
+        if let Some((revision, objects)) = watch.initial {
+            last_sent = revision;
+            for (_, entry) in objects {
+                let selected = !sender.filtered()
+                    || serde_json::from_slice::<Value>(&entry.value)
+                        .is_ok_and(|o| sender.selects(&o));
+                if selected && !sender.send("ADDED", &entry.value).await {
+                    return;
+                }
+            }
+        }
+        for event in watch.backlog {
+            last_sent = event.revision;
+            if !sender.send_event(&event).await {
+                return;
+            }
+        }
+        loop {
+            let next = tokio::select! {
+                next = live.recv() => next,
+                _ = sleep_until(deadline) => return,
+                _ = shutdown.changed() => return,
+                _ = sender.channel.closed() => return,
+            };
+            match next {
+                // Events up to `last_sent` came from the snapshot or the backlog already.
+                Ok(event) if event.revision <= last_sent => continue,
+                Ok(event) => {
+                    last_sent = event.revision;
+                    if !sender.send_event(&event).await {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    sender
+                        .send_expired(format!(
+                            "the watch fell behind by {missed} events; restart it from a new list"
+                        ))
+                        .await;
+                    return;
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    let body = Body::from_stream(ReceiverStream::new(receiver));
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-cache, private")
+        .body(body)
+        .expect("static headers are valid"))
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Parses `timeoutSeconds`.
+pub fn parse_timeout(value: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    value
+        .map(|v| {
+            v.parse::<u64>()
+                .map(Duration::from_secs)
+                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {v:?}")))
+        })
+        .transpose()
+}

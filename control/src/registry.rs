@@ -1,0 +1,1327 @@
+//! Object semantics over the store, independent of HTTP: what create, update, patch,
+//! delete and the subresources do to metadata, defaults, validation, generation,
+//! graceful deletion and finalizers. The API server maps requests onto these calls.
+
+use crate::store::{Entry, EventType, Revision, Store, StoreError, WriteOp};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Value};
+use skiff_api::object::{self, meta_str, metadata_mut, DecodeError};
+use skiff_api::patch::{apply_patch, PatchType};
+use skiff_api::resource::{find_by_kind, ResourceInfo};
+use skiff_api::status::ApiError;
+use skiff_api::validation::{validate_object, validate_update};
+use std::sync::Arc;
+
+/// How many times a patch or internal update retries after losing a compare-and-swap race.
+const MAX_UPDATE_ATTEMPTS: usize = 16;
+
+/// Source of time and randomness, injected so tests can pin them.
+pub trait Environment: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+    /// A random suffix for `generateName` (5 characters, Kubernetes' alphabet).
+    fn random_suffix(&self) -> String;
+    fn new_uid(&self) -> String;
+    /// A random number for allocations (service cluster IPs).
+    fn random_u32(&self) -> u32;
+}
+
+/// The real clock and the thread RNG.
+#[derive(Debug, Default)]
+pub struct SystemEnvironment;
+
+impl Environment for SystemEnvironment {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    fn random_suffix(&self) -> String {
+        use rand::Rng;
+        // Kubernetes leaves out vowels and look-alike characters so names never spell words.
+        const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+        let mut rng = rand::thread_rng();
+        (0..5)
+            .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+            .collect()
+    }
+
+    fn new_uid(&self) -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+
+    fn random_u32(&self) -> u32 {
+        rand::random()
+    }
+}
+
+/// How `fieldValidation` treats fields the schema does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FieldValidation {
+    #[default]
+    Ignore,
+    Warn,
+    Strict,
+}
+
+/// Options shared by writes.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    pub dry_run: bool,
+    pub field_validation: FieldValidation,
+}
+
+/// `DeleteOptions`, from the body or the query string.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    pub grace_period_seconds: Option<i64>,
+    pub propagation_policy: Option<String>,
+    pub precondition_uid: Option<String>,
+    pub precondition_resource_version: Option<String>,
+    pub dry_run: bool,
+}
+
+/// The result of a write: the object and warnings for the `Warning` header.
+#[derive(Debug)]
+pub struct Written {
+    pub object: Value,
+    pub warnings: Vec<String>,
+    /// For deletes: whether the object is gone (false when deletion is pending).
+    pub removed: bool,
+}
+
+/// Object semantics on top of a [`Store`].
+#[derive(Clone)]
+pub struct Registry {
+    pub store: Store,
+    pub env: Arc<dyn Environment>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+/// The store key of an object: `/registry/{plural}/{namespace}/{name}` or
+/// `/registry/{plural}/{name}` for cluster-scoped kinds.
+pub fn object_key(resource: &ResourceInfo, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) if resource.namespaced => format!("/registry/{}/{ns}/{name}", resource.plural),
+        _ => format!("/registry/{}/{name}", resource.plural),
+    }
+}
+
+/// The key prefix of a collection, optionally limited to one namespace.
+pub fn collection_prefix(resource: &ResourceInfo, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) if resource.namespaced => format!("/registry/{}/{ns}/", resource.plural),
+        _ => format!("/registry/{}/", resource.plural),
+    }
+}
+
+/// Parses stored bytes; they were written by this module, so failure is an internal error.
+pub fn decode_entry(entry: &Entry) -> Result<Value, ApiError> {
+    serde_json::from_slice(&entry.value)
+        .map_err(|e| ApiError::internal(format!("stored object is unreadable: {e}")))
+}
+
+fn decode_error(e: DecodeError) -> ApiError {
+    ApiError::bad_request(e.to_string())
+}
+
+fn store_error(resource: &ResourceInfo, name: &str, e: StoreError) -> ApiError {
+    match e {
+        StoreError::AlreadyExists(_) => ApiError::already_exists(resource, name),
+        StoreError::NotFound(_) => ApiError::not_found(resource, name),
+        StoreError::Conflict { .. } => ApiError::modified(resource, name),
+        StoreError::Compacted { requested, oldest } => {
+            ApiError::gone(format!("too old resource version: {requested} ({oldest})"))
+        }
+        StoreError::Failed(m) => {
+            ApiError::service_unavailable(format!("the store refuses writes: {m}"))
+        }
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+/// An encoder that writes `object` with `metadata.resourceVersion` set to the revision.
+fn encoder(mut object: Value) -> crate::store::Encoder {
+    Box::new(move |revision| {
+        metadata_mut(&mut object)
+            .insert("resourceVersion".into(), Value::from(revision.to_string()));
+        serde_json::to_vec(&object).unwrap_or_default()
+    })
+}
+
+fn timestamp(t: DateTime<Utc>) -> Value {
+    Value::from(t.to_rfc3339_opts(SecondsFormat::Secs, true))
+}
+
+fn parse_resource_version(rv: &str) -> Result<Revision, ApiError> {
+    rv.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "invalid resourceVersion {rv:?}: must be a decimal number"
+        ))
+    })
+}
+
+/// Collects fields of `input` that `normalized` dropped: the unknown fields.
+fn unknown_fields(input: &Value, normalized: &Value, path: &str, out: &mut Vec<String>) {
+    match (input, normalized) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                if v.is_null() {
+                    continue;
+                }
+                let child = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match b.get(k) {
+                    None => out.push(child),
+                    Some(n) => unknown_fields(v, n, &child, out),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (v, n)) in a.iter().zip(b).enumerate() {
+                unknown_fields(v, n, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Decodes a request object of `kind`: checks its type meta against the URL, normalises
+/// it through the typed struct and applies `fieldValidation` to unknown fields.
+pub fn decode_request_object(
+    api_version: &str,
+    kind: &str,
+    mut body: Value,
+    validation: FieldValidation,
+    warnings: &mut Vec<String>,
+) -> Result<Value, ApiError> {
+    object::check_type_meta(&mut body, api_version, kind).map_err(decode_error)?;
+    let normalized = object::normalize_kind(kind, body.clone()).map_err(decode_error)?;
+    if validation != FieldValidation::Ignore {
+        let mut unknown = Vec::new();
+        unknown_fields(&body, &normalized, "", &mut unknown);
+        if !unknown.is_empty() {
+            let lines: Vec<String> = unknown
+                .iter()
+                .map(|f| format!("unknown field \"{f}\""))
+                .collect();
+            if validation == FieldValidation::Strict {
+                return Err(ApiError::bad_request(format!(
+                    "strict decoding error: {}",
+                    lines.join(", ")
+                )));
+            }
+            warnings.extend(lines);
+        }
+    }
+    Ok(normalized)
+}
+
+impl Registry {
+    pub fn new(store: Store, env: Arc<dyn Environment>) -> Self {
+        Registry { store, env }
+    }
+
+    /// Reads one object.
+    pub fn get(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<(Entry, Value), ApiError> {
+        let entry = self
+            .store
+            .get(&object_key(resource, namespace, name))
+            .ok_or_else(|| ApiError::not_found(resource, name))?;
+        let value = decode_entry(&entry)?;
+        Ok((entry, value))
+    }
+
+    fn check_namespace_writable(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+    ) -> Result<(), ApiError> {
+        if !resource.namespaced {
+            return Ok(());
+        }
+        let ns = namespace.unwrap_or_default();
+        let ns_resource = find_by_kind("v1", "Namespace").expect("namespaces are served");
+        let entry = self
+            .store
+            .get(&object_key(ns_resource, None, ns))
+            .ok_or_else(|| ApiError::namespace_not_found(ns))?;
+        let object = decode_entry(&entry)?;
+        if object
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|v| !v.is_null())
+        {
+            return Err(ApiError::forbidden(format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Creates an object from a request body already parsed as JSON.
+    pub async fn create(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        body: Value,
+        options: &WriteOptions,
+    ) -> Result<Written, ApiError> {
+        let mut warnings = Vec::new();
+        let mut object = decode_request_object(
+            &resource.api_version(),
+            resource.kind,
+            body,
+            options.field_validation,
+            &mut warnings,
+        )?;
+        let now = self.env.now();
+        {
+            let meta = metadata_mut(&mut object);
+            if resource.namespaced {
+                let url_ns = namespace.unwrap_or_default();
+                match meta.get("namespace").and_then(Value::as_str) {
+                    Some(ns) if !ns.is_empty() && ns != url_ns => {
+                        return Err(ApiError::bad_request(format!(
+                            "the namespace of the provided object ({ns}) does not match the namespace sent on the request ({url_ns})"
+                        )));
+                    }
+                    _ => {
+                        meta.insert("namespace".into(), Value::from(url_ns));
+                    }
+                }
+            } else {
+                meta.remove("namespace");
+            }
+            let has_name = meta
+                .get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty());
+            if !has_name {
+                if let Some(prefix) = meta
+                    .get("generateName")
+                    .and_then(Value::as_str)
+                    .filter(|p| !p.is_empty())
+                {
+                    let name = format!("{prefix}{}", self.env.random_suffix());
+                    meta.insert("name".into(), Value::from(name));
+                }
+            }
+            meta.insert("uid".into(), Value::from(self.env.new_uid()));
+            meta.insert("creationTimestamp".into(), timestamp(now));
+            meta.remove("resourceVersion");
+            meta.remove("deletionTimestamp");
+            meta.remove("deletionGracePeriodSeconds");
+            meta.remove("managedFields");
+            meta.remove("selfLink");
+            if resource.has_generation {
+                meta.insert("generation".into(), Value::from(1));
+            } else {
+                meta.remove("generation");
+            }
+        }
+        let name = meta_str(&object, "name").unwrap_or_default().to_string();
+        self.apply_create_defaults(resource, &mut object)?;
+        let causes = validate_object(resource, &object);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(resource, &name, causes));
+        }
+        self.check_namespace_writable(resource, namespace)?;
+        if resource.kind == "Service" {
+            self.allocate_cluster_ip(&mut object)?;
+        }
+        if options.dry_run {
+            if self
+                .store
+                .get(&object_key(resource, namespace, &name))
+                .is_some()
+            {
+                return Err(ApiError::already_exists(resource, &name));
+            }
+            return Ok(Written {
+                object,
+                warnings,
+                removed: false,
+            });
+        }
+        let key = object_key(resource, namespace, &name);
+        let entry = self
+            .store
+            .write(WriteOp::Create {
+                key,
+                encode: encoder(object),
+            })
+            .await
+            .map_err(|e| store_error(resource, &name, e))?;
+        Ok(Written {
+            object: decode_entry(&entry)?,
+            warnings,
+            removed: false,
+        })
+    }
+
+    /// Defaults applied on create, as the Kubernetes defaulting functions and
+    /// `PrepareForCreate` strategies do for these kinds.
+    fn apply_create_defaults(
+        &self,
+        resource: &ResourceInfo,
+        object: &mut Value,
+    ) -> Result<(), ApiError> {
+        match resource.kind {
+            "Pod" => {
+                if let Some(spec) = object.get_mut("spec") {
+                    default_pod_spec(spec);
+                }
+                object["status"] =
+                    json!({"phase": "Pending", "qosClass": qos_class(object.get("spec"))});
+            }
+            "Deployment" | "ReplicaSet" => {
+                let spec = object.get_mut("spec").filter(|s| s.is_object());
+                if let Some(spec) = spec {
+                    spec.as_object_mut()
+                        .expect("filtered to objects")
+                        .entry("replicas")
+                        .or_insert(json!(1));
+                    if resource.kind == "Deployment" {
+                        let s = spec.as_object_mut().expect("filtered to objects");
+                        s.entry("revisionHistoryLimit").or_insert(json!(10));
+                        s.entry("progressDeadlineSeconds").or_insert(json!(600));
+                        let strategy = s.entry("strategy").or_insert(json!({}));
+                        if let Some(st) = strategy.as_object_mut() {
+                            let kind = st.entry("type").or_insert(json!("RollingUpdate")).clone();
+                            if kind == "RollingUpdate" {
+                                let ru = st.entry("rollingUpdate").or_insert(json!({}));
+                                if let Some(ru) = ru.as_object_mut() {
+                                    ru.entry("maxSurge").or_insert(json!("25%"));
+                                    ru.entry("maxUnavailable").or_insert(json!("25%"));
+                                }
+                            }
+                        }
+                    }
+                    if let Some(pod_spec) = spec.pointer_mut("/template/spec") {
+                        default_pod_spec(pod_spec);
+                    }
+                }
+                object.as_object_mut().map(|o| o.remove("status"));
+            }
+            "Service" => {
+                if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
+                    spec.entry("type").or_insert(json!("ClusterIP"));
+                    spec.entry("sessionAffinity").or_insert(json!("None"));
+                    if spec.get("type") != Some(&json!("ExternalName")) {
+                        spec.entry("internalTrafficPolicy")
+                            .or_insert(json!("Cluster"));
+                        spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
+                        spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
+                    }
+                    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+                        for p in ports {
+                            if let Some(p) = p.as_object_mut() {
+                                p.entry("protocol").or_insert(json!("TCP"));
+                                if let Some(port) = p.get("port").cloned() {
+                                    p.entry("targetPort").or_insert(port);
+                                }
+                            }
+                        }
+                    }
+                }
+                object["status"] = json!({"loadBalancer": {}});
+            }
+            "Namespace" => {
+                object["spec"] = json!({"finalizers": ["kubernetes"]});
+                object["status"] = json!({"phase": "Active"});
+                let name = meta_str(object, "name").unwrap_or_default().to_string();
+                let meta = metadata_mut(object);
+                let labels = meta.entry("labels").or_insert(json!({}));
+                if let Some(labels) = labels.as_object_mut() {
+                    labels.insert("kubernetes.io/metadata.name".into(), Value::from(name));
+                }
+            }
+            "Secret" => {
+                let obj = object.as_object_mut().expect("objects are maps");
+                obj.entry("type").or_insert(json!("Opaque"));
+                if let Some(Value::Object(string_data)) = obj.remove("stringData") {
+                    let data = obj.entry("data").or_insert(json!({}));
+                    if let Some(data) = data.as_object_mut() {
+                        for (k, v) in string_data {
+                            data.insert(
+                                k,
+                                Value::from(base64_encode(
+                                    v.as_str().unwrap_or_default().as_bytes(),
+                                )),
+                            );
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Gives a ClusterIP service an address in 10.96.0.0/12 that no other service has.
+    fn allocate_cluster_ip(&self, object: &mut Value) -> Result<(), ApiError> {
+        let spec = &object["spec"];
+        if spec.get("type").and_then(Value::as_str) == Some("ExternalName") {
+            return Ok(());
+        }
+        let requested = spec
+            .get("clusterIP")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if requested == "None" {
+            object["spec"]["clusterIPs"] = json!(["None"]);
+            return Ok(());
+        }
+        let services = find_by_kind("v1", "Service").expect("services are served");
+        let (_, existing) = self.store.list(&collection_prefix(services, None));
+        let taken: std::collections::HashSet<String> = existing
+            .iter()
+            .filter_map(|(_, e)| decode_entry(e).ok())
+            .filter_map(|s| {
+                s.pointer("/spec/clusterIP")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .collect();
+        let ip = if requested.is_empty() {
+            let mut chosen = None;
+            for _ in 0..64 {
+                // 10.96.0.0/12, skipping .0 and the first address (kept for the API service).
+                let offset = 2 + self.env.random_u32() % ((1 << 20) - 3);
+                let n = (10u32 << 24) | (96 << 16) | offset;
+                let candidate = std::net::Ipv4Addr::from(n).to_string();
+                if !taken.contains(&candidate) {
+                    chosen = Some(candidate);
+                    break;
+                }
+            }
+            chosen.ok_or_else(|| ApiError::internal("no free cluster IP could be allocated"))?
+        } else {
+            let parsed: std::net::Ipv4Addr = requested.parse().map_err(|_| {
+                let svc = find_by_kind("v1", "Service").expect("served");
+                ApiError::invalid(
+                    svc,
+                    meta_str(object, "name").unwrap_or_default(),
+                    vec![skiff_api::validation::FieldCause::invalid(
+                        "spec.clusterIP",
+                        &Value::from(requested.clone()),
+                        "must be a valid IP address",
+                    )],
+                )
+            })?;
+            if taken.contains(&requested) {
+                let svc = find_by_kind("v1", "Service").expect("served");
+                return Err(ApiError::invalid(
+                    svc,
+                    meta_str(object, "name").unwrap_or_default(),
+                    vec![skiff_api::validation::FieldCause::invalid(
+                        "spec.clusterIP",
+                        &Value::from(requested.clone()),
+                        "provided IP is already allocated",
+                    )],
+                ));
+            }
+            parsed.to_string()
+        };
+        object["spec"]["clusterIP"] = Value::from(ip.clone());
+        object["spec"]["clusterIPs"] = json!([ip]);
+        Ok(())
+    }
+
+    /// Replaces an object (PUT), or its status with `subresource = Some("status")`.
+    pub async fn update(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        body: Value,
+        subresource: Option<&str>,
+        options: &WriteOptions,
+    ) -> Result<Written, ApiError> {
+        let mut warnings = Vec::new();
+        let new = decode_request_object(
+            &resource.api_version(),
+            resource.kind,
+            body,
+            options.field_validation,
+            &mut warnings,
+        )?;
+        let body_name = meta_str(&new, "name").unwrap_or_default();
+        if !body_name.is_empty() && body_name != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        if let (true, Some(ns)) = (resource.namespaced, meta_str(&new, "namespace")) {
+            if !ns.is_empty() && Some(ns) != namespace {
+                return Err(ApiError::bad_request(format!(
+                    "the namespace of the provided object ({ns}) does not match the namespace sent on the request ({})",
+                    namespace.unwrap_or_default()
+                )));
+            }
+        }
+        let precondition = meta_str(&new, "resourceVersion")
+            .filter(|rv| !rv.is_empty())
+            .map(parse_resource_version)
+            .transpose()?;
+        let (entry, old) = self.get(resource, namespace, name)?;
+        if precondition.is_some_and(|rv| rv != entry.revision) {
+            return Err(ApiError::modified(resource, name));
+        }
+        let mut written = self
+            .write_update(
+                resource,
+                namespace,
+                name,
+                &entry,
+                old,
+                new,
+                subresource,
+                options.dry_run,
+            )
+            .await?;
+        written.warnings = warnings;
+        Ok(written)
+    }
+
+    /// Patches an object, retrying when a concurrent write wins the race (unless the patch
+    /// itself carries a `resourceVersion`, which is then a precondition).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn patch(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        patch_type: PatchType,
+        patch: &Value,
+        subresource: Option<&str>,
+        options: &WriteOptions,
+    ) -> Result<(Written, bool), ApiError> {
+        for _ in 0..MAX_UPDATE_ATTEMPTS {
+            let (entry, old) = match self.get(resource, namespace, name) {
+                Ok(found) => found,
+                Err(e)
+                    if e.code == 404 && patch_type == PatchType::Apply && subresource.is_none() =>
+                {
+                    // Server-side apply creates what is missing.
+                    let mut body = patch.clone();
+                    if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+                        meta.insert("name".into(), Value::from(name));
+                    }
+                    return Ok((self.create(resource, namespace, body, options).await?, true));
+                }
+                Err(e) => return Err(e),
+            };
+            let patched = apply_patch(patch_type, &old, patch).map_err(|e| match e {
+                skiff_api::patch::PatchError::JsonPatchFailed(m) => {
+                    ApiError::new(422, "Invalid", m)
+                }
+                other => ApiError::bad_request(other.to_string()),
+            })?;
+            let mut warnings = Vec::new();
+            let new = decode_request_object(
+                &resource.api_version(),
+                resource.kind,
+                patched.clone(),
+                options.field_validation,
+                &mut warnings,
+            )?;
+            let patch_rv = patch
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty());
+            if let Some(rv) = patch_rv {
+                if parse_resource_version(rv)? != entry.revision {
+                    return Err(ApiError::modified(resource, name));
+                }
+            }
+            match self
+                .write_update(
+                    resource,
+                    namespace,
+                    name,
+                    &entry,
+                    old,
+                    new,
+                    subresource,
+                    options.dry_run,
+                )
+                .await
+            {
+                Err(e) if e.reason == "Conflict" && patch_rv.is_none() => continue,
+                Err(e) => return Err(e),
+                Ok(mut written) => {
+                    written.warnings = warnings;
+                    return Ok((written, false));
+                }
+            }
+        }
+        Err(ApiError::conflict(
+            resource,
+            name,
+            "too many concurrent writes; try again",
+        ))
+    }
+
+    /// Computes the stored object from `old` and the requested `new` and writes it with a
+    /// compare-and-swap on `entry`'s revision.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_update(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        entry: &Entry,
+        old: Value,
+        mut new: Value,
+        subresource: Option<&str>,
+        dry_run: bool,
+    ) -> Result<Written, ApiError> {
+        if subresource == Some("status") {
+            // The status subresource changes only status.
+            let status = new.get("status").cloned();
+            new = old.clone();
+            match status {
+                Some(s) => new["status"] = s,
+                None => {
+                    new.as_object_mut().map(|o| o.remove("status"));
+                }
+            }
+        } else if resource.subresource("status").is_some() {
+            // The main resource keeps the stored status.
+            match old.get("status") {
+                Some(s) => new["status"] = s.clone(),
+                None => {
+                    new.as_object_mut().map(|o| o.remove("status"));
+                }
+            }
+        }
+        {
+            let old_meta = old
+                .get("metadata")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            let meta = metadata_mut(&mut new);
+            for field in [
+                "name",
+                "namespace",
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+            ] {
+                match old_meta.get(field) {
+                    Some(v) => meta.insert(field.into(), v.clone()),
+                    None => meta.remove(field),
+                };
+            }
+            meta.remove("resourceVersion");
+            meta.remove("managedFields");
+            if old_meta.get("deletionTimestamp").is_some() {
+                let old_finalizers = string_list(old_meta.get("finalizers"));
+                let added: Vec<String> = string_list(meta.get("finalizers"))
+                    .into_iter()
+                    .filter(|f| !old_finalizers.contains(f))
+                    .collect();
+                if !added.is_empty() {
+                    return Err(ApiError::invalid(
+                        resource,
+                        name,
+                        vec![skiff_api::validation::FieldCause::forbidden(
+                            "metadata.finalizers",
+                            "no new finalizers can be added if the object is being deleted",
+                        )],
+                    ));
+                }
+            }
+        }
+        if resource.kind == "Namespace" && subresource.is_none() {
+            // Namespace spec.finalizers change only through the finalize subresource.
+            new["spec"] = old.get("spec").cloned().unwrap_or(json!({}));
+        }
+        if resource.has_generation {
+            let spec_changed = old.get("spec") != new.get("spec");
+            let annotations_changed = resource.kind == "Deployment"
+                && old.pointer("/metadata/annotations") != new.pointer("/metadata/annotations");
+            if subresource.is_none() && (spec_changed || annotations_changed) {
+                let generation = old
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0)
+                    + 1;
+                metadata_mut(&mut new).insert("generation".into(), Value::from(generation));
+            }
+        }
+        if subresource.is_none() {
+            if let Some(spec) = new.get_mut("spec") {
+                match resource.kind {
+                    "Pod" => default_pod_spec(spec),
+                    "Deployment" | "ReplicaSet" => {
+                        if let Some(p) = spec.pointer_mut("/template/spec") {
+                            default_pod_spec(p);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let causes = validate_update(resource, &old, &new);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(resource, name, causes));
+        }
+        let mut old_without_rv = old.clone();
+        metadata_mut(&mut old_without_rv).remove("resourceVersion");
+        if new == old_without_rv {
+            // Nothing changed: no write, no new resourceVersion, no watch event.
+            return Ok(Written {
+                object: old,
+                warnings: Vec::new(),
+                removed: false,
+            });
+        }
+        let key = object_key(resource, namespace, name);
+        // As Kubernetes' `ShouldDeleteDuringUpdate`: an object being deleted goes once its
+        // last finalizer is removed, unless it is a pod still inside its grace period.
+        let finalized = new
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|v| !v.is_null())
+            && string_list(new.pointer("/metadata/finalizers")).is_empty()
+            && new
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                == 0;
+        if dry_run {
+            return Ok(Written {
+                object: new,
+                warnings: Vec::new(),
+                removed: false,
+            });
+        }
+        if finalized {
+            // The last finalizer is gone from an object being deleted: remove it.
+            let entry = self
+                .store
+                .write(WriteOp::Delete {
+                    key,
+                    expected: Some(entry.revision),
+                    encode: encoder(new),
+                })
+                .await
+                .map_err(|e| store_error(resource, name, e))?;
+            return Ok(Written {
+                object: decode_entry(&entry)?,
+                warnings: Vec::new(),
+                removed: true,
+            });
+        }
+        let entry = self
+            .store
+            .write(WriteOp::Update {
+                key,
+                expected: Some(entry.revision),
+                encode: encoder(new),
+            })
+            .await
+            .map_err(|e| store_error(resource, name, e))?;
+        Ok(Written {
+            object: decode_entry(&entry)?,
+            warnings: Vec::new(),
+            removed: false,
+        })
+    }
+
+    /// Deletes an object: at once, or by setting `deletionTimestamp` when finalizers or a
+    /// pod's grace period hold it.
+    pub async fn delete(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> Result<Written, ApiError> {
+        for _ in 0..MAX_UPDATE_ATTEMPTS {
+            let (entry, object) = self.get(resource, namespace, name)?;
+            if let Some(uid) = &options.precondition_uid {
+                if meta_str(&object, "uid") != Some(uid.as_str()) {
+                    return Err(ApiError::conflict(
+                        resource,
+                        name,
+                        &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&object, "uid").unwrap_or_default()),
+                    ));
+                }
+            }
+            if let Some(rv) = &options.precondition_resource_version {
+                if parse_resource_version(rv)? != entry.revision {
+                    return Err(ApiError::conflict(
+                        resource,
+                        name,
+                        &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", entry.revision),
+                    ));
+                }
+            }
+            let mut pending = object.clone();
+            let mut finalizers = string_list(pending.pointer("/metadata/finalizers"));
+            match options.propagation_policy.as_deref() {
+                Some("Foreground") if !finalizers.iter().any(|f| f == "foregroundDeletion") => {
+                    finalizers.push("foregroundDeletion".into())
+                }
+                Some("Orphan") if !finalizers.iter().any(|f| f == "orphan") => {
+                    finalizers.push("orphan".into())
+                }
+                None | Some("Background") | Some("Foreground") | Some("Orphan") => {}
+                Some(other) => return Err(ApiError::bad_request(format!(
+                    "invalid propagationPolicy {other:?}: must be Foreground, Background or Orphan"
+                ))),
+            }
+            let already_deleting = object
+                .pointer("/metadata/deletionTimestamp")
+                .is_some_and(|v| !v.is_null());
+            let now = self.env.now();
+            let grace = if resource.kind == "Pod" && !pod_is_terminal_or_unbound(&object) {
+                let spec_grace = object
+                    .pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(30);
+                options.grace_period_seconds.unwrap_or(spec_grace).max(0)
+            } else {
+                0
+            };
+            let namespace_with_content = resource.kind == "Namespace";
+            if finalizers.is_empty() && grace == 0 && !namespace_with_content {
+                if options.dry_run {
+                    return Ok(Written {
+                        object,
+                        warnings: Vec::new(),
+                        removed: true,
+                    });
+                }
+                let key = object_key(resource, namespace, name);
+                match self
+                    .store
+                    .write(WriteOp::Delete {
+                        key,
+                        expected: Some(entry.revision),
+                        encode: encoder(object),
+                    })
+                    .await
+                {
+                    Ok(e) => {
+                        return Ok(Written {
+                            object: decode_entry(&e)?,
+                            warnings: Vec::new(),
+                            removed: true,
+                        })
+                    }
+                    Err(StoreError::Conflict { .. })
+                        if options.precondition_resource_version.is_none() =>
+                    {
+                        continue
+                    }
+                    Err(e) => return Err(store_error(resource, name, e)),
+                }
+            }
+            {
+                let meta = metadata_mut(&mut pending);
+                if !finalizers.is_empty() {
+                    meta.insert("finalizers".into(), json!(finalizers));
+                }
+                if !already_deleting {
+                    let deadline = now + chrono::Duration::seconds(grace);
+                    meta.insert("deletionTimestamp".into(), timestamp(deadline));
+                    meta.insert("deletionGracePeriodSeconds".into(), Value::from(grace));
+                } else if resource.kind == "Pod" {
+                    // A shorter grace period may shorten a pending deletion, never lengthen it.
+                    let current = meta
+                        .get("deletionGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(grace);
+                    if grace < current {
+                        meta.insert(
+                            "deletionTimestamp".into(),
+                            timestamp(now + chrono::Duration::seconds(grace)),
+                        );
+                        meta.insert("deletionGracePeriodSeconds".into(), Value::from(grace));
+                    }
+                }
+                meta.remove("resourceVersion");
+            }
+            if resource.kind == "Namespace" {
+                pending["status"] = json!({"phase": "Terminating"});
+            }
+            if options.dry_run {
+                return Ok(Written {
+                    object: pending,
+                    warnings: Vec::new(),
+                    removed: false,
+                });
+            }
+            let key = object_key(resource, namespace, name);
+            if pending == object {
+                return Ok(Written {
+                    object,
+                    warnings: Vec::new(),
+                    removed: false,
+                });
+            }
+            match self
+                .store
+                .write(WriteOp::Update {
+                    key,
+                    expected: Some(entry.revision),
+                    encode: encoder(pending),
+                })
+                .await
+            {
+                Ok(e) => {
+                    return Ok(Written {
+                        object: decode_entry(&e)?,
+                        warnings: Vec::new(),
+                        removed: false,
+                    })
+                }
+                Err(StoreError::Conflict { .. })
+                    if options.precondition_resource_version.is_none() =>
+                {
+                    continue
+                }
+                Err(e) => return Err(store_error(resource, name, e)),
+            }
+        }
+        Err(ApiError::conflict(
+            resource,
+            name,
+            "too many concurrent writes; try again",
+        ))
+    }
+
+    /// Binds a pod to a node (`pods/{name}/binding`).
+    pub async fn bind(&self, namespace: &str, name: &str, binding: Value) -> Result<(), ApiError> {
+        let pods = find_by_kind("v1", "Pod").expect("pods are served");
+        let mut warnings = Vec::new();
+        let binding = decode_request_object(
+            "v1",
+            "Binding",
+            binding,
+            FieldValidation::Ignore,
+            &mut warnings,
+        )?;
+        let target = binding
+            .pointer("/target/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if target.is_empty() {
+            return Err(ApiError::invalid(
+                pods,
+                name,
+                vec![skiff_api::validation::FieldCause::required("target.name")],
+            ));
+        }
+        let now = timestamp(self.env.now());
+        for _ in 0..MAX_UPDATE_ATTEMPTS {
+            let (entry, mut pod) = self.get(pods, Some(namespace), name)?;
+            if pod
+                .pointer("/metadata/deletionTimestamp")
+                .is_some_and(|v| !v.is_null())
+            {
+                return Err(ApiError::conflict(
+                    pods,
+                    name,
+                    "pod is being deleted, cannot be assigned to a host",
+                ));
+            }
+            if let Some(node) = pod
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+            {
+                return Err(ApiError::conflict(
+                    pods,
+                    name,
+                    &format!("pod {name} is already assigned to node {node:?}"),
+                ));
+            }
+            pod["spec"]["nodeName"] = Value::from(target.clone());
+            let conditions = pod["status"]
+                .as_object_mut()
+                .map(|s| s.entry("conditions").or_insert(json!([])));
+            if let Some(Value::Array(list)) = conditions {
+                list.retain(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"));
+                list.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": now}));
+            }
+            metadata_mut(&mut pod).remove("resourceVersion");
+            let key = object_key(pods, Some(namespace), name);
+            match self
+                .store
+                .write(WriteOp::Update {
+                    key,
+                    expected: Some(entry.revision),
+                    encode: encoder(pod),
+                })
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(store_error(pods, name, e)),
+            }
+        }
+        Err(ApiError::conflict(
+            pods,
+            name,
+            "too many concurrent writes; try again",
+        ))
+    }
+
+    /// Removes the contents of a namespace being deleted, then the namespace itself.
+    /// Returns whether the namespace is gone.
+    pub async fn finalize_namespace(&self, namespace: &str) -> Result<bool, ApiError> {
+        let ns_resource = find_by_kind("v1", "Namespace").expect("namespaces are served");
+        let mut remaining = 0;
+        for resource in skiff_api::RESOURCES.iter().filter(|r| r.namespaced) {
+            let (_, entries) = self
+                .store
+                .list(&collection_prefix(resource, Some(namespace)));
+            for (_, entry) in entries {
+                let object = decode_entry(&entry)?;
+                let name = meta_str(&object, "name").unwrap_or_default().to_string();
+                let deleting = object
+                    .pointer("/metadata/deletionTimestamp")
+                    .is_some_and(|v| !v.is_null());
+                if !deleting {
+                    match self
+                        .delete(resource, Some(namespace), &name, &DeleteOptions::default())
+                        .await
+                    {
+                        Ok(w) if w.removed => continue,
+                        Ok(_) => {}
+                        Err(e) if e.code == 404 => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                remaining += 1;
+            }
+        }
+        if remaining > 0 {
+            return Ok(false);
+        }
+        let (entry, mut ns) = match self.get(ns_resource, None, namespace) {
+            Ok(found) => found,
+            Err(e) if e.code == 404 => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        if let Some(spec) = ns.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.insert("finalizers".into(), json!([]));
+        }
+        let key = object_key(ns_resource, None, namespace);
+        let op = if string_list(ns.pointer("/metadata/finalizers")).is_empty() {
+            WriteOp::Delete {
+                key,
+                expected: Some(entry.revision),
+                encode: encoder(ns),
+            }
+        } else {
+            metadata_mut(&mut ns).remove("resourceVersion");
+            WriteOp::Update {
+                key,
+                expected: Some(entry.revision),
+                encode: encoder(ns),
+            }
+        };
+        match self.store.write(op).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => Ok(false),
+            Err(e) => Err(store_error(ns_resource, namespace, e)),
+        }
+    }
+
+    /// Makes sure the namespaces every cluster starts with exist.
+    pub async fn ensure_default_namespaces(&self) -> Result<(), ApiError> {
+        let ns = find_by_kind("v1", "Namespace").expect("namespaces are served");
+        for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            if self.store.get(&object_key(ns, None, name)).is_none() {
+                let body =
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+                match self.create(ns, None, body, &WriteOptions::default()).await {
+                    Ok(_) => {}
+                    Err(e) if e.reason == "AlreadyExists" => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a deleted pod can go at once: not bound to a node, or already finished.
+fn pod_is_terminal_or_unbound(pod: &Value) -> bool {
+    let unbound = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty);
+    let terminal = matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
+    unbound || terminal
+}
+
+fn string_list(value: Option<&Value>) -> Vec<String> {
+    value
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The pod spec defaults of the Kubernetes defaulting functions that users see.
+fn default_pod_spec(spec: &mut Value) {
+    let Some(spec) = spec.as_object_mut() else {
+        return;
+    };
+    spec.entry("restartPolicy").or_insert(json!("Always"));
+    spec.entry("terminationGracePeriodSeconds")
+        .or_insert(json!(30));
+    spec.entry("dnsPolicy").or_insert(json!("ClusterFirst"));
+    spec.entry("schedulerName")
+        .or_insert(json!("default-scheduler"));
+    spec.entry("securityContext").or_insert(json!({}));
+    for list in ["containers", "initContainers"] {
+        if let Some(Value::Array(containers)) = spec.get_mut(list) {
+            for c in containers.iter_mut().filter_map(Value::as_object_mut) {
+                let image = c.get("image").and_then(Value::as_str).unwrap_or_default();
+                let tag_is_latest = !image.contains('@')
+                    && image
+                        .rsplit('/')
+                        .next()
+                        .is_none_or(|last| !last.contains(':') || last.ends_with(":latest"));
+                c.entry("imagePullPolicy")
+                    .or_insert(json!(if tag_is_latest {
+                        "Always"
+                    } else {
+                        "IfNotPresent"
+                    }));
+                c.entry("terminationMessagePath")
+                    .or_insert(json!("/dev/termination-log"));
+                c.entry("terminationMessagePolicy").or_insert(json!("File"));
+                c.entry("resources").or_insert(json!({}));
+                if let Some(Value::Array(ports)) = c.get_mut("ports") {
+                    for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                        p.entry("protocol").or_insert(json!("TCP"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The QoS class of a pod spec (Guaranteed, Burstable or BestEffort).
+fn qos_class(spec: Option<&Value>) -> &'static str {
+    let containers = spec
+        .and_then(|s| s.get("containers"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut any = false;
+    let mut guaranteed = !containers.is_empty();
+    for c in &containers {
+        let requests = c.pointer("/resources/requests").and_then(Value::as_object);
+        let limits = c.pointer("/resources/limits").and_then(Value::as_object);
+        any |= requests.is_some_and(|r| !r.is_empty()) || limits.is_some_and(|l| !l.is_empty());
+        let complete = ["cpu", "memory"].iter().all(|r| {
+            let limit = limits.and_then(|l| l.get(*r));
+            limit.is_some()
+                && requests
+                    .and_then(|q| q.get(*r))
+                    .is_none_or(|q| Some(q) == limit)
+        });
+        guaranteed &= complete;
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Maps a watch event to the Kubernetes event type string.
+pub fn event_type_name(event_type: EventType) -> &'static str {
+    match event_type {
+        EventType::Added => "ADDED",
+        EventType::Modified => "MODIFIED",
+        EventType::Deleted => "DELETED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(base64_encode(b"f"), "Zg==");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn qos() {
+        assert_eq!(qos_class(Some(&json!({"containers": [{}]}))), "BestEffort");
+        assert_eq!(
+            qos_class(Some(
+                &json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]})
+            )),
+            "Guaranteed"
+        );
+        assert_eq!(
+            qos_class(Some(
+                &json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]})
+            )),
+            "Burstable"
+        );
+    }
+}
