@@ -1,1 +1,94 @@
-fn main() {}
+//! The `skiff` binary: the control-plane daemon and a kubectl-like client. Thin: it
+//! parses arguments, sets up tracing and signals, and calls into the library crates.
+
+mod apply;
+mod control;
+mod files;
+mod get;
+mod output;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "skiff", version, about = "A WebAssembly-workload orchestrator with the Kubernetes API")]
+struct Cli {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, global = true, env = "SKIFF_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace to use (default: the kubeconfig context's, else "default").
+    #[arg(short = 'n', long, global = true)]
+    namespace: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane: the API server on the embedded store.
+    Control(control::ControlArgs),
+    /// Create or update objects from YAML or JSON files.
+    Apply(apply::ApplyArgs),
+    /// Show objects as a table, or as YAML, JSON or names.
+    Get(get::GetArgs),
+    /// Show an object in detail, with its events.
+    Describe(get::DescribeArgs),
+    /// Delete objects by type and name, or those in files.
+    Delete(get::DeleteArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help and version to stdout and usage errors to stderr itself.
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line, without Rust debug formatting.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let context = get::Context { kubeconfig: cli.kubeconfig, namespace: cli.namespace };
+    match cli.command {
+        Command::Control(args) => control::run(args).await,
+        Command::Apply(args) => apply::run(&context, args).await,
+        Command::Get(args) => get::get(&context, args).await,
+        Command::Describe(args) => get::describe(&context, args).await,
+        Command::Delete(args) => get::delete(&context, args).await,
+    }
+}

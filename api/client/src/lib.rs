@@ -56,6 +56,9 @@ pub struct WatchEvent {
     pub object: Value,
 }
 
+/// The events of one watch request, in order; it ends when the server ends the watch.
+pub type WatchStream = std::pin::Pin<Box<dyn Stream<Item = Result<WatchEvent, ClientError>> + Send>>;
+
 /// A client for one API server.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -313,7 +316,7 @@ impl Client {
         namespace: Option<&str>,
         options: &ListOptions,
         table: bool,
-    ) -> Result<impl Stream<Item = Result<WatchEvent, ClientError>> + use<>, ClientError> {
+    ) -> Result<WatchStream, ClientError> {
         let path = with_query(&Self::collection_path(resource, namespace), options, true);
         let accept = if table {
             TABLE_ACCEPT
@@ -370,7 +373,7 @@ impl Client {
                 }
             },
         );
-        Ok(stream)
+        Ok(Box::pin(stream))
     }
 }
 

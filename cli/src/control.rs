@@ -1,0 +1,75 @@
+//! `skiff control`: runs the control plane and writes the kubeconfig its clients use.
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// Directory for the store and the generated kubeconfig.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Address to serve the API on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// How many events the watch history keeps before old resourceVersions expire.
+    #[arg(long, default_value_t = 50_000)]
+    watch_history: usize,
+}
+
+pub async fn run(args: ControlArgs) -> Result<ExitCode> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let bound = listener.local_addr()?;
+    // Clients cannot connect to the unspecified address; point them at loopback instead.
+    let host = if bound.ip().is_unspecified() { "127.0.0.1".to_string() } else { bound.ip().to_string() };
+    let server = if bound.is_ipv6() && !bound.ip().is_unspecified() {
+        format!("http://[{host}]:{}", bound.port())
+    } else {
+        format!("http://{host}:{}", bound.port())
+    };
+    let kubeconfig_path = args.data_dir.join("kubeconfig");
+    write_atomically(&kubeconfig_path, skiff_client::kubeconfig::render(&server).as_bytes())
+        .with_context(|| format!("cannot write {}", kubeconfig_path.display()))?;
+    let config = skiff_control::ControlConfig {
+        store_dir: args.data_dir.join("store"),
+        store: skiff_control::store::StoreConfig { history_capacity: args.watch_history },
+    };
+    eprintln!("skiff control: serving the API at {server}");
+    eprintln!("skiff control: kubeconfig written to {}", kubeconfig_path.display());
+    eprintln!("  try: kubectl --kubeconfig {} get namespaces", kubeconfig_path.display());
+    skiff_control::run(config, listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a file so readers never see it half-written.
+fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,87 @@
+//! Printing: server-side Tables as aligned columns like kubectl, and objects as YAML or JSON.
+
+use serde_json::Value;
+
+/// Prints rows of cells as columns separated by three spaces, as kubectl does.
+pub fn print_columns(rows: &[Vec<String>]) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut widths = vec![0; columns];
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if i + 1 < row.len() {
+                line.push_str(&" ".repeat(widths[i] - cell.chars().count() + 3));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+/// Which columns of a Table to show: priority 0, or all with `-o wide`.
+pub fn visible_columns(table: &Value, wide: bool) -> Vec<(usize, String)> {
+    table
+        .get("columnDefinitions")
+        .and_then(Value::as_array)
+        .map(|cols| {
+            cols.iter()
+                .enumerate()
+                .filter(|(_, c)| wide || c.get("priority").and_then(Value::as_i64).unwrap_or(0) == 0)
+                .map(|(i, c)| (i, c.get("name").and_then(Value::as_str).unwrap_or_default().to_uppercase()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The cells of each row of a Table, for the visible columns; `with_namespace` prepends
+/// the row object's namespace, `prefix` goes before the name column.
+pub fn table_rows(table: &Value, columns: &[(usize, String)], with_namespace: bool, prefix: &str) -> Vec<Vec<String>> {
+    table
+        .get("rows")
+        .and_then(Value::as_array)
+        .map(|rows| {
+            rows.iter()
+                .map(|row| {
+                    let cells = row.get("cells").and_then(Value::as_array).cloned().unwrap_or_default();
+                    let mut out = Vec::new();
+                    if with_namespace {
+                        out.push(
+                            row.pointer("/object/metadata/namespace").and_then(Value::as_str).unwrap_or_default().to_string(),
+                        );
+                    }
+                    for (n, (i, name)) in columns.iter().enumerate() {
+                        let mut text = cell_text(cells.get(*i));
+                        if n == 0 && name == "NAME" {
+                            text = format!("{prefix}{text}");
+                        }
+                        out.push(text);
+                    }
+                    out
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn cell_text(cell: Option<&Value>) -> String {
+    match cell {
+        None | Some(Value::Null) => "<none>".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+pub fn print_yaml(value: &Value) -> anyhow::Result<()> {
+    print!("{}", serde_yaml::to_string(value)?);
+    Ok(())
+}
+
+pub fn print_json(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
