@@ -34,12 +34,22 @@ pub async fn run(context: &Context, args: ApplyArgs) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 pub fn resource_of(object: &Value) -> Result<&'static ResourceInfo> {
-    let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
-    let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let api_version = object
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if api_version.is_empty() || kind.is_empty() {
         bail!("the object has no apiVersion or kind; both are required");
     }
@@ -56,9 +66,17 @@ pub fn display_name(resource: &ResourceInfo, name: &str) -> String {
     }
 }
 
-async fn apply_one(client: &skiff_client::Client, default_namespace: &str, mut object: Value) -> Result<String> {
+async fn apply_one(
+    client: &skiff_client::Client,
+    default_namespace: &str,
+    mut object: Value,
+) -> Result<String> {
     let resource = resource_of(&object)?;
-    let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     if name.is_empty() {
         bail!("{}: metadata.name is required to apply", resource.kind);
     }
@@ -75,10 +93,15 @@ async fn apply_one(client: &skiff_client::Client, default_namespace: &str, mut o
     };
     // What is recorded is the manifest as written, without the annotation itself.
     let mut recorded = object.clone();
-    if let Some(a) = recorded.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
+    if let Some(a) = recorded
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    {
         a.remove(LAST_APPLIED);
         if a.is_empty() {
-            recorded["metadata"].as_object_mut().map(|m| m.remove("annotations"));
+            recorded["metadata"]
+                .as_object_mut()
+                .map(|m| m.remove("annotations"));
         }
     }
     let recorded_text = serde_json::to_string(&recorded)?;
@@ -87,7 +110,9 @@ async fn apply_one(client: &skiff_client::Client, default_namespace: &str, mut o
         Err(e) if e.is_not_found() => {
             let mut created = recorded.clone();
             set_annotation(&mut created, &recorded_text);
-            client.create(resource, namespace.as_deref(), &created).await?;
+            client
+                .create(resource, namespace.as_deref(), &created)
+                .await?;
             Ok(format!("{shown} created"))
         }
         Err(e) => Err(e.into()),
@@ -99,13 +124,23 @@ async fn apply_one(client: &skiff_client::Client, default_namespace: &str, mut o
                 .and_then(|t| serde_json::from_str(t).ok())
                 .unwrap_or(Value::Object(Map::new()));
             let mut patch = merge_diff(&previous, &recorded, &live);
-            let live_annotation = live.pointer("/metadata/annotations").and_then(|a| a.get(LAST_APPLIED));
-            if patch.as_object().is_some_and(Map::is_empty) && live_annotation == Some(&Value::from(recorded_text.clone())) {
+            let live_annotation = live
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(LAST_APPLIED));
+            if patch.as_object().is_some_and(Map::is_empty)
+                && live_annotation == Some(&Value::from(recorded_text.clone()))
+            {
                 return Ok(format!("{shown} unchanged"));
             }
             set_annotation(&mut patch, &recorded_text);
             client
-                .patch(resource, namespace.as_deref(), &name, "application/merge-patch+json", &patch)
+                .patch(
+                    resource,
+                    namespace.as_deref(),
+                    &name,
+                    "application/merge-patch+json",
+                    &patch,
+                )
                 .await?;
             Ok(format!("{shown} configured"))
         }
@@ -113,11 +148,14 @@ async fn apply_one(client: &skiff_client::Client, default_namespace: &str, mut o
 }
 
 fn set_annotation(object: &mut Value, text: &str) {
-    let meta = object
-        .as_object_mut()
-        .map(|o| o.entry("metadata").or_insert_with(|| Value::Object(Map::new())));
+    let meta = object.as_object_mut().map(|o| {
+        o.entry("metadata")
+            .or_insert_with(|| Value::Object(Map::new()))
+    });
     if let Some(Value::Object(meta)) = meta {
-        let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(Map::new()));
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Map::new()));
         if let Some(a) = annotations.as_object_mut() {
             a.insert(LAST_APPLIED.to_string(), Value::from(text));
         }
@@ -163,7 +201,8 @@ mod tests {
 
     #[test]
     fn three_way_diff_removes_only_what_the_manifest_dropped() {
-        let previous = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"replicas": 2}});
+        let previous =
+            json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"replicas": 2}});
         let desired = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"replicas": 3}});
         let live = json!({"metadata": {"labels": {"a": "1", "b": "2", "c": "set-by-someone"}},
             "spec": {"replicas": 2, "paused": false}, "status": {"replicas": 2}});
@@ -171,6 +210,13 @@ mod tests {
             merge_diff(&previous, &desired, &live),
             json!({"metadata": {"labels": {"b": null}}, "spec": {"replicas": 3}})
         );
-        assert_eq!(merge_diff(&desired, &desired, &json!({"metadata": {"labels": {"a": "1"}}, "spec": {"replicas": 3}})), json!({}));
+        assert_eq!(
+            merge_diff(
+                &desired,
+                &desired,
+                &json!({"metadata": {"labels": {"a": "1"}}, "spec": {"replicas": 3}})
+            ),
+            json!({})
+        );
     }
 }

@@ -27,22 +27,37 @@ pub async fn run(args: ControlArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let bound = listener.local_addr()?;
     // Clients cannot connect to the unspecified address; point them at loopback instead.
-    let host = if bound.ip().is_unspecified() { "127.0.0.1".to_string() } else { bound.ip().to_string() };
+    let host = if bound.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        bound.ip().to_string()
+    };
     let server = if bound.is_ipv6() && !bound.ip().is_unspecified() {
         format!("http://[{host}]:{}", bound.port())
     } else {
         format!("http://{host}:{}", bound.port())
     };
     let kubeconfig_path = args.data_dir.join("kubeconfig");
-    write_atomically(&kubeconfig_path, skiff_client::kubeconfig::render(&server).as_bytes())
-        .with_context(|| format!("cannot write {}", kubeconfig_path.display()))?;
+    write_atomically(
+        &kubeconfig_path,
+        skiff_client::kubeconfig::render(&server).as_bytes(),
+    )
+    .with_context(|| format!("cannot write {}", kubeconfig_path.display()))?;
     let config = skiff_control::ControlConfig {
         store_dir: args.data_dir.join("store"),
-        store: skiff_control::store::StoreConfig { history_capacity: args.watch_history },
+        store: skiff_control::store::StoreConfig {
+            history_capacity: args.watch_history,
+        },
     };
     eprintln!("skiff control: serving the API at {server}");
-    eprintln!("skiff control: kubeconfig written to {}", kubeconfig_path.display());
-    eprintln!("  try: kubectl --kubeconfig {} get namespaces", kubeconfig_path.display());
+    eprintln!(
+        "skiff control: kubeconfig written to {}",
+        kubeconfig_path.display()
+    );
+    eprintln!(
+        "  try: kubectl --kubeconfig {} get namespaces",
+        kubeconfig_path.display()
+    );
     skiff_control::run(config, listener, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -58,13 +73,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -18,7 +18,9 @@ pub fn read_manifests(path: &str) -> Result<Vec<Manifest>> {
     let mut out = Vec::new();
     if path == "-" {
         let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text).context("cannot read standard input")?;
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read standard input")?;
         parse_documents("<stdin>", &text, &mut out)?;
         return Ok(out);
     }
@@ -28,11 +30,17 @@ pub fn read_manifests(path: &str) -> Result<Vec<Manifest>> {
         let mut files: Vec<_> = std::fs::read_dir(p)
             .with_context(|| format!("cannot read directory {path}"))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|f| matches!(f.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+            .filter(|f| {
+                matches!(
+                    f.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml" | "json")
+                )
+            })
             .collect();
         files.sort();
         for f in files {
-            let text = std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?;
+            let text = std::fs::read_to_string(&f)
+                .with_context(|| format!("cannot read {}", f.display()))?;
             parse_documents(&f.display().to_string(), &text, &mut out)?;
         }
     } else {
@@ -44,20 +52,36 @@ pub fn read_manifests(path: &str) -> Result<Vec<Manifest>> {
 
 fn parse_documents(source: &str, text: &str, out: &mut Vec<Manifest>) -> Result<()> {
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = Value::deserialize(document)
-            .with_context(|| format!("{source}: document {} is not valid YAML or JSON", index + 1))?;
+        let value = Value::deserialize(document).with_context(|| {
+            format!("{source}: document {} is not valid YAML or JSON", index + 1)
+        })?;
         match value {
             Value::Null => continue,
             Value::Object(_) => {}
             _ => bail!("{source}: document {} is not an object", index + 1),
         }
-        if value.get("kind").and_then(Value::as_str).is_some_and(|k| k == "List" || k.ends_with("List")) {
-            for item in value.get("items").and_then(Value::as_array).cloned().unwrap_or_default() {
-                out.push(Manifest { source: source.to_string(), object: item });
+        if value
+            .get("kind")
+            .and_then(Value::as_str)
+            .is_some_and(|k| k == "List" || k.ends_with("List"))
+        {
+            for item in value
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+            {
+                out.push(Manifest {
+                    source: source.to_string(),
+                    object: item,
+                });
             }
             continue;
         }
-        out.push(Manifest { source: source.to_string(), object: value });
+        out.push(Manifest {
+            source: source.to_string(),
+            object: value,
+        });
     }
     Ok(())
 }

@@ -72,7 +72,8 @@ fn resolve_types(text: &str) -> Result<Vec<&'static ResourceInfo>> {
     text.split(',')
         .filter(|t| !t.is_empty())
         .map(|t| {
-            find_by_user_name(t).ok_or_else(|| anyhow::anyhow!("the server doesn't have a resource type {t:?}"))
+            find_by_user_name(t)
+                .ok_or_else(|| anyhow::anyhow!("the server doesn't have a resource type {t:?}"))
         })
         .collect()
 }
@@ -95,8 +96,16 @@ pub async fn get(context: &Context, args: GetArgs) -> Result<ExitCode> {
     let mut failed = false;
     let mut printed_any = false;
     for resource in &types {
-        let ns = if args.all_namespaces || !resource.namespaced { None } else { Some(namespace.as_str()) };
-        let prefix = if types.len() > 1 { format!("{}/", display_name(resource, "").trim_end_matches('/')) } else { String::new() };
+        let ns = if args.all_namespaces || !resource.namespaced {
+            None
+        } else {
+            Some(namespace.as_str())
+        };
+        let prefix = if types.len() > 1 {
+            format!("{}/", display_name(resource, "").trim_end_matches('/'))
+        } else {
+            String::new()
+        };
         match args.output {
             Some(OutputFormat::Yaml | OutputFormat::Json) => {
                 let value = if args.names.is_empty() {
@@ -110,11 +119,18 @@ pub async fn get(context: &Context, args: GetArgs) -> Result<ExitCode> {
                     }
                     serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items, "metadata": {}})
                 };
-                if args.output == Some(OutputFormat::Yaml) { print_yaml(&value)? } else { print_json(&value)? }
+                if args.output == Some(OutputFormat::Yaml) {
+                    print_yaml(&value)?
+                } else {
+                    print_json(&value)?
+                }
             }
             Some(OutputFormat::Name) => {
                 for object in fetch_objects(&client, resource, ns, &args.names, &options).await? {
-                    let name = object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+                    let name = object
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
                     println!("{}", display_name(resource, name));
                 }
             }
@@ -134,7 +150,9 @@ pub async fn get(context: &Context, args: GetArgs) -> Result<ExitCode> {
                         }
                     }
                 }
-                let Some(first) = tables.first() else { continue };
+                let Some(first) = tables.first() else {
+                    continue;
+                };
                 let columns = visible_columns(first, wide);
                 let with_namespace = args.all_namespaces && resource.namespaced;
                 let mut rows = Vec::new();
@@ -162,7 +180,10 @@ pub async fn get(context: &Context, args: GetArgs) -> Result<ExitCode> {
                     printed_any = true;
                 }
                 if args.watch && types.len() == 1 {
-                    let rv = first.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_string);
+                    let rv = first
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                        .map(str::to_string);
                     let mut watch_options = options.clone();
                     watch_options.resource_version = rv;
                     if let [name] = args.names.as_slice() {
@@ -172,7 +193,14 @@ pub async fn get(context: &Context, args: GetArgs) -> Result<ExitCode> {
                     while let Some(event) = events.next().await {
                         let event = event?;
                         if event.event_type == "ERROR" {
-                            bail!("{}", event.object.get("message").and_then(Value::as_str).unwrap_or("watch failed"));
+                            bail!(
+                                "{}",
+                                event
+                                    .object
+                                    .get("message")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or("watch failed")
+                            );
                         }
                         let rows = table_rows(&event.object, &columns, with_namespace, "");
                         print_columns(&rows);
@@ -181,7 +209,11 @@ pub async fn get(context: &Context, args: GetArgs) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn fetch_objects(
@@ -193,7 +225,11 @@ async fn fetch_objects(
 ) -> Result<Vec<Value>> {
     if names.is_empty() {
         let list = client.list(resource, ns, options).await?;
-        return Ok(list.get("items").and_then(Value::as_array).cloned().unwrap_or_default());
+        return Ok(list
+            .get("items")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default());
     }
     let mut out = Vec::new();
     for name in names {
@@ -253,11 +289,18 @@ pub async fn describe(context: &Context, args: DescribeArgs) -> Result<ExitCode>
         }
     }
     let events = skiff_api::resource::find_by_kind("v1", "Event").context("events are served")?;
-    let mut selector = format!("involvedObject.name={},involvedObject.uid={}", args.name, text(meta.get("uid")));
+    let mut selector = format!(
+        "involvedObject.name={},involvedObject.uid={}",
+        args.name,
+        text(meta.get("uid"))
+    );
     if let Some(ns) = ns {
         selector.push_str(&format!(",involvedObject.namespace={ns}"));
     }
-    let options = ListOptions { field_selector: Some(selector), ..Default::default() };
+    let options = ListOptions {
+        field_selector: Some(selector),
+        ..Default::default()
+    };
     let table = client.list_table(events, ns, &options).await?;
     let columns = visible_columns(&table, false);
     let rows = table_rows(&table, &columns, false, "");
@@ -302,7 +345,12 @@ pub async fn delete(context: &Context, args: DeleteArgs) -> Result<ExitCode> {
     for path in &args.files {
         for manifest in read_manifests(path)? {
             let resource = resource_of(&manifest.object)?;
-            let name = manifest.object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+            let name = manifest
+                .object
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             let ns = resource.namespaced.then(|| {
                 manifest
                     .object
@@ -325,12 +373,18 @@ pub async fn delete(context: &Context, args: DeleteArgs) -> Result<ExitCode> {
             type_arg = t.to_string();
             names.insert(0, n.to_string());
         }
-        let resource = *resolve_types(&type_arg)?.first().context("name a resource type")?;
+        let resource = *resolve_types(&type_arg)?
+            .first()
+            .context("name a resource type")?;
         if names.is_empty() {
             bail!("resource(s) were provided, but no name was specified");
         }
         for name in names {
-            targets.push((resource, resource.namespaced.then(|| namespace.clone()), name));
+            targets.push((
+                resource,
+                resource.namespaced.then(|| namespace.clone()),
+                name,
+            ));
         }
     } else if args.files.is_empty() {
         bail!("give a resource type and names, or -f FILE");
@@ -342,8 +396,14 @@ pub async fn delete(context: &Context, args: DeleteArgs) -> Result<ExitCode> {
     };
     let mut failed = false;
     for (resource, ns, name) in targets {
-        match client.delete(resource, ns.as_deref(), &name, policy, args.grace_period).await {
-            Ok(_) => println!("{} \"{name}\" deleted", display_name(resource, "").trim_end_matches('/')),
+        match client
+            .delete(resource, ns.as_deref(), &name, policy, args.grace_period)
+            .await
+        {
+            Ok(_) => println!(
+                "{} \"{name}\" deleted",
+                display_name(resource, "").trim_end_matches('/')
+            ),
             Err(e) if e.is_not_found() && args.ignore_not_found => {}
             Err(e) => {
                 eprintln!("{e}");
@@ -351,5 +411,9 @@ pub async fn delete(context: &Context, args: DeleteArgs) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

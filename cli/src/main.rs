@@ -13,7 +13,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "skiff", version, about = "A WebAssembly-workload orchestrator with the Kubernetes API")]
+#[command(
+    name = "skiff",
+    version,
+    about = "A WebAssembly-workload orchestrator with the Kubernetes API"
+)]
 struct Cli {
     /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
     #[arg(long, global = true, env = "SKIFF_KUBECONFIG")]
@@ -45,16 +49,24 @@ fn main() -> ExitCode {
         Err(e) => {
             // clap prints help and version to stdout and usage errors to stderr itself.
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -83,7 +95,10 @@ fn one_line(error: &anyhow::Error) -> String {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let context = get::Context { kubeconfig: cli.kubeconfig, namespace: cli.namespace };
+    let context = get::Context {
+        kubeconfig: cli.kubeconfig,
+        namespace: cli.namespace,
+    };
     match cli.command {
         Command::Control(args) => control::run(args).await,
         Command::Apply(args) => apply::run(&context, args).await,

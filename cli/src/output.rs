@@ -31,8 +31,18 @@ pub fn visible_columns(table: &Value, wide: bool) -> Vec<(usize, String)> {
         .map(|cols| {
             cols.iter()
                 .enumerate()
-                .filter(|(_, c)| wide || c.get("priority").and_then(Value::as_i64).unwrap_or(0) == 0)
-                .map(|(i, c)| (i, c.get("name").and_then(Value::as_str).unwrap_or_default().to_uppercase()))
+                .filter(|(_, c)| {
+                    wide || c.get("priority").and_then(Value::as_i64).unwrap_or(0) == 0
+                })
+                .map(|(i, c)| {
+                    (
+                        i,
+                        c.get("name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_uppercase(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -40,18 +50,30 @@ pub fn visible_columns(table: &Value, wide: bool) -> Vec<(usize, String)> {
 
 /// The cells of each row of a Table, for the visible columns; `with_namespace` prepends
 /// the row object's namespace, `prefix` goes before the name column.
-pub fn table_rows(table: &Value, columns: &[(usize, String)], with_namespace: bool, prefix: &str) -> Vec<Vec<String>> {
+pub fn table_rows(
+    table: &Value,
+    columns: &[(usize, String)],
+    with_namespace: bool,
+    prefix: &str,
+) -> Vec<Vec<String>> {
     table
         .get("rows")
         .and_then(Value::as_array)
         .map(|rows| {
             rows.iter()
                 .map(|row| {
-                    let cells = row.get("cells").and_then(Value::as_array).cloned().unwrap_or_default();
+                    let cells = row
+                        .get("cells")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
                     let mut out = Vec::new();
                     if with_namespace {
                         out.push(
-                            row.pointer("/object/metadata/namespace").and_then(Value::as_str).unwrap_or_default().to_string(),
+                            row.pointer("/object/metadata/namespace")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                                .to_string(),
                         );
                     }
                     for (n, (i, name)) in columns.iter().enumerate() {

@@ -886,9 +886,11 @@ impl Registry {
                     finalizers.push("orphan".into())
                 }
                 None | Some("Background") | Some("Foreground") | Some("Orphan") => {}
-                Some(other) => return Err(ApiError::bad_request(format!(
+                Some(other) => {
+                    return Err(ApiError::bad_request(format!(
                     "invalid propagationPolicy {other:?}: must be Foreground, Background or Orphan"
-                ))),
+                )))
+                }
             }
             let already_deleting = object
                 .pointer("/metadata/deletionTimestamp")

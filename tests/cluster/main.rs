@@ -1,1 +1,8 @@
-//! x
+//! Cluster-level integration tests, in one test binary: the real API server on a
+//! loopback port with sled on a temp dir, real HTTP, the real `skiff` binary and the real
+//! `kubectl` on PATH.
+
+mod api;
+mod crash;
+mod harness;
+mod kubectl;

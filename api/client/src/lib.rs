@@ -57,7 +57,8 @@ pub struct WatchEvent {
 }
 
 /// The events of one watch request, in order; it ends when the server ends the watch.
-pub type WatchStream = std::pin::Pin<Box<dyn Stream<Item = Result<WatchEvent, ClientError>> + Send>>;
+pub type WatchStream =
+    std::pin::Pin<Box<dyn Stream<Item = Result<WatchEvent, ClientError>> + Send>>;
 
 /// A client for one API server.
 #[derive(Debug, Clone)]
