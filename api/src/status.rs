@@ -12,7 +12,8 @@ pub struct ApiError {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
-    pub details: Option<StatusDetails>,
+    /// Boxed so `Result<_, ApiError>` stays small on the happy path.
+    pub details: Option<Box<StatusDetails>>,
 }
 
 /// `Status.details`: which object the error is about and, for `Invalid`, the field causes.
@@ -35,12 +36,12 @@ impl ApiError {
     }
 
     fn with_details(mut self, resource: &ResourceInfo, name: &str) -> Self {
-        self.details = Some(StatusDetails {
+        self.details = Some(Box::new(StatusDetails {
             name: name.to_string(),
             group: resource.group.to_string(),
             kind: resource.plural.to_string(),
             causes: Vec::new(),
-        });
+        }));
         self
     }
 
@@ -101,12 +102,12 @@ impl ApiError {
             format!("{kind} {name:?} is invalid: [{}]", rendered.join(", "))
         };
         let mut error = Self::new(422, "Invalid", message);
-        error.details = Some(StatusDetails {
+        error.details = Some(Box::new(StatusDetails {
             name: name.to_string(),
             group: resource.group.to_string(),
             kind: resource.kind.to_string(),
             causes,
-        });
+        }));
         error
     }
 
