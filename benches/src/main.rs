@@ -1,1 +1,31 @@
-fn main() {}
+//! skiff benchmarks. Each one measures skiff and, in the same run, a peer on this
+//! machine, and prints medians, tail latencies and the ratio between them.
+//!
+//! `skiff-bench store`: durable create latency (one client) and throughput at 1, 16 and
+//! 64 concurrent clients, against `skiff control` and against etcd started with its
+//! default durability (fsync per commit), with the same object payloads.
+
+mod store;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "skiff-bench")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Durable writes: skiff control vs etcd.
+    Store(store::StoreArgs),
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().bench {
+        Bench::Store(args) => store::run(args).await,
+    }
+}
