@@ -10,43 +10,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const MANIFESTS: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: demo
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-  namespace: demo
-  labels: {app: web}
-spec:
-  replicas: 2
-  selector:
-    matchLabels: {app: web}
-  template:
-    metadata:
-      labels: {app: web}
-    spec:
-      containers:
-      - name: web
-        image: hello.wasm
-        ports:
-        - containerPort: 8080
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: demo
-spec:
-  selector: {app: web}
-  ports:
-  - port: 80
-    targetPort: 8080
-"#;
+/// The README's example manifests: a namespace, a Deployment and a Service.
+fn example_manifests() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../wasm-examples/manifests/web.yaml")
+}
 
 struct Kubectl {
     kubeconfig: PathBuf,
@@ -81,12 +48,6 @@ impl Kubectl {
     }
 }
 
-fn write_manifests(dir: &Path) -> Result<PathBuf> {
-    let path = dir.join("app.yaml");
-    std::fs::write(&path, MANIFESTS)?;
-    Ok(path)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_applies_gets_watches_and_deletes() -> Result<()> {
     let cluster = InProcess::start().await?;
@@ -94,7 +55,7 @@ async fn kubectl_applies_gets_watches_and_deletes() -> Result<()> {
         kubeconfig: cluster.kubeconfig(),
         cache: tempfile::tempdir()?,
     };
-    let manifests = write_manifests(cluster.dir.path())?;
+    let manifests = example_manifests();
     let manifests = manifests.to_str().context("utf-8 path")?;
 
     let applied = kubectl.run(&["apply", "-f", manifests]).await?;

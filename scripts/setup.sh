@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what skiff's build and tests need on a fresh machine. Idempotent: it only
+# installs what is missing. Used by scripts/test.sh (and so by CI) and the benchmarks.
+set -euo pipefail
+
+need_apt=()
+command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+if [ "${1:-}" = "--bench" ]; then
+  command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# The wasm targets the guest examples build for (wasm-examples/).
+installed_targets=$(rustup target list --installed)
+for target in wasm32-wasip1 wasm32-wasip2; do
+  if ! grep -qx "$target" <<<"$installed_targets"; then
+    rustup target add "$target"
+  fi
+done
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+
+# The compatibility tests drive the real kubectl; it comes with the machine image.
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "setup: kubectl is not on PATH; the kubectl compatibility tests need it" >&2
+  exit 1
+fi
