@@ -375,13 +375,25 @@ pub fn row_cells(resource: &ResourceInfo, object: &Value, now: DateTime<Utc>) ->
     }
 }
 
-/// Builds a `meta.k8s.io/v1` Table from objects; each row carries the object's metadata
-/// as a `PartialObjectMetadata` (kubectl reads the namespace and labels from it).
+/// What each table row carries besides its cells (`includeObject`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IncludeObject {
+    None,
+    /// The server default: the object's metadata as a `PartialObjectMetadata`.
+    #[default]
+    Metadata,
+    Object,
+}
+
+/// Builds a `meta.k8s.io/v1` Table from objects. By default each row carries the
+/// object's metadata as a `PartialObjectMetadata` (kubectl reads the namespace and labels
+/// from it).
 pub fn table(
     resource: &ResourceInfo,
     objects: &[Value],
     resource_version: &str,
     include_column_definitions: bool,
+    include: IncludeObject,
     now: DateTime<Utc>,
 ) -> Value {
     let column_definitions: Vec<Value> = if include_column_definitions {
@@ -398,14 +410,19 @@ pub fn table(
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| {
-            json!({
-                "cells": row_cells(resource, o, now),
-                "object": {
-                    "kind": "PartialObjectMetadata",
-                    "apiVersion": "meta.k8s.io/v1",
-                    "metadata": o.get("metadata").cloned().unwrap_or(json!({})),
-                },
-            })
+            let mut row = json!({ "cells": row_cells(resource, o, now) });
+            match include {
+                IncludeObject::None => {}
+                IncludeObject::Object => row["object"] = o.clone(),
+                IncludeObject::Metadata => {
+                    row["object"] = json!({
+                        "kind": "PartialObjectMetadata",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": o.get("metadata").cloned().unwrap_or(json!({})),
+                    })
+                }
+            }
+            row
         })
         .collect();
     json!({

@@ -26,7 +26,7 @@ pub async fn run(context: &Context, args: ApplyArgs) -> Result<ExitCode> {
     for path in &args.files {
         for manifest in read_manifests(path)? {
             match apply_one(&client, &default_namespace, manifest.object).await {
-                Ok(line) => println!("{line}"),
+                Ok(line) => outln!("{line}"),
                 Err(e) => {
                     failures += 1;
                     eprintln!("error: {}: {}", manifest.source, crate::one_line(&e));
@@ -179,7 +179,7 @@ pub fn merge_diff(previous: &Value, desired: &Value, live: &Value) -> Value {
                         patch.insert(key.clone(), child);
                     }
                 }
-                (_, Some(have)) if have == want => {}
+                (_, Some(have)) if is_subset(want, have) => {}
                 _ => {
                     patch.insert(key.clone(), want.clone());
                 }
@@ -192,6 +192,22 @@ pub fn merge_diff(previous: &Value, desired: &Value, live: &Value) -> Value {
         }
     }
     Value::Object(patch)
+}
+
+/// Whether `live` already says everything `desired` says: the same scalars, and objects
+/// and lists whose entries carry at least the desired fields. Fields the server defaulted
+/// (an `imagePullPolicy` in a container, say) are not differences, as in kubectl's
+/// strategic merge diff.
+fn is_subset(desired: &Value, live: &Value) -> bool {
+    match (desired, live) {
+        (Value::Object(d), Value::Object(l)) => d
+            .iter()
+            .all(|(k, v)| l.get(k).is_some_and(|lv| is_subset(v, lv))),
+        (Value::Array(d), Value::Array(l)) => {
+            d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| is_subset(dv, lv))
+        }
+        _ => desired == live,
+    }
 }
 
 #[cfg(test)]
@@ -218,5 +234,11 @@ mod tests {
             ),
             json!({})
         );
+        // Server-side defaults inside list entries are not a change.
+        let containers = json!({"spec": {"containers": [{"name": "c", "image": "i"}]}});
+        let defaulted = json!({"spec": {"containers": [{"name": "c", "image": "i", "imagePullPolicy": "Always"}]}});
+        assert_eq!(merge_diff(&containers, &containers, &defaulted), json!({}));
+        let changed = json!({"spec": {"containers": [{"name": "c", "image": "j"}]}});
+        assert_eq!(merge_diff(&containers, &changed, &defaulted), changed);
     }
 }

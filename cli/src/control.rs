@@ -15,7 +15,7 @@ pub struct ControlArgs {
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
     /// How many events the watch history keeps before old resourceVersions expire.
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = 20_000)]
     watch_history: usize,
 }
 
@@ -48,6 +48,7 @@ pub async fn run(args: ControlArgs) -> Result<ExitCode> {
         store: skiff_control::store::StoreConfig {
             history_capacity: args.watch_history,
         },
+        ..Default::default()
     };
     eprintln!("skiff control: serving the API at {server}");
     eprintln!(

@@ -131,7 +131,7 @@ pub async fn get(context: &Context, args: GetArgs) -> Result<ExitCode> {
                         .pointer("/metadata/name")
                         .and_then(Value::as_str)
                         .unwrap_or_default();
-                    println!("{}", display_name(resource, name));
+                    outln!("{}", display_name(resource, name));
                 }
             }
             None | Some(OutputFormat::Wide) => {
@@ -168,7 +168,7 @@ pub async fn get(context: &Context, args: GetArgs) -> Result<ExitCode> {
                     }
                 } else {
                     if printed_any {
-                        println!();
+                        outln!();
                     }
                     let mut header: Vec<String> = Vec::new();
                     if with_namespace {
@@ -265,26 +265,26 @@ pub async fn describe(context: &Context, args: DescribeArgs) -> Result<ExitCode>
             })
             .unwrap_or_else(|| "<none>".into())
     };
-    println!("Name:         {}", text(meta.get("name")));
+    outln!("Name:         {}", text(meta.get("name")));
     if resource.namespaced {
-        println!("Namespace:    {}", text(meta.get("namespace")));
+        outln!("Namespace:    {}", text(meta.get("namespace")));
     }
-    println!("Labels:       {}", pairs(meta.get("labels"), "="));
+    outln!("Labels:       {}", pairs(meta.get("labels"), "="));
     let mut annotations = meta.get("annotations").cloned().unwrap_or_default();
     if let Some(a) = annotations.as_object_mut() {
         a.remove(crate::apply::LAST_APPLIED);
     }
-    println!("Annotations:  {}", pairs(Some(&annotations), ": "));
-    println!("CreationTimestamp: {}", text(meta.get("creationTimestamp")));
+    outln!("Annotations:  {}", pairs(Some(&annotations), ": "));
+    outln!("CreationTimestamp: {}", text(meta.get("creationTimestamp")));
     if let Some(deletion) = meta.get("deletionTimestamp").and_then(Value::as_str) {
-        println!("DeletionTimestamp: {deletion}");
+        outln!("DeletionTimestamp: {deletion}");
     }
     for section in ["spec", "status", "data", "subsets"] {
         if let Some(value) = object.get(section).filter(|v| !v.is_null()) {
             let capitalised = format!("{}{}", section[..1].to_uppercase(), &section[1..]);
-            println!("{capitalised}:");
+            outln!("{capitalised}:");
             for line in serde_yaml::to_string(value)?.lines() {
-                println!("  {line}");
+                outln!("  {line}");
             }
         }
     }
@@ -305,9 +305,9 @@ pub async fn describe(context: &Context, args: DescribeArgs) -> Result<ExitCode>
     let columns = visible_columns(&table, false);
     let rows = table_rows(&table, &columns, false, "");
     if rows.is_empty() {
-        println!("Events:       <none>");
+        outln!("Events:       <none>");
     } else {
-        println!("Events:");
+        outln!("Events:");
         let mut all = vec![columns.iter().map(|(_, n)| n.clone()).collect::<Vec<_>>()];
         all.extend(rows);
         print_columns(&all);
@@ -389,6 +389,9 @@ pub async fn delete(context: &Context, args: DeleteArgs) -> Result<ExitCode> {
     } else if args.files.is_empty() {
         bail!("give a resource type and names, or -f FILE");
     }
+    // Namespaces go last: deleting one first would remove the objects listed after it
+    // underneath us.
+    targets.sort_by_key(|(resource, _, _)| resource.kind == "Namespace");
     let policy = match args.cascade {
         Cascade::Background => "Background",
         Cascade::Foreground => "Foreground",
@@ -400,7 +403,7 @@ pub async fn delete(context: &Context, args: DeleteArgs) -> Result<ExitCode> {
             .delete(resource, ns.as_deref(), &name, policy, args.grace_period)
             .await
         {
-            Ok(_) => println!(
+            Ok(_) => outln!(
                 "{} \"{name}\" deleted",
                 display_name(resource, "").trim_end_matches('/')
             ),

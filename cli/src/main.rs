@@ -1,11 +1,12 @@
 //! The `skiff` binary: the control-plane daemon and a kubectl-like client. Thin: it
 //! parses arguments, sets up tracing and signals, and calls into the library crates.
 
+#[macro_use]
+mod output;
 mod apply;
 mod control;
 mod files;
 mod get;
-mod output;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -46,14 +47,21 @@ enum Command {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            // clap prints help and version to stdout and usage errors to stderr itself.
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: clap prints them to stdout.
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // Usage errors get one line, as every other CLI error does.
+            let rendered = e.render().to_string();
+            let first_paragraph: Vec<&str> = rendered
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.is_empty())
+                .collect();
+            eprintln!("{} (see `skiff --help`)", first_paragraph.join(" "));
+            return ExitCode::from(2);
         }
     };
     tracing_subscriber::fmt()

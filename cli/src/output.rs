@@ -1,5 +1,22 @@
 //! Printing: server-side Tables as aligned columns like kubectl, and objects as YAML or JSON.
 
+/// `println!` that survives a closed pipe.
+macro_rules! outln {
+    () => {
+        $crate::output::write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_line(format_args!($($arg)*))
+    };
+}
+
+/// `print!` that survives a closed pipe.
+macro_rules! outtext {
+    ($($arg:tt)*) => {
+        $crate::output::write_text(format_args!($($arg)*))
+    };
+}
+
 use serde_json::Value;
 
 /// Prints rows of cells as columns separated by three spaces, as kubectl does.
@@ -19,7 +36,7 @@ pub fn print_columns(rows: &[Vec<String>]) {
                 line.push_str(&" ".repeat(widths[i] - cell.chars().count() + 3));
             }
         }
-        println!("{}", line.trim_end());
+        outln!("{}", line.trim_end());
     }
 }
 
@@ -99,11 +116,28 @@ fn cell_text(cell: Option<&Value>) -> String {
 }
 
 pub fn print_yaml(value: &Value) -> anyhow::Result<()> {
-    print!("{}", serde_yaml::to_string(value)?);
+    outtext!("{}", serde_yaml::to_string(value)?);
     Ok(())
 }
 
 pub fn print_json(value: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+/// Writes a line to standard output. A closed pipe (`skiff get pods | head -1`) ends the
+/// process quietly with success instead of a panic, as other Unix tools behave.
+pub fn write_line(args: std::fmt::Arguments<'_>) {
+    write_text(format_args!("{args}\n"));
+}
+
+/// Writes text to standard output; see [`write_line`].
+pub fn write_text(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
 }

@@ -30,6 +30,18 @@ pub struct ControlConfig {
     /// Where the store keeps its files (`DATA_DIR/store`).
     pub store_dir: PathBuf,
     pub store: store::StoreConfig,
+    /// How often watches that allow bookmarks get one.
+    pub bookmark_interval: std::time::Duration,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            store_dir: PathBuf::from("store"),
+            store: store::StoreConfig::default(),
+            bookmark_interval: std::time::Duration::from_secs(30),
+        }
+    }
 }
 
 /// Runs the control plane on a bound listener until `shutdown` completes.
@@ -58,6 +70,7 @@ pub async fn run(
         shutdown: stopped,
         namespace_deleted,
         advertise_address,
+        bookmark_interval: config.bookmark_interval,
     };
     let result = apiserver::serve(listener, state, async move {
         shutdown.await;

@@ -127,7 +127,7 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            history_capacity: 50_000,
+            history_capacity: 20_000,
         }
     }
 }

@@ -814,3 +814,104 @@ async fn generation_status_and_scale_subresources() -> Result<()> {
     cluster.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn bookmarks_metrics_and_table_objects() -> Result<()> {
+    let cluster = InProcess::start().await?;
+    let client = cluster.client();
+    let configmaps = find_by_kind("v1", "ConfigMap").expect("served");
+    let namespaces = find_by_kind("v1", "Namespace").expect("served");
+    client
+        .create(
+            namespaces,
+            None,
+            &json!({"metadata": {"name": "elsewhere"}}),
+        )
+        .await?;
+    let list = client
+        .list(configmaps, Some("default"), &ListOptions::default())
+        .await?;
+    let options = ListOptions {
+        resource_version: list["metadata"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string),
+        allow_bookmarks: true,
+        ..Default::default()
+    };
+    let mut events = client
+        .watch(configmaps, Some("default"), &options, false)
+        .await?;
+    // A write this watch does not select still moves its bookmark forward.
+    let other = client
+        .create(
+            configmaps,
+            Some("elsewhere"),
+            &json!({"metadata": {"name": "x"}}),
+        )
+        .await?;
+    let other_rv: u64 = other["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("0")
+        .parse()?;
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await?
+            .context("watch ended")??;
+        ensure!(
+            event.event_type == "BOOKMARK",
+            "unexpected {} for a write in another namespace",
+            event.event_type
+        );
+        ensure!(event.object["kind"] == "ConfigMap", "{}", event.object);
+        let rv: u64 = event.object["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("0")
+            .parse()?;
+        if rv >= other_rv {
+            break;
+        }
+    }
+
+    let http = reqwest::Client::new();
+    let table: Value = http
+        .get(format!(
+            "{}/api/v1/namespaces/elsewhere/configmaps?includeObject=Object",
+            cluster.server
+        ))
+        .header(
+            "Accept",
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+        )
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(
+        table["kind"] == "Table" && table["rows"][0]["object"]["kind"] == "ConfigMap",
+        "{table}"
+    );
+    ensure!(table["rows"][0]["cells"][0] == "x", "{table}");
+
+    let metrics = http
+        .get(format!("{}/metrics", cluster.server))
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        metrics.contains(
+            r#"apiserver_request_total{verb="create",resource="configmaps",code="201"} 1"#
+        ),
+        "{metrics}"
+    );
+    ensure!(metrics.contains("apiserver_request_duration_seconds_bucket{verb=\"create\",resource=\"configmaps\",le=\"+Inf\"} 1"));
+    ensure!(metrics
+        .lines()
+        .any(|l| l.starts_with("skiff_store_flush_duration_seconds_count ") && !l.ends_with(" 0")));
+    for path in ["/healthz", "/livez", "/readyz"] {
+        let response = http.get(format!("{}{path}", cluster.server)).send().await?;
+        ensure!(response.status().is_success(), "{path}");
+    }
+    cluster.stop().await;
+    Ok(())
+}

@@ -26,6 +26,7 @@ impl InProcess {
             store: skiff_control::store::StoreConfig {
                 history_capacity: 200,
             },
+            bookmark_interval: Duration::from_millis(200),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -3,6 +3,7 @@
 //! `kubectl` on PATH.
 
 mod api;
+mod cli;
 mod crash;
 mod harness;
 mod kubectl;

@@ -74,6 +74,8 @@ pub struct ListOptions {
     pub field_selector: Option<String>,
     pub resource_version: Option<String>,
     pub timeout_seconds: Option<u64>,
+    /// Lets the server send BOOKMARK events on a watch.
+    pub allow_bookmarks: bool,
 }
 
 const TABLE_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
@@ -391,6 +393,9 @@ fn with_query(path: &str, options: &ListOptions, watch: bool) -> String {
     }
     if let Some(rv) = &options.resource_version {
         query.append_pair("resourceVersion", rv);
+    }
+    if watch && options.allow_bookmarks {
+        query.append_pair("allowWatchBookmarks", "true");
     }
     if let Some(t) = options.timeout_seconds {
         query.append_pair("timeoutSeconds", &t.to_string());

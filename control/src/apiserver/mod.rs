@@ -23,6 +23,7 @@ use skiff_api::patch::PatchType;
 use skiff_api::resource::{find_by_path, ResourceInfo};
 use skiff_api::selector::{structured_to_string, FieldSelector, LabelSelector};
 use skiff_api::status::{success_status, ApiError};
+use skiff_api::table::IncludeObject;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub struct ApiState {
     pub namespace_deleted: Arc<Notify>,
     /// `host:port` clients reach this server at, for legacy `/api`.
     pub advertise_address: String,
+    /// How often watches with `allowWatchBookmarks=true` get a BOOKMARK event.
+    pub bookmark_interval: std::time::Duration,
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
@@ -529,10 +532,13 @@ async fn handle_resource(
                     fields,
                     timeout: watch::parse_timeout(query.get("timeoutSeconds").map(String::as_str))?,
                     as_table: accept.table,
+                    include_object: include_object(&query)?,
+                    bookmarks: query.get("allowWatchBookmarks").map(String::as_str) == Some("true"),
                 };
                 return watch::watch(state, request);
             }
-            list(state, resource, ns, &labels, &fields, accept.table)
+            let table = accept.table.then(|| include_object(&query)).transpose()?;
+            list(state, resource, ns, &labels, &fields, table)
         }
         ("GET", Some(name), None | Some("status")) => {
             let (entry, object) = registry.get(resource, ns, name)?;
@@ -542,6 +548,7 @@ async fn handle_resource(
                     &[object],
                     &entry.revision.to_string(),
                     true,
+                    include_object(&query)?,
                     registry.env.now(),
                 );
                 return Ok(json_response(StatusCode::OK, &table));
@@ -693,20 +700,32 @@ async fn handle_resource(
     }
 }
 
+/// `includeObject` of a Table request (kubectl asks for `Object` with `--sort-by`).
+fn include_object(query: &HashMap<String, String>) -> Result<IncludeObject, ApiError> {
+    match query.get("includeObject").map(String::as_str) {
+        None | Some("") | Some("Metadata") => Ok(IncludeObject::Metadata),
+        Some("Object") => Ok(IncludeObject::Object),
+        Some("None") => Ok(IncludeObject::None),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "invalid includeObject {other:?}: must be None, Metadata or Object"
+        ))),
+    }
+}
+
 fn list(
     state: &ApiState,
     resource: &'static ResourceInfo,
     namespace: Option<&str>,
     labels: &LabelSelector,
     fields: &FieldSelector,
-    as_table: bool,
+    table: Option<IncludeObject>,
 ) -> Result<Response, ApiError> {
     let (revision, entries) = state
         .registry
         .store
         .list(&collection_prefix(resource, namespace));
     let filtered = !labels.is_empty() || !fields.requirements.is_empty();
-    if as_table || filtered {
+    if table.is_some() || filtered {
         let mut objects = Vec::with_capacity(entries.len());
         for (_, entry) in &entries {
             let object = decode_entry(entry)?;
@@ -714,12 +733,13 @@ fn list(
                 objects.push(object);
             }
         }
-        if as_table {
+        if let Some(include) = table {
             let table = skiff_api::table::table(
                 resource,
                 &objects,
                 &revision.to_string(),
                 true,
+                include,
                 state.registry.env.now(),
             );
             return Ok(json_response(StatusCode::OK, &table));

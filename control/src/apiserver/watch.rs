@@ -2,7 +2,7 @@
 //! event; label and field selectors turn objects entering or leaving the selection into
 //! ADDED and DELETED; a too-old `resourceVersion` gets 410 Expired.
 
-use crate::registry::event_type_name;
+use crate::registry::{event_type_name, Environment};
 use crate::store::{Event, EventType, StoreError};
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
@@ -11,6 +11,7 @@ use serde_json::Value;
 use skiff_api::resource::ResourceInfo;
 use skiff_api::selector::{FieldSelector, LabelSelector};
 use skiff_api::status::ApiError;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,6 +29,9 @@ pub struct WatchRequest {
     pub fields: FieldSelector,
     pub timeout: Option<Duration>,
     pub as_table: bool,
+    pub include_object: skiff_api::table::IncludeObject,
+    /// Whether the client allows BOOKMARK events (`allowWatchBookmarks=true`).
+    pub bookmarks: bool,
 }
 
 /// Filters, renders and sends events; owned by one watch's task.
@@ -35,6 +39,7 @@ struct Sender {
     request: WatchRequest,
     channel: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
     sent_columns: bool,
+    env: Arc<dyn Environment>,
 }
 
 impl Sender {
@@ -68,7 +73,8 @@ impl Sender {
                 std::slice::from_ref(&value),
                 &rv,
                 !self.sent_columns,
-                chrono::Utc::now(),
+                self.request.include_object,
+                self.env.now(),
             );
             self.sent_columns = true;
             out.extend_from_slice(&serde_json::to_vec(&table).ok()?);
@@ -114,6 +120,18 @@ impl Sender {
         self.send(event_type, &event.value).await
     }
 
+    /// Tells the client it has seen everything up to `revision`, so it can resume from
+    /// there without a relist even if none of those events concerned it.
+    async fn send_bookmark(&mut self, revision: u64) -> bool {
+        let object = serde_json::json!({
+            "kind": self.request.resource.kind,
+            "apiVersion": self.request.resource.api_version(),
+            "metadata": {"resourceVersion": revision.to_string()},
+        });
+        let line = format!("{{\"type\":\"BOOKMARK\",\"object\":{object}}}\n");
+        self.channel.send(Ok(Bytes::from(line))).await.is_ok()
+    }
+
     async fn send_expired(&mut self, message: String) {
         let status = ApiError::gone(message).to_status();
         let line = format!("{{\"type\":\"ERROR\",\"object\":{status}}}\n");
@@ -134,16 +152,24 @@ pub fn watch(state: &ApiState, request: WatchRequest) -> Result<Response, ApiErr
         })?;
     let (channel, receiver) = tokio::sync::mpsc::channel(64);
     let timeout = request.timeout;
+    let bookmark_interval = state.bookmark_interval;
     let mut sender = Sender {
         request,
         channel,
         sent_columns: false,
+        env: state.registry.env.clone(),
     };
     let mut shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut live = watch.live;
-        let mut last_sent = 0;
+        // The highest revision this watch has dealt with, whether or not it concerned the
+        // watch; events at or below it came from the snapshot or the backlog.
+        let mut last_sent = sender.request.from.unwrap_or(0);
+        let mut bookmarks = tokio::time::interval_at(
+            tokio::time::Instant::now() + bookmark_interval,
+            bookmark_interval,
+        );
         if let Some((revision, objects)) = watch.initial {
             last_sent = revision;
             for (_, entry) in objects {
@@ -164,6 +190,12 @@ pub fn watch(state: &ApiState, request: WatchRequest) -> Result<Response, ApiErr
         loop {
             let next = tokio::select! {
                 next = live.recv() => next,
+                _ = bookmarks.tick(), if sender.request.bookmarks => {
+                    if last_sent > 0 && !sender.send_bookmark(last_sent).await {
+                        return;
+                    }
+                    continue;
+                }
                 _ = sleep_until(deadline) => return,
                 _ = shutdown.changed() => return,
                 _ = sender.channel.closed() => return,
