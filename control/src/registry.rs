@@ -372,73 +372,25 @@ impl Registry {
         })
     }
 
-    /// Defaults applied on create, as the Kubernetes defaulting functions and
+    /// Defaults and status applied on create, as the Kubernetes defaulting functions and
     /// `PrepareForCreate` strategies do for these kinds.
     fn apply_create_defaults(
         &self,
         resource: &ResourceInfo,
         object: &mut Value,
     ) -> Result<(), ApiError> {
+        if let Some(spec) = object.get_mut("spec") {
+            default_spec(resource.kind, spec);
+        }
         match resource.kind {
             "Pod" => {
-                if let Some(spec) = object.get_mut("spec") {
-                    default_pod_spec(spec);
-                }
                 object["status"] =
                     json!({"phase": "Pending", "qosClass": qos_class(object.get("spec"))});
             }
             "Deployment" | "ReplicaSet" => {
-                let spec = object.get_mut("spec").filter(|s| s.is_object());
-                if let Some(spec) = spec {
-                    spec.as_object_mut()
-                        .expect("filtered to objects")
-                        .entry("replicas")
-                        .or_insert(json!(1));
-                    if resource.kind == "Deployment" {
-                        let s = spec.as_object_mut().expect("filtered to objects");
-                        s.entry("revisionHistoryLimit").or_insert(json!(10));
-                        s.entry("progressDeadlineSeconds").or_insert(json!(600));
-                        let strategy = s.entry("strategy").or_insert(json!({}));
-                        if let Some(st) = strategy.as_object_mut() {
-                            let kind = st.entry("type").or_insert(json!("RollingUpdate")).clone();
-                            if kind == "RollingUpdate" {
-                                let ru = st.entry("rollingUpdate").or_insert(json!({}));
-                                if let Some(ru) = ru.as_object_mut() {
-                                    ru.entry("maxSurge").or_insert(json!("25%"));
-                                    ru.entry("maxUnavailable").or_insert(json!("25%"));
-                                }
-                            }
-                        }
-                    }
-                    if let Some(pod_spec) = spec.pointer_mut("/template/spec") {
-                        default_pod_spec(pod_spec);
-                    }
-                }
                 object.as_object_mut().map(|o| o.remove("status"));
             }
-            "Service" => {
-                if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
-                    spec.entry("type").or_insert(json!("ClusterIP"));
-                    spec.entry("sessionAffinity").or_insert(json!("None"));
-                    if spec.get("type") != Some(&json!("ExternalName")) {
-                        spec.entry("internalTrafficPolicy")
-                            .or_insert(json!("Cluster"));
-                        spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
-                        spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
-                    }
-                    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
-                        for p in ports {
-                            if let Some(p) = p.as_object_mut() {
-                                p.entry("protocol").or_insert(json!("TCP"));
-                                if let Some(port) = p.get("port").cloned() {
-                                    p.entry("targetPort").or_insert(port);
-                                }
-                            }
-                        }
-                    }
-                }
-                object["status"] = json!({"loadBalancer": {}});
-            }
+            "Service" => object["status"] = json!({"loadBalancer": {}}),
             "Namespace" => {
                 object["spec"] = json!({"finalizers": ["kubernetes"]});
                 object["status"] = json!({"phase": "Active"});
@@ -769,16 +721,11 @@ impl Registry {
             }
         }
         if subresource.is_none() {
+            if resource.kind == "Service" {
+                keep_allocated_service_values(&old, &mut new);
+            }
             if let Some(spec) = new.get_mut("spec") {
-                match resource.kind {
-                    "Pod" => default_pod_spec(spec),
-                    "Deployment" | "ReplicaSet" => {
-                        if let Some(p) = spec.pointer_mut("/template/spec") {
-                            default_pod_spec(p);
-                        }
-                    }
-                    _ => {}
-                }
+                default_spec(resource.kind, spec);
             }
         }
         let causes = validate_update(resource, &old, &new);
@@ -1194,6 +1141,78 @@ fn string_list(value: Option<&Value>) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Spec defaults of the Kubernetes defaulting functions, applied on create and update
+/// so a replace that leaves a defaulted field out does not change it.
+fn default_spec(kind: &str, spec: &mut Value) {
+    match kind {
+        "Pod" => default_pod_spec(spec),
+        "Deployment" | "ReplicaSet" => {
+            let Some(s) = spec.as_object_mut() else {
+                return;
+            };
+            s.entry("replicas").or_insert(json!(1));
+            if kind == "Deployment" {
+                s.entry("revisionHistoryLimit").or_insert(json!(10));
+                s.entry("progressDeadlineSeconds").or_insert(json!(600));
+                let strategy = s.entry("strategy").or_insert(json!({}));
+                if let Some(st) = strategy.as_object_mut() {
+                    let strategy_type = st.entry("type").or_insert(json!("RollingUpdate")).clone();
+                    if strategy_type == "RollingUpdate" {
+                        let ru = st.entry("rollingUpdate").or_insert(json!({}));
+                        if let Some(ru) = ru.as_object_mut() {
+                            ru.entry("maxSurge").or_insert(json!("25%"));
+                            ru.entry("maxUnavailable").or_insert(json!("25%"));
+                        }
+                    }
+                }
+            }
+            if let Some(pod_spec) = spec.pointer_mut("/template/spec") {
+                default_pod_spec(pod_spec);
+            }
+        }
+        "Service" => {
+            let Some(spec) = spec.as_object_mut() else {
+                return;
+            };
+            spec.entry("type").or_insert(json!("ClusterIP"));
+            spec.entry("sessionAffinity").or_insert(json!("None"));
+            if spec.get("type") != Some(&json!("ExternalName")) {
+                spec.entry("internalTrafficPolicy")
+                    .or_insert(json!("Cluster"));
+                spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
+                spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
+            }
+            if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+                for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                    p.entry("protocol").or_insert(json!("TCP"));
+                    if let Some(port) = p.get("port").cloned() {
+                        p.entry("targetPort").or_insert(port);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// As Kubernetes' `patchAllocatedValues`: an update that leaves out the addresses the
+/// server allocated (as `kubectl replace -f` of the original manifest does) keeps them.
+fn keep_allocated_service_values(old: &Value, new: &mut Value) {
+    for field in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+        let missing = new
+            .pointer(&format!("/spec/{field}"))
+            .is_none_or(|v| v.is_null() || v == "");
+        if missing {
+            if let (Some(value), Some(spec)) = (
+                old.pointer(&format!("/spec/{field}")),
+                new.get_mut("spec").and_then(Value::as_object_mut),
+            ) {
+                spec.insert(field.to_string(), value.clone());
+            }
+        }
+    }
 }
 
 /// The pod spec defaults of the Kubernetes defaulting functions that users see.

@@ -71,7 +71,6 @@ async fn kubectl_applies_gets_watches_and_deletes() -> Result<()> {
         again.contains("deployment.apps/web unchanged"),
         "second apply printed {again:?}"
     );
-
     let table = kubectl.run(&["-n", "demo", "get", "deploy"]).await?;
     let header: Vec<&str> = table
         .lines()
@@ -126,6 +125,30 @@ async fn kubectl_applies_gets_watches_and_deletes() -> Result<()> {
         as_json["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
             .is_string(),
         "kubectl's apply annotation was not kept"
+    );
+
+    // replace sends the manifest without the allocated clusterIP; it must be kept.
+    let replaced = kubectl.run(&["replace", "-f", manifests]).await?;
+    ensure!(replaced.contains("service/web replaced"), "{replaced}");
+    let server_side = kubectl
+        .run(&["apply", "--server-side", "-f", manifests])
+        .await?;
+    ensure!(
+        server_side.contains("deployment.apps/web serverside-applied"),
+        "{server_side}"
+    );
+    let run = kubectl
+        .run(&["-n", "demo", "run", "solo", "--image=hello.wasm"])
+        .await?;
+    ensure!(run.contains("pod/solo created"), "{run}");
+    let described = kubectl
+        .run(&["-n", "demo", "describe", "pod", "solo"])
+        .await?;
+    ensure!(
+        described.contains("Status:")
+            && described.contains("Pending")
+            && described.contains("hello.wasm"),
+        "{described}"
     );
 
     // `get -w` prints a new row when the deployment changes.
