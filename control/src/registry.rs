@@ -88,6 +88,26 @@ pub struct Written {
     pub removed: bool,
 }
 
+impl Written {
+    /// An object that was written and is still there.
+    fn kept(object: Value) -> Self {
+        Written {
+            object,
+            warnings: Vec::new(),
+            removed: false,
+        }
+    }
+
+    /// An object that was removed; `object` is its final state.
+    fn removed(object: Value) -> Self {
+        Written {
+            object,
+            warnings: Vec::new(),
+            removed: true,
+        }
+    }
+}
+
 /// Object semantics on top of a [`Store`].
 #[derive(Clone)]
 pub struct Registry {
@@ -736,11 +756,7 @@ impl Registry {
         metadata_mut(&mut old_without_rv).remove("resourceVersion");
         if new == old_without_rv {
             // Nothing changed: no write, no new resourceVersion, no watch event.
-            return Ok(Written {
-                object: old,
-                warnings: Vec::new(),
-                removed: false,
-            });
+            return Ok(Written::kept(old));
         }
         let key = object_key(resource, namespace, name);
         // As Kubernetes' `ShouldDeleteDuringUpdate`: an object being deleted goes once its
@@ -755,11 +771,7 @@ impl Registry {
                 .unwrap_or(0)
                 == 0;
         if dry_run {
-            return Ok(Written {
-                object: new,
-                warnings: Vec::new(),
-                removed: false,
-            });
+            return Ok(Written::kept(new));
         }
         if finalized {
             // The last finalizer is gone from an object being deleted: remove it.
@@ -772,11 +784,7 @@ impl Registry {
                 })
                 .await
                 .map_err(|e| store_error(resource, name, e))?;
-            return Ok(Written {
-                object: decode_entry(&entry)?,
-                warnings: Vec::new(),
-                removed: true,
-            });
+            return Ok(Written::removed(decode_entry(&entry)?));
         }
         let entry = self
             .store
@@ -787,11 +795,7 @@ impl Registry {
             })
             .await
             .map_err(|e| store_error(resource, name, e))?;
-        Ok(Written {
-            object: decode_entry(&entry)?,
-            warnings: Vec::new(),
-            removed: false,
-        })
+        Ok(Written::kept(decode_entry(&entry)?))
     }
 
     /// Deletes an object: at once, or by setting `deletionTimestamp` when finalizers or a
@@ -855,11 +859,7 @@ impl Registry {
             let namespace_with_content = resource.kind == "Namespace";
             if finalizers.is_empty() && grace == 0 && !namespace_with_content {
                 if options.dry_run {
-                    return Ok(Written {
-                        object,
-                        warnings: Vec::new(),
-                        removed: true,
-                    });
+                    return Ok(Written::removed(object));
                 }
                 let key = object_key(resource, namespace, name);
                 match self
@@ -871,13 +871,7 @@ impl Registry {
                     })
                     .await
                 {
-                    Ok(e) => {
-                        return Ok(Written {
-                            object: decode_entry(&e)?,
-                            warnings: Vec::new(),
-                            removed: true,
-                        })
-                    }
+                    Ok(e) => return Ok(Written::removed(decode_entry(&e)?)),
                     Err(StoreError::Conflict { .. })
                         if options.precondition_resource_version.is_none() =>
                     {
@@ -915,19 +909,11 @@ impl Registry {
                 pending["status"] = json!({"phase": "Terminating"});
             }
             if options.dry_run {
-                return Ok(Written {
-                    object: pending,
-                    warnings: Vec::new(),
-                    removed: false,
-                });
+                return Ok(Written::kept(pending));
             }
             let key = object_key(resource, namespace, name);
             if pending == object {
-                return Ok(Written {
-                    object,
-                    warnings: Vec::new(),
-                    removed: false,
-                });
+                return Ok(Written::kept(object));
             }
             match self
                 .store
@@ -938,13 +924,7 @@ impl Registry {
                 })
                 .await
             {
-                Ok(e) => {
-                    return Ok(Written {
-                        object: decode_entry(&e)?,
-                        warnings: Vec::new(),
-                        removed: false,
-                    })
-                }
+                Ok(e) => return Ok(Written::kept(decode_entry(&e)?)),
                 Err(StoreError::Conflict { .. })
                     if options.precondition_resource_version.is_none() =>
                 {

@@ -184,6 +184,19 @@ impl Client {
         self.finish(response).await
     }
 
+    /// Sends `body` as JSON with `content_type` and returns the JSON answer.
+    async fn send_object(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: &Value,
+    ) -> Result<Value, ClientError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.request(method, path, Some((content_type, bytes)), None)
+            .await
+    }
+
     pub async fn get(
         &self,
         resource: &ResourceInfo,
@@ -243,14 +256,9 @@ impl Client {
         namespace: Option<&str>,
         object: &Value,
     ) -> Result<Value, ClientError> {
-        let body = serde_json::to_vec(object).map_err(|e| ClientError::Decode(e.to_string()))?;
-        self.request(
-            reqwest::Method::POST,
-            &Self::collection_path(resource, namespace),
-            Some(("application/json", body)),
-            None,
-        )
-        .await
+        let path = Self::collection_path(resource, namespace);
+        self.send_object(reqwest::Method::POST, &path, "application/json", object)
+            .await
     }
 
     pub async fn replace(
@@ -260,14 +268,9 @@ impl Client {
         name: &str,
         object: &Value,
     ) -> Result<Value, ClientError> {
-        let body = serde_json::to_vec(object).map_err(|e| ClientError::Decode(e.to_string()))?;
-        self.request(
-            reqwest::Method::PUT,
-            &Self::item_path(resource, namespace, name),
-            Some(("application/json", body)),
-            None,
-        )
-        .await
+        let path = Self::item_path(resource, namespace, name);
+        self.send_object(reqwest::Method::PUT, &path, "application/json", object)
+            .await
     }
 
     /// Patches with a content type such as `application/merge-patch+json`.
@@ -279,14 +282,9 @@ impl Client {
         content_type: &str,
         patch: &Value,
     ) -> Result<Value, ClientError> {
-        let body = serde_json::to_vec(patch).map_err(|e| ClientError::Decode(e.to_string()))?;
-        self.request(
-            reqwest::Method::PATCH,
-            &Self::item_path(resource, namespace, name),
-            Some((content_type, body)),
-            None,
-        )
-        .await
+        let path = Self::item_path(resource, namespace, name);
+        self.send_object(reqwest::Method::PATCH, &path, content_type, patch)
+            .await
     }
 
     /// Deletes with a propagation policy (`Background`, `Foreground`, `Orphan`).
@@ -302,14 +300,9 @@ impl Client {
         if let Some(g) = grace_period_seconds {
             options["gracePeriodSeconds"] = Value::from(g);
         }
-        let body = serde_json::to_vec(&options).map_err(|e| ClientError::Decode(e.to_string()))?;
-        self.request(
-            reqwest::Method::DELETE,
-            &Self::item_path(resource, namespace, name),
-            Some(("application/json", body)),
-            None,
-        )
-        .await
+        let path = Self::item_path(resource, namespace, name);
+        self.send_object(reqwest::Method::DELETE, &path, "application/json", &options)
+            .await
     }
 
     /// Watches a collection; `table` asks for Table-shaped event objects.
