@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-# The integration tests start the real `skiff` binary, so build it first.
+# The runtime and cluster tests run the real guest programs and start the real `skiff`
+# binary, so build both first.
+bash scripts/build-examples.sh
 cargo build --workspace --bins
 cargo test --workspace

@@ -1,1 +1,256 @@
-//! Container runtime interface and its wasmtime and containerd backends (built in a later issue).
+//! The container runtime interface skiff's node agent drives, and its backends.
+//!
+//! The interface is CRI-shaped (Kubernetes' Container Runtime Interface) in Rust idiom:
+//! a [`RuntimeService`] with pod sandboxes and the containers in them, and an
+//! [`ImageService`] that resolves and stores images. The agent reconciles against
+//! [`RuntimeService::list_containers`]: what the runtime reports is the truth.
+//!
+//! | CRI call | here |
+//! |---|---|
+//! | `RunPodSandbox` / `StopPodSandbox` / `RemovePodSandbox` / `ListPodSandbox` | [`RuntimeService::run_pod_sandbox`], `stop_pod_sandbox`, `remove_pod_sandbox`, `list_pod_sandboxes` |
+//! | `CreateContainer` / `StartContainer` / `StopContainer(timeout)` / `RemoveContainer` | `create_container`, `start_container`, `stop_container(grace)`, `remove_container` |
+//! | `ContainerStatus` / `ListContainers` | `container_status`, `list_containers` |
+//! | `PullImage` / `ImageStatus` / `RemoveImage` / `ListImages` | [`ImageService::pull_image`], `image_status`, `remove_image`, `list_images` |
+//!
+//! Backends: [`wasm`] runs WASI modules and components in wasmtime inside the agent's
+//! process (the only code that knows wasmtime); a containerd backend comes later.
+//! [`fake`] records calls for unit tests of the logic above the runtime.
+
+pub mod fake;
+pub mod wasm;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+/// Identifies a pod sandbox inside one runtime.
+pub type SandboxId = String;
+/// Identifies a container inside one runtime.
+pub type ContainerId = String;
+
+/// Errors of runtime calls, classified so the agent can map them to pod status reasons.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    /// The image reference could not be resolved or fetched (`ErrImagePull`).
+    #[error("failed to pull image {image:?}: {reason}")]
+    ImagePull { image: String, reason: String },
+    /// The image exists but cannot be run by this runtime (`CreateContainerError`):
+    /// not wasm, an unsupported world, a missing export.
+    #[error("cannot create container from {image:?}: {reason}")]
+    InvalidImage { image: String, reason: String },
+    /// The container's configuration cannot be met (`CreateContainerConfigError`).
+    #[error("invalid container configuration: {0}")]
+    InvalidConfig(String),
+    #[error("{kind} {id} not found")]
+    NotFound { kind: &'static str, id: String },
+    /// A state change that does not apply (starting a running container, say).
+    #[error("container {id} is {state}, cannot {action}")]
+    InvalidState {
+        id: String,
+        state: String,
+        action: &'static str,
+    },
+    /// Node-side resources ran out (instance slots, disk).
+    #[error("the runtime is out of resources: {0}")]
+    Exhausted(String),
+    #[error("runtime I/O failed: {0}")]
+    Io(String),
+}
+
+/// What a pod sandbox is created with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodSandboxConfig {
+    pub pod_uid: String,
+    pub namespace: String,
+    pub name: String,
+    /// Where the sandbox's container logs go (`<dir>/<container>/<attempt>.log`).
+    pub log_directory: PathBuf,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxState {
+    Ready,
+    NotReady,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSandboxStatus {
+    pub id: SandboxId,
+    pub config: PodSandboxConfig,
+    pub state: SandboxState,
+    pub created_at: SystemTime,
+}
+
+/// Resource limits of one container, from `resources.limits`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResourceLimits {
+    /// Linear memory the guest may grow to, in bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU in millicores (1000 = one core).
+    pub cpu_millis: Option<u64>,
+}
+
+/// What a container is created with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerConfig {
+    pub name: String,
+    /// The image as resolved by [`ImageService::pull_image`].
+    pub image: ImageRef,
+    /// argv[1..]: `command` + `args` of the pod spec.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub limits: ResourceLimits,
+    /// Which restart of the container this is (0 for the first run); part of the log path.
+    pub attempt: u32,
+    /// Size at which the log file is rotated.
+    pub log_max_bytes: u64,
+    /// Rotated log files kept besides the current one.
+    pub log_max_files: u32,
+}
+
+/// Why a container ended, as Kubernetes reports it in `state.terminated.reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    Completed,
+    Error,
+    OOMKilled,
+}
+
+impl ExitReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ExitReason::Completed => "Completed",
+            ExitReason::Error => "Error",
+            ExitReason::OOMKilled => "OOMKilled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Exited {
+        exit_code: i32,
+        reason: ExitReason,
+        message: String,
+        finished_at: SystemTime,
+    },
+}
+
+impl ContainerState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ContainerState::Created => "created",
+            ContainerState::Running => "running",
+            ContainerState::Exited { .. } => "exited",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerStatus {
+    pub id: ContainerId,
+    pub sandbox_id: SandboxId,
+    pub name: String,
+    pub attempt: u32,
+    pub image: ImageRef,
+    pub state: ContainerState,
+    pub created_at: SystemTime,
+    pub started_at: Option<SystemTime>,
+    /// The container's current log file.
+    pub log_path: PathBuf,
+}
+
+/// A resolved image: what the user wrote and the content digest it resolved to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ImageRef {
+    pub reference: String,
+    /// `sha256:<hex>` of the image content.
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageStatus {
+    pub image: ImageRef,
+    pub size_bytes: u64,
+}
+
+/// Where a runtime's images come from beyond node-local paths (for example, modules
+/// pushed into the cluster and fetched through the API server). Implemented by the agent.
+pub trait ImageSource: Send + Sync + 'static {
+    /// Returns the bytes for `reference`, or `None` if this source does not serve it.
+    fn fetch(
+        &self,
+        reference: &str,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, RuntimeError>> + Send;
+}
+
+/// Pod sandboxes and containers (CRI `RuntimeService`).
+pub trait RuntimeService: Send + Sync + 'static {
+    fn run_pod_sandbox(
+        &self,
+        config: &PodSandboxConfig,
+    ) -> impl Future<Output = Result<SandboxId, RuntimeError>> + Send;
+    /// Stops every container of the sandbox, each with `grace`.
+    fn stop_pod_sandbox(
+        &self,
+        id: &SandboxId,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Removes a stopped sandbox and its containers; removing a missing one is not an error.
+    fn remove_pod_sandbox(
+        &self,
+        id: &SandboxId,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn list_pod_sandboxes(
+        &self,
+    ) -> impl Future<Output = Result<Vec<PodSandboxStatus>, RuntimeError>> + Send;
+
+    fn create_container(
+        &self,
+        sandbox: &SandboxId,
+        config: &ContainerConfig,
+    ) -> impl Future<Output = Result<ContainerId, RuntimeError>> + Send;
+    fn start_container(
+        &self,
+        id: &ContainerId,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Asks the container to stop; after `grace` it is stopped by force. Returns once it has.
+    fn stop_container(
+        &self,
+        id: &ContainerId,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn remove_container(
+        &self,
+        id: &ContainerId,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn container_status(
+        &self,
+        id: &ContainerId,
+    ) -> impl Future<Output = Result<ContainerStatus, RuntimeError>> + Send;
+    fn list_containers(
+        &self,
+    ) -> impl Future<Output = Result<Vec<ContainerStatus>, RuntimeError>> + Send;
+}
+
+/// Images (CRI `ImageService`).
+pub trait ImageService: Send + Sync + 'static {
+    /// Resolves and fetches `reference`, verifies it and keeps it on the node.
+    fn pull_image(
+        &self,
+        reference: &str,
+    ) -> impl Future<Output = Result<ImageRef, RuntimeError>> + Send;
+    fn image_status(
+        &self,
+        reference: &str,
+    ) -> impl Future<Output = Result<Option<ImageStatus>, RuntimeError>> + Send;
+    fn remove_image(
+        &self,
+        reference: &str,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn list_images(&self) -> impl Future<Output = Result<Vec<ImageStatus>, RuntimeError>> + Send;
+}

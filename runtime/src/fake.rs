@@ -1,0 +1,261 @@
+//! An in-memory runtime for unit tests of the logic above the runtime (the node agent's
+//! reconciler): it records every call, and tests decide when containers exit.
+
+use crate::{
+    ContainerConfig, ContainerId, ContainerState, ContainerStatus, ExitReason, ImageRef,
+    ImageService, ImageStatus, PodSandboxConfig, PodSandboxStatus, RuntimeError, RuntimeService,
+    SandboxId, SandboxState,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+#[derive(Default)]
+struct State {
+    sandboxes: BTreeMap<SandboxId, PodSandboxStatus>,
+    containers: BTreeMap<ContainerId, ContainerStatus>,
+    /// Image references whose pull fails, with the reason.
+    failing_pulls: HashMap<String, String>,
+    /// Image references that pull but cannot be created.
+    invalid_images: HashMap<String, String>,
+    calls: Vec<String>,
+    next: u64,
+}
+
+/// A fake [`RuntimeService`] + [`ImageService`]; clones share state.
+#[derive(Clone, Default)]
+pub struct FakeRuntime {
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for FakeRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FakeRuntime")
+    }
+}
+
+impl FakeRuntime {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every call so far, as `verb target` strings.
+    pub fn calls(&self) -> Vec<String> {
+        self.state().calls.clone()
+    }
+
+    pub fn fail_pull(&self, reference: &str, reason: &str) {
+        self.state()
+            .failing_pulls
+            .insert(reference.into(), reason.into());
+    }
+
+    pub fn reject_image(&self, reference: &str, reason: &str) {
+        self.state()
+            .invalid_images
+            .insert(reference.into(), reason.into());
+    }
+
+    /// Makes a running container exit as if the guest ended.
+    pub fn exit(&self, id: &str, exit_code: i32, reason: ExitReason) {
+        if let Some(c) = self.state().containers.get_mut(id) {
+            c.state = ContainerState::Exited {
+                exit_code,
+                reason,
+                message: String::new(),
+                finished_at: SystemTime::now(),
+            };
+        }
+    }
+
+    fn record(&self, call: String) {
+        self.state().calls.push(call);
+    }
+}
+
+impl RuntimeService for FakeRuntime {
+    async fn run_pod_sandbox(&self, config: &PodSandboxConfig) -> Result<SandboxId, RuntimeError> {
+        let mut state = self.state();
+        state.next += 1;
+        let id = format!("sandbox-{}", state.next);
+        state.calls.push(format!(
+            "run_pod_sandbox {}/{}",
+            config.namespace, config.name
+        ));
+        state.sandboxes.insert(
+            id.clone(),
+            PodSandboxStatus {
+                id: id.clone(),
+                config: config.clone(),
+                state: SandboxState::Ready,
+                created_at: SystemTime::now(),
+            },
+        );
+        Ok(id)
+    }
+
+    async fn stop_pod_sandbox(&self, id: &SandboxId, _grace: Duration) -> Result<(), RuntimeError> {
+        self.record(format!("stop_pod_sandbox {id}"));
+        let mut state = self.state();
+        for c in state
+            .containers
+            .values_mut()
+            .filter(|c| &c.sandbox_id == id)
+        {
+            if c.state == ContainerState::Running {
+                c.state = ContainerState::Exited {
+                    exit_code: 137,
+                    reason: ExitReason::Error,
+                    message: "stopped".into(),
+                    finished_at: SystemTime::now(),
+                };
+            }
+        }
+        if let Some(s) = state.sandboxes.get_mut(id) {
+            s.state = SandboxState::NotReady;
+        }
+        Ok(())
+    }
+
+    async fn remove_pod_sandbox(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        self.record(format!("remove_pod_sandbox {id}"));
+        let mut state = self.state();
+        state.containers.retain(|_, c| &c.sandbox_id != id);
+        state.sandboxes.remove(id);
+        Ok(())
+    }
+
+    async fn list_pod_sandboxes(&self) -> Result<Vec<PodSandboxStatus>, RuntimeError> {
+        Ok(self.state().sandboxes.values().cloned().collect())
+    }
+
+    async fn create_container(
+        &self,
+        sandbox: &SandboxId,
+        config: &ContainerConfig,
+    ) -> Result<ContainerId, RuntimeError> {
+        let mut state = self.state();
+        state.calls.push(format!(
+            "create_container {} {}",
+            config.name, config.image.reference
+        ));
+        if let Some(reason) = state.invalid_images.get(&config.image.reference) {
+            return Err(RuntimeError::InvalidImage {
+                image: config.image.reference.clone(),
+                reason: reason.clone(),
+            });
+        }
+        if !state.sandboxes.contains_key(sandbox) {
+            return Err(RuntimeError::NotFound {
+                kind: "sandbox",
+                id: sandbox.clone(),
+            });
+        }
+        state.next += 1;
+        let id = format!("container-{}", state.next);
+        state.containers.insert(
+            id.clone(),
+            ContainerStatus {
+                id: id.clone(),
+                sandbox_id: sandbox.clone(),
+                name: config.name.clone(),
+                attempt: config.attempt,
+                image: config.image.clone(),
+                state: ContainerState::Created,
+                created_at: SystemTime::now(),
+                started_at: None,
+                log_path: PathBuf::from(format!("/fake/{id}.log")),
+            },
+        );
+        Ok(id)
+    }
+
+    async fn start_container(&self, id: &ContainerId) -> Result<(), RuntimeError> {
+        let mut state = self.state();
+        state.calls.push(format!("start_container {id}"));
+        let c = state
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::NotFound {
+                kind: "container",
+                id: id.clone(),
+            })?;
+        c.state = ContainerState::Running;
+        c.started_at = Some(SystemTime::now());
+        Ok(())
+    }
+
+    async fn stop_container(&self, id: &ContainerId, _grace: Duration) -> Result<(), RuntimeError> {
+        let mut state = self.state();
+        state.calls.push(format!("stop_container {id}"));
+        if let Some(c) = state.containers.get_mut(id) {
+            if matches!(c.state, ContainerState::Running | ContainerState::Created) {
+                c.state = ContainerState::Exited {
+                    exit_code: 137,
+                    reason: ExitReason::Error,
+                    message: "stopped".into(),
+                    finished_at: SystemTime::now(),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_container(&self, id: &ContainerId) -> Result<(), RuntimeError> {
+        let mut state = self.state();
+        state.calls.push(format!("remove_container {id}"));
+        state.containers.remove(id);
+        Ok(())
+    }
+
+    async fn container_status(&self, id: &ContainerId) -> Result<ContainerStatus, RuntimeError> {
+        self.state()
+            .containers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RuntimeError::NotFound {
+                kind: "container",
+                id: id.clone(),
+            })
+    }
+
+    async fn list_containers(&self) -> Result<Vec<ContainerStatus>, RuntimeError> {
+        Ok(self.state().containers.values().cloned().collect())
+    }
+}
+
+impl ImageService for FakeRuntime {
+    async fn pull_image(&self, reference: &str) -> Result<ImageRef, RuntimeError> {
+        let mut state = self.state();
+        state.calls.push(format!("pull_image {reference}"));
+        if let Some(reason) = state.failing_pulls.get(reference) {
+            return Err(RuntimeError::ImagePull {
+                image: reference.into(),
+                reason: reason.clone(),
+            });
+        }
+        Ok(ImageRef {
+            reference: reference.into(),
+            digest: format!("sha256:fake-{reference}"),
+        })
+    }
+
+    async fn image_status(&self, reference: &str) -> Result<Option<ImageStatus>, RuntimeError> {
+        Ok(Some(ImageStatus {
+            image: ImageRef {
+                reference: reference.into(),
+                digest: format!("sha256:fake-{reference}"),
+            },
+            size_bytes: 0,
+        }))
+    }
+
+    async fn remove_image(&self, _reference: &str) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    async fn list_images(&self) -> Result<Vec<ImageStatus>, RuntimeError> {
+        Ok(Vec::new())
+    }
+}

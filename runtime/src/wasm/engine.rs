@@ -1,0 +1,276 @@
+//! The one wasmtime `Engine` of a node: its configuration (async, epoch interruption,
+//! pooling allocator), the thread that advances epochs, and the compile cache: every
+//! image is compiled once per node, kept on disk by content digest, and pre-instantiated
+//! (`InstancePre`) once per process.
+
+use super::guest::{CommandState, ModuleState};
+use crate::RuntimeError;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wasmtime::component::{Component, Linker as ComponentLinker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, Linker, Module, PoolingAllocationConfig,
+};
+
+/// Settings of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// How many guest instances may exist at once (sizes the pooling allocator).
+    pub max_instances: u32,
+    /// The largest linear memory any guest may have, whatever its limit says.
+    pub max_memory_bytes: u64,
+    /// How often the epoch advances: the granularity of CPU accounting and preemption.
+    pub epoch_tick: Duration,
+    /// Compiles that may run at once (compiling is CPU-heavy and guest-controlled).
+    pub max_concurrent_compiles: usize,
+    /// Where compiled artifacts are kept.
+    pub cache_dir: PathBuf,
+}
+
+/// A compiled, pre-instantiated image.
+pub enum Compiled {
+    /// A WASI preview 1 core module, run through `_start`.
+    Module(wasmtime::InstancePre<ModuleState>),
+    /// A WASI preview 2 component exporting `wasi:cli/run`.
+    Component(wasmtime_wasi::p2::bindings::CommandPre<CommandState>),
+}
+
+/// The engine and what goes with it.
+pub struct NodeEngine {
+    pub engine: Engine,
+    module_linker: Linker<ModuleState>,
+    component_linker: ComponentLinker<CommandState>,
+    compiled: Mutex<HashMap<String, Arc<Compiled>>>,
+    compiles: tokio::sync::Semaphore,
+    cache_dir: PathBuf,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for NodeEngine {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Release);
+    }
+}
+
+fn engine_config(config: &EngineConfig, pooling: bool) -> Config {
+    let mut c = Config::new();
+    c.epoch_interruption(true);
+    c.wasm_component_model(true);
+    // Guest stack use is bounded well below the async fiber stack, so a deep recursion
+    // traps instead of reaching the host's guard page.
+    c.max_wasm_stack(512 * 1024);
+    c.async_stack_size(2 * 1024 * 1024);
+    if pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        let n = config.max_instances.max(1);
+        // Rust's wasip2 components hold a few core instances (adapters) each.
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(4))
+            .total_memories(n.saturating_mul(2))
+            .total_tables(n.saturating_mul(4))
+            .total_stacks(n)
+            .max_memory_size(config.max_memory_bytes as usize);
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    c
+}
+
+impl NodeEngine {
+    /// Builds the engine (pooling allocator, or on-demand where the machine cannot reserve
+    /// the pool's address space) and starts the epoch ticker.
+    pub fn new(config: &EngineConfig) -> Result<Arc<NodeEngine>, RuntimeError> {
+        let engine = match Engine::new(&engine_config(config, true)) {
+            Ok(e) => e,
+            Err(pooling_error) => {
+                tracing::warn!(error = %pooling_error, "pooling allocator unavailable; using on-demand allocation");
+                Engine::new(&engine_config(config, false))
+                    .map_err(|e| RuntimeError::Io(format!("cannot create the wasm engine: {e}")))?
+            }
+        };
+        let mut module_linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut ModuleState| {
+            &mut s.wasi
+        })
+        .map_err(|e| RuntimeError::Io(format!("cannot link WASI preview 1: {e}")))?;
+        let mut component_linker = ComponentLinker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)
+            .map_err(|e| RuntimeError::Io(format!("cannot link WASI preview 2: {e}")))?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = ticker_stop.clone();
+            let tick = config.epoch_tick;
+            std::thread::Builder::new()
+                .name("wasm-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| RuntimeError::Io(format!("cannot start the epoch thread: {e}")))?;
+        }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let cache_dir = config.cache_dir.join(format!("{:016x}", hasher.finish()));
+        std::fs::create_dir_all(&cache_dir)
+            .map_err(|e| RuntimeError::Io(format!("cannot create {}: {e}", cache_dir.display())))?;
+        Ok(Arc::new(NodeEngine {
+            engine,
+            module_linker,
+            component_linker,
+            compiled: Mutex::new(HashMap::new()),
+            compiles: tokio::sync::Semaphore::new(config.max_concurrent_compiles.max(1)),
+            cache_dir,
+            ticker_stop,
+        }))
+    }
+
+    /// Returns the pre-instantiated form of an image, compiling it at most once per node.
+    pub async fn prepare(
+        self: &Arc<Self>,
+        reference: &str,
+        digest: &str,
+        bytes_path: &Path,
+    ) -> Result<Arc<Compiled>, RuntimeError> {
+        if let Some(found) = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+        {
+            return Ok(found.clone());
+        }
+        let _permit = self
+            .compiles
+            .acquire()
+            .await
+            .map_err(|_| RuntimeError::Io("the engine is shutting down".into()))?;
+        // Another task may have compiled it while this one waited for a permit.
+        if let Some(found) = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+        {
+            return Ok(found.clone());
+        }
+        let this = self.clone();
+        let (reference_owned, digest_owned, path_owned) = (
+            reference.to_string(),
+            digest.to_string(),
+            bytes_path.to_path_buf(),
+        );
+        let compiled = tokio::task::spawn_blocking(move || {
+            this.compile(&reference_owned, &digest_owned, &path_owned)
+        })
+        .await
+        .map_err(|e| RuntimeError::Io(format!("compile task failed: {e}")))??;
+        let mut map = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(map
+            .entry(digest.to_string())
+            .or_insert_with(|| Arc::new(compiled))
+            .clone())
+    }
+
+    fn compile(
+        &self,
+        reference: &str,
+        digest: &str,
+        bytes_path: &Path,
+    ) -> Result<Compiled, RuntimeError> {
+        let invalid = |reason: String| RuntimeError::InvalidImage {
+            image: reference.to_string(),
+            reason,
+        };
+        let artifact = self
+            .cache_dir
+            .join(format!("{}.cwasm", digest.replace(':', "-")));
+        let kind = {
+            let bytes = std::fs::read(bytes_path).map_err(|e| {
+                RuntimeError::Io(format!("cannot read {}: {e}", bytes_path.display()))
+            })?;
+            let kind = wasm_kind(&bytes)
+                .ok_or_else(|| invalid("not a WebAssembly module or component".into()))?;
+            if !artifact.exists() {
+                let precompiled = match kind {
+                    WasmKind::Module => self.engine.precompile_module(&bytes),
+                    WasmKind::Component => self.engine.precompile_component(&bytes),
+                }
+                .map_err(|e| invalid(format!("compilation failed: {e}")))?;
+                let tmp = artifact.with_extension("tmp");
+                std::fs::write(&tmp, &precompiled)
+                    .and_then(|()| std::fs::rename(&tmp, &artifact))
+                    .map_err(|e| {
+                        RuntimeError::Io(format!("cannot write {}: {e}", artifact.display()))
+                    })?;
+            }
+            kind
+        };
+        let compiled = match kind {
+            WasmKind::Module => {
+                let module = load_module(&self.engine, &artifact)
+                    .map_err(|e| invalid(format!("cannot load compiled module: {e}")))?;
+                if module.get_export("_start").is_none() {
+                    return Err(invalid(
+                        "the module exports no `_start` function (not a WASI command)".into(),
+                    ));
+                }
+                let pre = self
+                    .module_linker
+                    .instantiate_pre(&module)
+                    .map_err(|e| invalid(format!("unsupported imports: {e}")))?;
+                Compiled::Module(pre)
+            }
+            WasmKind::Component => {
+                let component = load_component(&self.engine, &artifact)
+                    .map_err(|e| invalid(format!("cannot load compiled component: {e}")))?;
+                let pre = self
+                    .component_linker
+                    .instantiate_pre(&component)
+                    .map_err(|e| invalid(format!("unsupported imports: {e}")))?;
+                let command = wasmtime_wasi::p2::bindings::CommandPre::new(pre).map_err(|e| {
+                    invalid(format!(
+                        "the component does not export wasi:cli/run (unsupported world): {e}"
+                    ))
+                })?;
+                Compiled::Component(command)
+            }
+        };
+        Ok(compiled)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WasmKind {
+    Module,
+    Component,
+}
+
+/// Tells a core module from a component by the binary header.
+fn wasm_kind(bytes: &[u8]) -> Option<WasmKind> {
+    match bytes.get(..8)? {
+        [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00] => Some(WasmKind::Module),
+        [0x00, 0x61, 0x73, 0x6d, _, 0x00, 0x01, 0x00] => Some(WasmKind::Component),
+        _ => None,
+    }
+}
+
+#[allow(unsafe_code)]
+fn load_module(engine: &Engine, artifact: &Path) -> wasmtime::Result<Module> {
+    // SAFETY: the artifact was produced by `precompile_module` of an engine with the same
+    // compatibility hash (the cache directory is named after it), written by this
+    // process to a file it renamed into place, so it is a well-formed wasmtime artifact.
+    unsafe { Module::deserialize_file(engine, artifact) }
+}
+
+#[allow(unsafe_code)]
+fn load_component(engine: &Engine, artifact: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: as in `load_module`, the artifact comes from `precompile_component` of a
+    // compatible engine and was written atomically by this process.
+    unsafe { Component::deserialize_file(engine, artifact) }
+}

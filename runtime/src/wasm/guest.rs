@@ -1,0 +1,257 @@
+//! Running one guest to completion in its own `Store`: WASI context (args, env,
+//! stdout/stderr to the container log), the memory limiter, the epoch callback that
+//! preempts the guest every tick and throttles it to its CPU limit, and the mapping of
+//! how it ended to an exit code and reason.
+
+use super::engine::Compiled;
+use super::logs::LogStream;
+use crate::ExitReason;
+use std::time::{Duration, Instant};
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// The window over which a CPU limit is enforced (like the CFS period).
+const CPU_PERIOD: Duration = Duration::from_millis(100);
+
+/// Store data for a WASI preview 1 module.
+pub struct ModuleState {
+    pub wasi: WasiP1Ctx,
+    guard: GuestGuard,
+}
+
+/// Store data for a WASI preview 2 command component.
+pub struct CommandState {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    guard: GuestGuard,
+}
+
+impl WasiView for CommandState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Limits every guest store carries.
+struct GuestGuard {
+    memory: MemoryLimiter,
+    cpu: CpuBudget,
+}
+
+trait Guarded {
+    fn guard(&mut self) -> &mut GuestGuard;
+}
+
+impl Guarded for ModuleState {
+    fn guard(&mut self) -> &mut GuestGuard {
+        &mut self.guard
+    }
+}
+
+impl Guarded for CommandState {
+    fn guard(&mut self) -> &mut GuestGuard {
+        &mut self.guard
+    }
+}
+
+/// Refuses memory growth past the container's limit and remembers that it did, so the
+/// trap that follows (allocators abort on failed growth) is reported as OOMKilled.
+struct MemoryLimiter {
+    limit_bytes: usize,
+    exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit_bytes {
+            self.exceeded = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a million entries is far beyond real programs.
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// CPU accounting in epoch ticks over [`CPU_PERIOD`] windows.
+struct CpuBudget {
+    /// Ticks the guest may run per period; `None` is unlimited.
+    ticks_per_period: Option<u32>,
+    period_start: Instant,
+    used: u32,
+}
+
+impl CpuBudget {
+    fn new(cpu_millis: Option<u64>, tick: Duration) -> Self {
+        let ticks_in_period = (CPU_PERIOD.as_micros() / tick.as_micros().max(1)).max(1) as u64;
+        CpuBudget {
+            ticks_per_period: cpu_millis.map(|m| ((m * ticks_in_period) / 1000).max(1) as u32),
+            period_start: Instant::now(),
+            used: 0,
+        }
+    }
+
+    /// Called at every epoch tick the guest runs through: always yield so other guests
+    /// and the agent get the thread; over budget, sleep out the rest of the period.
+    fn on_tick(&mut self) -> UpdateDeadline {
+        let Some(allowed) = self.ticks_per_period else {
+            return UpdateDeadline::Yield(1);
+        };
+        let now = Instant::now();
+        if now.duration_since(self.period_start) >= CPU_PERIOD {
+            self.period_start = now;
+            self.used = 0;
+        }
+        self.used += 1;
+        if self.used > allowed {
+            let resume = tokio::time::Instant::from_std(self.period_start + CPU_PERIOD);
+            UpdateDeadline::YieldCustom(1, Box::pin(tokio::time::sleep_until(resume)))
+        } else {
+            UpdateDeadline::Yield(1)
+        }
+    }
+}
+
+/// What one run of a guest gets.
+pub struct GuestSpec {
+    /// argv, program name first.
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub memory_limit_bytes: u64,
+    pub cpu_millis: Option<u64>,
+    pub epoch_tick: Duration,
+    pub stdout: LogStream,
+    pub stderr: LogStream,
+}
+
+/// How a guest ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub exit_code: i32,
+    pub reason: ExitReason,
+    pub message: String,
+}
+
+impl Outcome {
+    fn exited(code: i32) -> Self {
+        Outcome {
+            exit_code: code,
+            reason: if code == 0 {
+                ExitReason::Completed
+            } else {
+                ExitReason::Error
+            },
+            message: String::new(),
+        }
+    }
+}
+
+fn guard_for(spec: &GuestSpec) -> GuestGuard {
+    GuestGuard {
+        memory: MemoryLimiter {
+            limit_bytes: spec.memory_limit_bytes as usize,
+            exceeded: false,
+        },
+        cpu: CpuBudget::new(spec.cpu_millis, spec.epoch_tick),
+    }
+}
+
+fn wasi_builder(spec: &GuestSpec) -> WasiCtxBuilder {
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .args(&spec.argv)
+        .envs(&spec.env)
+        .stdout(spec.stdout.clone())
+        .stderr(spec.stderr.clone());
+    builder
+}
+
+fn configure<T: Guarded + 'static>(store: &mut Store<T>) {
+    store.limiter(|s| &mut s.guard().memory);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut cx| Ok(cx.data_mut().guard().cpu.on_tick()));
+}
+
+/// Maps an error out of the guest to how it ended.
+fn classify(error: &wasmtime::Error, memory_exceeded: bool, limit: u64) -> Outcome {
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        return Outcome::exited(exit.0);
+    }
+    if memory_exceeded {
+        return Outcome {
+            exit_code: 137,
+            reason: ExitReason::OOMKilled,
+            message: format!("memory limit of {limit} bytes reached"),
+        };
+    }
+    Outcome {
+        exit_code: 1,
+        reason: ExitReason::Error,
+        message: format!("wasm trap: {}", error.root_cause()),
+    }
+}
+
+/// Instantiates and runs a guest to the end.
+pub async fn run(engine: &wasmtime::Engine, compiled: &Compiled, spec: GuestSpec) -> Outcome {
+    let limit = spec.memory_limit_bytes;
+    let outcome = match compiled {
+        Compiled::Module(pre) => {
+            let state = ModuleState {
+                wasi: wasi_builder(&spec).build_p1(),
+                guard: guard_for(&spec),
+            };
+            let mut store = Store::new(engine, state);
+            configure(&mut store);
+            let result = async {
+                let instance = pre.instantiate_async(&mut store).await?;
+                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                start.call_async(&mut store, ()).await
+            }
+            .await;
+            match result {
+                Ok(()) => Outcome::exited(0),
+                Err(e) => classify(&e, store.data().guard.memory.exceeded, limit),
+            }
+        }
+        Compiled::Component(pre) => {
+            let state = CommandState {
+                ctx: wasi_builder(&spec).build(),
+                table: ResourceTable::new(),
+                guard: guard_for(&spec),
+            };
+            let mut store = Store::new(engine, state);
+            configure(&mut store);
+            let result = async {
+                let command = pre.instantiate_async(&mut store).await?;
+                command.wasi_cli_run().call_run(&mut store).await
+            }
+            .await;
+            match result {
+                Ok(Ok(())) => Outcome::exited(0),
+                Ok(Err(())) => Outcome::exited(1),
+                Err(e) => classify(&e, store.data().guard.memory.exceeded, limit),
+            }
+        }
+    };
+    spec.stdout.finish();
+    spec.stderr.finish();
+    outcome
+}

@@ -1,0 +1,465 @@
+//! The wasmtime backend: pods' containers are WASI preview 1 modules or preview 2
+//! command components, run in the agent's process on a dedicated set of guest threads.
+//! This is the only code in skiff that knows wasmtime.
+//!
+//! A container's image is compiled when the container is created (so a bad module is a
+//! `CreateContainerError`, not a crash later) and started as a task that owns its
+//! `Store`. Guests are preempted at every epoch tick; stopping a container cancels its
+//! task at the next tick or host call. WASI guests receive no signals, so there is no
+//! graceful phase to wait for: a stop always completes within the grace period.
+
+mod engine;
+mod guest;
+pub mod images;
+pub mod logs;
+
+pub use engine::EngineConfig;
+pub use images::NoImageSource;
+
+use crate::{
+    ContainerConfig, ContainerId, ContainerState, ContainerStatus, ExitReason, ImageRef,
+    ImageService, ImageSource, ImageStatus, PodSandboxConfig, PodSandboxStatus, RuntimeError,
+    RuntimeService, SandboxId, SandboxState,
+};
+use engine::{Compiled, NodeEngine};
+use images::ImageStore;
+use logs::ContainerLog;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{oneshot, watch};
+
+/// The name runtimeClassName uses for this backend (and the default when it is unset).
+pub const RUNTIME_CLASS: &str = "wasm";
+
+/// Settings of [`WasmRuntime`].
+#[derive(Debug, Clone)]
+pub struct WasmRuntimeConfig {
+    /// Images, compiled artifacts and logs live under it.
+    pub data_dir: PathBuf,
+    /// Guests that may run at once on this node.
+    pub max_instances: u32,
+    /// Memory limit of a container whose spec sets none.
+    pub default_memory_limit_bytes: u64,
+    /// The largest memory limit this node can meet.
+    pub max_memory_bytes: u64,
+    pub epoch_tick: Duration,
+    pub max_concurrent_compiles: usize,
+    /// Threads that run guests, apart from the agent's own.
+    pub guest_threads: usize,
+}
+
+impl WasmRuntimeConfig {
+    pub fn new(data_dir: PathBuf) -> Self {
+        WasmRuntimeConfig {
+            data_dir,
+            max_instances: 1000,
+            default_memory_limit_bytes: 128 * 1024 * 1024,
+            max_memory_bytes: 1024 * 1024 * 1024,
+            epoch_tick: Duration::from_millis(10),
+            max_concurrent_compiles: 2,
+            guest_threads: 2,
+        }
+    }
+}
+
+struct SandboxRecord {
+    config: PodSandboxConfig,
+    state: SandboxState,
+    created_at: SystemTime,
+}
+
+struct ContainerRecord {
+    status: ContainerStatus,
+    config: ContainerConfig,
+    compiled: Arc<Compiled>,
+    log: ContainerLog,
+    /// Set while the guest runs: dropping or firing `cancel` stops it; `done` flips when
+    /// it has ended and its state is recorded.
+    cancel: Option<oneshot::Sender<()>>,
+    done: Option<watch::Receiver<bool>>,
+}
+
+struct Inner<S> {
+    config: WasmRuntimeConfig,
+    engine: Arc<NodeEngine>,
+    images: ImageStore<S>,
+    sandboxes: Mutex<HashMap<SandboxId, SandboxRecord>>,
+    containers: Mutex<HashMap<ContainerId, ContainerRecord>>,
+    /// Runs guests; kept apart so a busy guest never delays the agent's own tasks.
+    guests: Option<tokio::runtime::Runtime>,
+    next_id: AtomicU64,
+}
+
+impl<S> Drop for Inner<S> {
+    fn drop(&mut self) {
+        if let Some(guests) = self.guests.take() {
+            // Dropping a runtime from async code would block; let its threads wind down.
+            guests.shutdown_background();
+        }
+    }
+}
+
+/// The wasmtime runtime of a node; cheap to clone.
+pub struct WasmRuntime<S = NoImageSource> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for WasmRuntime<S> {
+    fn clone(&self) -> Self {
+        WasmRuntime {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for WasmRuntime<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmRuntime")
+            .field("data_dir", &self.inner.config.data_dir)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Records are replaced whole, never left half-written, so a poisoned lock is usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<S: ImageSource> WasmRuntime<S> {
+    pub fn new(config: WasmRuntimeConfig, source: S) -> Result<Self, RuntimeError> {
+        let engine = NodeEngine::new(&EngineConfig {
+            max_instances: config.max_instances,
+            max_memory_bytes: config.max_memory_bytes,
+            epoch_tick: config.epoch_tick,
+            max_concurrent_compiles: config.max_concurrent_compiles,
+            cache_dir: config.data_dir.join("compiled"),
+        })?;
+        let images = ImageStore::new(config.data_dir.join("images"), source)?;
+        let guests = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.guest_threads.max(1))
+            .thread_name("wasm-guest")
+            .enable_all()
+            .build()
+            .map_err(|e| RuntimeError::Io(format!("cannot start guest threads: {e}")))?;
+        Ok(WasmRuntime {
+            inner: Arc::new(Inner {
+                config,
+                engine,
+                images,
+                sandboxes: Mutex::new(HashMap::new()),
+                containers: Mutex::new(HashMap::new()),
+                guests: Some(guests),
+                next_id: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    fn new_id(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}-{:x}-{:x}",
+            std::process::id(),
+            self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    fn running_count(&self) -> usize {
+        lock(&self.inner.containers)
+            .values()
+            .filter(|c| c.status.state == ContainerState::Running)
+            .count()
+    }
+}
+
+/// Records how a guest ended and writes a last line to its log when it did not exit cleanly.
+fn record_exit<S>(inner: &Inner<S>, id: &str, outcome: guest::Outcome) {
+    let mut containers = lock(&inner.containers);
+    if let Some(record) = containers.get_mut(id) {
+        if !outcome.message.is_empty() {
+            record
+                .log
+                .note(&format!("skiff: container ended: {}", outcome.message));
+        }
+        record.status.state = ContainerState::Exited {
+            exit_code: outcome.exit_code,
+            reason: outcome.reason,
+            message: outcome.message,
+            finished_at: SystemTime::now(),
+        };
+        record.cancel = None;
+    }
+}
+
+impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
+    async fn run_pod_sandbox(&self, config: &PodSandboxConfig) -> Result<SandboxId, RuntimeError> {
+        std::fs::create_dir_all(&config.log_directory).map_err(|e| {
+            RuntimeError::Io(format!(
+                "cannot create {}: {e}",
+                config.log_directory.display()
+            ))
+        })?;
+        let id = self.new_id("sandbox");
+        lock(&self.inner.sandboxes).insert(
+            id.clone(),
+            SandboxRecord {
+                config: config.clone(),
+                state: SandboxState::Ready,
+                created_at: SystemTime::now(),
+            },
+        );
+        Ok(id)
+    }
+
+    async fn stop_pod_sandbox(&self, id: &SandboxId, grace: Duration) -> Result<(), RuntimeError> {
+        let members: Vec<ContainerId> = lock(&self.inner.containers)
+            .iter()
+            .filter(|(_, c)| &c.status.sandbox_id == id)
+            .map(|(cid, _)| cid.clone())
+            .collect();
+        for container in members {
+            self.stop_container(&container, grace).await?;
+        }
+        if let Some(s) = lock(&self.inner.sandboxes).get_mut(id) {
+            s.state = SandboxState::NotReady;
+        }
+        Ok(())
+    }
+
+    async fn remove_pod_sandbox(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        self.stop_pod_sandbox(id, Duration::ZERO).await?;
+        lock(&self.inner.containers).retain(|_, c| &c.status.sandbox_id != id);
+        if let Some(sandbox) = lock(&self.inner.sandboxes).remove(id) {
+            let _ = std::fs::remove_dir_all(&sandbox.config.log_directory);
+        }
+        Ok(())
+    }
+
+    async fn list_pod_sandboxes(&self) -> Result<Vec<PodSandboxStatus>, RuntimeError> {
+        Ok(lock(&self.inner.sandboxes)
+            .iter()
+            .map(|(id, s)| PodSandboxStatus {
+                id: id.clone(),
+                config: s.config.clone(),
+                state: s.state,
+                created_at: s.created_at,
+            })
+            .collect())
+    }
+
+    async fn create_container(
+        &self,
+        sandbox: &SandboxId,
+        config: &ContainerConfig,
+    ) -> Result<ContainerId, RuntimeError> {
+        let log_directory = lock(&self.inner.sandboxes)
+            .get(sandbox)
+            .map(|s| s.config.log_directory.clone())
+            .ok_or_else(|| RuntimeError::NotFound {
+                kind: "sandbox",
+                id: sandbox.clone(),
+            })?;
+        if let Some(memory) = config.limits.memory_bytes {
+            if memory > self.inner.config.max_memory_bytes {
+                return Err(RuntimeError::InvalidConfig(format!(
+                    "memory limit {memory} bytes is above this node's maximum of {} bytes",
+                    self.inner.config.max_memory_bytes
+                )));
+            }
+        }
+        let blob = self.inner.images.blob_path(&config.image.digest);
+        if !blob.exists() {
+            return Err(RuntimeError::ImagePull {
+                image: config.image.reference.clone(),
+                reason: "the image is not on this node; pull it first".into(),
+            });
+        }
+        let compiled = self
+            .inner
+            .engine
+            .prepare(&config.image.reference, &config.image.digest, &blob)
+            .await?;
+        let log_path = log_directory
+            .join(&config.name)
+            .join(format!("{}.log", config.attempt));
+        let log = ContainerLog::open(
+            &log_path,
+            config.log_max_bytes.max(1024),
+            config.log_max_files,
+        )
+        .map_err(|e| RuntimeError::Io(format!("cannot open {}: {e}", log_path.display())))?;
+        let id = self.new_id("container");
+        let status = ContainerStatus {
+            id: id.clone(),
+            sandbox_id: sandbox.clone(),
+            name: config.name.clone(),
+            attempt: config.attempt,
+            image: config.image.clone(),
+            state: ContainerState::Created,
+            created_at: SystemTime::now(),
+            started_at: None,
+            log_path,
+        };
+        lock(&self.inner.containers).insert(
+            id.clone(),
+            ContainerRecord {
+                status,
+                config: config.clone(),
+                compiled,
+                log,
+                cancel: None,
+                done: None,
+            },
+        );
+        Ok(id)
+    }
+
+    async fn start_container(&self, id: &ContainerId) -> Result<(), RuntimeError> {
+        if self.running_count() >= self.inner.config.max_instances as usize {
+            return Err(RuntimeError::Exhausted(format!(
+                "{} guests are running, the most this node allows",
+                self.inner.config.max_instances
+            )));
+        }
+        let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
+        let (done_tx, done_rx) = watch::channel(false);
+        let (compiled, spec) = {
+            let mut containers = lock(&self.inner.containers);
+            let record = containers
+                .get_mut(id)
+                .ok_or_else(|| RuntimeError::NotFound {
+                    kind: "container",
+                    id: id.clone(),
+                })?;
+            if record.status.state != ContainerState::Created {
+                return Err(RuntimeError::InvalidState {
+                    id: id.clone(),
+                    state: record.status.state.name().into(),
+                    action: "start",
+                });
+            }
+            record.status.state = ContainerState::Running;
+            record.status.started_at = Some(SystemTime::now());
+            record.cancel = Some(cancel_tx);
+            record.done = Some(done_rx);
+            let mut argv = vec![record.config.name.clone()];
+            argv.extend(record.config.args.iter().cloned());
+            let spec = guest::GuestSpec {
+                argv,
+                env: record.config.env.clone(),
+                memory_limit_bytes: record
+                    .config
+                    .limits
+                    .memory_bytes
+                    .unwrap_or(self.inner.config.default_memory_limit_bytes),
+                cpu_millis: record.config.limits.cpu_millis,
+                epoch_tick: self.inner.config.epoch_tick,
+                stdout: record.log.stream("stdout"),
+                stderr: record.log.stream("stderr"),
+            };
+            (record.compiled.clone(), spec)
+        };
+        let inner = self.inner.clone();
+        let id = id.clone();
+        let guests = self
+            .inner
+            .guests
+            .as_ref()
+            .ok_or_else(|| RuntimeError::Io("the runtime is shutting down".into()))?;
+        guests.spawn(async move {
+            let engine = inner.engine.engine.clone();
+            let outcome = tokio::select! {
+                outcome = guest::run(&engine, &compiled, spec) => outcome,
+                // Fired by stop, or dropped when the container is removed.
+                _ = cancel_rx => guest::Outcome {
+                    exit_code: 137,
+                    reason: ExitReason::Error,
+                    message: "stopped by the runtime".into(),
+                },
+            };
+            record_exit(&inner, &id, outcome);
+            let _ = done_tx.send(true);
+        });
+        Ok(())
+    }
+
+    async fn stop_container(&self, id: &ContainerId, _grace: Duration) -> Result<(), RuntimeError> {
+        let (cancel, done) = {
+            let mut containers = lock(&self.inner.containers);
+            let record = containers
+                .get_mut(id)
+                .ok_or_else(|| RuntimeError::NotFound {
+                    kind: "container",
+                    id: id.clone(),
+                })?;
+            if record.status.state == ContainerState::Created {
+                // Never started: it ends here without running.
+                record.status.state = ContainerState::Exited {
+                    exit_code: 137,
+                    reason: ExitReason::Error,
+                    message: "stopped before it started".into(),
+                    finished_at: SystemTime::now(),
+                };
+                return Ok(());
+            }
+            (record.cancel.take(), record.done.clone())
+        };
+        if let Some(cancel) = cancel {
+            let _ = cancel.send(());
+        }
+        if let Some(mut done) = done {
+            let _ = done.wait_for(|finished| *finished).await;
+        }
+        Ok(())
+    }
+
+    async fn remove_container(&self, id: &ContainerId) -> Result<(), RuntimeError> {
+        self.stop_container(id, Duration::ZERO)
+            .await
+            .or_else(|e| match e {
+                RuntimeError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            })?;
+        lock(&self.inner.containers).remove(id);
+        Ok(())
+    }
+
+    async fn container_status(&self, id: &ContainerId) -> Result<ContainerStatus, RuntimeError> {
+        lock(&self.inner.containers)
+            .get(id)
+            .map(|c| c.status.clone())
+            .ok_or_else(|| RuntimeError::NotFound {
+                kind: "container",
+                id: id.clone(),
+            })
+    }
+
+    async fn list_containers(&self) -> Result<Vec<ContainerStatus>, RuntimeError> {
+        Ok(lock(&self.inner.containers)
+            .values()
+            .map(|c| c.status.clone())
+            .collect())
+    }
+}
+
+impl<S: ImageSource> ImageService for WasmRuntime<S> {
+    async fn pull_image(&self, reference: &str) -> Result<ImageRef, RuntimeError> {
+        self.inner.images.pull(reference).await
+    }
+
+    async fn image_status(&self, reference: &str) -> Result<Option<ImageStatus>, RuntimeError> {
+        Ok(self.inner.images.status(reference))
+    }
+
+    async fn remove_image(&self, reference: &str) -> Result<(), RuntimeError> {
+        self.inner.images.remove(reference)
+    }
+
+    async fn list_images(&self) -> Result<Vec<ImageStatus>, RuntimeError> {
+        Ok(self.inner.images.list())
+    }
+}
+
+#[cfg(test)]
+mod tests;

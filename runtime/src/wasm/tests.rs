@@ -1,0 +1,294 @@
+//! The wasmtime backend running the real guest programs of `wasm-examples/` (built by
+//! scripts/build-examples.sh) for both WASI preview 1 and preview 2.
+
+use super::*;
+use std::path::Path;
+
+/// A built example, looked up in the target directory the tests run from.
+fn example(target: &str, name: &str) -> String {
+    let exe = std::env::current_exe().expect("test binary path");
+    // <target>/debug/deps/<test> -> <target>
+    let target_dir = exe
+        .ancestors()
+        .nth(3)
+        .expect("target directory")
+        .to_path_buf();
+    let path = target_dir
+        .join("wasm-examples")
+        .join(target)
+        .join("release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-examples.sh",
+        path.display()
+    );
+    format!("file://{}", path.display())
+}
+
+const TARGETS: [&str; 2] = ["wasm32-wasip1", "wasm32-wasip2"];
+
+fn runtime(dir: &Path) -> WasmRuntime {
+    let mut config = WasmRuntimeConfig::new(dir.to_path_buf());
+    config.max_instances = 16;
+    WasmRuntime::new(config, NoImageSource).expect("runtime")
+}
+
+async fn sandbox(rt: &WasmRuntime, dir: &Path, name: &str) -> SandboxId {
+    let config = PodSandboxConfig {
+        pod_uid: format!("uid-{name}"),
+        namespace: "default".into(),
+        name: name.into(),
+        log_directory: dir.join("logs").join(name),
+        labels: Default::default(),
+    };
+    rt.run_pod_sandbox(&config).await.expect("sandbox")
+}
+
+async fn container(
+    rt: &WasmRuntime,
+    sandbox: &SandboxId,
+    name: &str,
+    image: &str,
+    env: &[(&str, &str)],
+    limits: crate::ResourceLimits,
+) -> Result<ContainerId, RuntimeError> {
+    let image = rt.pull_image(image).await?;
+    let config = ContainerConfig {
+        name: name.into(),
+        image,
+        args: vec!["one".into(), "two".into()],
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        limits,
+        attempt: 0,
+        log_max_bytes: 1024 * 1024,
+        log_max_files: 2,
+    };
+    rt.create_container(sandbox, &config).await
+}
+
+async fn wait_exit(rt: &WasmRuntime, id: &ContainerId, timeout: Duration) -> ContainerState {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let status = rt.container_status(id).await.expect("status");
+        if matches!(status.state, ContainerState::Exited { .. })
+            || tokio::time::Instant::now() > deadline
+        {
+            return status.state;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn hello_runs_with_args_and_env_and_logs_its_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path());
+    for target in TARGETS {
+        let sb = sandbox(
+            &rt,
+            dir.path(),
+            &format!("hello-{}", target.replace('.', "-")),
+        )
+        .await;
+        let id = container(
+            &rt,
+            &sb,
+            "hello",
+            &example(target, "hello"),
+            &[("GREETING", "ahoy")],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        rt.start_container(&id).await.unwrap();
+        let state = wait_exit(&rt, &id, Duration::from_secs(30)).await;
+        assert!(
+            matches!(
+                state,
+                ContainerState::Exited {
+                    exit_code: 0,
+                    reason: ExitReason::Completed,
+                    ..
+                }
+            ),
+            "{target}: {state:?}"
+        );
+        let log =
+            std::fs::read_to_string(rt.container_status(&id).await.unwrap().log_path).unwrap();
+        assert!(log.contains(" stdout F ahoy from skiff"), "{target}: {log}");
+        assert!(log.contains(" stdout F args: one two"), "{target}: {log}");
+        assert!(log.contains(" stderr F hello: done"), "{target}: {log}");
+    }
+}
+
+#[tokio::test]
+async fn exit_codes_memory_limits_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path());
+    for target in TARGETS {
+        let sb = sandbox(
+            &rt,
+            dir.path(),
+            &format!("mixed-{}", target.replace('.', "-")),
+        )
+        .await;
+        let crasher = container(
+            &rt,
+            &sb,
+            "crasher",
+            &example(target, "crasher"),
+            &[("EXIT_CODE", "7")],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let limits = crate::ResourceLimits {
+            memory_bytes: Some(32 * 1024 * 1024),
+            cpu_millis: None,
+        };
+        let hog = container(&rt, &sb, "memhog", &example(target, "memhog"), &[], limits)
+            .await
+            .unwrap();
+        let spinner = container(
+            &rt,
+            &sb,
+            "spinner",
+            &example(target, "spinner"),
+            &[],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let ticker = container(
+            &rt,
+            &sb,
+            "ticker",
+            &example(target, "ticker"),
+            &[("TICK_MS", "20")],
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        for id in [&crasher, &hog, &spinner, &ticker] {
+            rt.start_container(id).await.unwrap();
+        }
+        let crashed = wait_exit(&rt, &crasher, Duration::from_secs(30)).await;
+        // Preview 1 passes the exit code through; Rust's wasip2 std reports only
+        // success or failure (`wasi:cli/exit`), which arrives as 1.
+        let expected = if target == "wasm32-wasip1" { 7 } else { 1 };
+        assert!(
+            matches!(crashed, ContainerState::Exited { exit_code, reason: ExitReason::Error, .. } if exit_code == expected),
+            "{target}: {crashed:?}"
+        );
+        let hogged = wait_exit(&rt, &hog, Duration::from_secs(30)).await;
+        assert!(
+            matches!(
+                hogged,
+                ContainerState::Exited {
+                    reason: ExitReason::OOMKilled,
+                    exit_code: 137,
+                    ..
+                }
+            ),
+            "{target}: {hogged:?}"
+        );
+        // The spinner never yields on its own, yet the ticker keeps ticking beside it.
+        let ticker_log = rt.container_status(&ticker).await.unwrap().log_path;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while std::fs::read_to_string(&ticker_log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            < 10
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{target}: the ticker starved next to the spinner"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for id in [&spinner, &ticker] {
+            let started = std::time::Instant::now();
+            rt.stop_container(id, Duration::from_secs(5)).await.unwrap();
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{target}: stop took {:?}",
+                started.elapsed()
+            );
+            assert!(matches!(
+                rt.container_status(id).await.unwrap().state,
+                ContainerState::Exited { exit_code: 137, .. }
+            ));
+        }
+        rt.remove_pod_sandbox(&sb).await.unwrap();
+        assert!(rt
+            .list_containers()
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.sandbox_id != sb));
+    }
+}
+
+#[tokio::test]
+async fn bad_images_are_classified() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime(dir.path());
+    let sb = sandbox(&rt, dir.path(), "bad").await;
+    let not_wasm = dir.path().join("not.wasm");
+    std::fs::write(&not_wasm, b"#!/bin/sh\necho hi\n").unwrap();
+    let err = container(
+        &rt,
+        &sb,
+        "c",
+        &format!("file://{}", not_wasm.display()),
+        &[],
+        Default::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, RuntimeError::InvalidImage { .. }), "{err:?}");
+    // A core module without `_start` is not a command.
+    let library = dir.path().join("lib.wasm");
+    std::fs::write(&library, [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00]).unwrap();
+    let err = container(
+        &rt,
+        &sb,
+        "c",
+        &format!("file://{}", library.display()),
+        &[],
+        Default::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, RuntimeError::InvalidImage { ref reason, .. } if reason.contains("_start")),
+        "{err:?}"
+    );
+    let err = rt
+        .pull_image("file:///nonexistent/x.wasm")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::ImagePull { .. }), "{err:?}");
+    let err = rt.pull_image("hello:latest").await.unwrap_err();
+    assert!(matches!(err, RuntimeError::ImagePull { .. }), "{err:?}");
+    let too_big = crate::ResourceLimits {
+        memory_bytes: Some(1 << 40),
+        cpu_millis: None,
+    };
+    let err = container(
+        &rt,
+        &sb,
+        "c",
+        &example("wasm32-wasip1", "hello"),
+        &[],
+        too_big,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, RuntimeError::InvalidConfig(_)), "{err:?}");
+}
