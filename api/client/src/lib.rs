@@ -5,7 +5,10 @@
 //! The control-loop harness shared by the controllers, the node agent and the DNS add-on
 //! will live here too, so they share one watch implementation.
 
+pub mod events;
+pub mod informer;
 pub mod kubeconfig;
+pub mod queue;
 
 use futures::{Stream, StreamExt};
 use serde_json::Value;
