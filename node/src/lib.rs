@@ -1,1 +1,189 @@
-//! Node agent: pod sync, probes, service proxy and logs (built in a later issue).
+//! The node agent: registers the Node, renews its Lease, and keeps the pods bound to it
+//! running in the container runtime, reporting their status. It also serves container
+//! logs for the API server to proxy.
+//!
+//! Pods come from an informer (list+watch of `spec.nodeName=<node>`) into a work queue;
+//! each key is reconciled by [`pods::PodSyncer::sync`], level-triggered against what the
+//! runtime lists.
+
+pub mod logs;
+pub mod pods;
+pub mod registration;
+pub mod status;
+
+use serde_json::Value;
+use skiff_api::resource::find_by_kind;
+use skiff_client::informer::Informer;
+use skiff_client::queue::{Backoff, WorkQueue};
+use skiff_client::{Client, ListOptions};
+use skiff_runtime::{ImageService, RuntimeService};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// The agent's source of time; tests substitute their own.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> SystemTime;
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("registering node {node} failed: {source}")]
+    Register { node: String, #[source] source: skiff_client::ClientError },
+    #[error("the log endpoint could not start: {0}")]
+    Listen(#[from] std::io::Error),
+}
+
+/// Settings of one node agent.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// The node's InternalIP.
+    pub address: IpAddr,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Value>,
+    pub max_pods: u32,
+    /// Capacity reported to the scheduler.
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub lease_duration: Duration,
+    pub renew_interval: Duration,
+    /// Pods synced at once.
+    pub workers: usize,
+    /// How often every pod is reconciled even without a change.
+    pub resync: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(name: &str, data_dir: PathBuf) -> Self {
+        NodeConfig {
+            name: name.to_string(),
+            data_dir,
+            address: IpAddr::from([127, 0, 0, 1]),
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
+            max_pods: 1000,
+            cpu_millis: std::thread::available_parallelism().map(|n| n.get() as u64 * 1000).unwrap_or(1000),
+            memory_bytes: total_memory_bytes().unwrap_or(4 << 30),
+            lease_duration: Duration::from_secs(40),
+            renew_interval: Duration::from_secs(10),
+            workers: 8,
+            resync: Duration::from_secs(60),
+        }
+    }
+}
+
+fn total_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Runs the agent until `shutdown` completes. `log_listener` serves container logs.
+pub async fn run<R>(
+    config: NodeConfig,
+    client: Client,
+    runtime: R,
+    log_listener: tokio::net::TcpListener,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), NodeError>
+where
+    R: RuntimeService + ImageService + Clone,
+{
+    let log_port = log_listener.local_addr()?.port();
+    registration::register(&client, &config, log_port, clock.as_ref())
+        .await
+        .map_err(|source| NodeError::Register { node: config.name.clone(), source })?;
+    let heartbeats = tokio::spawn(registration::run_heartbeats(client.clone(), config.clone(), clock.clone()));
+    let (stop_logs, logs_stopped) = tokio::sync::oneshot::channel::<()>();
+    let log_server = tokio::spawn(logs::serve(log_listener, runtime.clone(), async move {
+        let _ = logs_stopped.await;
+    }));
+
+    let queue = WorkQueue::new(Backoff { base: Duration::from_millis(100), max: Duration::from_secs(30) });
+    let pods = find_by_kind("v1", "Pod").expect("served");
+    let handler_queue = queue.clone();
+    let informer = Arc::new(Informer::spawn(
+        client.clone(),
+        pods,
+        None,
+        ListOptions { field_selector: Some(format!("spec.nodeName={}", config.name)), ..Default::default() },
+        Arc::new(move |key, _, _| handler_queue.add(key)),
+    ));
+    let recorder = skiff_client::events::Recorder::new(client.clone(), "kubelet", Some(&config.name));
+    let syncer = Arc::new(pods::PodSyncer::new(
+        client.clone(),
+        runtime.clone(),
+        config.name.clone(),
+        config.address.to_string(),
+        config.data_dir.join("pods"),
+        recorder,
+        clock.clone(),
+    ));
+    informer.wait_synced().await;
+    // Pods the runtime runs but the API no longer binds here (deleted while the agent
+    // was down) are reconciled too, so they get cleaned up.
+    if let Ok(sandboxes) = runtime.list_pod_sandboxes().await {
+        for s in sandboxes {
+            queue.add(&format!("{}/{}", s.config.namespace, s.config.name));
+        }
+    }
+    let mut workers = Vec::new();
+    for _ in 0..config.workers.max(1) {
+        let (queue, informer, syncer) = (queue.clone(), informer.clone(), syncer.clone());
+        workers.push(tokio::spawn(async move {
+            while let Some(key) = queue.next().await {
+                let pod = informer.get(&key);
+                match syncer.sync(&key, pod.as_deref()).await {
+                    Ok(pods::Next::Done) => queue.forget(&key),
+                    Ok(pods::Next::After(delay)) => {
+                        queue.forget(&key);
+                        queue.add_after(&key, delay);
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = %key, error = %e, "pod sync failed; retrying");
+                        queue.add_rate_limited(&key);
+                    }
+                }
+                queue.done(&key);
+            }
+        }));
+    }
+    let resync = {
+        let (queue, informer) = (queue.clone(), informer.clone());
+        let period = config.resync;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                for key in informer.keys() {
+                    queue.add(&key);
+                }
+            }
+        })
+    };
+    shutdown.await;
+    queue.shut_down();
+    resync.abort();
+    heartbeats.abort();
+    for w in workers {
+        let _ = w.await;
+    }
+    let _ = stop_logs.send(());
+    let _ = log_server.await;
+    Ok(())
+}

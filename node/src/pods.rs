@@ -1,0 +1,581 @@
+//! Pod sync: level-triggered reconcile of one pod bound to this node against what the
+//! runtime reports. Desired state is the pod from the informer's cache; actual state is
+//! `runtime.list_pod_sandboxes()` and `list_containers()`. Nothing the agent keeps in
+//! memory is needed for correctness: after a restart the runtime is empty and pods are
+//! started again, with restart counts continued from their status.
+
+use crate::status::{pod_status, ContainerView};
+use crate::Clock;
+use serde_json::{json, Value};
+use skiff_api::resource::find_by_kind;
+use skiff_client::events::{EventType, Recorder};
+use skiff_client::Client;
+use skiff_runtime::{
+    ContainerConfig, ContainerState, ContainerStatus, ImageService, PodSandboxConfig, ResourceLimits, RuntimeError,
+    RuntimeService, SandboxId,
+};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// First CrashLoopBackOff delay; it doubles per restart up to [`MAX_BACKOFF`].
+pub const INITIAL_BACKOFF: Duration = Duration::from_secs(10);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// A container that ran this long before exiting restarts without delay.
+pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// Errors of one pod sync; all are retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("runtime: {0}")]
+    Runtime(#[from] RuntimeError),
+    #[error("API: {0}")]
+    Api(#[from] skiff_client::ClientError),
+}
+
+/// What a sync wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Done,
+    /// Look again after this long (a back-off expires, say).
+    After(Duration),
+}
+
+/// A failure to get a container going that the runtime cannot report (it has no
+/// container for it): shown as the container's waiting reason and backed off.
+#[derive(Debug, Clone)]
+struct StartFailure {
+    reason: &'static str,
+    message: String,
+    count: u32,
+    at: SystemTime,
+}
+
+/// Delay before restart number `restarts + 1`, given how long the last run lasted.
+pub fn crash_backoff(restarts: u32, last_run: Duration) -> Duration {
+    if restarts == 0 || last_run >= BACKOFF_RESET {
+        return Duration::ZERO;
+    }
+    INITIAL_BACKOFF.saturating_mul(2u32.saturating_pow(restarts - 1)).min(MAX_BACKOFF)
+}
+
+fn pull_backoff(failures: u32) -> Duration {
+    INITIAL_BACKOFF.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(10))).min(MAX_BACKOFF)
+}
+
+/// Whether a container that exited with `exit_code` runs again under `policy`.
+pub fn restarts(policy: &str, exit_code: i32) -> bool {
+    match policy {
+        "Never" => false,
+        "OnFailure" => exit_code != 0,
+        _ => true,
+    }
+}
+
+/// Parses a Kubernetes memory quantity (`64Mi`, `1G`, `1048576`) into bytes.
+pub fn parse_memory(quantity: &str) -> Option<u64> {
+    let q = quantity.trim();
+    let split = q.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let multiplier: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0f64.powi(4),
+        "m" => 1e-3,
+        _ => return None,
+    };
+    Some((value * multiplier) as u64)
+}
+
+/// Parses a CPU quantity (`500m`, `1`, `0.5`) into millicores.
+pub fn parse_cpu(quantity: &str) -> Option<u64> {
+    let q = quantity.trim();
+    if let Some(m) = q.strip_suffix('m') {
+        return m.parse().ok();
+    }
+    q.parse::<f64>().ok().map(|cores| (cores * 1000.0) as u64)
+}
+
+/// The environment of a container: `env` values and references to ConfigMaps and
+/// Secrets, then `envFrom`.
+async fn container_env(client: &Client, namespace: &str, container: &Value) -> Result<Vec<(String, String)>, String> {
+    let configmaps = find_by_kind("v1", "ConfigMap").expect("served");
+    let secrets = find_by_kind("v1", "Secret").expect("served");
+    let mut env = Vec::new();
+    let lookup = |kind: &'static str, name: String| async move {
+        let resource = if kind == "ConfigMap" { configmaps } else { secrets };
+        client.get(resource, Some(namespace), &name).await.map_err(|e| format!("{kind} {name:?}: {e}"))
+    };
+    let decode = |kind: &str, value: &Value| -> Option<String> {
+        let text = value.as_str()?;
+        if kind == "Secret" {
+            base64_decode(text).and_then(|b| String::from_utf8(b).ok())
+        } else {
+            Some(text.to_string())
+        }
+    };
+    for from in container.get("envFrom").and_then(Value::as_array).into_iter().flatten() {
+        for (kind, field) in [("ConfigMap", "configMapRef"), ("Secret", "secretRef")] {
+            if let Some(name) = from.pointer(&format!("/{field}/name")).and_then(Value::as_str) {
+                let optional = from.pointer(&format!("/{field}/optional")).and_then(Value::as_bool) == Some(true);
+                match lookup(kind, name.to_string()).await {
+                    Ok(object) => {
+                        let prefix = from.get("prefix").and_then(Value::as_str).unwrap_or_default();
+                        for (k, v) in object.get("data").and_then(Value::as_object).into_iter().flatten() {
+                            if let Some(text) = decode(kind, v) {
+                                env.push((format!("{prefix}{k}"), text));
+                            }
+                        }
+                    }
+                    Err(_) if optional => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    for var in container.get("env").and_then(Value::as_array).into_iter().flatten() {
+        let name = var.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        if let Some(value) = var.get("value").and_then(Value::as_str) {
+            env.push((name, value.to_string()));
+            continue;
+        }
+        for (kind, field) in [("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")] {
+            if let Some(reference) = var.pointer(&format!("/valueFrom/{field}")) {
+                let object_name = reference.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+                let key = reference.get("key").and_then(Value::as_str).unwrap_or_default();
+                let optional = reference.get("optional").and_then(Value::as_bool) == Some(true);
+                let value = match lookup(kind, object_name.clone()).await {
+                    Ok(object) => object.pointer(&format!("/data/{key}")).and_then(|v| decode(kind, v)),
+                    Err(e) if !optional => return Err(e),
+                    Err(_) => None,
+                };
+                match value {
+                    Some(v) => env.push((name.clone(), v)),
+                    None if optional => {}
+                    None => return Err(format!("couldn't find key {key} in {kind} {namespace}/{object_name}")),
+                }
+            }
+        }
+        if var.pointer("/valueFrom/fieldRef").is_some() {
+            // Downward API values the agent knows are filled in by the caller.
+            env.push((name, String::new()));
+        }
+    }
+    Ok(env)
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let clean: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace() && *b != b'=').collect();
+    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
+    for chunk in clean.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= value(*c)? << (18 - 6 * i);
+        }
+        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&bytes[..chunk.len().saturating_sub(1)]);
+    }
+    Some(out)
+}
+
+/// Syncs pods of one node against one runtime.
+pub struct PodSyncer<R> {
+    pub client: Client,
+    pub runtime: R,
+    pub node_name: String,
+    pub host_ip: String,
+    pub log_root: PathBuf,
+    pub recorder: Recorder,
+    pub clock: Arc<dyn Clock>,
+    pub log_max_bytes: u64,
+    pub log_max_files: u32,
+    /// (pod uid, container) -> why it could not be started, for back-off and status.
+    failures: Mutex<HashMap<(String, String), StartFailure>>,
+}
+
+impl<R: RuntimeService + ImageService> PodSyncer<R> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(client: Client, runtime: R, node_name: String, host_ip: String, log_root: PathBuf, recorder: Recorder, clock: Arc<dyn Clock>) -> Self {
+        PodSyncer {
+            client,
+            runtime,
+            node_name,
+            host_ip,
+            log_root,
+            recorder,
+            clock,
+            log_max_bytes: 10 * 1024 * 1024,
+            log_max_files: 5,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), StartFailure>> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn event(&self, pod: &Value, event_type: EventType, reason: &str, message: &str) {
+        let now = chrono::DateTime::<chrono::Utc>::from(self.clock.now());
+        if let Err(e) = self.recorder.record(pod, event_type, reason, message, now).await {
+            tracing::debug!(error = %e, "recording an event failed");
+        }
+    }
+
+    /// Sandboxes the runtime has for the pod `namespace/name`.
+    async fn sandboxes_of(&self, namespace: &str, name: &str) -> Result<Vec<(SandboxId, String)>, SyncError> {
+        Ok(self
+            .runtime
+            .list_pod_sandboxes()
+            .await?
+            .into_iter()
+            .filter(|s| s.config.namespace == namespace && s.config.name == name)
+            .map(|s| (s.id, s.config.pod_uid))
+            .collect())
+    }
+
+    /// Reconciles the pod with key `namespace/name`; `pod` is the cached object, if any.
+    pub async fn sync(&self, key: &str, pod: Option<&Value>) -> Result<Next, SyncError> {
+        let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
+        let Some(pod) = pod.filter(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(self.node_name.as_str())) else {
+            // Gone (or moved): whatever runs for it here must go.
+            for (sandbox, uid) in self.sandboxes_of(namespace, name).await? {
+                self.runtime.remove_pod_sandbox(&sandbox).await?;
+                self.failures().retain(|(u, _), _| u != &uid);
+            }
+            return Ok(Next::Done);
+        };
+        let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_string();
+        // Sandboxes of an earlier pod with the same name are stale.
+        for (sandbox, sandbox_uid) in self.sandboxes_of(namespace, name).await? {
+            if sandbox_uid != uid {
+                self.runtime.remove_pod_sandbox(&sandbox).await?;
+            }
+        }
+        if pod.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null()) {
+            return self.terminate(pod, namespace, name, &uid).await;
+        }
+        let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Pending");
+        if phase == "Succeeded" || phase == "Failed" {
+            // Finished pods keep their containers (and logs) until deleted; nothing to run.
+            return Ok(Next::Done);
+        }
+        let sandbox = match self.sandboxes_of(namespace, name).await?.into_iter().next() {
+            Some((id, _)) => id,
+            None => {
+                let config = PodSandboxConfig {
+                    pod_uid: uid.clone(),
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    log_directory: self.log_root.join(format!("{namespace}_{name}_{uid}")),
+                    labels: Default::default(),
+                };
+                self.runtime.run_pod_sandbox(&config).await?
+            }
+        };
+        let containers: Vec<ContainerStatus> =
+            self.runtime.list_containers().await?.into_iter().filter(|c| c.sandbox_id == sandbox).collect();
+        let policy = pod.pointer("/spec/restartPolicy").and_then(Value::as_str).unwrap_or("Always").to_string();
+        let specs = pod.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
+        let now = self.clock.now();
+        let mut next = Next::Done;
+        let mut views = Vec::new();
+        for spec in &specs {
+            let name = spec.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+            let image = spec.get("image").and_then(Value::as_str).unwrap_or_default().to_string();
+            let mut attempts: Vec<&ContainerStatus> = containers.iter().filter(|c| c.name == name).collect();
+            attempts.sort_by_key(|c| c.attempt);
+            let latest = attempts.last().map(|c| (*c).clone());
+            // Restarts before this agent's runtime knew the container (an agent restart).
+            let reported_restarts = pod
+                .pointer("/status/containerStatuses")
+                .and_then(Value::as_array)
+                .and_then(|s| s.iter().find(|s| s.get("name").and_then(Value::as_str) == Some(name.as_str())))
+                .map(|s| {
+                    let count = s.get("restartCount").and_then(Value::as_u64).unwrap_or(0) as u32;
+                    let ran = s.pointer("/state/running").is_some() || s.pointer("/state/terminated").is_some() || s.pointer("/lastState/terminated").is_some();
+                    if ran { count + 1 } else { count }
+                })
+                .unwrap_or(0);
+            let mut waiting = None;
+            let mut finished = false;
+            let start_attempt: Option<u32> = match &latest {
+                None => Some(reported_restarts),
+                Some(c) => match &c.state {
+                    ContainerState::Created => {
+                        self.runtime.start_container(&c.id).await?;
+                        None
+                    }
+                    ContainerState::Running => None,
+                    ContainerState::Exited { exit_code, finished_at, .. } => {
+                        if restarts(&policy, *exit_code) {
+                            let ran_for = c.started_at.and_then(|s| finished_at.duration_since(s).ok()).unwrap_or_default();
+                            let delay = crash_backoff(c.attempt.max(reported_restarts.saturating_sub(1)), ran_for);
+                            let elapsed = now.duration_since(*finished_at).unwrap_or_default();
+                            if elapsed >= delay {
+                                Some(c.attempt + 1)
+                            } else {
+                                let remaining = delay - elapsed;
+                                waiting = Some((
+                                    "CrashLoopBackOff".to_string(),
+                                    format!("back-off {}s restarting failed container={name} pod={}", delay.as_secs(), key.replace('/', "_")),
+                                ));
+                                next = earliest(next, remaining);
+                                None
+                            }
+                        } else {
+                            finished = true;
+                            None
+                        }
+                    }
+                },
+            };
+            let mut latest = latest;
+            if let Some(attempt) = start_attempt {
+                match self.start(pod, &uid, &sandbox, spec, &name, &image, attempt).await {
+                    Ok(started) => {
+                        latest = Some(started);
+                    }
+                    Err((reason, message, retry)) => {
+                        waiting = Some((reason.to_string(), message));
+                        next = earliest(next, retry);
+                    }
+                }
+            }
+            // Keep the latest attempt and the one before it (for `logs --previous`).
+            let keep_from = latest.as_ref().map(|l| l.attempt.saturating_sub(1)).unwrap_or(0);
+            for old in attempts.iter().filter(|c| c.attempt < keep_from) {
+                self.runtime.remove_container(&old.id).await?;
+            }
+            let previous = attempts
+                .iter()
+                .filter(|c| latest.as_ref().is_some_and(|l| c.attempt < l.attempt))
+                .max_by_key(|c| c.attempt)
+                .map(|c| (*c).clone());
+            let restart_count = latest.as_ref().map(|l| l.attempt).unwrap_or(reported_restarts);
+            views.push(ContainerView { name, image, latest, previous, waiting, restart_count, finished });
+        }
+        let status = pod_status(pod, &views, &self.host_ip, chrono::DateTime::<chrono::Utc>::from(now));
+        if pod.get("status") != Some(&status) {
+            self.write_status(pod, status).await?;
+        }
+        Ok(next)
+    }
+
+    /// Pulls, creates and starts one attempt of a container. On failure returns the
+    /// waiting reason, a message and when to try again.
+    #[allow(clippy::too_many_arguments)]
+    async fn start(
+        &self,
+        pod: &Value,
+        uid: &str,
+        sandbox: &SandboxId,
+        spec: &Value,
+        name: &str,
+        image: &str,
+        attempt: u32,
+    ) -> Result<ContainerStatus, (&'static str, String, Duration)> {
+        let failure_key = (uid.to_string(), name.to_string());
+        let now = self.clock.now();
+        if let Some(f) = self.failures().get(&failure_key).cloned() {
+            let wait = pull_backoff(f.count);
+            let elapsed = now.duration_since(f.at).unwrap_or_default();
+            if elapsed < wait {
+                let reason = if f.reason == "ErrImagePull" { "ImagePullBackOff" } else { f.reason };
+                return Err((reason, f.message, wait - elapsed));
+            }
+        }
+        let fail = |reason: &'static str, message: String| {
+            let mut failures = self.failures();
+            let entry = failures.entry(failure_key.clone()).or_insert(StartFailure { reason, message: message.clone(), count: 0, at: now });
+            entry.count += 1;
+            entry.reason = reason;
+            entry.message = message.clone();
+            entry.at = now;
+            (reason, message, pull_backoff(entry.count))
+        };
+        let pulled = match self.runtime.pull_image(image).await {
+            Ok(p) => p,
+            Err(e) => {
+                let message = e.to_string();
+                self.event(pod, EventType::Warning, "Failed", &format!("Failed to pull image \"{image}\": {message}")).await;
+                return Err(fail("ErrImagePull", message));
+            }
+        };
+        let namespace = pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
+        let mut env = match container_env(&self.client, namespace, spec).await {
+            Ok(env) => env,
+            Err(message) => {
+                self.event(pod, EventType::Warning, "Failed", &format!("Error: {message}")).await;
+                return Err(fail("CreateContainerConfigError", message));
+            }
+        };
+        self.fill_downward_api(pod, spec, &mut env);
+        let limits = ResourceLimits {
+            memory_bytes: spec.pointer("/resources/limits/memory").and_then(Value::as_str).and_then(parse_memory),
+            cpu_millis: spec.pointer("/resources/limits/cpu").and_then(Value::as_str).and_then(parse_cpu),
+        };
+        let mut args: Vec<String> = Vec::new();
+        for field in ["command", "args"] {
+            for a in spec.get(field).and_then(Value::as_array).into_iter().flatten() {
+                args.push(a.as_str().unwrap_or_default().to_string());
+            }
+        }
+        let config = ContainerConfig {
+            name: name.to_string(),
+            image: pulled,
+            args,
+            env,
+            limits,
+            attempt,
+            log_max_bytes: self.log_max_bytes,
+            log_max_files: self.log_max_files,
+        };
+        let id = match self.runtime.create_container(sandbox, &config).await {
+            Ok(id) => id,
+            Err(e) => {
+                let reason = match e {
+                    RuntimeError::ImagePull { .. } => "ErrImagePull",
+                    RuntimeError::InvalidConfig(_) => "CreateContainerConfigError",
+                    _ => "CreateContainerError",
+                };
+                let message = e.to_string();
+                self.event(pod, EventType::Warning, "Failed", &format!("Error: {message}")).await;
+                return Err(fail(reason, message));
+            }
+        };
+        if let Err(e) = self.runtime.start_container(&id).await {
+            let message = e.to_string();
+            let _ = self.runtime.remove_container(&id).await;
+            self.event(pod, EventType::Warning, "Failed", &format!("Error: {message}")).await;
+            return Err(fail("RunContainerError", message));
+        }
+        self.failures().remove(&failure_key);
+        self.event(pod, EventType::Normal, "Started", &format!("Started container {name}")).await;
+        self.runtime.container_status(&id).await.map_err(|e| ("RunContainerError", e.to_string(), INITIAL_BACKOFF))
+    }
+
+    fn fill_downward_api(&self, pod: &Value, spec: &Value, env: &mut [(String, String)]) {
+        for var in spec.get("env").and_then(Value::as_array).into_iter().flatten() {
+            let Some(path) = var.pointer("/valueFrom/fieldRef/fieldPath").and_then(Value::as_str) else { continue };
+            let name = var.get("name").and_then(Value::as_str).unwrap_or_default();
+            let value = match path {
+                "metadata.name" => pod.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string),
+                "metadata.namespace" => pod.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_string),
+                "metadata.uid" => pod.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string),
+                "spec.nodeName" => Some(self.node_name.clone()),
+                "status.hostIP" | "status.podIP" => Some(self.host_ip.clone()),
+                _ => None,
+            };
+            if let (Some(v), Some(slot)) = (value, env.iter_mut().find(|(k, _)| k == name)) {
+                slot.1 = v;
+            }
+        }
+    }
+
+    /// Stops and removes everything of a pod being deleted, then removes the pod object.
+    async fn terminate(&self, pod: &Value, namespace: &str, name: &str, uid: &str) -> Result<Next, SyncError> {
+        let grace = pod
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(30)
+            .max(0) as u64;
+        let sandboxes = self.sandboxes_of(namespace, name).await?;
+        if !sandboxes.is_empty() {
+            self.event(pod, EventType::Normal, "Killing", "Stopping all containers").await;
+        }
+        for (sandbox, _) in sandboxes {
+            self.runtime.stop_pod_sandbox(&sandbox, Duration::from_secs(grace)).await?;
+            self.runtime.remove_pod_sandbox(&sandbox).await?;
+        }
+        self.failures().retain(|(u, _), _| u != uid);
+        let pods = find_by_kind("v1", "Pod").expect("served");
+        let path = format!("{}?gracePeriodSeconds=0", Client::item_path(pods, Some(namespace), name));
+        let body = serde_json::to_vec(&json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}})).unwrap_or_default();
+        match self.client.request(reqwest::Method::DELETE, &path, Some(("application/json", body)), None).await {
+            Ok(_) => Ok(Next::Done),
+            Err(e) if e.is_not_found() || e.code() == Some(409) => Ok(Next::Done),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn write_status(&self, pod: &Value, status: Value) -> Result<(), SyncError> {
+        let pods = find_by_kind("v1", "Pod").expect("served");
+        let namespace = pod.pointer("/metadata/namespace").and_then(Value::as_str);
+        let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let mut updated = pod.clone();
+        updated["status"] = status;
+        let path = format!("{}/status", Client::item_path(pods, namespace, name));
+        let body = serde_json::to_vec(&updated).unwrap_or_default();
+        match self.client.request(reqwest::Method::PUT, &path, Some(("application/json", body)), None).await {
+            Ok(_) => Ok(()),
+            // A newer version is on its way through the informer; the sync runs again then.
+            Err(e) if e.code() == Some(409) || e.is_not_found() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn earliest(next: Next, after: Duration) -> Next {
+    match next {
+        Next::After(d) if d <= after => next,
+        _ => Next::After(after),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_backoff_doubles_to_a_cap_and_resets_after_a_long_run() {
+        assert_eq!(crash_backoff(0, Duration::ZERO), Duration::ZERO);
+        assert_eq!(crash_backoff(1, Duration::ZERO), Duration::from_secs(10));
+        assert_eq!(crash_backoff(2, Duration::ZERO), Duration::from_secs(20));
+        assert_eq!(crash_backoff(6, Duration::ZERO), Duration::from_secs(300));
+        assert_eq!(crash_backoff(30, Duration::ZERO), Duration::from_secs(300));
+        assert_eq!(crash_backoff(5, Duration::from_secs(601)), Duration::ZERO);
+    }
+
+    #[test]
+    fn restart_policies() {
+        assert!(restarts("Always", 0) && restarts("Always", 1));
+        assert!(!restarts("OnFailure", 0) && restarts("OnFailure", 2));
+        assert!(!restarts("Never", 1));
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_memory("64Mi"), Some(64 * 1024 * 1024));
+        assert_eq!(parse_memory("1G"), Some(1_000_000_000));
+        assert_eq!(parse_memory("1000"), Some(1000));
+        assert_eq!(parse_memory("lots"), None);
+        assert_eq!(parse_cpu("500m"), Some(500));
+        assert_eq!(parse_cpu("2"), Some(2000));
+        assert_eq!(parse_cpu("0.25"), Some(250));
+    }
+
+    #[test]
+    fn secret_values_decode() {
+        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(base64_decode("Zm9vYmFy").unwrap(), b"foobar");
+        assert!(base64_decode("!!").is_none());
+    }
+}

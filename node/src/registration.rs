@@ -1,0 +1,187 @@
+//! Node registration and heartbeats: the Node object (capacity, allocatable, labels,
+//! taints, addresses, the Ready condition, the log endpoint) and the Lease in
+//! `kube-node-lease` that the node lifecycle controller watches.
+
+use crate::{Clock, NodeConfig};
+use serde_json::{json, Value};
+use skiff_api::resource::find_by_kind;
+use skiff_client::{Client, ClientError};
+use std::time::Duration;
+
+fn text_of(path: &str) -> String {
+    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+fn os_image() -> String {
+    text_of("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// Parses `--register-with-taints` (`key=value:Effect,key:Effect`).
+pub fn parse_taints(text: &str) -> Result<Vec<Value>, String> {
+    text.split(',')
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| {
+            let (kv, effect) = t.trim().rsplit_once(':').ok_or_else(|| format!("taint {t:?} has no effect (key=value:Effect)"))?;
+            if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+                return Err(format!("taint {t:?}: effect must be NoSchedule, PreferNoSchedule or NoExecute"));
+            }
+            let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
+            if key.is_empty() {
+                return Err(format!("taint {t:?} has an empty key"));
+            }
+            let mut taint = json!({"key": key, "effect": effect});
+            if !value.is_empty() {
+                taint["value"] = json!(value);
+            }
+            Ok(taint)
+        })
+        .collect()
+}
+
+/// The Node object this agent registers.
+pub fn node_object(config: &NodeConfig, log_port: u16, now: &str) -> Value {
+    let mut labels = serde_json::Map::new();
+    labels.insert("kubernetes.io/hostname".into(), json!(config.name));
+    labels.insert("kubernetes.io/arch".into(), json!(architecture()));
+    labels.insert("kubernetes.io/os".into(), json!(std::env::consts::OS));
+    labels.insert("beta.kubernetes.io/arch".into(), json!(architecture()));
+    labels.insert("beta.kubernetes.io/os".into(), json!(std::env::consts::OS));
+    labels.insert("skiff.dev/runtime-wasm".into(), json!("true"));
+    for (k, v) in &config.labels {
+        labels.insert(k.clone(), json!(v));
+    }
+    let resources = json!({
+        "cpu": format!("{}m", config.cpu_millis),
+        "memory": format!("{}Ki", config.memory_bytes / 1024),
+        "pods": config.max_pods.to_string(),
+        "ephemeral-storage": "0",
+    });
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": config.name, "labels": labels},
+        "spec": {"taints": config.taints},
+        "status": {
+            "capacity": resources,
+            "allocatable": resources,
+            "conditions": [{
+                "type": "Ready",
+                "status": "True",
+                "reason": "KubeletReady",
+                "message": "skiff node agent is posting ready status",
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": now,
+            }],
+            "addresses": [
+                {"type": "InternalIP", "address": config.address.to_string()},
+                {"type": "Hostname", "address": config.name},
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": log_port}},
+            "nodeInfo": {
+                "machineID": text_of("/etc/machine-id"),
+                "systemUUID": "",
+                "bootID": text_of("/proc/sys/kernel/random/boot_id"),
+                "kernelVersion": text_of("/proc/sys/kernel/osrelease"),
+                "osImage": os_image(),
+                "containerRuntimeVersion": "wasmtime://48.0.8",
+                "kubeletVersion": format!("v1.{}.0-skiff", skiff_api::KUBERNETES_MINOR),
+                "kubeProxyVersion": "",
+                "operatingSystem": std::env::consts::OS,
+                "architecture": architecture(),
+            },
+        },
+    })
+}
+
+/// Creates the Node, or brings an existing one up to date (labels, taints, status).
+pub async fn register(client: &Client, config: &NodeConfig, log_port: u16, clock: &dyn Clock) -> Result<(), ClientError> {
+    let nodes = find_by_kind("v1", "Node").expect("served");
+    let now = crate::status::timestamp(clock.now());
+    let desired = node_object(config, log_port, &now);
+    match client.get(nodes, None, &config.name).await {
+        Err(e) if e.is_not_found() => {
+            client.create(nodes, None, &desired).await?;
+        }
+        Err(e) => return Err(e),
+        Ok(mut existing) => {
+            existing["metadata"]["labels"] = desired["metadata"]["labels"].clone();
+            existing["spec"]["taints"] = desired["spec"]["taints"].clone();
+            client.replace(nodes, None, &config.name, &existing).await?;
+        }
+    }
+    let status_path = format!("{}/status", Client::item_path(nodes, None, &config.name));
+    let current = client.get(nodes, None, &config.name).await?;
+    let mut updated = current.clone();
+    updated["status"] = desired["status"].clone();
+    let body = serde_json::to_vec(&updated).unwrap_or_default();
+    client.request(reqwest::Method::PUT, &status_path, Some(("application/json", body)), None).await?;
+    Ok(())
+}
+
+/// Renews the node's Lease (creating it if needed) and refreshes the Ready heartbeat.
+pub async fn heartbeat(client: &Client, config: &NodeConfig, clock: &dyn Clock) -> Result<(), ClientError> {
+    let leases = find_by_kind("coordination.k8s.io/v1", "Lease").expect("served");
+    let now = chrono::DateTime::<chrono::Utc>::from(clock.now()).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let patch = json!({
+        "spec": {
+            "holderIdentity": config.name,
+            "leaseDurationSeconds": config.lease_duration.as_secs(),
+            "renewTime": now,
+        }
+    });
+    match client.patch(leases, Some("kube-node-lease"), &config.name, "application/merge-patch+json", &patch).await {
+        Err(e) if e.is_not_found() => {
+            let mut lease = json!({
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": config.name, "namespace": "kube-node-lease"},
+            });
+            lease["spec"] = patch["spec"].clone();
+            client.create(leases, Some("kube-node-lease"), &lease).await.map(|_| ())
+        }
+        other => other.map(|_| ()),
+    }
+}
+
+/// Keeps the lease renewed until the task is dropped.
+pub async fn run_heartbeats(client: Client, config: NodeConfig, clock: std::sync::Arc<dyn Clock>) {
+    let mut failures = 0u32;
+    loop {
+        match heartbeat(&client, &config, clock.as_ref()).await {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "renewing the node lease failed");
+            }
+        }
+        // Retry sooner after a failure, as the kubelet does.
+        let wait = if failures > 0 { Duration::from_millis(200 * u64::from(failures.min(10))) } else { config.renew_interval };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taints_parse() {
+        let t = parse_taints("dedicated=edge:NoSchedule,gpu:NoExecute").unwrap();
+        assert_eq!(t[0], json!({"key": "dedicated", "value": "edge", "effect": "NoSchedule"}));
+        assert_eq!(t[1], json!({"key": "gpu", "effect": "NoExecute"}));
+        assert!(parse_taints("a=b").is_err());
+        assert!(parse_taints("a=b:Sometimes").is_err());
+    }
+}
