@@ -97,6 +97,13 @@ pub const RESOURCES: &[ResourceInfo] = &[
                 kind: "Binding",
                 verbs: &["create"],
             },
+            Subresource {
+                name: "log",
+                group: "",
+                version: "v1",
+                kind: "Pod",
+                verbs: &["get"],
+            },
         ],
         has_generation: true,
     },

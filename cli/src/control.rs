@@ -25,18 +25,7 @@ pub async fn run(args: ControlArgs) -> Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let bound = listener.local_addr()?;
-    // Clients cannot connect to the unspecified address; point them at loopback instead.
-    let host = if bound.ip().is_unspecified() {
-        "127.0.0.1".to_string()
-    } else {
-        bound.ip().to_string()
-    };
-    let server = if bound.is_ipv6() && !bound.ip().is_unspecified() {
-        format!("http://[{host}]:{}", bound.port())
-    } else {
-        format!("http://{host}:{}", bound.port())
-    };
+    let server = kubeconfig_server(listener.local_addr()?);
     let kubeconfig_path = args.data_dir.join("kubeconfig");
     write_atomically(
         &kubeconfig_path,
@@ -63,14 +52,24 @@ pub async fn run(args: ControlArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The URL clients use for a server bound to `bound`: clients cannot connect to the
+/// unspecified address, so it becomes loopback.
+pub fn kubeconfig_server(bound: std::net::SocketAddr) -> String {
+    if bound.ip().is_unspecified() {
+        format!("http://127.0.0.1:{}", bound.port())
+    } else {
+        format!("http://{bound}")
+    }
+}
+
 /// Writes a file so readers never see it half-written.
-fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+pub fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, contents)?;
     std::fs::rename(&tmp, path)
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

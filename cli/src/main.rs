@@ -7,6 +7,8 @@ mod apply;
 mod control;
 mod files;
 mod get;
+mod logs;
+mod node;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -42,6 +44,13 @@ enum Command {
     Describe(get::DescribeArgs),
     /// Delete objects by type and name, or those in files.
     Delete(get::DeleteArgs),
+    /// Print the logs of a container in a pod.
+    Logs(logs::LogsArgs),
+    /// Run a node agent that joins a cluster and runs its wasm pods.
+    Node(node::NodeArgs),
+    /// Run a whole single-node cluster in one process: control plane, scheduler and a
+    /// node agent on the embedded store.
+    Up(node::UpArgs),
 }
 
 fn main() -> ExitCode {
@@ -113,5 +122,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Get(args) => get::get(&context, args).await,
         Command::Describe(args) => get::describe(&context, args).await,
         Command::Delete(args) => get::delete(&context, args).await,
+        Command::Logs(args) => logs::run(&context, args).await,
+        Command::Node(args) => node::node(&context, args).await,
+        Command::Up(args) => node::up(args).await,
     }
 }

@@ -6,6 +6,7 @@ pub mod apiserver;
 pub mod metrics;
 pub mod namespaces;
 pub mod registry;
+pub mod scheduler;
 pub mod store;
 
 use std::future::Future;
@@ -22,6 +23,8 @@ pub enum ControlError {
     Bootstrap(skiff_api::ApiError),
     #[error("serving the API failed: {0}")]
     Serve(#[from] std::io::Error),
+    #[error("the control plane cannot reach its own API: {0}")]
+    Client(String),
 }
 
 /// Settings of [`run`].
@@ -63,7 +66,22 @@ pub async fn run(
         namespace_deleted.clone(),
         stopped.clone(),
     ));
-    let advertise_address = listener.local_addr()?.to_string();
+    let bound = listener.local_addr()?;
+    let advertise_address = bound.to_string();
+    // Controllers are clients of the API like any other: they reach it over loopback.
+    let loopback = if bound.ip().is_unspecified() {
+        std::net::SocketAddr::new(std::net::IpAddr::from([127, 0, 0, 1]), bound.port())
+    } else {
+        bound
+    };
+    let api_client = skiff_client::Client::new(&format!("http://{loopback}"))
+        .map_err(|e| ControlError::Client(e.to_string()))?;
+    let scheduler = {
+        let mut stopped = stopped.clone();
+        tokio::spawn(scheduler::run(api_client, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }))
+    };
     let state = apiserver::ApiState {
         registry,
         metrics: Arc::new(metrics::RequestMetrics::default()),
@@ -71,6 +89,7 @@ pub async fn run(
         namespace_deleted,
         advertise_address,
         bookmark_interval: config.bookmark_interval,
+        http: reqwest::Client::new(),
     };
     let result = apiserver::serve(listener, state, async move {
         shutdown.await;
@@ -78,6 +97,7 @@ pub async fn run(
     })
     .await;
     let _ = finalizer.await;
+    let _ = scheduler.await;
     store.close().await;
     result.map_err(ControlError::Serve)
 }

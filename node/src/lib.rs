@@ -42,7 +42,11 @@ impl Clock for SystemClock {
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("registering node {node} failed: {source}")]
-    Register { node: String, #[source] source: skiff_client::ClientError },
+    Register {
+        node: String,
+        #[source]
+        source: skiff_client::ClientError,
+    },
     #[error("the log endpoint could not start: {0}")]
     Listen(#[from] std::io::Error),
 }
@@ -77,7 +81,9 @@ impl NodeConfig {
             labels: BTreeMap::new(),
             taints: Vec::new(),
             max_pods: 1000,
-            cpu_millis: std::thread::available_parallelism().map(|n| n.get() as u64 * 1000).unwrap_or(1000),
+            cpu_millis: std::thread::available_parallelism()
+                .map(|n| n.get() as u64 * 1000)
+                .unwrap_or(1000),
             memory_bytes: total_memory_bytes().unwrap_or(4 << 30),
             lease_duration: Duration::from_secs(40),
             renew_interval: Duration::from_secs(10),
@@ -89,7 +95,14 @@ impl NodeConfig {
 
 fn total_memory_bytes() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: u64 = info.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some(kib * 1024)
 }
 
@@ -108,24 +121,38 @@ where
     let log_port = log_listener.local_addr()?.port();
     registration::register(&client, &config, log_port, clock.as_ref())
         .await
-        .map_err(|source| NodeError::Register { node: config.name.clone(), source })?;
-    let heartbeats = tokio::spawn(registration::run_heartbeats(client.clone(), config.clone(), clock.clone()));
+        .map_err(|source| NodeError::Register {
+            node: config.name.clone(),
+            source,
+        })?;
+    let heartbeats = tokio::spawn(registration::run_heartbeats(
+        client.clone(),
+        config.clone(),
+        clock.clone(),
+    ));
     let (stop_logs, logs_stopped) = tokio::sync::oneshot::channel::<()>();
     let log_server = tokio::spawn(logs::serve(log_listener, runtime.clone(), async move {
         let _ = logs_stopped.await;
     }));
 
-    let queue = WorkQueue::new(Backoff { base: Duration::from_millis(100), max: Duration::from_secs(30) });
+    let queue = WorkQueue::new(Backoff {
+        base: Duration::from_millis(100),
+        max: Duration::from_secs(30),
+    });
     let pods = find_by_kind("v1", "Pod").expect("served");
     let handler_queue = queue.clone();
     let informer = Arc::new(Informer::spawn(
         client.clone(),
         pods,
         None,
-        ListOptions { field_selector: Some(format!("spec.nodeName={}", config.name)), ..Default::default() },
+        ListOptions {
+            field_selector: Some(format!("spec.nodeName={}", config.name)),
+            ..Default::default()
+        },
         Arc::new(move |key, _, _| handler_queue.add(key)),
     ));
-    let recorder = skiff_client::events::Recorder::new(client.clone(), "kubelet", Some(&config.name));
+    let recorder =
+        skiff_client::events::Recorder::new(client.clone(), "kubelet", Some(&config.name));
     let syncer = Arc::new(pods::PodSyncer::new(
         client.clone(),
         runtime.clone(),
@@ -135,7 +162,16 @@ where
         recorder,
         clock.clone(),
     ));
-    informer.wait_synced().await;
+    tokio::pin!(shutdown);
+    let synced = tokio::select! {
+        _ = informer.wait_synced() => true,
+        _ = &mut shutdown => false,
+    };
+    if !synced {
+        heartbeats.abort();
+        let _ = stop_logs.send(());
+        return Ok(());
+    }
     // Pods the runtime runs but the API no longer binds here (deleted while the agent
     // was down) are reconciled too, so they get cleaned up.
     if let Ok(sandboxes) = runtime.list_pod_sandboxes().await {

@@ -34,7 +34,10 @@ impl LogOptions {
     pub fn from_query(query: &HashMap<String, String>) -> Result<Self, String> {
         let flag = |k: &str| query.get(k).is_some_and(|v| v == "true" || v == "1");
         let number = |k: &str| -> Result<Option<i64>, String> {
-            query.get(k).map(|v| v.parse::<i64>().map_err(|_| format!("invalid {k} {v:?}"))).transpose()
+            query
+                .get(k)
+                .map(|v| v.parse::<i64>().map_err(|_| format!("invalid {k} {v:?}")))
+                .transpose()
         };
         Ok(LogOptions {
             follow: flag("follow"),
@@ -48,7 +51,11 @@ impl LogOptions {
 }
 
 /// One CRI log record rendered for the client, or `None` if it is filtered out.
-fn render(line: &str, options: &LogOptions, since: Option<chrono::DateTime<chrono::Utc>>) -> Option<String> {
+fn render(
+    line: &str,
+    options: &LogOptions,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+) -> Option<String> {
     let mut parts = line.splitn(4, ' ');
     let (ts, _stream, tag) = (parts.next()?, parts.next()?, parts.next()?);
     let text = parts.next().unwrap_or_default();
@@ -59,7 +66,11 @@ fn render(line: &str, options: &LogOptions, since: Option<chrono::DateTime<chron
         }
     }
     let newline = if tag == "P" { "" } else { "\n" };
-    Some(if options.timestamps { format!("{ts} {text}{newline}") } else { format!("{text}{newline}") })
+    Some(if options.timestamps {
+        format!("{ts} {text}{newline}")
+    } else {
+        format!("{text}{newline}")
+    })
 }
 
 /// The log files of a container, oldest first.
@@ -75,7 +86,9 @@ fn files_of(log_path: &Path) -> Vec<PathBuf> {
 
 /// Everything logged so far, filtered and tailed.
 fn existing(log_path: &Path, options: &LogOptions) -> (String, u64) {
-    let since = options.since_seconds.map(|s| chrono::Utc::now() - chrono::Duration::seconds(s));
+    let since = options
+        .since_seconds
+        .map(|s| chrono::Utc::now() - chrono::Duration::seconds(s));
     let mut rendered: Vec<String> = Vec::new();
     let mut offset = 0;
     for file in files_of(log_path) {
@@ -99,47 +112,95 @@ fn existing(log_path: &Path, options: &LogOptions) -> (String, u64) {
 fn text_response(code: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
     let mut response = Response::new(Full::new(text.into()).boxed());
     *response.status_mut() = code;
-    response.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
 /// Picks the container attempt a request is about.
-fn choose(containers: &[ContainerStatus], namespace: &str, pod: &str, container: &str, previous: bool, sandboxes: &HashMap<String, (String, String)>) -> Option<ContainerStatus> {
+fn choose(
+    containers: &[ContainerStatus],
+    namespace: &str,
+    pod: &str,
+    container: &str,
+    previous: bool,
+    sandboxes: &HashMap<String, (String, String)>,
+) -> Option<ContainerStatus> {
     let mut attempts: Vec<&ContainerStatus> = containers
         .iter()
-        .filter(|c| c.name == container && sandboxes.get(&c.sandbox_id).is_some_and(|(ns, name)| ns == namespace && name == pod))
+        .filter(|c| {
+            c.name == container
+                && sandboxes
+                    .get(&c.sandbox_id)
+                    .is_some_and(|(ns, name)| ns == namespace && name == pod)
+        })
         .collect();
     attempts.sort_by_key(|c| c.attempt);
     let index = attempts.len().checked_sub(if previous { 2 } else { 1 })?;
     attempts.get(index).map(|c| (*c).clone())
 }
 
-async fn handle<R: RuntimeService + Clone>(runtime: R, request: Request<hyper::body::Incoming>) -> Response<Body> {
-    let path: Vec<String> = request.uri().path().trim_matches('/').split('/').map(str::to_string).collect();
+async fn handle<R: RuntimeService + Clone>(
+    runtime: R,
+    request: Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    let path: Vec<String> = request
+        .uri()
+        .path()
+        .trim_matches('/')
+        .split('/')
+        .map(str::to_string)
+        .collect();
     let [prefix, namespace, pod, container] = path.as_slice() else {
         return text_response(StatusCode::NOT_FOUND, "not found\n");
     };
     if prefix != "containerLogs" {
         return text_response(StatusCode::NOT_FOUND, "not found\n");
     }
-    let query: HashMap<String, String> = url::form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+    let query: HashMap<String, String> =
+        url::form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
     let options = match LogOptions::from_query(&query) {
         Ok(o) => o,
         Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    let (Ok(sandboxes), Ok(containers)) = (runtime.list_pod_sandboxes().await, runtime.list_containers().await) else {
-        return text_response(StatusCode::INTERNAL_SERVER_ERROR, "the runtime did not answer\n");
+    let (Ok(sandboxes), Ok(containers)) = (
+        runtime.list_pod_sandboxes().await,
+        runtime.list_containers().await,
+    ) else {
+        return text_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the runtime did not answer\n",
+        );
     };
-    let sandboxes: HashMap<String, (String, String)> =
-        sandboxes.into_iter().map(|s| (s.id, (s.config.namespace, s.config.name))).collect();
-    let Some(chosen) = choose(&containers, namespace, pod, container, options.previous, &sandboxes) else {
-        let what = if options.previous { "previous terminated container" } else { "container" };
-        return text_response(StatusCode::NOT_FOUND, format!("{what} {container:?} in pod {pod:?} not found\n"));
+    let sandboxes: HashMap<String, (String, String)> = sandboxes
+        .into_iter()
+        .map(|s| (s.id, (s.config.namespace, s.config.name)))
+        .collect();
+    let Some(chosen) = choose(
+        &containers,
+        namespace,
+        pod,
+        container,
+        options.previous,
+        &sandboxes,
+    ) else {
+        let what = if options.previous {
+            "previous terminated container"
+        } else {
+            "container"
+        };
+        return text_response(
+            StatusCode::NOT_FOUND,
+            format!("{what} {container:?} in pod {pod:?} not found\n"),
+        );
     };
     let (text, offset) = existing(&chosen.log_path, &options);
-    if !options.follow || options.previous || matches!(chosen.state, ContainerState::Exited { .. }) {
+    if !options.follow || options.previous || matches!(chosen.state, ContainerState::Exited { .. })
+    {
         return text_response(StatusCode::OK, text);
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
@@ -152,7 +213,10 @@ async fn handle<R: RuntimeService + Clone>(runtime: R, request: Request<hyper::b
         follow(&runtime, &id, log_path, offset, options, tx).await;
     });
     let mut response = Response::new(StreamBody::new(ReceiverStream::new(rx)).boxed());
-    response.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
@@ -171,13 +235,18 @@ async fn follow<R: RuntimeService>(
         // Checked before reading, so the lines written before the exit are still sent.
         let still_running = matches!(
             runtime.container_status(&id.to_string()).await,
-            Ok(ContainerStatus { state: ContainerState::Running, .. })
+            Ok(ContainerStatus {
+                state: ContainerState::Running,
+                ..
+            })
         );
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = tx.closed() => return,
         }
-        let Ok(mut file) = std::fs::File::open(&log_path) else { return };
+        let Ok(mut file) = std::fs::File::open(&log_path) else {
+            return;
+        };
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         if len < offset {
             // Rotated: the current file is new; read it from the start.
@@ -212,7 +281,11 @@ async fn follow<R: RuntimeService>(
 }
 
 /// Serves the log endpoint on `listener` until `shutdown` completes.
-pub async fn serve<R: RuntimeService + Clone>(listener: TcpListener, runtime: R, shutdown: impl Future<Output = ()>) {
+pub async fn serve<R: RuntimeService + Clone>(
+    listener: TcpListener,
+    runtime: R,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -240,9 +313,28 @@ mod tests {
     #[test]
     fn records_render_with_and_without_timestamps() {
         let options = LogOptions::default();
-        assert_eq!(render("2026-01-01T00:00:00.000000001Z stdout F hello", &options, None).unwrap(), "hello\n");
-        assert_eq!(render("2026-01-01T00:00:00.000000001Z stdout P part", &options, None).unwrap(), "part");
-        let stamped = LogOptions { timestamps: true, ..Default::default() };
+        assert_eq!(
+            render(
+                "2026-01-01T00:00:00.000000001Z stdout F hello",
+                &options,
+                None
+            )
+            .unwrap(),
+            "hello\n"
+        );
+        assert_eq!(
+            render(
+                "2026-01-01T00:00:00.000000001Z stdout P part",
+                &options,
+                None
+            )
+            .unwrap(),
+            "part"
+        );
+        let stamped = LogOptions {
+            timestamps: true,
+            ..Default::default()
+        };
         assert_eq!(
             render("2026-01-01T00:00:00.000000001Z stderr F x", &stamped, None).unwrap(),
             "2026-01-01T00:00:00.000000001Z x\n"
@@ -255,14 +347,38 @@ mod tests {
     fn tail_reads_rotated_files_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("0.log");
-        std::fs::write(skiff_runtime::wasm::logs::rotated(&path, 2), "2026-01-01T00:00:00Z stdout F one\n").unwrap();
-        std::fs::write(skiff_runtime::wasm::logs::rotated(&path, 1), "2026-01-01T00:00:01Z stdout F two\n").unwrap();
-        std::fs::write(&path, "2026-01-01T00:00:02Z stdout F three\n2026-01-01T00:00:03Z stdout F four\n").unwrap();
+        std::fs::write(
+            skiff_runtime::wasm::logs::rotated(&path, 2),
+            "2026-01-01T00:00:00Z stdout F one\n",
+        )
+        .unwrap();
+        std::fs::write(
+            skiff_runtime::wasm::logs::rotated(&path, 1),
+            "2026-01-01T00:00:01Z stdout F two\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &path,
+            "2026-01-01T00:00:02Z stdout F three\n2026-01-01T00:00:03Z stdout F four\n",
+        )
+        .unwrap();
         let (all, _) = existing(&path, &LogOptions::default());
         assert_eq!(all, "one\ntwo\nthree\nfour\n");
-        let (tail, _) = existing(&path, &LogOptions { tail_lines: Some(2), ..Default::default() });
+        let (tail, _) = existing(
+            &path,
+            &LogOptions {
+                tail_lines: Some(2),
+                ..Default::default()
+            },
+        );
         assert_eq!(tail, "three\nfour\n");
-        let (limited, _) = existing(&path, &LogOptions { limit_bytes: Some(5), ..Default::default() });
+        let (limited, _) = existing(
+            &path,
+            &LogOptions {
+                limit_bytes: Some(5),
+                ..Default::default()
+            },
+        );
         assert_eq!(limited, "one\nt");
     }
 }

@@ -11,8 +11,8 @@ use skiff_api::resource::find_by_kind;
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::Client;
 use skiff_runtime::{
-    ContainerConfig, ContainerState, ContainerStatus, ImageService, PodSandboxConfig, ResourceLimits, RuntimeError,
-    RuntimeService, SandboxId,
+    ContainerConfig, ContainerState, ContainerStatus, ImageService, PodSandboxConfig,
+    ResourceLimits, RuntimeError, RuntimeService, SandboxId,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -57,11 +57,15 @@ pub fn crash_backoff(restarts: u32, last_run: Duration) -> Duration {
     if restarts == 0 || last_run >= BACKOFF_RESET {
         return Duration::ZERO;
     }
-    INITIAL_BACKOFF.saturating_mul(2u32.saturating_pow(restarts - 1)).min(MAX_BACKOFF)
+    INITIAL_BACKOFF
+        .saturating_mul(2u32.saturating_pow(restarts - 1))
+        .min(MAX_BACKOFF)
 }
 
 fn pull_backoff(failures: u32) -> Duration {
-    INITIAL_BACKOFF.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(10))).min(MAX_BACKOFF)
+    INITIAL_BACKOFF
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(10)))
+        .min(MAX_BACKOFF)
 }
 
 /// Whether a container that exited with `exit_code` runs again under `policy`.
@@ -76,7 +80,9 @@ pub fn restarts(policy: &str, exit_code: i32) -> bool {
 /// Parses a Kubernetes memory quantity (`64Mi`, `1G`, `1048576`) into bytes.
 pub fn parse_memory(quantity: &str) -> Option<u64> {
     let q = quantity.trim();
-    let split = q.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(q.len());
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
     let (number, suffix) = q.split_at(split);
     let value: f64 = number.parse().ok()?;
     let multiplier: f64 = match suffix {
@@ -106,13 +112,24 @@ pub fn parse_cpu(quantity: &str) -> Option<u64> {
 
 /// The environment of a container: `env` values and references to ConfigMaps and
 /// Secrets, then `envFrom`.
-async fn container_env(client: &Client, namespace: &str, container: &Value) -> Result<Vec<(String, String)>, String> {
+async fn container_env(
+    client: &Client,
+    namespace: &str,
+    container: &Value,
+) -> Result<Vec<(String, String)>, String> {
     let configmaps = find_by_kind("v1", "ConfigMap").expect("served");
     let secrets = find_by_kind("v1", "Secret").expect("served");
     let mut env = Vec::new();
     let lookup = |kind: &'static str, name: String| async move {
-        let resource = if kind == "ConfigMap" { configmaps } else { secrets };
-        client.get(resource, Some(namespace), &name).await.map_err(|e| format!("{kind} {name:?}: {e}"))
+        let resource = if kind == "ConfigMap" {
+            configmaps
+        } else {
+            secrets
+        };
+        client
+            .get(resource, Some(namespace), &name)
+            .await
+            .map_err(|e| format!("{kind} {name:?}: {e}"))
     };
     let decode = |kind: &str, value: &Value| -> Option<String> {
         let text = value.as_str()?;
@@ -122,14 +139,33 @@ async fn container_env(client: &Client, namespace: &str, container: &Value) -> R
             Some(text.to_string())
         }
     };
-    for from in container.get("envFrom").and_then(Value::as_array).into_iter().flatten() {
+    for from in container
+        .get("envFrom")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         for (kind, field) in [("ConfigMap", "configMapRef"), ("Secret", "secretRef")] {
-            if let Some(name) = from.pointer(&format!("/{field}/name")).and_then(Value::as_str) {
-                let optional = from.pointer(&format!("/{field}/optional")).and_then(Value::as_bool) == Some(true);
+            if let Some(name) = from
+                .pointer(&format!("/{field}/name"))
+                .and_then(Value::as_str)
+            {
+                let optional = from
+                    .pointer(&format!("/{field}/optional"))
+                    .and_then(Value::as_bool)
+                    == Some(true);
                 match lookup(kind, name.to_string()).await {
                     Ok(object) => {
-                        let prefix = from.get("prefix").and_then(Value::as_str).unwrap_or_default();
-                        for (k, v) in object.get("data").and_then(Value::as_object).into_iter().flatten() {
+                        let prefix = from
+                            .get("prefix")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
+                        for (k, v) in object
+                            .get("data")
+                            .and_then(Value::as_object)
+                            .into_iter()
+                            .flatten()
+                        {
                             if let Some(text) = decode(kind, v) {
                                 env.push((format!("{prefix}{k}"), text));
                             }
@@ -141,26 +177,48 @@ async fn container_env(client: &Client, namespace: &str, container: &Value) -> R
             }
         }
     }
-    for var in container.get("env").and_then(Value::as_array).into_iter().flatten() {
-        let name = var.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+    for var in container
+        .get("env")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = var
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if let Some(value) = var.get("value").and_then(Value::as_str) {
             env.push((name, value.to_string()));
             continue;
         }
         for (kind, field) in [("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")] {
             if let Some(reference) = var.pointer(&format!("/valueFrom/{field}")) {
-                let object_name = reference.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-                let key = reference.get("key").and_then(Value::as_str).unwrap_or_default();
+                let object_name = reference
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let key = reference
+                    .get("key")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 let optional = reference.get("optional").and_then(Value::as_bool) == Some(true);
                 let value = match lookup(kind, object_name.clone()).await {
-                    Ok(object) => object.pointer(&format!("/data/{key}")).and_then(|v| decode(kind, v)),
+                    Ok(object) => object
+                        .pointer(&format!("/data/{key}"))
+                        .and_then(|v| decode(kind, v)),
                     Err(e) if !optional => return Err(e),
                     Err(_) => None,
                 };
                 match value {
                     Some(v) => env.push((name.clone(), v)),
                     None if optional => {}
-                    None => return Err(format!("couldn't find key {key} in {kind} {namespace}/{object_name}")),
+                    None => {
+                        return Err(format!(
+                            "couldn't find key {key} in {kind} {namespace}/{object_name}"
+                        ))
+                    }
                 }
             }
         }
@@ -183,7 +241,10 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
             _ => return None,
         } as u32)
     };
-    let clean: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace() && *b != b'=').collect();
+    let clean: Vec<u8> = text
+        .bytes()
+        .filter(|b| !b.is_ascii_whitespace() && *b != b'=')
+        .collect();
     let mut out = Vec::with_capacity(clean.len() * 3 / 4);
     for chunk in clean.chunks(4) {
         let mut n = 0u32;
@@ -213,7 +274,15 @@ pub struct PodSyncer<R> {
 
 impl<R: RuntimeService + ImageService> PodSyncer<R> {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(client: Client, runtime: R, node_name: String, host_ip: String, log_root: PathBuf, recorder: Recorder, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        client: Client,
+        runtime: R,
+        node_name: String,
+        host_ip: String,
+        log_root: PathBuf,
+        recorder: Recorder,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         PodSyncer {
             client,
             runtime,
@@ -234,13 +303,21 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
 
     async fn event(&self, pod: &Value, event_type: EventType, reason: &str, message: &str) {
         let now = chrono::DateTime::<chrono::Utc>::from(self.clock.now());
-        if let Err(e) = self.recorder.record(pod, event_type, reason, message, now).await {
+        if let Err(e) = self
+            .recorder
+            .record(pod, event_type, reason, message, now)
+            .await
+        {
             tracing::debug!(error = %e, "recording an event failed");
         }
     }
 
     /// Sandboxes the runtime has for the pod `namespace/name`.
-    async fn sandboxes_of(&self, namespace: &str, name: &str) -> Result<Vec<(SandboxId, String)>, SyncError> {
+    async fn sandboxes_of(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<(SandboxId, String)>, SyncError> {
         Ok(self
             .runtime
             .list_pod_sandboxes()
@@ -254,7 +331,9 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
     /// Reconciles the pod with key `namespace/name`; `pod` is the cached object, if any.
     pub async fn sync(&self, key: &str, pod: Option<&Value>) -> Result<Next, SyncError> {
         let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
-        let Some(pod) = pod.filter(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(self.node_name.as_str())) else {
+        let Some(pod) = pod.filter(|p| {
+            p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(self.node_name.as_str())
+        }) else {
             // Gone (or moved): whatever runs for it here must go.
             for (sandbox, uid) in self.sandboxes_of(namespace, name).await? {
                 self.runtime.remove_pod_sandbox(&sandbox).await?;
@@ -262,17 +341,27 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
             }
             return Ok(Next::Done);
         };
-        let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_string();
+        let uid = pod
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         // Sandboxes of an earlier pod with the same name are stale.
         for (sandbox, sandbox_uid) in self.sandboxes_of(namespace, name).await? {
             if sandbox_uid != uid {
                 self.runtime.remove_pod_sandbox(&sandbox).await?;
             }
         }
-        if pod.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null()) {
+        if pod
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|v| !v.is_null())
+        {
             return self.terminate(pod, namespace, name, &uid).await;
         }
-        let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Pending");
+        let phase = pod
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or("Pending");
         if phase == "Succeeded" || phase == "Failed" {
             // Finished pods keep their containers (and logs) until deleted; nothing to run.
             return Ok(Next::Done);
@@ -290,66 +379,112 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
                 self.runtime.run_pod_sandbox(&config).await?
             }
         };
-        let containers: Vec<ContainerStatus> =
-            self.runtime.list_containers().await?.into_iter().filter(|c| c.sandbox_id == sandbox).collect();
-        let policy = pod.pointer("/spec/restartPolicy").and_then(Value::as_str).unwrap_or("Always").to_string();
-        let specs = pod.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
+        let containers: Vec<ContainerStatus> = self
+            .runtime
+            .list_containers()
+            .await?
+            .into_iter()
+            .filter(|c| c.sandbox_id == sandbox)
+            .collect();
+        let policy = pod
+            .pointer("/spec/restartPolicy")
+            .and_then(Value::as_str)
+            .unwrap_or("Always")
+            .to_string();
+        let specs = pod
+            .pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let now = self.clock.now();
         let mut next = Next::Done;
         let mut views = Vec::new();
         for spec in &specs {
-            let name = spec.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-            let image = spec.get("image").and_then(Value::as_str).unwrap_or_default().to_string();
-            let mut attempts: Vec<&ContainerStatus> = containers.iter().filter(|c| c.name == name).collect();
+            let name = spec
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let image = spec
+                .get("image")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let mut attempts: Vec<&ContainerStatus> =
+                containers.iter().filter(|c| c.name == name).collect();
             attempts.sort_by_key(|c| c.attempt);
             let latest = attempts.last().map(|c| (*c).clone());
             // Restarts before this agent's runtime knew the container (an agent restart).
             let reported_restarts = pod
                 .pointer("/status/containerStatuses")
                 .and_then(Value::as_array)
-                .and_then(|s| s.iter().find(|s| s.get("name").and_then(Value::as_str) == Some(name.as_str())))
+                .and_then(|s| {
+                    s.iter()
+                        .find(|s| s.get("name").and_then(Value::as_str) == Some(name.as_str()))
+                })
                 .map(|s| {
                     let count = s.get("restartCount").and_then(Value::as_u64).unwrap_or(0) as u32;
-                    let ran = s.pointer("/state/running").is_some() || s.pointer("/state/terminated").is_some() || s.pointer("/lastState/terminated").is_some();
-                    if ran { count + 1 } else { count }
+                    let ran = s.pointer("/state/running").is_some()
+                        || s.pointer("/state/terminated").is_some()
+                        || s.pointer("/lastState/terminated").is_some();
+                    if ran {
+                        count + 1
+                    } else {
+                        count
+                    }
                 })
                 .unwrap_or(0);
             let mut waiting = None;
             let mut finished = false;
             let start_attempt: Option<u32> = match &latest {
                 None => Some(reported_restarts),
-                Some(c) => match &c.state {
-                    ContainerState::Created => {
-                        self.runtime.start_container(&c.id).await?;
-                        None
-                    }
-                    ContainerState::Running => None,
-                    ContainerState::Exited { exit_code, finished_at, .. } => {
-                        if restarts(&policy, *exit_code) {
-                            let ran_for = c.started_at.and_then(|s| finished_at.duration_since(s).ok()).unwrap_or_default();
-                            let delay = crash_backoff(c.attempt.max(reported_restarts.saturating_sub(1)), ran_for);
-                            let elapsed = now.duration_since(*finished_at).unwrap_or_default();
-                            if elapsed >= delay {
-                                Some(c.attempt + 1)
-                            } else {
-                                let remaining = delay - elapsed;
-                                waiting = Some((
+                Some(c) => {
+                    match &c.state {
+                        ContainerState::Created => {
+                            self.runtime.start_container(&c.id).await?;
+                            None
+                        }
+                        ContainerState::Running => None,
+                        ContainerState::Exited {
+                            exit_code,
+                            finished_at,
+                            ..
+                        } => {
+                            if restarts(&policy, *exit_code) {
+                                let ran_for = c
+                                    .started_at
+                                    .and_then(|s| finished_at.duration_since(s).ok())
+                                    .unwrap_or_default();
+                                let delay = crash_backoff(
+                                    c.attempt.max(reported_restarts.saturating_sub(1)),
+                                    ran_for,
+                                );
+                                let elapsed = now.duration_since(*finished_at).unwrap_or_default();
+                                if elapsed >= delay {
+                                    Some(c.attempt + 1)
+                                } else {
+                                    let remaining = delay - elapsed;
+                                    waiting = Some((
                                     "CrashLoopBackOff".to_string(),
                                     format!("back-off {}s restarting failed container={name} pod={}", delay.as_secs(), key.replace('/', "_")),
                                 ));
-                                next = earliest(next, remaining);
+                                    next = earliest(next, remaining);
+                                    None
+                                }
+                            } else {
+                                finished = true;
                                 None
                             }
-                        } else {
-                            finished = true;
-                            None
                         }
                     }
-                },
+                }
             };
             let mut latest = latest;
             if let Some(attempt) = start_attempt {
-                match self.start(pod, &uid, &sandbox, spec, &name, &image, attempt).await {
+                match self
+                    .start(pod, &uid, &sandbox, spec, &name, &image, attempt)
+                    .await
+                {
                     Ok(started) => {
                         latest = Some(started);
                     }
@@ -360,7 +495,10 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
                 }
             }
             // Keep the latest attempt and the one before it (for `logs --previous`).
-            let keep_from = latest.as_ref().map(|l| l.attempt.saturating_sub(1)).unwrap_or(0);
+            let keep_from = latest
+                .as_ref()
+                .map(|l| l.attempt.saturating_sub(1))
+                .unwrap_or(0);
             for old in attempts.iter().filter(|c| c.attempt < keep_from) {
                 self.runtime.remove_container(&old.id).await?;
             }
@@ -369,10 +507,26 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
                 .filter(|c| latest.as_ref().is_some_and(|l| c.attempt < l.attempt))
                 .max_by_key(|c| c.attempt)
                 .map(|c| (*c).clone());
-            let restart_count = latest.as_ref().map(|l| l.attempt).unwrap_or(reported_restarts);
-            views.push(ContainerView { name, image, latest, previous, waiting, restart_count, finished });
+            let restart_count = latest
+                .as_ref()
+                .map(|l| l.attempt)
+                .unwrap_or(reported_restarts);
+            views.push(ContainerView {
+                name,
+                image,
+                latest,
+                previous,
+                waiting,
+                restart_count,
+                finished,
+            });
         }
-        let status = pod_status(pod, &views, &self.host_ip, chrono::DateTime::<chrono::Utc>::from(now));
+        let status = pod_status(
+            pod,
+            &views,
+            &self.host_ip,
+            chrono::DateTime::<chrono::Utc>::from(now),
+        );
         if pod.get("status") != Some(&status) {
             self.write_status(pod, status).await?;
         }
@@ -398,13 +552,22 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
             let wait = pull_backoff(f.count);
             let elapsed = now.duration_since(f.at).unwrap_or_default();
             if elapsed < wait {
-                let reason = if f.reason == "ErrImagePull" { "ImagePullBackOff" } else { f.reason };
+                let reason = if f.reason == "ErrImagePull" {
+                    "ImagePullBackOff"
+                } else {
+                    f.reason
+                };
                 return Err((reason, f.message, wait - elapsed));
             }
         }
         let fail = |reason: &'static str, message: String| {
             let mut failures = self.failures();
-            let entry = failures.entry(failure_key.clone()).or_insert(StartFailure { reason, message: message.clone(), count: 0, at: now });
+            let entry = failures.entry(failure_key.clone()).or_insert(StartFailure {
+                reason,
+                message: message.clone(),
+                count: 0,
+                at: now,
+            });
             entry.count += 1;
             entry.reason = reason;
             entry.message = message.clone();
@@ -415,26 +578,52 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
             Ok(p) => p,
             Err(e) => {
                 let message = e.to_string();
-                self.event(pod, EventType::Warning, "Failed", &format!("Failed to pull image \"{image}\": {message}")).await;
+                self.event(
+                    pod,
+                    EventType::Warning,
+                    "Failed",
+                    &format!("Failed to pull image \"{image}\": {message}"),
+                )
+                .await;
                 return Err(fail("ErrImagePull", message));
             }
         };
-        let namespace = pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
+        let namespace = pod
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
         let mut env = match container_env(&self.client, namespace, spec).await {
             Ok(env) => env,
             Err(message) => {
-                self.event(pod, EventType::Warning, "Failed", &format!("Error: {message}")).await;
+                self.event(
+                    pod,
+                    EventType::Warning,
+                    "Failed",
+                    &format!("Error: {message}"),
+                )
+                .await;
                 return Err(fail("CreateContainerConfigError", message));
             }
         };
         self.fill_downward_api(pod, spec, &mut env);
         let limits = ResourceLimits {
-            memory_bytes: spec.pointer("/resources/limits/memory").and_then(Value::as_str).and_then(parse_memory),
-            cpu_millis: spec.pointer("/resources/limits/cpu").and_then(Value::as_str).and_then(parse_cpu),
+            memory_bytes: spec
+                .pointer("/resources/limits/memory")
+                .and_then(Value::as_str)
+                .and_then(parse_memory),
+            cpu_millis: spec
+                .pointer("/resources/limits/cpu")
+                .and_then(Value::as_str)
+                .and_then(parse_cpu),
         };
         let mut args: Vec<String> = Vec::new();
         for field in ["command", "args"] {
-            for a in spec.get(field).and_then(Value::as_array).into_iter().flatten() {
+            for a in spec
+                .get(field)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 args.push(a.as_str().unwrap_or_default().to_string());
             }
         }
@@ -457,29 +646,69 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
                     _ => "CreateContainerError",
                 };
                 let message = e.to_string();
-                self.event(pod, EventType::Warning, "Failed", &format!("Error: {message}")).await;
+                self.event(
+                    pod,
+                    EventType::Warning,
+                    "Failed",
+                    &format!("Error: {message}"),
+                )
+                .await;
                 return Err(fail(reason, message));
             }
         };
         if let Err(e) = self.runtime.start_container(&id).await {
             let message = e.to_string();
             let _ = self.runtime.remove_container(&id).await;
-            self.event(pod, EventType::Warning, "Failed", &format!("Error: {message}")).await;
+            self.event(
+                pod,
+                EventType::Warning,
+                "Failed",
+                &format!("Error: {message}"),
+            )
+            .await;
             return Err(fail("RunContainerError", message));
         }
         self.failures().remove(&failure_key);
-        self.event(pod, EventType::Normal, "Started", &format!("Started container {name}")).await;
-        self.runtime.container_status(&id).await.map_err(|e| ("RunContainerError", e.to_string(), INITIAL_BACKOFF))
+        self.event(
+            pod,
+            EventType::Normal,
+            "Started",
+            &format!("Started container {name}"),
+        )
+        .await;
+        self.runtime
+            .container_status(&id)
+            .await
+            .map_err(|e| ("RunContainerError", e.to_string(), INITIAL_BACKOFF))
     }
 
     fn fill_downward_api(&self, pod: &Value, spec: &Value, env: &mut [(String, String)]) {
-        for var in spec.get("env").and_then(Value::as_array).into_iter().flatten() {
-            let Some(path) = var.pointer("/valueFrom/fieldRef/fieldPath").and_then(Value::as_str) else { continue };
+        for var in spec
+            .get("env")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(path) = var
+                .pointer("/valueFrom/fieldRef/fieldPath")
+                .and_then(Value::as_str)
+            else {
+                continue;
+            };
             let name = var.get("name").and_then(Value::as_str).unwrap_or_default();
             let value = match path {
-                "metadata.name" => pod.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string),
-                "metadata.namespace" => pod.pointer("/metadata/namespace").and_then(Value::as_str).map(str::to_string),
-                "metadata.uid" => pod.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string),
+                "metadata.name" => pod
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                "metadata.namespace" => pod
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                "metadata.uid" => pod
+                    .pointer("/metadata/uid")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
                 "spec.nodeName" => Some(self.node_name.clone()),
                 "status.hostIP" | "status.podIP" => Some(self.host_ip.clone()),
                 _ => None,
@@ -491,7 +720,13 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
     }
 
     /// Stops and removes everything of a pod being deleted, then removes the pod object.
-    async fn terminate(&self, pod: &Value, namespace: &str, name: &str, uid: &str) -> Result<Next, SyncError> {
+    async fn terminate(
+        &self,
+        pod: &Value,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<Next, SyncError> {
         let grace = pod
             .pointer("/metadata/deletionGracePeriodSeconds")
             .and_then(Value::as_i64)
@@ -499,17 +734,34 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
             .max(0) as u64;
         let sandboxes = self.sandboxes_of(namespace, name).await?;
         if !sandboxes.is_empty() {
-            self.event(pod, EventType::Normal, "Killing", "Stopping all containers").await;
+            self.event(pod, EventType::Normal, "Killing", "Stopping all containers")
+                .await;
         }
         for (sandbox, _) in sandboxes {
-            self.runtime.stop_pod_sandbox(&sandbox, Duration::from_secs(grace)).await?;
+            self.runtime
+                .stop_pod_sandbox(&sandbox, Duration::from_secs(grace))
+                .await?;
             self.runtime.remove_pod_sandbox(&sandbox).await?;
         }
         self.failures().retain(|(u, _), _| u != uid);
         let pods = find_by_kind("v1", "Pod").expect("served");
-        let path = format!("{}?gracePeriodSeconds=0", Client::item_path(pods, Some(namespace), name));
-        let body = serde_json::to_vec(&json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}})).unwrap_or_default();
-        match self.client.request(reqwest::Method::DELETE, &path, Some(("application/json", body)), None).await {
+        let path = format!(
+            "{}?gracePeriodSeconds=0",
+            Client::item_path(pods, Some(namespace), name)
+        );
+        let body =
+            serde_json::to_vec(&json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}))
+                .unwrap_or_default();
+        match self
+            .client
+            .request(
+                reqwest::Method::DELETE,
+                &path,
+                Some(("application/json", body)),
+                None,
+            )
+            .await
+        {
             Ok(_) => Ok(Next::Done),
             Err(e) if e.is_not_found() || e.code() == Some(409) => Ok(Next::Done),
             Err(e) => Err(e.into()),
@@ -519,12 +771,24 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
     async fn write_status(&self, pod: &Value, status: Value) -> Result<(), SyncError> {
         let pods = find_by_kind("v1", "Pod").expect("served");
         let namespace = pod.pointer("/metadata/namespace").and_then(Value::as_str);
-        let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let name = pod
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let mut updated = pod.clone();
         updated["status"] = status;
         let path = format!("{}/status", Client::item_path(pods, namespace, name));
         let body = serde_json::to_vec(&updated).unwrap_or_default();
-        match self.client.request(reqwest::Method::PUT, &path, Some(("application/json", body)), None).await {
+        match self
+            .client
+            .request(
+                reqwest::Method::PUT,
+                &path,
+                Some(("application/json", body)),
+                None,
+            )
+            .await
+        {
             Ok(_) => Ok(()),
             // A newer version is on its way through the informer; the sync runs again then.
             Err(e) if e.code() == Some(409) || e.is_not_found() => Ok(()),

@@ -9,7 +9,9 @@ use skiff_client::{Client, ClientError};
 use std::time::Duration;
 
 fn text_of(path: &str) -> String {
-    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn os_image() -> String {
@@ -33,9 +35,14 @@ pub fn parse_taints(text: &str) -> Result<Vec<Value>, String> {
     text.split(',')
         .filter(|t| !t.trim().is_empty())
         .map(|t| {
-            let (kv, effect) = t.trim().rsplit_once(':').ok_or_else(|| format!("taint {t:?} has no effect (key=value:Effect)"))?;
+            let (kv, effect) = t
+                .trim()
+                .rsplit_once(':')
+                .ok_or_else(|| format!("taint {t:?} has no effect (key=value:Effect)"))?;
             if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
-                return Err(format!("taint {t:?}: effect must be NoSchedule, PreferNoSchedule or NoExecute"));
+                return Err(format!(
+                    "taint {t:?}: effect must be NoSchedule, PreferNoSchedule or NoExecute"
+                ));
             }
             let (key, value) = kv.split_once('=').unwrap_or((kv, ""));
             if key.is_empty() {
@@ -106,7 +113,12 @@ pub fn node_object(config: &NodeConfig, log_port: u16, now: &str) -> Value {
 }
 
 /// Creates the Node, or brings an existing one up to date (labels, taints, status).
-pub async fn register(client: &Client, config: &NodeConfig, log_port: u16, clock: &dyn Clock) -> Result<(), ClientError> {
+pub async fn register(
+    client: &Client,
+    config: &NodeConfig,
+    log_port: u16,
+    clock: &dyn Clock,
+) -> Result<(), ClientError> {
     let nodes = find_by_kind("v1", "Node").expect("served");
     let now = crate::status::timestamp(clock.now());
     let desired = node_object(config, log_port, &now);
@@ -126,14 +138,26 @@ pub async fn register(client: &Client, config: &NodeConfig, log_port: u16, clock
     let mut updated = current.clone();
     updated["status"] = desired["status"].clone();
     let body = serde_json::to_vec(&updated).unwrap_or_default();
-    client.request(reqwest::Method::PUT, &status_path, Some(("application/json", body)), None).await?;
+    client
+        .request(
+            reqwest::Method::PUT,
+            &status_path,
+            Some(("application/json", body)),
+            None,
+        )
+        .await?;
     Ok(())
 }
 
 /// Renews the node's Lease (creating it if needed) and refreshes the Ready heartbeat.
-pub async fn heartbeat(client: &Client, config: &NodeConfig, clock: &dyn Clock) -> Result<(), ClientError> {
+pub async fn heartbeat(
+    client: &Client,
+    config: &NodeConfig,
+    clock: &dyn Clock,
+) -> Result<(), ClientError> {
     let leases = find_by_kind("coordination.k8s.io/v1", "Lease").expect("served");
-    let now = chrono::DateTime::<chrono::Utc>::from(clock.now()).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let now = chrono::DateTime::<chrono::Utc>::from(clock.now())
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let patch = json!({
         "spec": {
             "holderIdentity": config.name,
@@ -141,7 +165,16 @@ pub async fn heartbeat(client: &Client, config: &NodeConfig, clock: &dyn Clock) 
             "renewTime": now,
         }
     });
-    match client.patch(leases, Some("kube-node-lease"), &config.name, "application/merge-patch+json", &patch).await {
+    match client
+        .patch(
+            leases,
+            Some("kube-node-lease"),
+            &config.name,
+            "application/merge-patch+json",
+            &patch,
+        )
+        .await
+    {
         Err(e) if e.is_not_found() => {
             let mut lease = json!({
                 "apiVersion": "coordination.k8s.io/v1",
@@ -149,7 +182,10 @@ pub async fn heartbeat(client: &Client, config: &NodeConfig, clock: &dyn Clock) 
                 "metadata": {"name": config.name, "namespace": "kube-node-lease"},
             });
             lease["spec"] = patch["spec"].clone();
-            client.create(leases, Some("kube-node-lease"), &lease).await.map(|_| ())
+            client
+                .create(leases, Some("kube-node-lease"), &lease)
+                .await
+                .map(|_| ())
         }
         other => other.map(|_| ()),
     }
@@ -167,7 +203,11 @@ pub async fn run_heartbeats(client: Client, config: NodeConfig, clock: std::sync
             }
         }
         // Retry sooner after a failure, as the kubelet does.
-        let wait = if failures > 0 { Duration::from_millis(200 * u64::from(failures.min(10))) } else { config.renew_interval };
+        let wait = if failures > 0 {
+            Duration::from_millis(200 * u64::from(failures.min(10)))
+        } else {
+            config.renew_interval
+        };
         tokio::time::sleep(wait).await;
     }
 }
@@ -179,7 +219,10 @@ mod tests {
     #[test]
     fn taints_parse() {
         let t = parse_taints("dedicated=edge:NoSchedule,gpu:NoExecute").unwrap();
-        assert_eq!(t[0], json!({"key": "dedicated", "value": "edge", "effect": "NoSchedule"}));
+        assert_eq!(
+            t[0],
+            json!({"key": "dedicated", "value": "edge", "effect": "NoSchedule"})
+        );
         assert_eq!(t[1], json!({"key": "gpu", "effect": "NoExecute"}));
         assert!(parse_taints("a=b").is_err());
         assert!(parse_taints("a=b:Sometimes").is_err());

@@ -36,7 +36,12 @@ fn container_id(status: &ContainerStatus) -> String {
 
 fn terminated(status: &ContainerStatus) -> Option<Value> {
     match &status.state {
-        ContainerState::Exited { exit_code, reason, message, finished_at } => {
+        ContainerState::Exited {
+            exit_code,
+            reason,
+            message,
+            finished_at,
+        } => {
             let mut t = json!({
                 "exitCode": exit_code,
                 "reason": reason.as_str(),
@@ -59,15 +64,24 @@ fn container_status(view: &ContainerView) -> Value {
     let state = match (&view.waiting, latest) {
         (Some((reason, message)), _) => json!({"waiting": {"reason": reason, "message": message}}),
         (None, Some(l)) => match &l.state {
-            ContainerState::Running => json!({"running": {"startedAt": l.started_at.map(timestamp)}}),
+            ContainerState::Running => {
+                json!({"running": {"startedAt": l.started_at.map(timestamp)}})
+            }
             ContainerState::Exited { .. } => json!({"terminated": terminated(l)}),
             ContainerState::Created => json!({"waiting": {"reason": "ContainerCreating"}}),
         },
         (None, None) => json!({"waiting": {"reason": "ContainerCreating"}}),
     };
     // While waiting to restart, the last run is the latest attempt.
-    let last_run = if view.waiting.is_some() { latest } else { view.previous.as_ref() };
-    let last_state = last_run.and_then(terminated).map(|t| json!({"terminated": t})).unwrap_or(json!({}));
+    let last_run = if view.waiting.is_some() {
+        latest
+    } else {
+        view.previous.as_ref()
+    };
+    let last_state = last_run
+        .and_then(terminated)
+        .map(|t| json!({"terminated": t}))
+        .unwrap_or(json!({}));
     let mut status = json!({
         "name": view.name,
         "image": view.image,
@@ -85,29 +99,55 @@ fn container_status(view: &ContainerView) -> Value {
 }
 
 /// Computes the pod's status.
-pub fn pod_status(pod: &Value, views: &[ContainerView], host_ip: &str, now: DateTime<Utc>) -> Value {
+pub fn pod_status(
+    pod: &Value,
+    views: &[ContainerView],
+    host_ip: &str,
+    now: DateTime<Utc>,
+) -> Value {
     let old = pod.get("status").cloned().unwrap_or(json!({}));
     let now_text = now.to_rfc3339_opts(SecondsFormat::Secs, true);
     let all_finished = !views.is_empty() && views.iter().all(|v| v.finished);
-    let any_running = views.iter().any(|v| v.latest.as_ref().is_some_and(|l| l.state == ContainerState::Running));
-    let any_started_before = views.iter().any(|v| v.latest.as_ref().is_some_and(|l| l.started_at.is_some()));
+    let any_running = views.iter().any(|v| {
+        v.latest
+            .as_ref()
+            .is_some_and(|l| l.state == ContainerState::Running)
+    });
+    let any_started_before = views
+        .iter()
+        .any(|v| v.latest.as_ref().is_some_and(|l| l.started_at.is_some()));
     let phase = if all_finished {
         let all_succeeded = views.iter().all(|v| {
-            v.latest.as_ref().is_some_and(|l| matches!(l.state, ContainerState::Exited { exit_code: 0, .. }))
+            v.latest
+                .as_ref()
+                .is_some_and(|l| matches!(l.state, ContainerState::Exited { exit_code: 0, .. }))
         });
-        if all_succeeded { "Succeeded" } else { "Failed" }
+        if all_succeeded {
+            "Succeeded"
+        } else {
+            "Failed"
+        }
     } else if any_running || any_started_before {
         "Running"
     } else {
         "Pending"
     };
-    let all_ready = !views.is_empty() && views.iter().all(|v| v.latest.as_ref().is_some_and(|l| l.state == ContainerState::Running) && v.waiting.is_none());
+    let all_ready = !views.is_empty()
+        && views.iter().all(|v| {
+            v.latest
+                .as_ref()
+                .is_some_and(|l| l.state == ContainerState::Running)
+                && v.waiting.is_none()
+        });
     let condition = |kind: &str, ok: bool, reason: Option<&str>| {
         let status = if ok { "True" } else { "False" };
         let previous = old
             .get("conditions")
             .and_then(Value::as_array)
-            .and_then(|c| c.iter().find(|c| c.get("type").and_then(Value::as_str) == Some(kind)));
+            .and_then(|c| {
+                c.iter()
+                    .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
+            });
         // Keep the transition time unless the condition actually changed.
         let since = previous
             .filter(|p| p.get("status").and_then(Value::as_str) == Some(status))
@@ -119,10 +159,20 @@ pub fn pod_status(pod: &Value, views: &[ContainerView], host_ip: &str, now: Date
         }
         c
     };
-    let not_ready_reason = if phase == "Succeeded" || phase == "Failed" { Some("PodCompleted") } else if all_ready { None } else { Some("ContainersNotReady") };
+    let not_ready_reason = if phase == "Succeeded" || phase == "Failed" {
+        Some("PodCompleted")
+    } else if all_ready {
+        None
+    } else {
+        Some("ContainersNotReady")
+    };
     let conditions = vec![
         condition("PodReadyToStartContainers", true, None),
-        condition("Initialized", true, not_ready_reason.filter(|r| *r == "PodCompleted")),
+        condition(
+            "Initialized",
+            true,
+            not_ready_reason.filter(|r| *r == "PodCompleted"),
+        ),
         condition("Ready", all_ready, not_ready_reason),
         condition("ContainersReady", all_ready, not_ready_reason),
         condition("PodScheduled", true, None),
@@ -157,7 +207,10 @@ mod tests {
             sandbox_id: "s".into(),
             name: "app".into(),
             attempt,
-            image: ImageRef { reference: "hello.wasm".into(), digest: "sha256:abc".into() },
+            image: ImageRef {
+                reference: "hello.wasm".into(),
+                digest: "sha256:abc".into(),
+            },
             state,
             created_at: t,
             started_at: Some(t),
@@ -165,7 +218,11 @@ mod tests {
         }
     }
 
-    fn view(latest: Option<ContainerStatus>, waiting: Option<(&str, &str)>, finished: bool) -> ContainerView {
+    fn view(
+        latest: Option<ContainerStatus>,
+        waiting: Option<(&str, &str)>,
+        finished: bool,
+    ) -> ContainerView {
         ContainerView {
             name: "app".into(),
             image: "hello.wasm".into(),
@@ -178,7 +235,12 @@ mod tests {
     }
 
     fn exited(code: i32, reason: ExitReason) -> ContainerState {
-        ContainerState::Exited { exit_code: code, reason, message: String::new(), finished_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_100) }
+        ContainerState::Exited {
+            exit_code: code,
+            reason,
+            message: String::new(),
+            finished_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_100),
+        }
     }
 
     #[test]
@@ -186,17 +248,61 @@ mod tests {
         let pod = json!({"metadata": {"name": "p"}, "status": {"phase": "Pending"}});
         let now: DateTime<Utc> = "2027-01-01T00:00:00Z".parse().unwrap();
         let cases = [
-            (view(None, Some(("ErrImagePull", "no such image")), false), "Pending", false),
-            (view(Some(runtime_status(ContainerState::Running, 0)), None, false), "Running", true),
-            (view(Some(runtime_status(exited(0, ExitReason::Completed), 0)), None, true), "Succeeded", false),
-            (view(Some(runtime_status(exited(3, ExitReason::Error), 0)), None, true), "Failed", false),
-            (view(Some(runtime_status(exited(3, ExitReason::Error), 2)), Some(("CrashLoopBackOff", "back-off")), false), "Running", false),
+            (
+                view(None, Some(("ErrImagePull", "no such image")), false),
+                "Pending",
+                false,
+            ),
+            (
+                view(
+                    Some(runtime_status(ContainerState::Running, 0)),
+                    None,
+                    false,
+                ),
+                "Running",
+                true,
+            ),
+            (
+                view(
+                    Some(runtime_status(exited(0, ExitReason::Completed), 0)),
+                    None,
+                    true,
+                ),
+                "Succeeded",
+                false,
+            ),
+            (
+                view(
+                    Some(runtime_status(exited(3, ExitReason::Error), 0)),
+                    None,
+                    true,
+                ),
+                "Failed",
+                false,
+            ),
+            (
+                view(
+                    Some(runtime_status(exited(3, ExitReason::Error), 2)),
+                    Some(("CrashLoopBackOff", "back-off")),
+                    false,
+                ),
+                "Running",
+                false,
+            ),
         ];
         for (v, phase, ready) in cases {
             let status = pod_status(&pod, std::slice::from_ref(&v), "10.0.0.1", now);
             assert_eq!(status["phase"], phase, "{status}");
-            let ready_condition = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
-            assert_eq!(ready_condition["status"], if ready { "True" } else { "False" });
+            let ready_condition = status["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == "Ready")
+                .unwrap();
+            assert_eq!(
+                ready_condition["status"],
+                if ready { "True" } else { "False" }
+            );
         }
     }
 
@@ -204,8 +310,17 @@ mod tests {
     fn recomputing_an_unchanged_pod_gives_the_same_status() {
         let now: DateTime<Utc> = "2027-01-01T00:00:00Z".parse().unwrap();
         let later: DateTime<Utc> = "2027-01-01T00:05:00Z".parse().unwrap();
-        let v = view(Some(runtime_status(ContainerState::Running, 0)), None, false);
-        let first = pod_status(&json!({"metadata": {}}), std::slice::from_ref(&v), "10.0.0.1", now);
+        let v = view(
+            Some(runtime_status(ContainerState::Running, 0)),
+            None,
+            false,
+        );
+        let first = pod_status(
+            &json!({"metadata": {}}),
+            std::slice::from_ref(&v),
+            "10.0.0.1",
+            now,
+        );
         let pod = json!({"metadata": {}, "status": first});
         let second = pod_status(&pod, std::slice::from_ref(&v), "10.0.0.1", later);
         assert_eq!(pod["status"], second);
@@ -214,7 +329,14 @@ mod tests {
     #[test]
     fn oom_and_crash_loop_states_are_reported() {
         let now: DateTime<Utc> = "2027-01-01T00:00:00Z".parse().unwrap();
-        let mut v = view(Some(runtime_status(exited(137, ExitReason::OOMKilled), 1)), Some(("CrashLoopBackOff", "back-off 10s restarting failed container")), false);
+        let mut v = view(
+            Some(runtime_status(exited(137, ExitReason::OOMKilled), 1)),
+            Some((
+                "CrashLoopBackOff",
+                "back-off 10s restarting failed container",
+            )),
+            false,
+        );
         v.restart_count = 1;
         let status = pod_status(&json!({}), &[v], "10.0.0.1", now);
         let c = &status["containerStatuses"][0];

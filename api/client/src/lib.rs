@@ -308,6 +308,36 @@ impl Client {
             .await
     }
 
+    /// GETs a text stream (`pods/{name}/log`); yields its chunks as they arrive.
+    pub async fn stream_text(
+        &self,
+        path_and_query: &str,
+    ) -> Result<
+        std::pin::Pin<Box<dyn Stream<Item = Result<bytes::Bytes, ClientError>> + Send>>,
+        ClientError,
+    > {
+        let response = self
+            .http
+            .get(format!("{}{path_and_query}", self.server))
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        if !response.status().is_success() {
+            return Err(self
+                .finish(response)
+                .await
+                .err()
+                .unwrap_or(ClientError::Decode("request failed".into())));
+        }
+        let server = self.server.clone();
+        Ok(Box::pin(response.bytes_stream().map(move |chunk| {
+            chunk.map_err(|e| ClientError::Transport {
+                server: server.clone(),
+                source: e,
+            })
+        })))
+    }
+
     /// Watches a collection; `table` asks for Table-shaped event objects.
     pub async fn watch(
         &self,

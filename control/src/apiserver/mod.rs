@@ -47,6 +47,8 @@ pub struct ApiState {
     pub advertise_address: String,
     /// How often watches with `allowWatchBookmarks=true` get a BOOKMARK event.
     pub bookmark_interval: std::time::Duration,
+    /// Talks to node agents (container logs).
+    pub http: reqwest::Client,
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
@@ -559,6 +561,9 @@ async fn handle_resource(
                 Bytes::copy_from_slice(&entry.value),
             ))
         }
+        ("GET", Some(name), Some("log")) => {
+            pod_log(state, ns.unwrap_or_default(), name, &query).await
+        }
         ("GET", Some(name), Some("scale")) => {
             let (_, object) = registry.get(resource, ns, name)?;
             Ok(json_response(StatusCode::OK, &scale_of(&object)))
@@ -698,6 +703,103 @@ async fn handle_resource(
             resource.qualified_plural()
         ))),
     }
+}
+
+/// `pods/{name}/log`: finds the pod's node and streams the container log from its agent.
+async fn pod_log(
+    state: &ApiState,
+    namespace: &str,
+    name: &str,
+    query: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let pods = skiff_api::resource::find_by_kind("v1", "Pod").expect("pods are served");
+    let nodes = skiff_api::resource::find_by_kind("v1", "Node").expect("nodes are served");
+    let (_, pod) = state.registry.get(pods, Some(namespace), name)?;
+    let containers: Vec<String> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map(|c| {
+            c.iter()
+                .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let container = match query.get("container").filter(|c| !c.is_empty()) {
+        Some(c) if containers.contains(c) => c.clone(),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )))
+        }
+        None if containers.len() == 1 => containers[0].clone(),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                containers.join(" ")
+            )))
+        }
+    };
+    let node_name = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("pod {name} does not have a host assigned"))
+        })?;
+    let (_, node) = state.registry.get(nodes, None, node_name)?;
+    let address = node
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .and_then(|a| {
+            a.iter()
+                .find(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))
+        })
+        .and_then(|a| a.get("address").and_then(Value::as_str))
+        .ok_or_else(|| {
+            ApiError::service_unavailable(format!("node {node_name} reports no address"))
+        })?;
+    let port = node
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| {
+            ApiError::service_unavailable(format!("node {node_name} reports no log endpoint"))
+        })?;
+    let forwarded = {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        for key in [
+            "follow",
+            "previous",
+            "timestamps",
+            "tailLines",
+            "sinceSeconds",
+            "limitBytes",
+        ] {
+            if let Some(v) = query.get(key) {
+                q.append_pair(key, v);
+            }
+        }
+        q.finish()
+    };
+    let host = if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address.to_string()
+    };
+    let url =
+        format!("http://{host}:{port}/containerLogs/{namespace}/{name}/{container}?{forwarded}");
+    let response = state.http.get(&url).send().await.map_err(|e| {
+        ApiError::service_unavailable(format!("cannot reach the agent of node {node_name}: {e}"))
+    })?;
+    if !response.status().is_success() {
+        let text = response.text().await.unwrap_or_default();
+        return Err(ApiError::bad_request(text.trim().to_string()));
+    }
+    let body = Body::from_stream(response.bytes_stream());
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(body)
+        .expect("static headers are valid"))
 }
 
 /// `includeObject` of a Table request (kubectl asks for `Object` with `--sort-by`).

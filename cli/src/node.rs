@@ -1,0 +1,245 @@
+//! `skiff node` (a node agent joining a cluster) and `skiff up` (control plane, scheduler
+//! and one node agent in one process on the embedded store).
+
+use crate::control::{kubeconfig_server, shutdown_signal, write_atomically};
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use serde_json::{json, Value};
+use skiff_node::{NodeConfig, SystemClock};
+use skiff_runtime::wasm::{NoImageSource, WasmRuntime, WasmRuntimeConfig};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Settings shared by `skiff node` and `skiff up`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Node name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// The node's address as other nodes and the API server reach it.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: IpAddr,
+    /// Where the agent serves container logs (port 0 picks one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    log_listen: SocketAddr,
+    /// Taints to register with: key=value:Effect,...
+    #[arg(long = "register-with-taints", default_value = "")]
+    taints: String,
+    /// Labels to add to the Node: key=value,...
+    #[arg(long = "node-labels", default_value = "")]
+    labels: String,
+    /// Pods (guests) this node runs at most.
+    #[arg(long, default_value_t = 1000)]
+    max_pods: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The API server URL (default: from the kubeconfig).
+    #[arg(long)]
+    server: Option<String>,
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Where the built wasm-examples are (default: next to this binary's build).
+    #[arg(long)]
+    examples: Option<PathBuf>,
+    /// Do not start the example pod.
+    #[arg(long)]
+    no_example: bool,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_lowercase())
+        .ok()
+        .filter(|s| !s.is_empty() && skiff_api::validation::dns1123_subdomain_errors(s).is_none())
+        .unwrap_or_else(|| "skiff-node".into())
+}
+
+fn node_config(agent: &AgentArgs, data_dir: &Path) -> Result<NodeConfig> {
+    let name = agent.name.clone().unwrap_or_else(host_name);
+    if let Some(e) = skiff_api::validation::dns1123_subdomain_errors(&name) {
+        bail!("invalid node name {name:?}: {e}");
+    }
+    let mut config = NodeConfig::new(&name, data_dir.to_path_buf());
+    config.address = agent.address;
+    config.max_pods = agent.max_pods;
+    config.taints =
+        skiff_node::registration::parse_taints(&agent.taints).map_err(anyhow::Error::msg)?;
+    let mut labels = BTreeMap::new();
+    for pair in agent.labels.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .with_context(|| format!("node label {pair:?} is not key=value"))?;
+        labels.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    config.labels = labels;
+    Ok(config)
+}
+
+fn wasm_runtime(data_dir: &Path, max_pods: u32) -> Result<WasmRuntime> {
+    let mut config = WasmRuntimeConfig::new(data_dir.join("runtime"));
+    config.max_instances = max_pods;
+    Ok(WasmRuntime::new(config, NoImageSource)?)
+}
+
+async fn run_agent(
+    config: NodeConfig,
+    client: skiff_client::Client,
+    log_listen: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let runtime = wasm_runtime(&config.data_dir, config.max_pods)?;
+    let listener = tokio::net::TcpListener::bind(log_listen)
+        .await
+        .with_context(|| format!("cannot listen on {log_listen}"))?;
+    skiff_node::run(
+        config,
+        client,
+        runtime,
+        listener,
+        Arc::new(SystemClock),
+        shutdown,
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn node(context: &crate::get::Context, args: NodeArgs) -> Result<ExitCode> {
+    let client = match &args.server {
+        Some(server) => skiff_client::Client::new(server)?,
+        None => context.client()?,
+    };
+    let config = node_config(&args.agent, &args.data_dir)?;
+    eprintln!("skiff node {}: joining {}", config.name, client.server());
+    run_agent(config, client, args.agent.log_listen, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The default place of the built examples: `<target>/wasm-examples` for a binary in
+/// `<target>/<profile>/skiff`.
+fn default_examples() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.join("wasm-examples"))
+}
+
+/// The example pod `skiff up` starts: the ticker, logging once a second.
+fn example_pod(examples: &Path) -> Option<Value> {
+    let module = examples.join("wasm32-wasip2/release/ticker.wasm");
+    let module = module.canonicalize().ok()?;
+    Some(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "ticker", "namespace": "default", "labels": {"app": "ticker"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 5,
+            "containers": [{
+                "name": "ticker",
+                "image": format!("file://{}", module.display()),
+                "resources": {"limits": {"memory": "32Mi", "cpu": "100m"}},
+            }],
+        },
+    }))
+}
+
+pub async fn up(args: UpArgs) -> Result<ExitCode> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let server = kubeconfig_server(listener.local_addr()?);
+    let kubeconfig = args.data_dir.join("kubeconfig");
+    write_atomically(
+        &kubeconfig,
+        skiff_client::kubeconfig::render(&server).as_bytes(),
+    )?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let control_config = skiff_control::ControlConfig {
+        store_dir: args.data_dir.join("store"),
+        ..Default::default()
+    };
+    let control = tokio::spawn(skiff_control::run(
+        control_config,
+        listener,
+        wait(stopped.clone()),
+    ));
+    let client = skiff_client::Client::new(&server)?;
+    wait_until_ready(&client).await?;
+    let config = node_config(&args.agent, &args.data_dir.join("node"))?;
+    let node_name = config.name.clone();
+    let agent = tokio::spawn(run_agent(
+        config,
+        client.clone(),
+        args.agent.log_listen,
+        wait(stopped.clone()),
+    ));
+    eprintln!("skiff up: API server at {server}, node {node_name}");
+    eprintln!("skiff up: kubeconfig written to {}", kubeconfig.display());
+    if !args.no_example {
+        match args.examples.clone().or_else(default_examples).as_deref().and_then(example_pod) {
+            Some(pod) => {
+                let pods = skiff_api::resource::find_by_kind("v1", "Pod").expect("served");
+                match client.create(pods, Some("default"), &pod).await {
+                    Ok(_) => eprintln!("skiff up: started the example pod `ticker` (a wasm module logging once a second)"),
+                    Err(e) if e.code() == Some(409) => eprintln!("skiff up: the example pod `ticker` exists already"),
+                    Err(e) => eprintln!("skiff up: could not create the example pod: {e}"),
+                }
+            }
+            None => eprintln!("skiff up: no built examples found (run scripts/build-examples.sh); starting without the example pod"),
+        }
+    }
+    eprintln!("  try: export KUBECONFIG={}", kubeconfig.display());
+    eprintln!("       kubectl get nodes,pods -o wide");
+    eprintln!("       kubectl logs -f ticker");
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        result = agent => {
+            // The agent ended on its own: report why, then stop the rest.
+            let _ = stop.send(true);
+            let _ = control.await;
+            return match result {
+                Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(anyhow::anyhow!("the node agent failed: {e}")),
+            };
+        }
+    }
+    let _ = stop.send(true);
+    let _ = control.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_until_ready(client: &skiff_client::Client) -> Result<()> {
+    for _ in 0..200 {
+        if client
+            .request(reqwest::Method::GET, "/version", None, None)
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    bail!("the API server did not come up")
+}
