@@ -179,6 +179,25 @@ where
             queue.add(&format!("{}/{}", s.config.namespace, s.config.name));
         }
     }
+    // Container exits reach the agent as runtime events (the evented PLEG), so a
+    // crashed container's pod is synced at once rather than at the next resync.
+    let runtime_events = {
+        let (queue, informer) = (queue.clone(), informer.clone());
+        let mut events = runtime.container_events();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => queue.add(&format!("{}/{}", event.pod_namespace, event.pod_name)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        for key in informer.keys() {
+                            queue.add(&key);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
+    };
     let mut workers = Vec::new();
     for _ in 0..config.workers.max(1) {
         let (queue, informer, syncer) = (queue.clone(), informer.clone(), syncer.clone());
@@ -215,6 +234,7 @@ where
     shutdown.await;
     queue.shut_down();
     resync.abort();
+    runtime_events.abort();
     heartbeats.abort();
     for w in workers {
         let _ = w.await;

@@ -24,9 +24,19 @@ struct State {
 }
 
 /// A fake [`RuntimeService`] + [`ImageService`]; clones share state.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct FakeRuntime {
     state: Arc<Mutex<State>>,
+    events: tokio::sync::broadcast::Sender<crate::ContainerEvent>,
+}
+
+impl Default for FakeRuntime {
+    fn default() -> Self {
+        FakeRuntime {
+            state: Arc::default(),
+            events: tokio::sync::broadcast::channel(1024).0,
+        }
+    }
 }
 
 impl std::fmt::Debug for FakeRuntime {
@@ -75,6 +85,10 @@ impl FakeRuntime {
 }
 
 impl RuntimeService for FakeRuntime {
+    fn container_events(&self) -> tokio::sync::broadcast::Receiver<crate::ContainerEvent> {
+        self.events.subscribe()
+    }
+
     async fn run_pod_sandbox(&self, config: &PodSandboxConfig) -> Result<SandboxId, RuntimeError> {
         let mut state = self.state();
         state.next += 1;

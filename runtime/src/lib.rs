@@ -188,8 +188,28 @@ pub trait ImageSource: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Vec<u8>>, RuntimeError>> + Send;
 }
 
+/// What happened to a container (CRI `GetContainerEvents`), so the agent reacts to exits
+/// at once instead of by polling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    pub container_id: ContainerId,
+    pub sandbox_id: SandboxId,
+    pub pod_namespace: String,
+    pub pod_name: String,
+    pub kind: ContainerEventKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerEventKind {
+    Started,
+    Stopped,
+}
+
 /// Pod sandboxes and containers (CRI `RuntimeService`).
 pub trait RuntimeService: Send + Sync + 'static {
+    /// Subscribes to container events. A receiver that lags misses events and must relist.
+    fn container_events(&self) -> tokio::sync::broadcast::Receiver<ContainerEvent>;
+
     fn run_pod_sandbox(
         &self,
         config: &PodSandboxConfig,

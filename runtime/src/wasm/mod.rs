@@ -91,6 +91,7 @@ struct Inner<S> {
     /// Runs guests; kept apart so a busy guest never delays the agent's own tasks.
     guests: Option<tokio::runtime::Runtime>,
     next_id: AtomicU64,
+    events: tokio::sync::broadcast::Sender<crate::ContainerEvent>,
 }
 
 impl<S> Drop for Inner<S> {
@@ -153,6 +154,7 @@ impl<S: ImageSource> WasmRuntime<S> {
                 containers: Mutex::new(HashMap::new()),
                 guests: Some(guests),
                 next_id: AtomicU64::new(1),
+                events: tokio::sync::broadcast::channel(4096).0,
             }),
         })
     }
@@ -173,10 +175,39 @@ impl<S: ImageSource> WasmRuntime<S> {
     }
 }
 
+/// Tells subscribers about a container's change.
+fn publish<S>(inner: &Inner<S>, status: &ContainerStatus, kind: crate::ContainerEventKind) {
+    let pod = lock(&inner.sandboxes)
+        .get(&status.sandbox_id)
+        .map(|s| (s.config.namespace.clone(), s.config.name.clone()));
+    if let Some((pod_namespace, pod_name)) = pod {
+        // No subscribers is fine.
+        let _ = inner.events.send(crate::ContainerEvent {
+            container_id: status.id.clone(),
+            sandbox_id: status.sandbox_id.clone(),
+            pod_namespace,
+            pod_name,
+            kind,
+        });
+    }
+}
+
 /// Records how a guest ended and writes a last line to its log when it did not exit cleanly.
 fn record_exit<S>(inner: &Inner<S>, id: &str, outcome: guest::Outcome) {
+    let ended = record_exit_state(inner, id, outcome);
+    if let Some(status) = ended {
+        publish(inner, &status, crate::ContainerEventKind::Stopped);
+    }
+}
+
+fn record_exit_state<S>(
+    inner: &Inner<S>,
+    id: &str,
+    outcome: guest::Outcome,
+) -> Option<ContainerStatus> {
     let mut containers = lock(&inner.containers);
-    if let Some(record) = containers.get_mut(id) {
+    let record = containers.get_mut(id)?;
+    {
         if !outcome.message.is_empty() {
             record
                 .log
@@ -190,9 +221,14 @@ fn record_exit<S>(inner: &Inner<S>, id: &str, outcome: guest::Outcome) {
         };
         record.cancel = None;
     }
+    Some(record.status.clone())
 }
 
 impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
+    fn container_events(&self) -> tokio::sync::broadcast::Receiver<crate::ContainerEvent> {
+        self.inner.events.subscribe()
+    }
+
     async fn run_pod_sandbox(&self, config: &PodSandboxConfig) -> Result<SandboxId, RuntimeError> {
         std::fs::create_dir_all(&config.log_directory).map_err(|e| {
             RuntimeError::Io(format!(
@@ -360,6 +396,9 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
             };
             (record.compiled.clone(), spec)
         };
+        if let Ok(status) = self.container_status(id).await {
+            publish(&self.inner, &status, crate::ContainerEventKind::Started);
+        }
         let inner = self.inner.clone();
         let id = id.clone();
         let guests = self
