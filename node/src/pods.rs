@@ -582,7 +582,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
                     pod,
                     EventType::Warning,
                     "Failed",
-                    &format!("Failed to pull image \"{image}\": {message}"),
+                    &format!("Error: {message}"),
                 )
                 .await;
                 return Err(fail("ErrImagePull", message));

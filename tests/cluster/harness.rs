@@ -168,3 +168,78 @@ pub fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     Ok(listener.local_addr()?.port())
 }
+
+/// A `skiff node` process joined to a cluster; killed (by PID) when dropped.
+pub struct NodeProcess {
+    pub child: Child,
+}
+
+impl NodeProcess {
+    /// Starts `skiff node` and waits until its Node is Ready.
+    pub async fn start(
+        server: &str,
+        name: &str,
+        data_dir: &Path,
+        labels: &str,
+    ) -> Result<NodeProcess> {
+        let child = Command::new(skiff_binary()?)
+            .args(["node", "--name", name, "--server", server, "--data-dir"])
+            .arg(data_dir)
+            .args(["--node-labels", labels])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let process = NodeProcess { child };
+        let client = skiff_client::Client::new(server)?;
+        let nodes = skiff_api::resource::find_by_kind("v1", "Node").context("served")?;
+        eventually(
+            Duration::from_secs(30),
+            &format!("node {name} to be Ready"),
+            || async {
+                let node = client.get(nodes, None, name).await.ok()?;
+                let ready = node["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                ready.then_some(())
+            },
+        )
+        .await?;
+        Ok(process)
+    }
+
+    /// `kill -9` of the agent.
+    pub fn kill_hard(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A built guest of wasm-examples/ as a `file://` image reference.
+pub fn example_image(target: &str, name: &str) -> Result<String> {
+    let exe = std::env::current_exe()?;
+    let target_dir = exe.ancestors().nth(3).context("target directory")?;
+    let path = target_dir
+        .join("wasm-examples")
+        .join(target)
+        .join("release")
+        .join(format!("{name}.wasm"));
+    if !path.exists() {
+        bail!(
+            "{} is missing: run scripts/build-examples.sh",
+            path.display()
+        );
+    }
+    Ok(format!("file://{}", path.display()))
+}

@@ -1,0 +1,370 @@
+//! Wasm pods end to end: `skiff control` and `skiff node` processes running the real
+//! guest programs in wasmtime, driven through the API, `skiff` and `kubectl`.
+
+use crate::harness::{eventually, example_image, skiff_binary, ControlProcess, NodeProcess};
+use anyhow::{ensure, Context, Result};
+use serde_json::{json, Value};
+use skiff_api::resource::find_by_kind;
+use skiff_client::Client;
+use std::time::{Duration, Instant};
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    // Dropped after the nodes: fields drop in declaration order, nodes first.
+    nodes: Vec<NodeProcess>,
+    control: ControlProcess,
+    client: Client,
+}
+
+impl Cluster {
+    async fn start() -> Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        let control = ControlProcess::start(&dir.path().join("control")).await?;
+        let client = Client::new(&control.server)?;
+        let node = NodeProcess::start(&control.server, "n1", &dir.path().join("n1"), "").await?;
+        Ok(Cluster {
+            dir,
+            nodes: vec![node],
+            control,
+            client,
+        })
+    }
+
+    fn kubeconfig(&self) -> std::path::PathBuf {
+        self.dir.path().join("control").join("kubeconfig")
+    }
+
+    async fn create_pod(&self, name: &str, spec: Value) -> Result<()> {
+        let pods = find_by_kind("v1", "Pod").context("served")?;
+        let pod =
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec});
+        self.client.create(pods, Some("default"), &pod).await?;
+        Ok(())
+    }
+
+    async fn pod(&self, name: &str) -> Option<Value> {
+        let pods = find_by_kind("v1", "Pod")?;
+        self.client.get(pods, Some("default"), name).await.ok()
+    }
+
+    /// Waits until `check` holds for the pod.
+    async fn wait_pod(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        eventually(timeout, &format!("pod {name}: {what}"), || async {
+            self.pod(name).await.filter(|p| check(p))
+        })
+        .await
+    }
+}
+
+fn phase(pod: &Value) -> &str {
+    pod.pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+fn container(image: &str) -> Value {
+    json!({"name": "app", "image": image})
+}
+
+async fn command_output(mut command: std::process::Command) -> Result<(bool, String, String)> {
+    let output = tokio::task::spawn_blocking(move || command.output()).await??;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_succeeds_and_its_logs_are_readable() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    for (name, target) in [("hello-p1", "wasm32-wasip1"), ("hello-p2", "wasm32-wasip2")] {
+        let mut c = container(&example_image(target, "hello")?);
+        c["args"] = json!(["from", name]);
+        c["env"] = json!([{"name": "GREETING", "value": "hi"}]);
+        cluster
+            .create_pod(name, json!({"restartPolicy": "Never", "containers": [c]}))
+            .await?;
+    }
+    for name in ["hello-p1", "hello-p2"] {
+        let pod = cluster
+            .wait_pod(name, "Succeeded", Duration::from_secs(60), |p| {
+                phase(p) == "Succeeded"
+            })
+            .await?;
+        let state = &pod["status"]["containerStatuses"][0]["state"]["terminated"];
+        ensure!(
+            state["exitCode"] == 0 && state["reason"] == "Completed",
+            "{pod}"
+        );
+        let mut skiff = std::process::Command::new(skiff_binary()?);
+        skiff
+            .arg("--kubeconfig")
+            .arg(cluster.kubeconfig())
+            .args(["logs", name]);
+        let (ok, out, err) = command_output(skiff).await?;
+        ensure!(
+            ok && out.contains("hi from skiff") && out.contains(&format!("args: from {name}")),
+            "skiff logs: {out}{err}"
+        );
+        let mut kubectl = std::process::Command::new("kubectl");
+        kubectl
+            .arg("--kubeconfig")
+            .arg(cluster.kubeconfig())
+            .args(["logs", name]);
+        let (ok, out, err) = command_output(kubectl).await?;
+        ensure!(
+            ok && out.contains("hi from skiff"),
+            "kubectl logs: {out}{err}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_restart_with_backoff_and_memory_hogs_are_oom_killed() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    cluster
+        .create_pod(
+            "crasher",
+            json!({"containers": [container(&example_image("wasm32-wasip1", "crasher")?)]}),
+        )
+        .await?;
+    let mut hog = container(&example_image("wasm32-wasip2", "memhog")?);
+    hog["resources"] = json!({"limits": {"memory": "24Mi"}});
+    cluster
+        .create_pod(
+            "hog",
+            json!({"restartPolicy": "Never", "containers": [hog]}),
+        )
+        .await?;
+    let pod = cluster
+        .wait_pod("hog", "OOMKilled", Duration::from_secs(60), |p| {
+            phase(p) == "Failed"
+        })
+        .await?;
+    let terminated = &pod["status"]["containerStatuses"][0]["state"]["terminated"];
+    ensure!(
+        terminated["reason"] == "OOMKilled" && terminated["exitCode"] == 137,
+        "{pod}"
+    );
+    // The first restart is immediate, the next after 10 s: restartCount reaches 2 and
+    // the pod shows CrashLoopBackOff in between.
+    let restart_count = |p: &Value| {
+        p.pointer("/status/containerStatuses/0/restartCount")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    let backing_off = cluster
+        .wait_pod(
+            "crasher",
+            "CrashLoopBackOff",
+            Duration::from_secs(30),
+            |p| {
+                p.pointer("/status/containerStatuses/0/state/waiting/reason")
+                    == Some(&json!("CrashLoopBackOff"))
+            },
+        )
+        .await?;
+    ensure!(
+        backing_off["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] == 3,
+        "{backing_off}"
+    );
+    let first = restart_count(&backing_off);
+    let started = Instant::now();
+    cluster
+        .wait_pod("crasher", "another restart", Duration::from_secs(60), |p| {
+            restart_count(p) > first
+        })
+        .await?;
+    ensure!(
+        started.elapsed() >= Duration::from_secs(5),
+        "restarted without backing off ({:?})",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinners_and_tickers_stop_on_delete_and_do_not_starve_others() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let pods = find_by_kind("v1", "Pod").context("served")?;
+    let mut ticker = container(&example_image("wasm32-wasip2", "ticker")?);
+    ticker["env"] = json!([{"name": "TICK_MS", "value": "50"}]);
+    cluster
+        .create_pod(
+            "ticker",
+            json!({"terminationGracePeriodSeconds": 3, "containers": [ticker]}),
+        )
+        .await?;
+    cluster.create_pod("spinner", json!({"terminationGracePeriodSeconds": 3, "containers": [container(&example_image("wasm32-wasip1", "spinner")?)]})).await?;
+    for name in ["ticker", "spinner"] {
+        cluster
+            .wait_pod(name, "Running", Duration::from_secs(60), |p| {
+                phase(p) == "Running"
+            })
+            .await?;
+    }
+    // The ticker keeps logging while the spinner spins.
+    let log_lines = || async {
+        let path = format!("{}/log", Client::item_path(pods, Some("default"), "ticker"));
+        let text = cluster.client.stream_text(&path).await.ok()?;
+        use futures::StreamExt;
+        let chunks: Vec<_> = text.collect().await;
+        Some(
+            chunks
+                .into_iter()
+                .filter_map(Result::ok)
+                .map(|c| String::from_utf8_lossy(&c).lines().count())
+                .sum::<usize>(),
+        )
+    };
+    let before = log_lines().await.unwrap_or(0);
+    eventually(
+        Duration::from_secs(20),
+        "the ticker to keep ticking next to the spinner",
+        || async { log_lines().await.filter(|n| *n >= before + 20) },
+    )
+    .await?;
+    for name in ["spinner", "ticker"] {
+        let started = Instant::now();
+        cluster
+            .client
+            .delete(pods, Some("default"), name, "Background", None)
+            .await?;
+        eventually(
+            Duration::from_secs(10),
+            &format!("{name} to be gone"),
+            || async { cluster.pod(name).await.is_none().then_some(()) },
+        )
+        .await?;
+        ensure!(
+            started.elapsed() < Duration::from_secs(3),
+            "{name} took {:?} to stop, longer than its grace period",
+            started.elapsed()
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unschedulable_pods_wait_for_a_matching_node() -> Result<()> {
+    let mut cluster = Cluster::start().await?;
+    let mut spec = json!({"nodeSelector": {"disk": "ssd"}, "containers": [container(&example_image("wasm32-wasip2", "ticker")?)]});
+    spec["terminationGracePeriodSeconds"] = json!(1);
+    cluster.create_pod("picky", spec).await?;
+    let pending = cluster
+        .wait_pod("picky", "Unschedulable", Duration::from_secs(30), |p| {
+            p["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable")
+            })
+        })
+        .await?;
+    ensure!(phase(&pending) == "Pending", "{pending}");
+    let events = find_by_kind("v1", "Event").context("served")?;
+    let options = skiff_client::ListOptions {
+        field_selector: Some("involvedObject.name=picky,reason=FailedScheduling".into()),
+        ..Default::default()
+    };
+    let listed = cluster
+        .client
+        .list(events, Some("default"), &options)
+        .await?;
+    ensure!(
+        listed["items"].as_array().is_some_and(|i| !i.is_empty()),
+        "no FailedScheduling event"
+    );
+    let ssd = NodeProcess::start(
+        &cluster.control.server,
+        "ssd1",
+        &cluster.dir.path().join("ssd1"),
+        "disk=ssd",
+    )
+    .await?;
+    cluster.nodes.push(ssd);
+    let running = cluster
+        .wait_pod("picky", "Running on ssd1", Duration::from_secs(30), |p| {
+            phase(p) == "Running"
+        })
+        .await?;
+    ensure!(running["spec"]["nodeName"] == "ssd1", "{running}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_with_sigkill_brings_its_pods_back_once() -> Result<()> {
+    let mut cluster = Cluster::start().await?;
+    let pods = find_by_kind("v1", "Pod").context("served")?;
+    let mut ticker = container(&example_image("wasm32-wasip1", "ticker")?);
+    ticker["env"] = json!([{"name": "TICK_MS", "value": "100"}]);
+    cluster
+        .create_pod("survivor", json!({"containers": [ticker]}))
+        .await?;
+    let before = cluster
+        .wait_pod("survivor", "Running", Duration::from_secs(60), |p| {
+            phase(p) == "Running"
+        })
+        .await?;
+    cluster.nodes[0].kill_hard()?;
+    let node = NodeProcess::start(
+        &cluster.control.server,
+        "n1",
+        &cluster.dir.path().join("n1"),
+        "",
+    )
+    .await?;
+    cluster.nodes[0] = node;
+    let restart_count = |p: &Value| {
+        p.pointer("/status/containerStatuses/0/restartCount")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    let after = cluster
+        .wait_pod(
+            "survivor",
+            "running again after the agent restart",
+            Duration::from_secs(60),
+            |p| phase(p) == "Running" && restart_count(p) >= 1,
+        )
+        .await?;
+    ensure!(
+        after["metadata"]["uid"] == before["metadata"]["uid"],
+        "the pod was replaced"
+    );
+    ensure!(
+        restart_count(&after) == 1,
+        "restarted more than once: {after}"
+    );
+    // One running copy: its log counts up without repeats.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let path = format!(
+        "{}/log",
+        Client::item_path(pods, Some("default"), "survivor")
+    );
+    let text = {
+        use futures::StreamExt;
+        let chunks: Vec<_> = cluster.client.stream_text(&path).await?.collect().await;
+        chunks
+            .into_iter()
+            .filter_map(Result::ok)
+            .map(|c| String::from_utf8_lossy(&c).to_string())
+            .collect::<String>()
+    };
+    let ticks: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick ")?.parse().ok())
+        .collect();
+    ensure!(ticks.len() >= 3, "too few ticks: {text}");
+    ensure!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "two copies are logging: {ticks:?}"
+    );
+    Ok(())
+}
