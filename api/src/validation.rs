@@ -286,6 +286,15 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<FieldCau
         }
         Some(_) => {}
     }
+    let volume_names: Vec<&str> = spec
+        .get("volumes")
+        .and_then(Value::as_array)
+        .map(|v| {
+            v.iter()
+                .filter_map(|v| v.get("name").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut seen = Vec::new();
     for list_name in ["initContainers", "containers"] {
         let Some(list) = spec.get(list_name).and_then(Value::as_array) else {
@@ -317,6 +326,30 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<FieldCau
                 .is_empty()
             {
                 causes.push(FieldCause::required(format!("{field}.image")));
+            }
+            for (j, m) in c
+                .get("volumeMounts")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let mount = m.get("name").and_then(Value::as_str).unwrap_or_default();
+                if !volume_names.contains(&mount) {
+                    causes.push(FieldCause {
+                        reason: "FieldValueNotFound",
+                        field: format!("{field}.volumeMounts[{j}].name"),
+                        message: format!("Not found: {mount:?}"),
+                    });
+                }
+                if m.get("mountPath")
+                    .and_then(Value::as_str)
+                    .is_none_or(|p| !p.starts_with('/'))
+                {
+                    causes.push(FieldCause::required(format!(
+                        "{field}.volumeMounts[{j}].mountPath"
+                    )));
+                }
             }
             if let Some(ports) = c.get("ports").and_then(Value::as_array) {
                 for (j, p) in ports.iter().enumerate() {

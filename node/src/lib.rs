@@ -158,7 +158,7 @@ where
         runtime.clone(),
         config.name.clone(),
         config.address.to_string(),
-        config.data_dir.join("pods"),
+        config.data_dir.clone(),
         recorder,
         clock.clone(),
     ));

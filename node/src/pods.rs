@@ -11,7 +11,7 @@ use skiff_api::resource::find_by_kind;
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::Client;
 use skiff_runtime::{
-    ContainerConfig, ContainerState, ContainerStatus, ImageService, PodSandboxConfig,
+    ContainerConfig, ContainerState, ContainerStatus, ImageService, Mount, PodSandboxConfig,
     ResourceLimits, RuntimeError, RuntimeService, SandboxId,
 };
 use std::collections::HashMap;
@@ -264,6 +264,8 @@ pub struct PodSyncer<R> {
     pub node_name: String,
     pub host_ip: String,
     pub log_root: PathBuf,
+    /// Pod volumes live in `<volume_root>/<pod uid>/<volume>`.
+    pub volume_root: PathBuf,
     pub recorder: Recorder,
     pub clock: Arc<dyn Clock>,
     pub log_max_bytes: u64,
@@ -279,7 +281,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
         runtime: R,
         node_name: String,
         host_ip: String,
-        log_root: PathBuf,
+        data_dir: PathBuf,
         recorder: Recorder,
         clock: Arc<dyn Clock>,
     ) -> Self {
@@ -288,7 +290,8 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
             runtime,
             node_name,
             host_ip,
-            log_root,
+            log_root: data_dir.join("pods"),
+            volume_root: data_dir.join("volumes"),
             recorder,
             clock,
             log_max_bytes: 10 * 1024 * 1024,
@@ -337,6 +340,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
             // Gone (or moved): whatever runs for it here must go.
             for (sandbox, uid) in self.sandboxes_of(namespace, name).await? {
                 self.runtime.remove_pod_sandbox(&sandbox).await?;
+                self.remove_volumes(&uid);
                 self.failures().retain(|(u, _), _| u != &uid);
             }
             return Ok(Next::Done);
@@ -350,6 +354,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
         for (sandbox, sandbox_uid) in self.sandboxes_of(namespace, name).await? {
             if sandbox_uid != uid {
                 self.runtime.remove_pod_sandbox(&sandbox).await?;
+                self.remove_volumes(&sandbox_uid);
             }
         }
         if pod
@@ -574,6 +579,18 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
             entry.at = now;
             (reason, message, pull_backoff(entry.count))
         };
+        if let Some(class) = pod
+            .pointer("/spec/runtimeClassName")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty() && *c != skiff_runtime::wasm::RUNTIME_CLASS)
+        {
+            let message = format!(
+                "RuntimeClass {class:?} is not handled by node {}: it runs the {:?} runtime class",
+                self.node_name,
+                skiff_runtime::wasm::RUNTIME_CLASS
+            );
+            return Err(fail("CreateContainerConfigError", message));
+        }
         let pulled = match self.runtime.pull_image(image).await {
             Ok(p) => p,
             Err(e) => {
@@ -606,6 +623,14 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
             }
         };
         self.fill_downward_api(pod, spec, &mut env);
+        let mounts = match self.mounts_for(pod, uid, spec).await {
+            Ok(m) => m,
+            Err(message) => {
+                self.event(pod, EventType::Warning, "FailedMount", &message)
+                    .await;
+                return Err(fail("CreateContainerConfigError", message));
+            }
+        };
         let limits = ResourceLimits {
             memory_bytes: spec
                 .pointer("/resources/limits/memory")
@@ -636,6 +661,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
             attempt,
             log_max_bytes: self.log_max_bytes,
             log_max_files: self.log_max_files,
+            mounts,
         };
         let id = match self.runtime.create_container(sandbox, &config).await {
             Ok(id) => id,
@@ -680,6 +706,136 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
             .container_status(&id)
             .await
             .map_err(|e| ("RunContainerError", e.to_string(), INITIAL_BACKOFF))
+    }
+
+    /// The container's `volumeMounts` as runtime mounts.
+    async fn mounts_for(&self, pod: &Value, uid: &str, spec: &Value) -> Result<Vec<Mount>, String> {
+        let volume_mounts = spec
+            .get("volumeMounts")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if volume_mounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let volumes = self.prepare_volumes(pod, uid).await?;
+        volume_mounts
+            .iter()
+            .map(|m| {
+                let name = m.get("name").and_then(Value::as_str).unwrap_or_default();
+                let mut host_path = volumes.get(name).cloned().ok_or_else(|| format!("volumeMount {name:?} names no volume of the pod"))?;
+                if let Some(sub) = m.get("subPath").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+                    if sub.split('/').any(|part| part == "..") || sub.starts_with('/') {
+                        return Err(format!("volumeMount {name:?}: subPath {sub:?} must be a relative path without '..'"));
+                    }
+                    host_path = host_path.join(sub);
+                    std::fs::create_dir_all(&host_path).map_err(|e| format!("volumeMount {name:?}: {e}"))?;
+                }
+                Ok(Mount {
+                    host_path,
+                    container_path: m.get("mountPath").and_then(Value::as_str).unwrap_or_default().to_string(),
+                    read_only: m.get("readOnly").and_then(Value::as_bool) == Some(true),
+                })
+            })
+            .collect()
+    }
+
+    /// Removes a pod's volume directories (not hostPath ones, which belong to the node).
+    fn remove_volumes(&self, uid: &str) {
+        if !uid.is_empty() {
+            let _ = std::fs::remove_dir_all(self.volume_root.join(uid));
+        }
+    }
+
+    /// Makes the pod's volumes exist on the node and returns their directories by name.
+    /// `emptyDir` volumes are shared by the pod's containers; `configMap` and `secret`
+    /// volumes are written out as one file per key.
+    async fn prepare_volumes(
+        &self,
+        pod: &Value,
+        uid: &str,
+    ) -> Result<HashMap<String, PathBuf>, String> {
+        let namespace = pod
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let mut dirs = HashMap::new();
+        for volume in pod
+            .pointer("/spec/volumes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = volume
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let own_dir = self.volume_root.join(uid).join(&name);
+            let io = |e: std::io::Error| format!("volume {name}: {e}");
+            let dir = if volume.get("emptyDir").is_some() {
+                std::fs::create_dir_all(&own_dir).map_err(io)?;
+                own_dir
+            } else if let Some(host) = volume.get("hostPath") {
+                let path =
+                    PathBuf::from(host.get("path").and_then(Value::as_str).unwrap_or_default());
+                if host.get("type").and_then(Value::as_str) == Some("DirectoryOrCreate") {
+                    std::fs::create_dir_all(&path).map_err(io)?;
+                }
+                if !path.is_dir() {
+                    return Err(format!(
+                        "volume {name}: hostPath {} is not a directory on the node",
+                        path.display()
+                    ));
+                }
+                path
+            } else if let Some((kind, source)) = volume
+                .get("configMap")
+                .map(|c| ("ConfigMap", c))
+                .or_else(|| volume.get("secret").map(|c| ("Secret", c)))
+            {
+                let object_name = source
+                    .get(if kind == "Secret" {
+                        "secretName"
+                    } else {
+                        "name"
+                    })
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let resource = find_by_kind("v1", kind).expect("served");
+                let optional = source.get("optional").and_then(Value::as_bool) == Some(true);
+                let object = match self
+                    .client
+                    .get(resource, Some(namespace), object_name)
+                    .await
+                {
+                    Ok(o) => o,
+                    Err(_) if optional => Value::Null,
+                    Err(e) => return Err(format!("volume {name}: {kind} {object_name:?}: {e}")),
+                };
+                std::fs::create_dir_all(&own_dir).map_err(io)?;
+                for (key, value) in object
+                    .get("data")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                {
+                    let text = value.as_str().unwrap_or_default();
+                    let bytes = if kind == "Secret" {
+                        base64_decode(text).unwrap_or_default()
+                    } else {
+                        text.as_bytes().to_vec()
+                    };
+                    // Keys are validated as file names by the API (no `/`, no `..`).
+                    std::fs::write(own_dir.join(key), bytes).map_err(io)?;
+                }
+                own_dir
+            } else {
+                return Err(format!("volume {name}: only emptyDir, hostPath, configMap and secret volumes are supported"));
+            };
+            dirs.insert(name, dir);
+        }
+        Ok(dirs)
     }
 
     fn fill_downward_api(&self, pod: &Value, spec: &Value, env: &mut [(String, String)]) {
@@ -743,6 +899,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
                 .await?;
             self.runtime.remove_pod_sandbox(&sandbox).await?;
         }
+        self.remove_volumes(uid);
         self.failures().retain(|(u, _), _| u != uid);
         let pods = find_by_kind("v1", "Pod").expect("served");
         let path = format!(

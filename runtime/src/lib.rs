@@ -108,6 +108,16 @@ pub struct ContainerConfig {
     pub log_max_bytes: u64,
     /// Rotated log files kept besides the current one.
     pub log_max_files: u32,
+    /// Directories of the node made visible to the container.
+    pub mounts: Vec<Mount>,
+}
+
+/// A host directory visible to a container at `container_path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub host_path: PathBuf,
+    pub container_path: String,
+    pub read_only: bool,
 }
 
 /// Why a container ended, as Kubernetes reports it in `state.terminated.reason`.

@@ -62,6 +62,22 @@ impl Cluster {
     }
 }
 
+/// A pod's container log through the API server (`pods/{name}/log`).
+async fn pod_log(client: &Client, pod: &str, container: Option<&str>) -> Result<String> {
+    use futures::StreamExt;
+    let pods = find_by_kind("v1", "Pod").context("served")?;
+    let mut path = format!("{}/log", Client::item_path(pods, Some("default"), pod));
+    if let Some(c) = container {
+        path.push_str(&format!("?container={c}"));
+    }
+    let chunks: Vec<_> = client.stream_text(&path).await?.collect().await;
+    let mut text = String::new();
+    for chunk in chunks {
+        text.push_str(&String::from_utf8_lossy(&chunk?));
+    }
+    Ok(text)
+}
+
 fn phase(pod: &Value) -> &str {
     pod.pointer("/status/phase")
         .and_then(Value::as_str)
@@ -365,6 +381,91 @@ async fn an_agent_killed_with_sigkill_brings_its_pods_back_once() -> Result<()> 
     ensure!(
         ticks.windows(2).all(|w| w[1] == w[0] + 1),
         "two copies are logging: {ticks:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_share_volumes_and_config_and_failures_fail_the_pod() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let configmaps = find_by_kind("v1", "ConfigMap").context("served")?;
+    cluster
+        .client
+        .create(configmaps, Some("default"), &json!({"metadata": {"name": "greeting"}, "data": {"GREETING": "salut", "file.txt": "from a configmap\n"}}))
+        .await?;
+    let hello = example_image("wasm32-wasip1", "hello")?;
+    let hello2 = example_image("wasm32-wasip2", "hello")?;
+    let spec = json!({
+        "restartPolicy": "Never",
+        "volumes": [{"name": "shared", "emptyDir": {}}, {"name": "config", "configMap": {"name": "greeting"}}],
+        "containers": [
+            {"name": "writer", "image": hello, "envFrom": [{"configMapRef": {"name": "greeting"}}],
+             "env": [{"name": "WRITE_TO", "value": "/data/msg"}],
+             "volumeMounts": [{"name": "shared", "mountPath": "/data"}]},
+            {"name": "reader", "image": hello2, "env": [{"name": "READ_FROM", "value": "/data/msg"}],
+             "volumeMounts": [{"name": "shared", "mountPath": "/data"}]},
+            {"name": "config-reader", "image": hello, "env": [{"name": "READ_FROM", "value": "/etc/config/file.txt"}],
+             "volumeMounts": [{"name": "config", "mountPath": "/etc/config", "readOnly": true}]},
+        ],
+    });
+    cluster.create_pod("sharing", spec).await?;
+    cluster
+        .wait_pod("sharing", "Succeeded", Duration::from_secs(60), |p| {
+            phase(p) == "Succeeded"
+        })
+        .await?;
+    let reader = pod_log(&cluster.client, "sharing", Some("reader")).await?;
+    ensure!(
+        reader.contains("read: salut via /data/msg"),
+        "reader: {reader}"
+    );
+    let config = pod_log(&cluster.client, "sharing", Some("config-reader")).await?;
+    ensure!(
+        config.contains("read: from a configmap"),
+        "config-reader: {config}"
+    );
+
+    // Under restartPolicy Never, one failing container fails the pod.
+    let failing = json!({"restartPolicy": "Never", "containers": [
+        {"name": "ok", "image": example_image("wasm32-wasip1", "hello")?},
+        {"name": "bad", "image": example_image("wasm32-wasip1", "crasher")?},
+    ]});
+    cluster.create_pod("half-bad", failing).await?;
+    let failed = cluster
+        .wait_pod("half-bad", "Failed", Duration::from_secs(60), |p| {
+            phase(p) == "Failed"
+        })
+        .await?;
+    let statuses = failed["status"]["containerStatuses"]
+        .as_array()
+        .context("statuses")?;
+    ensure!(
+        statuses
+            .iter()
+            .any(|c| c["name"] == "bad" && c["state"]["terminated"]["exitCode"] == 3),
+        "{failed}"
+    );
+
+    // A runtime class this node does not run is a clear error, not a crash.
+    let other_class = json!({"runtimeClassName": "runc", "containers": [{"name": "c", "image": example_image("wasm32-wasip1", "hello")?}]});
+    cluster.create_pod("wrong-class", other_class).await?;
+    let waiting = cluster
+        .wait_pod(
+            "wrong-class",
+            "CreateContainerConfigError",
+            Duration::from_secs(30),
+            |p| {
+                p.pointer("/status/containerStatuses/0/state/waiting/reason")
+                    == Some(&json!("CreateContainerConfigError"))
+            },
+        )
+        .await?;
+    ensure!(
+        waiting
+            .pointer("/status/containerStatuses/0/state/waiting/message")
+            .and_then(Value::as_str)
+            .is_some_and(|m| m.contains("RuntimeClass")),
+        "{waiting}"
     );
     Ok(())
 }

@@ -140,6 +140,8 @@ pub struct GuestSpec {
     pub epoch_tick: Duration,
     pub stdout: LogStream,
     pub stderr: LogStream,
+    /// Preopened directories: (host path, guest path, read-only).
+    pub mounts: Vec<crate::Mount>,
 }
 
 /// How a guest ended.
@@ -174,14 +176,39 @@ fn guard_for(spec: &GuestSpec) -> GuestGuard {
     }
 }
 
-fn wasi_builder(spec: &GuestSpec) -> WasiCtxBuilder {
+fn wasi_builder(spec: &GuestSpec) -> Result<WasiCtxBuilder, String> {
     let mut builder = WasiCtxBuilder::new();
     builder
         .args(&spec.argv)
         .envs(&spec.env)
         .stdout(spec.stdout.clone())
         .stderr(spec.stderr.clone());
-    builder
+    for mount in &spec.mounts {
+        let perms = if mount.read_only {
+            wasmtime_wasi::FsPerms::ReadOnly
+        } else {
+            wasmtime_wasi::FsPerms::ReadWrite
+        };
+        builder
+            .preopened_dir(&mount.host_path, &mount.container_path, perms)
+            .map_err(|e| {
+                format!(
+                    "cannot mount {} at {}: {e}",
+                    mount.host_path.display(),
+                    mount.container_path
+                )
+            })?;
+    }
+    Ok(builder)
+}
+
+/// The outcome of a guest that could not even be set up.
+fn setup_failure(message: String) -> Outcome {
+    Outcome {
+        exit_code: 128,
+        reason: ExitReason::Error,
+        message,
+    }
 }
 
 fn configure<T: Guarded + 'static>(store: &mut Store<T>) {
@@ -214,8 +241,12 @@ pub async fn run(engine: &wasmtime::Engine, compiled: &Compiled, spec: GuestSpec
     let limit = spec.memory_limit_bytes;
     let outcome = match compiled {
         Compiled::Module(pre) => {
+            let mut builder = match wasi_builder(&spec) {
+                Ok(b) => b,
+                Err(message) => return setup_failure(message),
+            };
             let state = ModuleState {
-                wasi: wasi_builder(&spec).build_p1(),
+                wasi: builder.build_p1(),
                 guard: guard_for(&spec),
             };
             let mut store = Store::new(engine, state);
@@ -232,8 +263,12 @@ pub async fn run(engine: &wasmtime::Engine, compiled: &Compiled, spec: GuestSpec
             }
         }
         Compiled::Component(pre) => {
+            let mut builder = match wasi_builder(&spec) {
+                Ok(b) => b,
+                Err(message) => return setup_failure(message),
+            };
             let state = CommandState {
-                ctx: wasi_builder(&spec).build(),
+                ctx: builder.build(),
                 table: ResourceTable::new(),
                 guard: guard_for(&spec),
             };

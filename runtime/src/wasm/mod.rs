@@ -304,6 +304,14 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                 )));
             }
         }
+        for mount in &config.mounts {
+            if !mount.host_path.is_dir() {
+                return Err(RuntimeError::InvalidConfig(format!(
+                    "mount source {} is not a directory",
+                    mount.host_path.display()
+                )));
+            }
+        }
         let blob = self.inner.images.blob_path(&config.image.digest);
         if !blob.exists() {
             return Err(RuntimeError::ImagePull {
@@ -393,6 +401,7 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                 epoch_tick: self.inner.config.epoch_tick,
                 stdout: record.log.stream("stdout"),
                 stderr: record.log.stream("stderr"),
+                mounts: record.config.mounts.clone(),
             };
             (record.compiled.clone(), spec)
         };

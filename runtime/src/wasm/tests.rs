@@ -66,6 +66,7 @@ async fn container(
         attempt: 0,
         log_max_bytes: 1024 * 1024,
         log_max_files: 2,
+        mounts: Vec::new(),
     };
     rt.create_container(sandbox, &config).await
 }
