@@ -5,6 +5,10 @@
 //! 64 concurrent clients, against `skiff control` and against etcd started with its
 //! default durability (fsync per commit), with the same object payloads.
 
+mod cluster;
+mod density;
+mod pods;
+mod scheduler;
 mod store;
 
 use anyhow::Result;
@@ -21,11 +25,20 @@ struct Cli {
 enum Bench {
     /// Durable writes: skiff control vs etcd.
     Store(store::StoreArgs),
+    /// Wasm pod start latency and burst, vs `ctr run --rm` on containerd.
+    Pods(pods::PodsArgs),
+    /// Idle wasm pods on one node: agent memory per pod.
+    Density(density::DensityArgs),
+    /// Scheduler throughput over 5,000 nodes, in memory and bound durably.
+    Scheduler(scheduler::SchedulerArgs),
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().bench {
         Bench::Store(args) => store::run(args).await,
+        Bench::Pods(args) => pods::run(args).await,
+        Bench::Density(args) => density::run(args).await,
+        Bench::Scheduler(args) => scheduler::run(args).await,
     }
 }

@@ -1,0 +1,105 @@
+//! Processes the benchmarks start: `skiff up`, `skiff control`, `skiff node`, killed by
+//! PID when dropped, with their data in a temp dir removed afterwards.
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process of the benchmark.
+pub struct Started(pub Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The `skiff` binary beside this benchmark's binary, unless given.
+pub fn skiff_binary(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let candidate = std::env::current_exe()?
+        .parent()
+        .context("benchmark binary has no directory")?
+        .join("skiff");
+    if !candidate.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --release --bins`",
+            candidate.display()
+        );
+    }
+    Ok(candidate)
+}
+
+pub fn spawn(binary: &Path, args: &[String]) -> Result<Started> {
+    let child = Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    Ok(Started(child))
+}
+
+/// Waits until `server` answers and a node is Ready.
+pub async fn wait_for_ready_node(client: &skiff_client::Client) -> Result<()> {
+    let nodes = skiff_api::resource::find_by_kind("v1", "Node").context("served")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(list) = client.list(nodes, None, &Default::default()).await {
+            let ready = list["items"].as_array().is_some_and(|items| {
+                items.iter().any(|n| {
+                    n["status"]["conditions"].as_array().is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+                })
+            });
+            if ready {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("no node became Ready")
+}
+
+/// Resident memory of a process in bytes (`VmRSS`).
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+pub fn phase(pod: &Value) -> &str {
+    pod.pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+/// The p-th percentile (0..=100) of sorted samples.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
