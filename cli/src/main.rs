@@ -9,6 +9,7 @@ mod files;
 mod get;
 mod logs;
 mod node;
+mod push;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -46,6 +47,8 @@ enum Command {
     Delete(get::DeleteArgs),
     /// Print the logs of a container in a pod.
     Logs(logs::LogsArgs),
+    /// Store a wasm module in the cluster as NAME:TAG for pods to use as their image.
+    Push(push::PushArgs),
     /// Run a node agent that joins a cluster and runs its wasm pods.
     Node(node::NodeArgs),
     /// Run a whole single-node cluster in one process: control plane, scheduler and a
@@ -123,6 +126,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Describe(args) => get::describe(&context, args).await,
         Command::Delete(args) => get::delete(&context, args).await,
         Command::Logs(args) => logs::run(&context, args).await,
+        Command::Push(args) => push::run(&context, args).await,
         Command::Node(args) => node::node(&context, args).await,
         Command::Up(args) => node::up(args).await,
     }

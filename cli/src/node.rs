@@ -5,8 +5,9 @@ use crate::control::{kubeconfig_server, shutdown_signal, write_atomically};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use serde_json::{json, Value};
+use skiff_node::images::ApiImageSource;
 use skiff_node::{NodeConfig, SystemClock};
-use skiff_runtime::wasm::{NoImageSource, WasmRuntime, WasmRuntimeConfig};
+use skiff_runtime::wasm::{WasmRuntime, WasmRuntimeConfig};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -92,10 +93,19 @@ fn node_config(agent: &AgentArgs, data_dir: &Path) -> Result<NodeConfig> {
     Ok(config)
 }
 
-fn wasm_runtime(data_dir: &Path, max_pods: u32) -> Result<WasmRuntime> {
+fn wasm_runtime(
+    data_dir: &Path,
+    max_pods: u32,
+    client: &skiff_client::Client,
+) -> Result<WasmRuntime<ApiImageSource>> {
     let mut config = WasmRuntimeConfig::new(data_dir.join("runtime"));
     config.max_instances = max_pods;
-    Ok(WasmRuntime::new(config, NoImageSource)?)
+    Ok(WasmRuntime::new(
+        config,
+        ApiImageSource {
+            client: client.clone(),
+        },
+    )?)
 }
 
 async fn run_agent(
@@ -106,7 +116,7 @@ async fn run_agent(
 ) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
-    let runtime = wasm_runtime(&config.data_dir, config.max_pods)?;
+    let runtime = wasm_runtime(&config.data_dir, config.max_pods, &client)?;
     let listener = tokio::net::TcpListener::bind(log_listen)
         .await
         .with_context(|| format!("cannot listen on {log_listen}"))?;
@@ -140,10 +150,22 @@ fn default_examples() -> Option<PathBuf> {
     Some(exe.parent()?.parent()?.join("wasm-examples"))
 }
 
-/// The example pod `skiff up` starts: the ticker, logging once a second.
-fn example_pod(examples: &Path) -> Option<Value> {
-    let module = examples.join("wasm32-wasip2/release/ticker.wasm");
-    let module = module.canonicalize().ok()?;
+/// The example pod `skiff up` starts: the ticker, logging once a second. Its module is
+/// pushed into the cluster as `examples/ticker:latest`, the way users ship theirs.
+async fn example_pod(client: &skiff_client::Client, examples: &Path) -> Option<Value> {
+    let module = std::fs::read(examples.join("wasm32-wasip2/release/ticker.wasm")).ok()?;
+    let reference = "examples/ticker:latest";
+    if let Err(e) = client
+        .put_bytes(
+            &format!("/skiff/v1/images/{reference}"),
+            "application/wasm",
+            module,
+        )
+        .await
+    {
+        eprintln!("skiff up: could not push the example module: {e}");
+        return None;
+    }
     Some(json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -152,7 +174,7 @@ fn example_pod(examples: &Path) -> Option<Value> {
             "terminationGracePeriodSeconds": 5,
             "containers": [{
                 "name": "ticker",
-                "image": format!("file://{}", module.display()),
+                "image": reference,
                 "resources": {"limits": {"memory": "32Mi", "cpu": "100m"}},
             }],
         },
@@ -197,7 +219,11 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     eprintln!("skiff up: API server at {server}, node {node_name}");
     eprintln!("skiff up: kubeconfig written to {}", kubeconfig.display());
     if !args.no_example {
-        match args.examples.clone().or_else(default_examples).as_deref().and_then(example_pod) {
+        let pod = match args.examples.clone().or_else(default_examples) {
+            Some(dir) => example_pod(&client, &dir).await,
+            None => None,
+        };
+        match pod {
             Some(pod) => {
                 let pods = skiff_api::resource::find_by_kind("v1", "Pod").expect("served");
                 match client.create(pods, Some("default"), &pod).await {

@@ -3,6 +3,7 @@
 //! controllers of later issues plug into [`run`].
 
 pub mod apiserver;
+pub mod images;
 pub mod metrics;
 pub mod namespaces;
 pub mod registry;

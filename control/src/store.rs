@@ -25,6 +25,8 @@ pub type Revision = u64;
 const REVISION_KEY: &[u8] = b"\x00revision";
 /// How many requests one group commit takes at most.
 const MAX_GROUP: usize = 4096;
+/// The sled tree that holds blobs.
+const BLOB_TREE: &str = "blobs";
 
 /// Errors of store operations.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -156,6 +158,17 @@ struct WriteRequest {
 
 enum Request {
     Write(WriteRequest),
+    /// Blobs (pushed images) live in their own tree, outside the revisioned objects and
+    /// not held in memory.
+    PutBlob {
+        key: String,
+        value: Vec<u8>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    GetBlob {
+        key: String,
+        reply: oneshot::Sender<Result<Option<Vec<u8>>, StoreError>>,
+    },
     /// Stop the writer after the writes queued before it; answered once sled is closed.
     Close(oneshot::Sender<()>),
 }
@@ -313,6 +326,32 @@ impl Store {
         self.read().oldest_watchable
     }
 
+    /// Stores a blob durably (flushed before this returns) under `key`.
+    pub async fn put_blob(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        let (reply, response) = oneshot::channel();
+        self.writer
+            .send(Request::PutBlob {
+                key: key.to_string(),
+                value,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        response.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub async fn get_blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (reply, response) = oneshot::channel();
+        self.writer
+            .send(Request::GetBlob {
+                key: key.to_string(),
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        response.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Stops the writer and closes the database, so the directory can be opened again.
     /// Writes after this fail with `Closed`.
     pub async fn close(&self) {
@@ -371,6 +410,22 @@ fn run_writer(db: sled::Db, shared: Arc<Shared>, mut requests: mpsc::Receiver<Re
         while let Some(request) = next.take() {
             match request {
                 Request::Write(w) => group.push(w),
+                Request::PutBlob { key, value, reply } => {
+                    let result = db
+                        .open_tree(BLOB_TREE)
+                        .and_then(|tree| tree.insert(key.as_bytes(), value))
+                        .and_then(|_| db.flush().map(|_| ()))
+                        .map_err(|e| StoreError::Failed(format!("storing a blob failed: {e}")));
+                    let _ = reply.send(result);
+                }
+                Request::GetBlob { key, reply } => {
+                    let result = db
+                        .open_tree(BLOB_TREE)
+                        .and_then(|tree| tree.get(key.as_bytes()))
+                        .map(|v| v.map(|v| v.to_vec()))
+                        .map_err(|e| StoreError::Failed(format!("reading a blob failed: {e}")));
+                    let _ = reply.send(result);
+                }
                 Request::Close(done) => {
                     close = Some(done);
                     break;
@@ -388,8 +443,19 @@ fn run_writer(db: sled::Db, shared: Arc<Shared>, mut requests: mpsc::Receiver<Re
     requests.close();
     // Answer writes that raced with the close instead of leaving them hanging.
     while let Ok(request) = requests.try_recv() {
-        if let Request::Write(w) = request {
-            let _ = w.reply.send(Err(StoreError::Closed));
+        match request {
+            Request::Write(w) => {
+                let _ = w.reply.send(Err(StoreError::Closed));
+            }
+            Request::PutBlob { reply, .. } => {
+                let _ = reply.send(Err(StoreError::Closed));
+            }
+            Request::GetBlob { reply, .. } => {
+                let _ = reply.send(Err(StoreError::Closed));
+            }
+            Request::Close(done) => {
+                let _ = done.send(());
+            }
         }
     }
     let _ = db.flush();

@@ -6,6 +6,7 @@
 //! each key is reconciled by [`pods::PodSyncer::sync`], level-triggered against what the
 //! runtime lists.
 
+pub mod images;
 pub mod logs;
 pub mod pods;
 pub mod registration;

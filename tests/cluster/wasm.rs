@@ -469,3 +469,71 @@ async fn containers_share_volumes_and_config_and_failures_fail_the_pod() -> Resu
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_images_run_and_missing_ones_report_pull_errors() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let module = example_image("wasm32-wasip2", "hello")?;
+    let path = module.trim_start_matches("file://").to_string();
+    let mut push = std::process::Command::new(skiff_binary()?);
+    push.arg("--kubeconfig")
+        .arg(cluster.kubeconfig())
+        .args(["push", &path, "tools/hello:v1"]);
+    let (ok, out, err) = command_output(push).await?;
+    ensure!(
+        ok && out.contains("pushed tools/hello:v1 (sha256:"),
+        "{out}{err}"
+    );
+    cluster
+        .create_pod(
+            "pushed",
+            json!({"restartPolicy": "Never", "containers": [container("tools/hello:v1")]}),
+        )
+        .await?;
+    let done = cluster
+        .wait_pod("pushed", "Succeeded", Duration::from_secs(60), |p| {
+            phase(p) == "Succeeded"
+        })
+        .await?;
+    let image_id = done
+        .pointer("/status/containerStatuses/0/imageID")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    ensure!(
+        out.contains(image_id) && image_id.starts_with("sha256:"),
+        "imageID {image_id} is not the pushed digest"
+    );
+    cluster
+        .create_pod(
+            "missing",
+            json!({"containers": [container("tools/nope:v1")]}),
+        )
+        .await?;
+    let waiting = cluster
+        .wait_pod(
+            "missing",
+            "an image pull error",
+            Duration::from_secs(30),
+            |p| {
+                matches!(
+                    p.pointer("/status/containerStatuses/0/state/waiting/reason")
+                        .and_then(Value::as_str),
+                    Some("ErrImagePull" | "ImagePullBackOff")
+                )
+            },
+        )
+        .await?;
+    ensure!(phase(&waiting) == "Pending", "{waiting}");
+    // Pushing something that is not wasm is refused with one line.
+    let not_wasm = cluster.dir.path().join("script.sh");
+    std::fs::write(&not_wasm, "#!/bin/sh\n")?;
+    let mut bad = std::process::Command::new(skiff_binary()?);
+    bad.arg("--kubeconfig")
+        .arg(cluster.kubeconfig())
+        .arg("push")
+        .arg(&not_wasm)
+        .arg("tools/bad:v1");
+    let (ok, _, err) = command_output(bad).await?;
+    ensure!(!ok && err.trim().lines().count() == 1, "{err}");
+    Ok(())
+}

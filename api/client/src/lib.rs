@@ -308,6 +308,53 @@ impl Client {
             .await
     }
 
+    /// GETs raw bytes; `None` on 404. Returns the value of `digest_header` too, if sent.
+    pub async fn get_bytes(
+        &self,
+        path: &str,
+        digest_header: &str,
+    ) -> Result<Option<(Option<String>, Vec<u8>)>, ClientError> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.server))
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        if response.status().as_u16() == 404 {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            return Err(self
+                .finish(response)
+                .await
+                .err()
+                .unwrap_or(ClientError::Decode("request failed".into())));
+        }
+        let digest = response
+            .headers()
+            .get(digest_header)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
+        Ok(Some((digest, bytes.to_vec())))
+    }
+
+    /// PUTs raw bytes and returns the JSON answer.
+    pub async fn put_bytes(
+        &self,
+        path: &str,
+        content_type: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Value, ClientError> {
+        self.request(
+            reqwest::Method::PUT,
+            path,
+            Some((content_type, bytes)),
+            None,
+        )
+        .await
+    }
+
     /// GETs a text stream (`pods/{name}/log`); yields its chunks as they arrive.
     pub async fn stream_text(
         &self,

@@ -72,10 +72,15 @@ enum Target {
     CoreDiscovery,
     GroupsDiscovery,
     Group(String),
-    ResourceList { group: String, version: String },
+    ResourceList {
+        group: String,
+        version: String,
+    },
     OpenApiIndex,
     OpenApiDocument(String),
     Resource(ResourcePath),
+    /// `/skiff/v1/images/<reference>`: images pushed with `skiff push`.
+    Image(String),
 }
 
 #[derive(Debug)]
@@ -110,6 +115,7 @@ fn parse_target(path: &str) -> Result<Target, ApiError> {
         ["apis"] => Target::GroupsDiscovery,
         ["apis", group] => Target::Group(group.to_string()),
         ["openapi", "v3"] => Target::OpenApiIndex,
+        ["skiff", "v1", "images", rest @ ..] if !rest.is_empty() => Target::Image(rest.join("/")),
         ["openapi", "v3", rest @ ..] => Target::OpenApiDocument(rest.join("/")),
         ["api", version] => Target::ResourceList {
             group: String::new(),
@@ -281,6 +287,18 @@ async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
             };
             (verb, label, response)
         }
+        Ok(Target::Image(reference)) => {
+            let verb = if request.method() == Method::PUT {
+                "update"
+            } else {
+                "get"
+            };
+            let response = match handle_image(&state, request, &reference).await {
+                Ok(r) => r,
+                Err(e) => error_response(&e),
+            };
+            (verb, "images".to_string(), response)
+        }
         Ok(other) => (
             "get",
             "discovery".to_string(),
@@ -356,9 +374,40 @@ fn handle_meta(state: &ApiState, method: &Method, headers: &HeaderMap, target: T
             Some(doc) => json_response(StatusCode::OK, &doc),
             None => error_response(&not_found_path(&format!("/openapi/v3/{path}"))),
         },
-        Target::Resource(_) => {
+        Target::Resource(_) | Target::Image(_) => {
             error_response(&ApiError::internal("resource paths are handled elsewhere"))
         }
+    }
+}
+
+/// PUT stores a pushed image (the body is the module); GET returns it with its digest.
+async fn handle_image(
+    state: &ApiState,
+    request: Request,
+    reference: &str,
+) -> Result<Response, ApiError> {
+    let store = &state.registry.store;
+    match *request.method() {
+        Method::PUT => {
+            let (_, body) = read_body_limited(request, crate::images::MAX_PUSH_BYTES).await?;
+            let digest = crate::images::push(store, reference, body.to_vec()).await?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &json!({"reference": reference, "digest": digest, "size": body.len()}),
+            ))
+        }
+        Method::GET => {
+            let (digest, bytes) = crate::images::fetch(store, reference).await?;
+            let mut response =
+                bytes_response(StatusCode::OK, "application/wasm", Bytes::from(bytes));
+            if let Ok(v) = HeaderValue::from_str(&digest) {
+                response.headers_mut().insert("Skiff-Content-Digest", v);
+            }
+            Ok(response)
+        }
+        ref m => Err(ApiError::method_not_allowed(format!(
+            "{m} is not supported on images"
+        ))),
     }
 }
 
@@ -369,28 +418,30 @@ fn parse_query(query: Option<&str>) -> HashMap<String, String> {
 }
 
 async fn read_body(request: Request) -> Result<(HeaderMap, Bytes), ApiError> {
+    read_body_limited(request, MAX_BODY_BYTES).await
+}
+
+async fn read_body_limited(request: Request, limit: usize) -> Result<(HeaderMap, Bytes), ApiError> {
     let (parts, body) = request.into_parts();
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
-        return Err(ApiError::request_entity_too_large(MAX_BODY_BYTES));
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::request_entity_too_large(limit));
     }
     // Reading stops at the limit, so an oversized chunked body is never buffered whole.
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|e| {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            if too_large {
-                ApiError::request_entity_too_large(MAX_BODY_BYTES)
-            } else {
-                ApiError::bad_request(format!("the request body could not be read: {e}"))
-            }
-        })?;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if too_large {
+            ApiError::request_entity_too_large(limit)
+        } else {
+            ApiError::bad_request(format!("the request body could not be read: {e}"))
+        }
+    })?;
     Ok((parts.headers, bytes))
 }
 
