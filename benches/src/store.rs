@@ -6,13 +6,14 @@
 //! the key the Kubernetes API server would use, through etcd's HTTP/JSON gateway
 //! (`/v3/kv/put`). Every acknowledged write is durable in both.
 
+use crate::cluster::{free_port, skiff_binary, spawn, Started};
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::json;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,22 +31,6 @@ pub struct StoreArgs {
     /// The etcd binary.
     #[arg(long, default_value = "etcd")]
     etcd: String,
-}
-
-/// A process this benchmark started; killed by PID when dropped.
-struct Started(Child);
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 async fn wait_http(url: &str, what: &str) -> Result<()> {
@@ -167,37 +152,19 @@ async fn measure(target: &Target, tag: &str, args: &StoreArgs) -> Result<Results
     })
 }
 
-fn skiff_binary(explicit: Option<&Path>) -> Result<PathBuf> {
-    if let Some(p) = explicit {
-        return Ok(p.to_path_buf());
-    }
-    let exe = std::env::current_exe()?;
-    let candidate = exe
-        .parent()
-        .context("benchmark binary has no directory")?
-        .join("skiff");
-    if !candidate.exists() {
-        bail!(
-            "{} not found: build it with `cargo build --release --bins`",
-            candidate.display()
-        );
-    }
-    Ok(candidate)
-}
-
 pub async fn run(args: StoreArgs) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let skiff_port = free_port()?;
-    let skiff = Started(
-        Command::new(skiff_binary(args.skiff.as_deref())?)
-            .args(["control", "--data-dir"])
-            .arg(dir.path().join("skiff"))
-            .args(["--listen", &format!("127.0.0.1:{skiff_port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start skiff control")?,
-    );
+    let skiff = spawn(
+        &skiff_binary(args.skiff.as_deref())?,
+        &[
+            "control".into(),
+            "--data-dir".into(),
+            dir.path().join("skiff").display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{skiff_port}"),
+        ],
+    )?;
     let skiff_url = format!("http://127.0.0.1:{skiff_port}");
     wait_http(&format!("{skiff_url}/readyz"), "skiff control").await?;
 
