@@ -304,15 +304,9 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
         self.failures.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn event(&self, pod: &Value, event_type: EventType, reason: &str, message: &str) {
+    fn event(&self, pod: &Value, event_type: EventType, reason: &str, message: &str) {
         let now = chrono::DateTime::<chrono::Utc>::from(self.clock.now());
-        if let Err(e) = self
-            .recorder
-            .record(pod, event_type, reason, message, now)
-            .await
-        {
-            tracing::debug!(error = %e, "recording an event failed");
-        }
+        self.recorder.record(pod, event_type, reason, message, now);
     }
 
     /// Sandboxes the runtime has for the pod `namespace/name`.
@@ -600,8 +594,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
                     EventType::Warning,
                     "Failed",
                     &format!("Error: {message}"),
-                )
-                .await;
+                );
                 return Err(fail("ErrImagePull", message));
             }
         };
@@ -617,8 +610,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
                     EventType::Warning,
                     "Failed",
                     &format!("Error: {message}"),
-                )
-                .await;
+                );
                 return Err(fail("CreateContainerConfigError", message));
             }
         };
@@ -626,8 +618,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
         let mounts = match self.mounts_for(pod, uid, spec).await {
             Ok(m) => m,
             Err(message) => {
-                self.event(pod, EventType::Warning, "FailedMount", &message)
-                    .await;
+                self.event(pod, EventType::Warning, "FailedMount", &message);
                 return Err(fail("CreateContainerConfigError", message));
             }
         };
@@ -677,8 +668,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
                     EventType::Warning,
                     "Failed",
                     &format!("Error: {message}"),
-                )
-                .await;
+                );
                 return Err(fail(reason, message));
             }
         };
@@ -690,8 +680,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
                 EventType::Warning,
                 "Failed",
                 &format!("Error: {message}"),
-            )
-            .await;
+            );
             return Err(fail("RunContainerError", message));
         }
         self.failures().remove(&failure_key);
@@ -700,8 +689,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
             EventType::Normal,
             "Started",
             &format!("Started container {name}"),
-        )
-        .await;
+        );
         self.runtime
             .container_status(&id)
             .await
@@ -890,8 +878,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
             .max(0) as u64;
         let sandboxes = self.sandboxes_of(namespace, name).await?;
         if !sandboxes.is_empty() {
-            self.event(pod, EventType::Normal, "Killing", "Stopping all containers")
-                .await;
+            self.event(pod, EventType::Normal, "Killing", "Stopping all containers");
         }
         for (sandbox, _) in sandboxes {
             self.runtime

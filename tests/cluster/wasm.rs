@@ -289,14 +289,23 @@ async fn unschedulable_pods_wait_for_a_matching_node() -> Result<()> {
         field_selector: Some("involvedObject.name=picky,reason=FailedScheduling".into()),
         ..Default::default()
     };
-    let listed = cluster
-        .client
-        .list(events, Some("default"), &options)
-        .await?;
-    ensure!(
-        listed["items"].as_array().is_some_and(|i| !i.is_empty()),
-        "no FailedScheduling event"
-    );
+    // Events are sent in the background: wait for it.
+    eventually(
+        Duration::from_secs(10),
+        "a FailedScheduling event",
+        || async {
+            let listed = cluster
+                .client
+                .list(events, Some("default"), &options)
+                .await
+                .ok()?;
+            listed["items"]
+                .as_array()
+                .is_some_and(|i| !i.is_empty())
+                .then_some(())
+        },
+    )
+    .await?;
     let ssd = NodeProcess::start(
         &cluster.control.server,
         "ssd1",

@@ -1,8 +1,15 @@
 //! Recording Kubernetes Events about objects (`kubectl describe` shows them).
+//!
+//! Events are best-effort, as in Kubernetes: recording one never waits for the API. They
+//! go through a bounded queue to a sender task; when the queue is full, new events are
+//! dropped (and counted in a log line) rather than slowing the component down.
 
-use crate::{Client, ClientError};
+use crate::Client;
 use serde_json::{json, Value};
 use skiff_api::resource::find_by_kind;
+
+/// Events waiting to be sent before new ones are dropped.
+const QUEUE: usize = 4096;
 
 /// `Normal` or `Warning`, as Kubernetes Events are typed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,30 +21,44 @@ pub enum EventType {
 /// Who records events: the component name and, for node agents, the host.
 #[derive(Debug, Clone)]
 pub struct Recorder {
-    client: Client,
     component: String,
     host: Option<String>,
+    queue: tokio::sync::mpsc::Sender<Value>,
 }
 
 impl Recorder {
+    /// Starts the sender task; must be called inside a tokio runtime.
     pub fn new(client: Client, component: &str, host: Option<&str>) -> Self {
+        let (queue, mut pending) = tokio::sync::mpsc::channel::<Value>(QUEUE);
+        let events = find_by_kind("v1", "Event").expect("events are served");
+        tokio::spawn(async move {
+            while let Some(event) = pending.recv().await {
+                let namespace = event
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or("default")
+                    .to_string();
+                if let Err(e) = client.create(events, Some(&namespace), &event).await {
+                    tracing::debug!(error = %e, "recording an event failed");
+                }
+            }
+        });
         Recorder {
-            client,
             component: component.to_string(),
             host: host.map(str::to_string),
+            queue,
         }
     }
 
-    /// Records an event about `object` with a timestamp from the caller's clock.
-    pub async fn record(
+    /// Queues an event about `object`, stamped with the caller's clock.
+    pub fn record(
         &self,
         object: &Value,
         event_type: EventType,
         reason: &str,
         message: &str,
         now: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), ClientError> {
-        let events = find_by_kind("v1", "Event").expect("events are served");
+    ) {
         let meta = object.get("metadata").cloned().unwrap_or(json!({}));
         let name = meta.get("name").and_then(Value::as_str).unwrap_or_default();
         let namespace = meta
@@ -71,9 +92,8 @@ impl Recorder {
             "reportingComponent": self.component,
             "reportingInstance": self.host.clone().unwrap_or_default(),
         });
-        self.client
-            .create(events, Some(namespace), &event)
-            .await
-            .map(|_| ())
+        if self.queue.try_send(event).is_err() {
+            tracing::debug!(reason, "event queue full; event dropped");
+        }
     }
 }

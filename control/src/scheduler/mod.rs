@@ -21,6 +21,9 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Pods being scheduled (bound) at once.
+const WORKERS: usize = 8;
+
 /// The `schedulerName` this scheduler serves.
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 
@@ -238,26 +241,33 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()>) {
         _ = &mut shutdown => return,
     }
     let recorder = Recorder::new(client.clone(), SCHEDULER_NAME, None);
-    let worker = {
-        let (queue, pods, snapshot) = (queue.clone(), pods.clone(), snapshot.clone());
-        tokio::spawn(async move {
-            while let Some(key) = queue.next().await {
-                let result =
-                    schedule_one(&client, &recorder, &snapshot, &key, pods.get(&key)).await;
-                match result {
-                    Ok(()) => queue.forget(&key),
-                    Err(e) => {
-                        tracing::warn!(pod = %key, error = %e, "scheduling failed; retrying");
-                        queue.add_rate_limited(&key);
+    // Decisions are serialised by the snapshot lock; several workers let the binding
+    // POSTs of consecutive pods overlap (and share the store's group commits).
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let (queue, pods, snapshot) = (queue.clone(), pods.clone(), snapshot.clone());
+            let (client, recorder) = (client.clone(), recorder.clone());
+            tokio::spawn(async move {
+                while let Some(key) = queue.next().await {
+                    let result =
+                        schedule_one(&client, &recorder, &snapshot, &key, pods.get(&key)).await;
+                    match result {
+                        Ok(()) => queue.forget(&key),
+                        Err(e) => {
+                            tracing::warn!(pod = %key, error = %e, "scheduling failed; retrying");
+                            queue.add_rate_limited(&key);
+                        }
                     }
+                    queue.done(&key);
                 }
-                queue.done(&key);
-            }
+            })
         })
-    };
+        .collect();
     shutdown.await;
     queue.shut_down();
-    let _ = worker.await;
+    for worker in workers {
+        let _ = worker.await;
+    }
 }
 
 async fn schedule_one(
@@ -316,18 +326,16 @@ async fn schedule_one(
             {
                 Ok(_) => {
                     let now = chrono::Utc::now();
-                    let _ = recorder
-                        .record(
-                            &pod,
-                            EventType::Normal,
-                            "Scheduled",
-                            &format!(
-                                "Successfully assigned {}/{name} to {node}",
-                                namespace.unwrap_or_default()
-                            ),
-                            now,
-                        )
-                        .await;
+                    recorder.record(
+                        &pod,
+                        EventType::Normal,
+                        "Scheduled",
+                        &format!(
+                            "Successfully assigned {}/{name} to {node}",
+                            namespace.unwrap_or_default()
+                        ),
+                        now,
+                    );
                     Ok(())
                 }
                 // Bound by someone else, or gone: nothing to do.
@@ -387,15 +395,13 @@ async fn schedule_one(
                 Err(e) if e.code() == Some(409) || e.is_not_found() => return Ok(()),
                 Err(e) => return Err(e),
             }
-            let _ = recorder
-                .record(
-                    &pod,
-                    EventType::Warning,
-                    "FailedScheduling",
-                    &unschedulable.message,
-                    chrono::Utc::now(),
-                )
-                .await;
+            recorder.record(
+                &pod,
+                EventType::Warning,
+                "FailedScheduling",
+                &unschedulable.message,
+                chrono::Utc::now(),
+            );
             Ok(())
         }
     }

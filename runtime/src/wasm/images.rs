@@ -31,6 +31,9 @@ pub struct ImageStore<S> {
     source: S,
     /// Reference -> resolved image, for references pulled by this process.
     resolved: Mutex<HashMap<String, ImageRef>>,
+    /// Node-local files already hashed, by path, with the size and mtime they had; a pod
+    /// start then costs a `stat`, not a read and a hash.
+    local: Mutex<HashMap<String, (u64, std::time::SystemTime, ImageRef)>>,
 }
 
 pub fn digest_of(bytes: &[u8]) -> String {
@@ -45,6 +48,7 @@ impl<S: ImageSource> ImageStore<S> {
             dir,
             source,
             resolved: Mutex::new(HashMap::new()),
+            local: Mutex::new(HashMap::new()),
         })
     }
 
@@ -65,6 +69,24 @@ impl<S: ImageSource> ImageStore<S> {
             Some(path) => {
                 let meta =
                     std::fs::metadata(path).map_err(|e| pull_error(format!("{path}: {e}")))?;
+                let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                let known = self
+                    .local
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(path)
+                    .cloned();
+                if let Some((len, mtime, image)) = known {
+                    if len == meta.len()
+                        && mtime == modified
+                        && self.blob_path(&image.digest).exists()
+                    {
+                        return Ok(ImageRef {
+                            reference: reference.to_string(),
+                            ..image
+                        });
+                    }
+                }
                 if meta.len() as usize > MAX_IMAGE_BYTES {
                     return Err(pull_error(format!(
                         "image is larger than {MAX_IMAGE_BYTES} bytes"
@@ -110,6 +132,15 @@ impl<S: ImageSource> ImageStore<S> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(reference.to_string(), image.clone());
+        if let Some(path) = local {
+            if let Ok(meta) = std::fs::metadata(path) {
+                let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                self.local
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(path.to_string(), (meta.len(), modified, image.clone()));
+            }
+        }
         Ok(image)
     }
 
