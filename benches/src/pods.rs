@@ -49,11 +49,12 @@ fn pod(name: &str, label: &str, image: &str) -> Value {
     })
 }
 
-/// Watches pods labelled `bench=<label>` and reports each name once it is Running.
+/// Watches pods labelled `bench=<label>` and reports each name once it is Running, with
+/// when it was first seen bound to a node.
 async fn running_watch(
     client: &Client,
     label: &str,
-) -> Result<mpsc::UnboundedReceiver<(String, Instant)>> {
+) -> Result<mpsc::UnboundedReceiver<(String, Instant, Option<Instant>)>> {
     let pods = find_by_kind("v1", "Pod").context("served")?;
     let list = client
         .list(pods, Some("default"), &ListOptions::default())
@@ -69,13 +70,24 @@ async fn running_watch(
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut seen = std::collections::HashSet::new();
+        let mut bound_at = std::collections::HashMap::new();
         while let Some(Ok(event)) = events.next().await {
-            if phase(&event.object) == "Running" {
-                let name = event.object["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                if seen.insert(name.clone()) && tx.send((name, Instant::now())).is_err() {
+            let now = Instant::now();
+            let name = event.object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if event
+                .object
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty())
+            {
+                bound_at.entry(name.clone()).or_insert(now);
+            }
+            if phase(&event.object) == "Running" && seen.insert(name.clone()) {
+                let bound = bound_at.remove(&name);
+                if tx.send((name, now, bound)).is_err() {
                     return;
                 }
             }
@@ -159,6 +171,7 @@ pub async fn run(args: PodsArgs) -> Result<()> {
 
     let mut running = running_watch(&client, "latency").await?;
     let mut latencies = Vec::with_capacity(args.pods);
+    let mut to_bound: Vec<Duration> = Vec::with_capacity(args.pods);
     for i in 0..args.pods {
         let name = format!("lat-{i}");
         let started = Instant::now();
@@ -166,16 +179,20 @@ pub async fn run(args: PodsArgs) -> Result<()> {
             .create(pods, Some("default"), &pod(&name, "latency", &image))
             .await?;
         loop {
-            let (seen, at) = tokio::time::timeout(Duration::from_secs(60), running.recv())
+            let (seen, at, bound) = tokio::time::timeout(Duration::from_secs(60), running.recv())
                 .await?
                 .context("watch ended")?;
             if seen == name {
                 latencies.push(at - started);
+                if let Some(b) = bound {
+                    to_bound.push(b - started);
+                }
                 break;
             }
         }
     }
     latencies.sort();
+    to_bound.sort();
     delete_labelled(&client, "latency").await?;
 
     let mut burst_running = running_watch(&client, "burst").await?;
@@ -221,6 +238,10 @@ pub async fn run(args: PodsArgs) -> Result<()> {
         ms(p50),
         ms(p99),
         ms(*latencies.last().unwrap_or(&Duration::ZERO))
+    );
+    println!(
+        "  of which create -> bound (scheduler): p50 {:.2} ms",
+        ms(percentile(&to_bound, 50.0))
     );
     println!(
         "burst: {} pods created by 64 clients in {:.2} s; all Running after {:.2} s",

@@ -175,7 +175,7 @@ where
     }
     // Pods the runtime runs but the API no longer binds here (deleted while the agent
     // was down) are reconciled too, so they get cleaned up.
-    if let Ok(sandboxes) = runtime.list_pod_sandboxes().await {
+    if let Ok(sandboxes) = runtime.list_pod_sandboxes(&Default::default()).await {
         for s in sandboxes {
             queue.add(&format!("{}/{}", s.config.namespace, s.config.name));
         }

@@ -168,8 +168,12 @@ async fn handle<R: RuntimeService + Clone>(
         Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
     let (Ok(sandboxes), Ok(containers)) = (
-        runtime.list_pod_sandboxes().await,
-        runtime.list_containers().await,
+        runtime
+            .list_pod_sandboxes(&skiff_runtime::SandboxFilter {
+                pod: Some((namespace.clone(), pod.clone())),
+            })
+            .await,
+        runtime.list_containers(&Default::default()).await,
     ) else {
         return text_response(
             StatusCode::INTERNAL_SERVER_ERROR,

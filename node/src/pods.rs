@@ -11,8 +11,8 @@ use skiff_api::resource::find_by_kind;
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::Client;
 use skiff_runtime::{
-    ContainerConfig, ContainerState, ContainerStatus, ImageService, Mount, PodSandboxConfig,
-    ResourceLimits, RuntimeError, RuntimeService, SandboxId,
+    ContainerConfig, ContainerFilter, ContainerState, ContainerStatus, ImageService, Mount,
+    PodSandboxConfig, ResourceLimits, RuntimeError, RuntimeService, SandboxFilter, SandboxId,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -317,7 +317,9 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
     ) -> Result<Vec<(SandboxId, String)>, SyncError> {
         Ok(self
             .runtime
-            .list_pod_sandboxes()
+            .list_pod_sandboxes(&SandboxFilter {
+                pod: Some((namespace.to_string(), name.to_string())),
+            })
             .await?
             .into_iter()
             .filter(|s| s.config.namespace == namespace && s.config.name == name)
@@ -380,11 +382,10 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
         };
         let containers: Vec<ContainerStatus> = self
             .runtime
-            .list_containers()
-            .await?
-            .into_iter()
-            .filter(|c| c.sandbox_id == sandbox)
-            .collect();
+            .list_containers(&ContainerFilter {
+                sandbox_id: Some(sandbox.clone()),
+            })
+            .await?;
         let policy = pod
             .pointer("/spec/restartPolicy")
             .and_then(Value::as_str)

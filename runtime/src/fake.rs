@@ -140,8 +140,22 @@ impl RuntimeService for FakeRuntime {
         Ok(())
     }
 
-    async fn list_pod_sandboxes(&self) -> Result<Vec<PodSandboxStatus>, RuntimeError> {
-        Ok(self.state().sandboxes.values().cloned().collect())
+    async fn list_pod_sandboxes(
+        &self,
+        filter: &crate::SandboxFilter,
+    ) -> Result<Vec<PodSandboxStatus>, RuntimeError> {
+        Ok(self
+            .state()
+            .sandboxes
+            .values()
+            .filter(|s| {
+                filter
+                    .pod
+                    .as_ref()
+                    .is_none_or(|(ns, name)| &s.config.namespace == ns && &s.config.name == name)
+            })
+            .cloned()
+            .collect())
     }
 
     async fn create_container(
@@ -234,8 +248,22 @@ impl RuntimeService for FakeRuntime {
             })
     }
 
-    async fn list_containers(&self) -> Result<Vec<ContainerStatus>, RuntimeError> {
-        Ok(self.state().containers.values().cloned().collect())
+    async fn list_containers(
+        &self,
+        filter: &crate::ContainerFilter,
+    ) -> Result<Vec<ContainerStatus>, RuntimeError> {
+        Ok(self
+            .state()
+            .containers
+            .values()
+            .filter(|c| {
+                filter
+                    .sandbox_id
+                    .as_ref()
+                    .is_none_or(|s| &c.sandbox_id == s)
+            })
+            .cloned()
+            .collect())
     }
 }
 

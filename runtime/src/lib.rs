@@ -198,6 +198,19 @@ pub trait ImageSource: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Vec<u8>>, RuntimeError>> + Send;
 }
 
+/// Which sandboxes a list returns (CRI `PodSandboxFilter`); empty means all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxFilter {
+    /// Only the sandboxes of this pod (namespace, name).
+    pub pod: Option<(String, String)>,
+}
+
+/// Which containers a list returns (CRI `ContainerFilter`); empty means all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerFilter {
+    pub sandbox_id: Option<SandboxId>,
+}
+
 /// What happened to a container (CRI `GetContainerEvents`), so the agent reacts to exits
 /// at once instead of by polling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,6 +250,7 @@ pub trait RuntimeService: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
     fn list_pod_sandboxes(
         &self,
+        filter: &SandboxFilter,
     ) -> impl Future<Output = Result<Vec<PodSandboxStatus>, RuntimeError>> + Send;
 
     fn create_container(
@@ -264,6 +278,7 @@ pub trait RuntimeService: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ContainerStatus, RuntimeError>> + Send;
     fn list_containers(
         &self,
+        filter: &ContainerFilter,
     ) -> impl Future<Output = Result<Vec<ContainerStatus>, RuntimeError>> + Send;
 }
 

@@ -92,6 +92,12 @@ struct Inner<S> {
     guests: Option<tokio::runtime::Runtime>,
     next_id: AtomicU64,
     events: tokio::sync::broadcast::Sender<crate::ContainerEvent>,
+    /// (namespace, pod name) -> its sandboxes, so a pod's sync does not scan every pod.
+    pod_index: Mutex<HashMap<(String, String), Vec<SandboxId>>>,
+    /// Sandbox -> its containers.
+    sandbox_index: Mutex<HashMap<SandboxId, Vec<ContainerId>>>,
+    /// Guests running now (bounded by `max_instances`).
+    running: std::sync::atomic::AtomicUsize,
 }
 
 impl<S> Drop for Inner<S> {
@@ -155,6 +161,9 @@ impl<S: ImageSource> WasmRuntime<S> {
                 guests: Some(guests),
                 next_id: AtomicU64::new(1),
                 events: tokio::sync::broadcast::channel(4096).0,
+                pod_index: Mutex::new(HashMap::new()),
+                sandbox_index: Mutex::new(HashMap::new()),
+                running: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }
@@ -168,10 +177,14 @@ impl<S: ImageSource> WasmRuntime<S> {
     }
 
     fn running_count(&self) -> usize {
-        lock(&self.inner.containers)
-            .values()
-            .filter(|c| c.status.state == ContainerState::Running)
-            .count()
+        self.inner.running.load(Ordering::Acquire)
+    }
+
+    fn containers_of(&self, sandbox: &SandboxId) -> Vec<ContainerId> {
+        lock(&self.inner.sandbox_index)
+            .get(sandbox)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -237,6 +250,10 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
             ))
         })?;
         let id = self.new_id("sandbox");
+        lock(&self.inner.pod_index)
+            .entry((config.namespace.clone(), config.name.clone()))
+            .or_default()
+            .push(id.clone());
         lock(&self.inner.sandboxes).insert(
             id.clone(),
             SandboxRecord {
@@ -249,12 +266,7 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
     }
 
     async fn stop_pod_sandbox(&self, id: &SandboxId, grace: Duration) -> Result<(), RuntimeError> {
-        let members: Vec<ContainerId> = lock(&self.inner.containers)
-            .iter()
-            .filter(|(_, c)| &c.status.sandbox_id == id)
-            .map(|(cid, _)| cid.clone())
-            .collect();
-        for container in members {
+        for container in self.containers_of(id) {
             self.stop_container(&container, grace).await?;
         }
         if let Some(s) = lock(&self.inner.sandboxes).get_mut(id) {
@@ -265,16 +277,53 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
 
     async fn remove_pod_sandbox(&self, id: &SandboxId) -> Result<(), RuntimeError> {
         self.stop_pod_sandbox(id, Duration::ZERO).await?;
-        lock(&self.inner.containers).retain(|_, c| &c.status.sandbox_id != id);
+        let members = lock(&self.inner.sandbox_index)
+            .remove(id)
+            .unwrap_or_default();
+        {
+            let mut containers = lock(&self.inner.containers);
+            for c in &members {
+                containers.remove(c);
+            }
+        }
         if let Some(sandbox) = lock(&self.inner.sandboxes).remove(id) {
+            let key = (
+                sandbox.config.namespace.clone(),
+                sandbox.config.name.clone(),
+            );
+            let mut index = lock(&self.inner.pod_index);
+            if let Some(ids) = index.get_mut(&key) {
+                ids.retain(|s| s != id);
+                if ids.is_empty() {
+                    index.remove(&key);
+                }
+            }
+            drop(index);
             let _ = std::fs::remove_dir_all(&sandbox.config.log_directory);
         }
         Ok(())
     }
 
-    async fn list_pod_sandboxes(&self) -> Result<Vec<PodSandboxStatus>, RuntimeError> {
-        Ok(lock(&self.inner.sandboxes)
-            .iter()
+    async fn list_pod_sandboxes(
+        &self,
+        filter: &crate::SandboxFilter,
+    ) -> Result<Vec<PodSandboxStatus>, RuntimeError> {
+        let ids: Option<Vec<SandboxId>> = filter.pod.as_ref().map(|pod| {
+            lock(&self.inner.pod_index)
+                .get(pod)
+                .cloned()
+                .unwrap_or_default()
+        });
+        let sandboxes = lock(&self.inner.sandboxes);
+        let selected: Vec<(&SandboxId, &SandboxRecord)> = match &ids {
+            Some(ids) => ids
+                .iter()
+                .filter_map(|id| sandboxes.get_key_value(id))
+                .collect(),
+            None => sandboxes.iter().collect(),
+        };
+        Ok(selected
+            .into_iter()
             .map(|(id, s)| PodSandboxStatus {
                 id: id.clone(),
                 config: s.config.clone(),
@@ -345,6 +394,10 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
             started_at: None,
             log_path,
         };
+        lock(&self.inner.sandbox_index)
+            .entry(sandbox.clone())
+            .or_default()
+            .push(id.clone());
         lock(&self.inner.containers).insert(
             id.clone(),
             ContainerRecord {
@@ -384,6 +437,7 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                 });
             }
             record.status.state = ContainerState::Running;
+            self.inner.running.fetch_add(1, Ordering::AcqRel);
             record.status.started_at = Some(SystemTime::now());
             record.cancel = Some(cancel_tx);
             record.done = Some(done_rx);
@@ -427,6 +481,7 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                 },
             };
             record_exit(&inner, &id, outcome);
+            inner.running.fetch_sub(1, Ordering::AcqRel);
             let _ = done_tx.send(true);
         });
         Ok(())
@@ -469,7 +524,11 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                 RuntimeError::NotFound { .. } => Ok(()),
                 other => Err(other),
             })?;
-        lock(&self.inner.containers).remove(id);
+        if let Some(record) = lock(&self.inner.containers).remove(id) {
+            if let Some(ids) = lock(&self.inner.sandbox_index).get_mut(&record.status.sandbox_id) {
+                ids.retain(|c| c != id);
+            }
+        }
         Ok(())
     }
 
@@ -483,11 +542,20 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
             })
     }
 
-    async fn list_containers(&self) -> Result<Vec<ContainerStatus>, RuntimeError> {
-        Ok(lock(&self.inner.containers)
-            .values()
-            .map(|c| c.status.clone())
-            .collect())
+    async fn list_containers(
+        &self,
+        filter: &crate::ContainerFilter,
+    ) -> Result<Vec<ContainerStatus>, RuntimeError> {
+        let ids = filter.sandbox_id.as_ref().map(|s| self.containers_of(s));
+        let containers = lock(&self.inner.containers);
+        Ok(match ids {
+            Some(ids) => ids
+                .iter()
+                .filter_map(|id| containers.get(id))
+                .map(|c| c.status.clone())
+                .collect(),
+            None => containers.values().map(|c| c.status.clone()).collect(),
+        })
     }
 }
 

@@ -227,7 +227,7 @@ async fn exit_codes_memory_limits_and_stops() {
         }
         rt.remove_pod_sandbox(&sb).await.unwrap();
         assert!(rt
-            .list_containers()
+            .list_containers(&Default::default())
             .await
             .unwrap()
             .iter()
