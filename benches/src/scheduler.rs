@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use skiff_api::resource::find_by_kind;
 use skiff_client::{Client, ListOptions};
 use skiff_control::scheduler::core::{
-    feasible_nodes_to_find, node_info, pod_requests, schedule_sampled,
+    feasible_nodes_to_find, node_info, pod_info, pod_requests, schedule_index,
 };
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -54,19 +54,19 @@ pub async fn run(args: SchedulerArgs) -> Result<()> {
     // In memory: the decision the scheduler makes, with its sampling, over 5,000 nodes.
     let mut nodes: Vec<_> = (0..args.nodes).map(|i| node_info(&node(i))).collect();
     let limit = feasible_nodes_to_find(nodes.len());
+    // The pods exist before the clock starts, as they do in the scheduler's cache.
+    let pending: Vec<Value> = (0..args.memory_pods).map(pod).collect();
     let started = Instant::now();
-    for i in 0..args.memory_pods {
-        let p = pod(i);
-        let chosen = schedule_sampled(&p, &nodes, i % nodes.len(), limit)
+    for (i, p) in pending.iter().enumerate() {
+        let chosen = schedule_index(p, &nodes, i % nodes.len(), limit)
             .map_err(|e| anyhow::anyhow!(e.message))?;
-        let requests = pod_requests(&p);
-        let n = nodes
-            .iter_mut()
-            .find(|n| n.name == chosen)
-            .context("chosen node")?;
+        // Count the pod on its node, as the scheduler's snapshot does.
+        let requests = pod_requests(p);
+        let n = &mut nodes[chosen];
         n.requested.cpu_millis += requests.cpu_millis;
         n.requested.memory_bytes += requests.memory_bytes;
         n.requested.pods += 1;
+        n.pods.push(pod_info(p));
     }
     let memory_rate = args.memory_pods as f64 / started.elapsed().as_secs_f64();
 

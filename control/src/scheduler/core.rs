@@ -200,57 +200,61 @@ fn tolerates(tolerations: &[Value], taint: &Value) -> bool {
 
 fn match_expression(labels: &BTreeMap<String, String>, expr: &Value) -> bool {
     let key = expr.get("key").and_then(Value::as_str).unwrap_or_default();
-    let values: Vec<&str> = expr
-        .get("values")
-        .and_then(Value::as_array)
-        .map(|v| v.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    let actual = labels.get(key);
+    match_value(labels.get(key), expr)
+}
+
+/// Applies a node selector requirement's operator and values to one actual value.
+fn match_value(actual: Option<&String>, expr: &Value) -> bool {
+    let values = || -> Vec<&str> {
+        expr.get("values")
+            .and_then(Value::as_array)
+            .map(|v| v.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default()
+    };
+    let number = |v: &str| v.parse::<i64>().ok();
     match expr
         .get("operator")
         .and_then(Value::as_str)
         .unwrap_or_default()
     {
-        "In" => actual.is_some_and(|a| values.contains(&a.as_str())),
-        "NotIn" => actual.is_none_or(|a| !values.contains(&a.as_str())),
+        "In" => actual.is_some_and(|a| values().contains(&a.as_str())),
+        "NotIn" => actual.is_none_or(|a| !values().contains(&a.as_str())),
         "Exists" => actual.is_some(),
         "DoesNotExist" => actual.is_none(),
         "Gt" => actual
-            .and_then(|a| a.parse::<i64>().ok())
-            .zip(values.first().and_then(|v| v.parse::<i64>().ok()))
+            .and_then(|a| number(a))
+            .zip(values().first().and_then(|v| number(v)))
             .is_some_and(|(a, v)| a > v),
         "Lt" => actual
-            .and_then(|a| a.parse::<i64>().ok())
-            .zip(values.first().and_then(|v| v.parse::<i64>().ok()))
+            .and_then(|a| number(a))
+            .zip(values().first().and_then(|v| number(v)))
             .is_some_and(|(a, v)| a < v),
         _ => false,
     }
 }
 
-fn matches_node_affinity(pod: &Value, node: &NodeInfo) -> bool {
-    let Some(terms) = pod
-        .pointer("/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
-        .and_then(Value::as_array)
-    else {
+fn matches_node_affinity(terms: Option<&Vec<Value>>, node: &NodeInfo) -> bool {
+    let Some(terms) = terms else {
         return true;
     };
+    let empty = Vec::new();
     // Terms are ORed; expressions within a term are ANDed.
     terms.iter().any(|term| {
         let exprs = term
             .get("matchExpressions")
             .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+            .unwrap_or(&empty);
         let fields = term
             .get("matchFields")
             .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let name_labels: BTreeMap<String, String> =
-            [("metadata.name".to_string(), node.name.clone())].into();
+            .unwrap_or(&empty);
         (!exprs.is_empty() || !fields.is_empty())
             && exprs.iter().all(|e| match_expression(&node.labels, e))
-            && fields.iter().all(|e| match_expression(&name_labels, e))
+            && fields.iter().all(|e| {
+                // The only field Kubernetes allows here is metadata.name.
+                e.get("key").and_then(Value::as_str) == Some("metadata.name")
+                    && match_value(Some(&node.name), e)
+            })
     })
 }
 
@@ -298,107 +302,138 @@ fn term_satisfied(term: &Value, pod_namespace: &str, node: &NodeInfo, nodes: &[N
 }
 
 fn required_terms<'a>(pod: &'a Value, kind: &str) -> Vec<&'a Value> {
-    pod.pointer(&format!(
-        "/spec/affinity/{kind}/requiredDuringSchedulingIgnoredDuringExecution"
-    ))
-    .and_then(Value::as_array)
-    .map(|t| t.iter().collect())
-    .unwrap_or_default()
+    pod.get("spec")
+        .and_then(|s| s.get("affinity"))
+        .and_then(|a| a.get(kind))
+        .and_then(|k| k.get("requiredDuringSchedulingIgnoredDuringExecution"))
+        .and_then(Value::as_array)
+        .map(|t| t.iter().collect())
+        .unwrap_or_default()
 }
 
-/// The first filter a node fails for `pod`, as the reason Kubernetes prints.
-pub fn filter(
-    pod: &Value,
-    requests: &Resources,
-    node: &NodeInfo,
-    nodes: &[NodeInfo],
-) -> Result<(), &'static str> {
-    if !node.ready {
-        return Err("node(s) were not ready");
-    }
-    if node.unschedulable {
-        return Err("node(s) were unschedulable");
-    }
-    let tolerations = pod
-        .pointer("/spec/tolerations")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    for taint in &node.taints {
-        let effect = taint
-            .get("effect")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if matches!(effect, "NoSchedule" | "NoExecute") && !tolerates(&tolerations, taint) {
-            return Err("node(s) had untolerated taint");
+/// What the filters and scores need from a pod, read from its JSON once per decision
+/// rather than once per node.
+pub struct PodQuery<'a> {
+    pub requests: Resources,
+    tolerations: &'a [Value],
+    node_selector: Vec<(&'a str, &'a str)>,
+    node_affinity: Option<&'a Vec<Value>>,
+    pod_affinity: Vec<&'a Value>,
+    pod_anti_affinity: Vec<&'a Value>,
+    namespace: &'a str,
+    owner: Option<String>,
+}
+
+impl<'a> PodQuery<'a> {
+    pub fn new(pod: &'a Value) -> Self {
+        let spec = pod.get("spec");
+        PodQuery {
+            requests: pod_requests(pod),
+            tolerations: spec.and_then(|s| s.get("tolerations")).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]),
+            node_selector: spec
+                .and_then(|s| s.get("nodeSelector"))
+                .and_then(Value::as_object)
+                .map(|m| m.iter().map(|(k, v)| (k.as_str(), v.as_str().unwrap_or_default())).collect())
+                .unwrap_or_default(),
+            node_affinity: spec
+                .and_then(|s| s.pointer("/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms"))
+                .and_then(Value::as_array),
+            pod_affinity: required_terms(pod, "podAffinity"),
+            pod_anti_affinity: required_terms(pod, "podAntiAffinity"),
+            namespace: pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default"),
+            owner: controller_of(pod),
         }
     }
-    if let Some(selector) = pod.pointer("/spec/nodeSelector").and_then(Value::as_object) {
-        let ok = selector
+
+    /// The first filter a node fails, as the reason Kubernetes prints.
+    pub fn filter(&self, node: &NodeInfo, nodes: &[NodeInfo]) -> Result<(), &'static str> {
+        if !node.ready {
+            return Err("node(s) were not ready");
+        }
+        if node.unschedulable {
+            return Err("node(s) were unschedulable");
+        }
+        for taint in &node.taints {
+            let effect = taint
+                .get("effect")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if matches!(effect, "NoSchedule" | "NoExecute") && !tolerates(self.tolerations, taint) {
+                return Err("node(s) had untolerated taint");
+            }
+        }
+        if !self
+            .node_selector
             .iter()
-            .all(|(k, v)| node.labels.get(k).map(String::as_str) == v.as_str());
-        if !ok {
+            .all(|(k, v)| node.labels.get(*k).map(String::as_str) == Some(*v))
+        {
             return Err("node(s) didn't match Pod's node affinity/selector");
         }
-    }
-    if !matches_node_affinity(pod, node) {
-        return Err("node(s) didn't match Pod's node affinity/selector");
-    }
-    if node.requested.pods + requests.pods > node.allocatable.pods {
-        return Err("Too many pods");
-    }
-    if node.requested.cpu_millis + requests.cpu_millis > node.allocatable.cpu_millis {
-        return Err("Insufficient cpu");
-    }
-    if node.requested.memory_bytes + requests.memory_bytes > node.allocatable.memory_bytes {
-        return Err("Insufficient memory");
-    }
-    let namespace = pod
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    for term in required_terms(pod, "podAffinity") {
-        if !term_satisfied(term, namespace, node, nodes) {
-            return Err("node(s) didn't match pod affinity rules");
+        if !matches_node_affinity(self.node_affinity, node) {
+            return Err("node(s) didn't match Pod's node affinity/selector");
         }
-    }
-    for term in required_terms(pod, "podAntiAffinity") {
-        if term_satisfied(term, namespace, node, nodes) {
-            return Err("node(s) didn't match pod anti-affinity rules");
+        let requests = &self.requests;
+        if node.requested.pods + requests.pods > node.allocatable.pods {
+            return Err("Too many pods");
         }
+        if node.requested.cpu_millis + requests.cpu_millis > node.allocatable.cpu_millis {
+            return Err("Insufficient cpu");
+        }
+        if node.requested.memory_bytes + requests.memory_bytes > node.allocatable.memory_bytes {
+            return Err("Insufficient memory");
+        }
+        for term in &self.pod_affinity {
+            if !term_satisfied(term, self.namespace, node, nodes) {
+                return Err("node(s) didn't match pod affinity rules");
+            }
+        }
+        for term in &self.pod_anti_affinity {
+            if term_satisfied(term, self.namespace, node, nodes) {
+                return Err("node(s) didn't match pod anti-affinity rules");
+            }
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Higher is better: least-allocated (CPU and memory after placing the pod) and
+    /// spreading pods of the same owner across nodes.
+    pub fn score(&self, node: &NodeInfo) -> i64 {
+        let free = |requested: u64, extra: u64, total: u64| -> i64 {
+            if total == 0 {
+                return 0;
+            }
+            let used = (requested + extra).min(total);
+            (((total - used) * 100) / total) as i64
+        };
+        let least_allocated = (free(
+            node.requested.cpu_millis,
+            self.requests.cpu_millis,
+            node.allocatable.cpu_millis,
+        ) + free(
+            node.requested.memory_bytes,
+            self.requests.memory_bytes,
+            node.allocatable.memory_bytes,
+        )) / 2;
+        let same_owner = self.owner.as_deref().map_or(0, |o| {
+            node.pods
+                .iter()
+                .filter(|p| p.owner.as_deref() == Some(o))
+                .count()
+        });
+        // Spreading weighs more than balance: replicas of one owner land on distinct nodes
+        // while there are any.
+        least_allocated - 1000 * same_owner as i64
+    }
 }
 
-/// Higher is better: least-allocated (CPU and memory after placing the pod) and
-/// spreading pods of the same owner across nodes.
-pub fn score(pod: &Value, requests: &Resources, node: &NodeInfo) -> i64 {
-    let free = |requested: u64, extra: u64, total: u64| -> i64 {
-        if total == 0 {
-            return 0;
-        }
-        let used = (requested + extra).min(total);
-        (((total - used) * 100) / total) as i64
-    };
-    let least_allocated = (free(
-        node.requested.cpu_millis,
-        requests.cpu_millis,
-        node.allocatable.cpu_millis,
-    ) + free(
-        node.requested.memory_bytes,
-        requests.memory_bytes,
-        node.allocatable.memory_bytes,
-    )) / 2;
-    let owner = controller_of(pod);
-    let same_owner = owner.map_or(0, |o| {
-        node.pods
-            .iter()
-            .filter(|p| p.owner.as_deref() == Some(o.as_str()))
-            .count()
-    });
-    // Spreading weighs more than balance: replicas of one owner land on distinct nodes
-    // while there are any.
-    least_allocated - 1000 * same_owner as i64
+/// The first filter a node fails for `pod` (see [`PodQuery::filter`]).
+pub fn filter(pod: &Value, node: &NodeInfo, nodes: &[NodeInfo]) -> Result<(), &'static str> {
+    PodQuery::new(pod).filter(node, nodes)
+}
+
+/// The score of a node for `pod` (see [`PodQuery::score`]).
+pub fn score(pod: &Value, node: &NodeInfo) -> i64 {
+    PodQuery::new(pod).score(node)
 }
 
 /// Picks the node for `pod`, or says why none fits. Ties go to the node whose name
@@ -426,24 +461,35 @@ pub fn schedule_sampled(
     start: usize,
     limit: usize,
 ) -> Result<String, Unschedulable> {
-    let requests = pod_requests(pod);
+    schedule_index(pod, nodes, start, limit).map(|i| nodes[i].name.clone())
+}
+
+/// As [`schedule_sampled`], returning the chosen node's index in `nodes`.
+pub fn schedule_index(
+    pod: &Value,
+    nodes: &[NodeInfo],
+    start: usize,
+    limit: usize,
+) -> Result<usize, Unschedulable> {
+    let query = PodQuery::new(pod);
     let mut reasons: HashMap<&'static str, usize> = HashMap::new();
-    let mut best: Option<(i64, &NodeInfo)> = None;
+    let mut best: Option<(i64, usize)> = None;
     let mut feasible = 0;
     let n = nodes.len();
     for i in 0..n {
-        let node = &nodes[(start + i) % n];
-        match filter(pod, &requests, node, nodes) {
+        let index = (start + i) % n;
+        let node = &nodes[index];
+        match query.filter(node, nodes) {
             Err(reason) => *reasons.entry(reason).or_default() += 1,
             Ok(()) => {
                 feasible += 1;
-                let s = score(pod, &requests, node);
+                let s = query.score(node);
                 let better = match best {
                     None => true,
-                    Some((b, chosen)) => s > b || (s == b && node.name < chosen.name),
+                    Some((b, chosen)) => s > b || (s == b && node.name < nodes[chosen].name),
                 };
                 if better {
-                    best = Some((s, node));
+                    best = Some((s, index));
                 }
                 if feasible >= limit {
                     break;
@@ -451,8 +497,8 @@ pub fn schedule_sampled(
             }
         }
     }
-    if let Some((_, node)) = best {
-        return Ok(node.name.clone());
+    if let Some((_, index)) = best {
+        return Ok(index);
     }
     let mut parts: Vec<String> = reasons
         .into_iter()
@@ -567,7 +613,7 @@ mod tests {
         let tolerating = pod(
             json!({"tolerations": [{"key": "dedicated", "operator": "Exists"}], "nodeSelector": {}, "containers": []}),
         );
-        assert!(filter(&tolerating, &pod_requests(&tolerating), &nodes[0], &nodes).is_ok());
+        assert!(filter(&tolerating, &nodes[0], &nodes).is_ok());
     }
 
     #[test]
