@@ -17,6 +17,37 @@ pub struct ControlArgs {
     /// How many events the watch history keeps before old resourceVersions expire.
     #[arg(long, default_value_t = 20_000)]
     watch_history: usize,
+    #[command(flatten)]
+    pub controllers: ControllerArgs,
+}
+
+/// Node lifecycle timers of the controller manager.
+#[derive(Debug, clap::Args)]
+pub struct ControllerArgs {
+    /// Seconds without a lease renewal before a node is unreachable.
+    #[arg(long, default_value_t = 50)]
+    node_monitor_grace_period: u64,
+    /// Seconds pods tolerate an unreachable node unless their spec says otherwise.
+    #[arg(long, default_value_t = 300)]
+    default_toleration_seconds: u64,
+    /// Use test timers: unreachable after 4 s, evicted 2 s later.
+    #[arg(long)]
+    fast_node_lifecycle: bool,
+}
+
+impl ControllerArgs {
+    pub fn config(&self) -> skiff_control::controllers::ControllerConfig {
+        if self.fast_node_lifecycle {
+            return skiff_control::controllers::ControllerConfig::fast();
+        }
+        skiff_control::controllers::ControllerConfig {
+            node_monitor_grace_period: std::time::Duration::from_secs(
+                self.node_monitor_grace_period.max(1),
+            ),
+            default_toleration_seconds: self.default_toleration_seconds,
+            ..Default::default()
+        }
+    }
 }
 
 pub async fn run(args: ControlArgs) -> Result<ExitCode> {
@@ -37,6 +68,7 @@ pub async fn run(args: ControlArgs) -> Result<ExitCode> {
         store: skiff_control::store::StoreConfig {
             history_capacity: args.watch_history,
         },
+        controllers: args.controllers.config(),
         ..Default::default()
     };
     eprintln!("skiff control: serving the API at {server}");

@@ -61,6 +61,8 @@ pub struct UpArgs {
     #[arg(long)]
     no_example: bool,
     #[command(flatten)]
+    controllers: crate::control::ControllerArgs,
+    #[command(flatten)]
     agent: AgentArgs,
 }
 
@@ -199,6 +201,7 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     };
     let control_config = skiff_control::ControlConfig {
         store_dir: args.data_dir.join("store"),
+        controllers: args.controllers.config(),
         ..Default::default()
     };
     let control = tokio::spawn(skiff_control::run(

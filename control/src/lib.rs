@@ -1,8 +1,9 @@
 //! The skiff control plane: the cluster store (the only code that knows sled) and the
-//! Kubernetes-compatible API server (the only code that knows axum). The scheduler and
-//! controllers of later issues plug into [`run`].
+//! Kubernetes-compatible API server (the only code that knows axum), with the scheduler
+//! and the controller manager, all started by [`run`].
 
 pub mod apiserver;
+pub mod controllers;
 pub mod images;
 pub mod metrics;
 pub mod namespaces;
@@ -36,6 +37,7 @@ pub struct ControlConfig {
     pub store: store::StoreConfig,
     /// How often watches that allow bookmarks get one.
     pub bookmark_interval: std::time::Duration,
+    pub controllers: controllers::ControllerConfig,
 }
 
 impl Default for ControlConfig {
@@ -44,6 +46,7 @@ impl Default for ControlConfig {
             store_dir: PathBuf::from("store"),
             store: store::StoreConfig::default(),
             bookmark_interval: std::time::Duration::from_secs(30),
+            controllers: controllers::ControllerConfig::default(),
         }
     }
 }
@@ -79,9 +82,20 @@ pub async fn run(
         .map_err(|e| ControlError::Client(e.to_string()))?;
     let scheduler = {
         let mut stopped = stopped.clone();
-        tokio::spawn(scheduler::run(api_client, async move {
+        tokio::spawn(scheduler::run(api_client.clone(), async move {
             let _ = stopped.wait_for(|s| *s).await;
         }))
+    };
+    let controller_manager = {
+        let mut stopped = stopped.clone();
+        tokio::spawn(controllers::run(
+            api_client,
+            config.controllers.clone(),
+            Arc::new(controllers::SystemClock),
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ))
     };
     let state = apiserver::ApiState {
         registry,
@@ -99,6 +113,7 @@ pub async fn run(
     .await;
     let _ = finalizer.await;
     let _ = scheduler.await;
+    let _ = controller_manager.await;
     store.close().await;
     result.map_err(ControlError::Serve)
 }

@@ -14,6 +14,7 @@ pub mod status;
 
 use serde_json::Value;
 use skiff_api::resource::find_by_kind;
+use skiff_client::controller::{spawn_resync, spawn_workers, Action};
 use skiff_client::informer::Informer;
 use skiff_client::queue::{Backoff, WorkQueue};
 use skiff_client::{Client, ListOptions};
@@ -199,38 +200,25 @@ where
             }
         })
     };
-    let mut workers = Vec::new();
-    for _ in 0..config.workers.max(1) {
-        let (queue, informer, syncer) = (queue.clone(), informer.clone(), syncer.clone());
-        workers.push(tokio::spawn(async move {
-            while let Some(key) = queue.next().await {
+    let workers = {
+        let (informer, syncer) = (informer.clone(), syncer.clone());
+        spawn_workers("pods", queue.clone(), config.workers, move |key: String| {
+            let (informer, syncer) = (informer.clone(), syncer.clone());
+            async move {
                 let pod = informer.get(&key);
-                match syncer.sync(&key, pod.as_deref()).await {
-                    Ok(pods::Next::Done) => queue.forget(&key),
-                    Ok(pods::Next::After(delay)) => {
-                        queue.forget(&key);
-                        queue.add_after(&key, delay);
-                    }
-                    Err(e) => {
-                        tracing::warn!(pod = %key, error = %e, "pod sync failed; retrying");
-                        queue.add_rate_limited(&key);
-                    }
-                }
-                queue.done(&key);
-            }
-        }));
-    }
-    let resync = {
-        let (queue, informer) = (queue.clone(), informer.clone());
-        let period = config.resync;
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(period).await;
-                for key in informer.keys() {
-                    queue.add(&key);
-                }
+                syncer
+                    .sync(&key, pod.as_deref())
+                    .await
+                    .map(|next| match next {
+                        pods::Next::Done => Action::Done,
+                        pods::Next::After(delay) => Action::RequeueAfter(delay),
+                    })
             }
         })
+    };
+    let resync = {
+        let informer = informer.clone();
+        spawn_resync(queue.clone(), config.resync, move || informer.keys())
     };
     shutdown.await;
     queue.shut_down();

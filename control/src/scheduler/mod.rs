@@ -12,6 +12,7 @@ use self::core::{
 };
 use serde_json::{json, Value};
 use skiff_api::resource::find_by_kind;
+use skiff_client::controller::{spawn_workers, Action};
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::informer::{Handler, Informer};
 use skiff_client::queue::{Backoff, WorkQueue};
@@ -243,26 +244,19 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()>) {
     let recorder = Recorder::new(client.clone(), SCHEDULER_NAME, None);
     // Decisions are serialised by the snapshot lock; several workers let the binding
     // POSTs of consecutive pods overlap (and share the store's group commits).
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|_| {
-            let (queue, pods, snapshot) = (queue.clone(), pods.clone(), snapshot.clone());
-            let (client, recorder) = (client.clone(), recorder.clone());
-            tokio::spawn(async move {
-                while let Some(key) = queue.next().await {
-                    let result =
-                        schedule_one(&client, &recorder, &snapshot, &key, pods.get(&key)).await;
-                    match result {
-                        Ok(()) => queue.forget(&key),
-                        Err(e) => {
-                            tracing::warn!(pod = %key, error = %e, "scheduling failed; retrying");
-                            queue.add_rate_limited(&key);
-                        }
-                    }
-                    queue.done(&key);
-                }
-            })
-        })
-        .collect();
+    let workers = spawn_workers("scheduler", queue.clone(), WORKERS, move |key: String| {
+        let (client, recorder, snapshot, pods) = (
+            client.clone(),
+            recorder.clone(),
+            snapshot.clone(),
+            pods.clone(),
+        );
+        async move {
+            schedule_one(&client, &recorder, &snapshot, &key, pods.get(&key))
+                .await
+                .map(|()| Action::Done)
+        }
+    });
     shutdown.await;
     queue.shut_down();
     for worker in workers {
