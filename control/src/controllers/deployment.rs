@@ -518,7 +518,7 @@ async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> 
         // Scale old ReplicaSets down as far as maxUnavailable allows.
         if old_active > 0 {
             let min_available = desired - max_unavailable;
-            let all_available: i64 = owned.iter().map(|rs| available(rs)).sum();
+            let all_available: i64 = owned.iter().map(available).sum();
             let mut can_remove = (all_available - min_available).max(0);
             // Old pods that are not available do not count against availability.
             let mut olds_sorted = olds.clone();
