@@ -551,7 +551,7 @@ mod tests {
             }
             p
         };
-        let mut pods = vec![
+        let mut pods = [
             pod(
                 "old-ready",
                 "n1",
