@@ -27,6 +27,7 @@ impl InProcess {
                 history_capacity: 200,
             },
             bookmark_interval: Duration::from_millis(200),
+            controllers: skiff_control::controllers::ControllerConfig::fast(),
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -131,11 +132,17 @@ pub struct ControlProcess {
 impl ControlProcess {
     /// Starts `skiff control` on a free loopback port and waits until it is ready.
     pub async fn start(data_dir: &Path) -> Result<ControlProcess> {
+        Self::start_with(data_dir, &[]).await
+    }
+
+    /// As [`ControlProcess::start`], with extra flags (`--fast-node-lifecycle`).
+    pub async fn start_with(data_dir: &Path, extra: &[&str]) -> Result<ControlProcess> {
         let port = free_port()?;
         let child = Command::new(skiff_binary()?)
             .args(["control", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -4,6 +4,7 @@
 
 mod api;
 mod cli;
+mod controllers;
 mod crash;
 mod harness;
 mod kubectl;

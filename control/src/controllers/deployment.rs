@@ -489,7 +489,9 @@ async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> 
         .iter()
         .filter(|rs| str_at(rs, "/metadata/name") != new_name)
         .collect();
-    let available = |rs: &Value| i64_at(rs, "/status/availableReplicas");
+    // A ReplicaSet just scaled down may not have reported it yet: never count more
+    // available pods than it is asked to keep, or one rollout step would be taken twice.
+    let available = |rs: &Value| i64_at(rs, "/status/availableReplicas").min(spec_replicas(rs));
     let old_active: i64 = olds.iter().map(|rs| spec_replicas(rs)).sum();
 
     if strategy == "Recreate" {
