@@ -664,13 +664,25 @@ impl Registry {
         dry_run: bool,
     ) -> Result<Written, ApiError> {
         if subresource == Some("status") {
-            // The status subresource changes only status.
+            // The status subresource changes status and, as in Kubernetes' status
+            // strategies, annotations (controllers record revisions there without
+            // bumping the generation); spec and everything else stay.
             let status = new.get("status").cloned();
+            let annotations = new.pointer("/metadata/annotations").cloned();
             new = old.clone();
             match status {
                 Some(s) => new["status"] = s,
                 None => {
                     new.as_object_mut().map(|o| o.remove("status"));
+                }
+            }
+            let meta = metadata_mut(&mut new);
+            match annotations {
+                Some(a) => {
+                    meta.insert("annotations".into(), a);
+                }
+                None => {
+                    meta.remove("annotations");
                 }
             }
         } else if resource.subresource("status").is_some() {

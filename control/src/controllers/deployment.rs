@@ -6,8 +6,8 @@
 //! conditions `kubectl rollout status` reads.
 
 use super::{
-    controller_uid, find_condition, i64_at, is_deleting, owner_reference, str_at, timestamp,
-    write_status, Clock, ControllerConfig,
+    controller_uid, find_condition, i64_at, is_deleting, owner_reference, str_at, timestamp, Clock,
+    ControllerConfig,
 };
 use serde_json::{json, Value};
 use skiff_api::resource::find_by_kind;
@@ -344,14 +344,10 @@ async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> 
         .iter()
         .position(|rs| template_without_hash(rs) == template);
     let paused = deployment.pointer("/spec/paused").and_then(Value::as_bool) == Some(true);
-    let deployment_revision = str_at(
-        &deployment,
-        &format!("/metadata/annotations/{}", REVISION.replace('/', "~1")),
-    )
-    .to_string();
 
     if paused {
         // A paused rollout only keeps replica counts; its status still reports.
+        let revision = new_index.map(|i| revision_of(&owned[i]).to_string());
         return write_deployment_status(
             context,
             resource,
@@ -360,6 +356,7 @@ async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> 
             new_index,
             max_unavailable,
             true,
+            revision,
         )
         .await;
     }
@@ -470,21 +467,6 @@ async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> 
     };
     let new_name = str_at(&new_rs, "/metadata/name").to_string();
     let new_revision = revision_of(&new_rs).to_string();
-    if deployment_revision != new_revision {
-        let patch = json!({"metadata": {"annotations": {REVISION: new_revision}}});
-        context
-            .client
-            .patch(
-                resource,
-                Some(&namespace),
-                str_at(&deployment, "/metadata/name"),
-                "application/merge-patch+json",
-                &patch,
-            )
-            .await?;
-        // The annotation change comes back through the informer; continue from there.
-        return Ok(Action::Done);
-    }
     let olds: Vec<&Value> = owned
         .iter()
         .filter(|rs| str_at(rs, "/metadata/name") != new_name)
@@ -576,12 +558,14 @@ async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> 
         new_index,
         max_unavailable,
         false,
+        Some(new_revision),
     )
     .await
 }
 
 /// Computes and writes the Deployment's status; returns when to look again for the
 /// progress deadline.
+#[allow(clippy::too_many_arguments)]
 async fn write_deployment_status(
     context: &Context,
     resource: &skiff_api::ResourceInfo,
@@ -590,6 +574,7 @@ async fn write_deployment_status(
     new_index: Option<usize>,
     max_unavailable: i64,
     paused: bool,
+    revision: Option<String>,
 ) -> Result<Action, ClientError> {
     let now = context.clock.now();
     let now_text = timestamp(now);
@@ -715,7 +700,40 @@ async fn write_deployment_status(
     if let Some(c) = deployment.pointer("/status/collisionCount") {
         status["collisionCount"] = c.clone();
     }
-    write_status(&context.client, resource, deployment, status).await?;
+    // The revision annotation goes with the status, through the status subresource, so
+    // recording it does not bump the generation.
+    let mut target = deployment.clone();
+    if let Some(revision) = revision {
+        target["metadata"]["annotations"][REVISION] = json!(revision);
+    }
+    if target.pointer("/metadata/annotations") != deployment.pointer("/metadata/annotations")
+        || deployment.get("status") != Some(&status)
+    {
+        target["status"] = status;
+        let namespace = deployment
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str);
+        let path = format!(
+            "{}/status",
+            Client::item_path(resource, namespace, str_at(deployment, "/metadata/name"))
+        );
+        let body = serde_json::to_vec(&target).unwrap_or_default();
+        match context
+            .client
+            .request(
+                reqwest::Method::PUT,
+                &path,
+                Some(("application/json", body)),
+                None,
+            )
+            .await
+        {
+            Err(e) if e.code() == Some(409) || e.is_not_found() => {}
+            other => {
+                other?;
+            }
+        }
+    }
     Ok(requeue.map(Action::RequeueAfter).unwrap_or(Action::Done))
 }
 
