@@ -3,6 +3,7 @@
 //! harness) that writes only through the API server.
 
 pub mod deployment;
+pub mod events;
 pub mod gc;
 pub mod nodelifecycle;
 pub mod replicaset;
@@ -40,6 +41,8 @@ pub struct ControllerConfig {
     pub eviction_rate: f64,
     /// Workers per controller.
     pub workers: usize,
+    /// Events older than this are deleted.
+    pub event_ttl: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -50,6 +53,7 @@ impl Default for ControllerConfig {
             default_toleration_seconds: 300,
             eviction_rate: 10.0,
             workers: 4,
+            event_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -99,6 +103,13 @@ pub async fn run(
         tokio::spawn(nodelifecycle::run(
             client.clone(),
             config.clone(),
+            clock.clone(),
+            wait(stopped.clone()),
+        )),
+        tokio::spawn(events::run(
+            client.clone(),
+            config.event_ttl,
+            Duration::from_secs(60),
             clock.clone(),
             wait(stopped.clone()),
         )),
