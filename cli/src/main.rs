@@ -10,6 +10,7 @@ mod get;
 mod logs;
 mod node;
 mod push;
+mod rollout;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -47,6 +48,10 @@ enum Command {
     Delete(get::DeleteArgs),
     /// Print the logs of a container in a pod.
     Logs(logs::LogsArgs),
+    /// Set the replica count of a Deployment or ReplicaSet.
+    Scale(rollout::ScaleArgs),
+    /// Manage the rollout of a Deployment: status, history, undo, restart, pause, resume.
+    Rollout(rollout::RolloutArgs),
     /// Store a wasm module in the cluster as NAME:TAG for pods to use as their image.
     Push(push::PushArgs),
     /// Run a node agent that joins a cluster and runs its wasm pods.
@@ -127,6 +132,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Delete(args) => get::delete(&context, args).await,
         Command::Logs(args) => logs::run(&context, args).await,
         Command::Push(args) => push::run(&context, args).await,
+        Command::Scale(args) => rollout::scale(&context, args).await,
+        Command::Rollout(args) => rollout::rollout(&context, args).await,
         Command::Node(args) => node::node(&context, args).await,
         Command::Up(args) => node::up(args).await,
     }

@@ -97,18 +97,44 @@ impl Recorder {
 type EventKey = (String, String, String, String, String);
 
 /// Sends queued events, bumping the count of one sent recently instead of repeating it.
-async fn send_events(client: Client, events: &'static skiff_api::ResourceInfo, mut pending: tokio::sync::mpsc::Receiver<Value>) {
-    let mut seen: std::collections::HashMap<EventKey, (String, i64, std::time::Instant)> = std::collections::HashMap::new();
+async fn send_events(
+    client: Client,
+    events: &'static skiff_api::ResourceInfo,
+    mut pending: tokio::sync::mpsc::Receiver<Value>,
+) {
+    let mut seen: std::collections::HashMap<EventKey, (String, i64, std::time::Instant)> =
+        std::collections::HashMap::new();
     while let Some(event) = pending.recv().await {
-        let text = |p: &str| event.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+        let text = |p: &str| {
+            event
+                .pointer(p)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
         let namespace = text("/metadata/namespace");
-        let key = (namespace.clone(), text("/involvedObject/uid"), text("/type"), text("/reason"), text("/message"));
+        let key = (
+            namespace.clone(),
+            text("/involvedObject/uid"),
+            text("/type"),
+            text("/reason"),
+            text("/message"),
+        );
         if let Some((name, count, at)) = seen.get_mut(&key) {
             if at.elapsed() < DEDUP_WINDOW {
                 *count += 1;
                 *at = std::time::Instant::now();
                 let patch = json!({"count": *count, "lastTimestamp": event.get("lastTimestamp")});
-                match client.patch(events, Some(&namespace), name, "application/merge-patch+json", &patch).await {
+                match client
+                    .patch(
+                        events,
+                        Some(&namespace),
+                        name,
+                        "application/merge-patch+json",
+                        &patch,
+                    )
+                    .await
+                {
                     Ok(_) => continue,
                     // Expired or deleted meanwhile: record it afresh.
                     Err(e) if e.is_not_found() => {}
@@ -127,7 +153,11 @@ async fn send_events(client: Client, events: &'static skiff_api::ResourceInfo, m
                         seen.clear();
                     }
                 }
-                let name = created.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+                let name = created
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
                 seen.insert(key, (name, 1, std::time::Instant::now()));
             }
             Err(e) => tracing::debug!(error = %e, "recording an event failed"),

@@ -12,16 +12,26 @@ use std::time::Duration;
 
 /// When an event last happened: `lastTimestamp`, else `eventTime`, else its creation.
 fn last_seen(event: &Value) -> Option<DateTime<Utc>> {
-    ["/lastTimestamp", "/eventTime", "/metadata/creationTimestamp"]
-        .iter()
-        .map(|p| str_at(event, p))
-        .find(|t| !t.is_empty())
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
+    [
+        "/lastTimestamp",
+        "/eventTime",
+        "/metadata/creationTimestamp",
+    ]
+    .iter()
+    .map(|p| str_at(event, p))
+    .find(|t| !t.is_empty())
+    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+    .map(|t| t.with_timezone(&Utc))
 }
 
 /// Deletes expired events every `period` until `shutdown` completes.
-pub async fn run(client: Client, ttl: Duration, period: Duration, clock: Arc<dyn Clock>, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    client: Client,
+    ttl: Duration,
+    period: Duration,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()>,
+) {
     let events = find_by_kind("v1", "Event").expect("served");
     let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1));
     tokio::pin!(shutdown);
@@ -30,12 +40,27 @@ pub async fn run(client: Client, ttl: Duration, period: Duration, clock: Arc<dyn
             _ = tokio::time::sleep(period) => {}
             _ = &mut shutdown => return,
         }
-        let Ok(list) = client.list(events, None, &ListOptions::default()).await else { continue };
+        let Ok(list) = client.list(events, None, &ListOptions::default()).await else {
+            continue;
+        };
         let now = clock.now();
-        for event in list.get("items").and_then(Value::as_array).into_iter().flatten() {
+        for event in list
+            .get("items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if last_seen(event).is_some_and(|t| t + ttl < now) {
                 let namespace = str_at(event, "/metadata/namespace");
-                let _ = client.delete(events, Some(namespace), str_at(event, "/metadata/name"), "Background", None).await;
+                let _ = client
+                    .delete(
+                        events,
+                        Some(namespace),
+                        str_at(event, "/metadata/name"),
+                        "Background",
+                        None,
+                    )
+                    .await;
             }
         }
     }
