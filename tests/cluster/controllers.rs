@@ -456,3 +456,120 @@ async fn deleting_a_deployment_cascades_or_orphans() -> Result<()> {
     );
     Ok(())
 }
+
+/// Runs a command to completion off the async runtime; returns success and stdout+stderr.
+async fn run_command(mut command: std::process::Command) -> Result<(bool, String)> {
+    let output = tokio::task::spawn_blocking(move || command.output()).await??;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((output.status.success(), text))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_and_skiff_drive_scale_and_rollouts() -> Result<()> {
+    let cluster = Cluster::start(&["n1"]).await?;
+    let deployments = find_by_kind("apps/v1", "Deployment").context("served")?;
+    cluster
+        .client
+        .create(
+            deployments,
+            Some("default"),
+            &deployment(2, &example_image("wasm32-wasip1", "ticker")?),
+        )
+        .await?;
+    let kubeconfig = cluster.dir.path().join("control/kubeconfig");
+    let kubectl = |args: &[&str]| {
+        let mut c = std::process::Command::new("kubectl");
+        c.arg("--kubeconfig").arg(&kubeconfig).args(args);
+        c
+    };
+    let skiff = |args: &[&str]| -> Result<std::process::Command> {
+        let mut c = std::process::Command::new(crate::harness::skiff_binary()?);
+        c.arg("--kubeconfig").arg(&kubeconfig).args(args);
+        Ok(c)
+    };
+    let (ok, out) = run_command(kubectl(&[
+        "rollout",
+        "status",
+        "deployment/web",
+        "--timeout=60s",
+    ]))
+    .await?;
+    ensure!(ok && out.contains("successfully rolled out"), "{out}");
+    let (ok, out) = run_command(kubectl(&["scale", "deployment/web", "--replicas=3"])).await?;
+    ensure!(ok && out.contains("scaled"), "{out}");
+    let (ok, out) = run_command(skiff(&[
+        "rollout",
+        "status",
+        "deploy/web",
+        "--timeout",
+        "60",
+    ])?)
+    .await?;
+    ensure!(ok && out.contains("successfully rolled out"), "{out}");
+    ensure!(cluster.deployment().await?["status"]["availableReplicas"] == 3);
+    let (ok, out) = run_command(skiff(&["scale", "deploy/web", "--replicas", "1"])?).await?;
+    ensure!(ok && out.contains("deployment.apps/web scaled"), "{out}");
+    let (ok, out) = run_command(skiff(&["rollout", "restart", "deploy/web"])?).await?;
+    ensure!(ok, "{out}");
+    let (ok, out) = run_command(skiff(&[
+        "rollout",
+        "status",
+        "deploy/web",
+        "--timeout",
+        "60",
+    ])?)
+    .await?;
+    ensure!(ok && out.contains("successfully rolled out"), "{out}");
+    let (ok, out) = run_command(skiff(&["rollout", "history", "deploy/web"])?).await?;
+    ensure!(
+        ok && out
+            .lines()
+            .filter(|l| l.starts_with('1') || l.starts_with('2'))
+            .count()
+            == 2,
+        "{out}"
+    );
+    let (ok, out) = run_command(skiff(&["rollout", "undo", "deploy/web"])?).await?;
+    ensure!(ok && out.contains("rolled back"), "{out}");
+    let (ok, out) = run_command(kubectl(&[
+        "rollout",
+        "status",
+        "deployment/web",
+        "--timeout=60s",
+    ]))
+    .await?;
+    ensure!(ok && out.contains("successfully rolled out"), "{out}");
+    let d = cluster.deployment().await?;
+    ensure!(
+        d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3",
+        "{d}"
+    );
+    ensure!(
+        d["spec"]["template"]["metadata"]["annotations"]
+            .get("kubectl.kubernetes.io/restartedAt")
+            .is_none(),
+        "undo kept the restart annotation: {d}"
+    );
+    // Invalid specs are refused with field causes and nothing is stored.
+    let mut bad = deployment(2, "x.wasm");
+    bad["metadata"]["name"] = json!("bad");
+    bad["spec"]["strategy"]["rollingUpdate"] = json!({"maxSurge": 0, "maxUnavailable": 0});
+    let refused = cluster
+        .client
+        .create(deployments, Some("default"), &bad)
+        .await;
+    ensure!(
+        refused.as_ref().err().and_then(|e| e.code()) == Some(422),
+        "{refused:?}"
+    );
+    ensure!(cluster
+        .client
+        .get(deployments, Some("default"), "bad")
+        .await
+        .is_err());
+    Ok(())
+}
