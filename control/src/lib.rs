@@ -38,6 +38,9 @@ pub struct ControlConfig {
     /// How often watches that allow bookmarks get one.
     pub bookmark_interval: std::time::Duration,
     pub controllers: controllers::ControllerConfig,
+    /// Whether the scheduler and controller manager run beside the API server (off only
+    /// for tests of the API server alone, like running kube-apiserver without them).
+    pub run_controllers: bool,
 }
 
 impl Default for ControlConfig {
@@ -47,6 +50,7 @@ impl Default for ControlConfig {
             store: store::StoreConfig::default(),
             bookmark_interval: std::time::Duration::from_secs(30),
             controllers: controllers::ControllerConfig::default(),
+            run_controllers: true,
         }
     }
 }
@@ -80,22 +84,36 @@ pub async fn run(
     };
     let api_client = skiff_client::Client::new(&format!("http://{loopback}"))
         .map_err(|e| ControlError::Client(e.to_string()))?;
+    let run_controllers = config.run_controllers;
     let scheduler = {
         let mut stopped = stopped.clone();
-        tokio::spawn(scheduler::run(api_client.clone(), async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        }))
+        let client = api_client.clone();
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if run_controllers {
+                scheduler::run(client, stop).await;
+            }
+        })
     };
     let controller_manager = {
         let mut stopped = stopped.clone();
-        tokio::spawn(controllers::run(
-            api_client,
-            config.controllers.clone(),
-            Arc::new(controllers::SystemClock),
-            async move {
+        let controller_config = config.controllers.clone();
+        tokio::spawn(async move {
+            let stop = async move {
                 let _ = stopped.wait_for(|s| *s).await;
-            },
-        ))
+            };
+            if run_controllers {
+                controllers::run(
+                    api_client,
+                    controller_config,
+                    Arc::new(controllers::SystemClock),
+                    stop,
+                )
+                .await;
+            }
+        })
     };
     let state = apiserver::ApiState {
         registry,

@@ -63,7 +63,7 @@ fn case(
 
 #[tokio::test]
 async fn bad_input_gets_a_status_and_changes_nothing() -> Result<()> {
-    let cluster = InProcess::start().await?;
+    let cluster = InProcess::start_api_only().await?;
     let client = cluster.client();
     let http = reqwest::Client::new();
     let deployments = find_by_kind("apps/v1", "Deployment").expect("served");
@@ -438,7 +438,7 @@ async fn bad_input_gets_a_status_and_changes_nothing() -> Result<()> {
 
 #[tokio::test]
 async fn watches_are_complete_and_ordered_across_reconnects() -> Result<()> {
-    let cluster = InProcess::start().await?;
+    let cluster = InProcess::start_api_only().await?;
     let client = cluster.client();
     let configmaps = find_by_kind("v1", "ConfigMap").expect("served");
     let list = client
@@ -533,7 +533,7 @@ async fn watches_are_complete_and_ordered_across_reconnects() -> Result<()> {
 
 #[tokio::test]
 async fn watch_selectors_turn_label_changes_into_added_and_deleted() -> Result<()> {
-    let cluster = InProcess::start().await?;
+    let cluster = InProcess::start_api_only().await?;
     let client = cluster.client();
     let configmaps = find_by_kind("v1", "ConfigMap").expect("served");
     let options = ListOptions {
@@ -600,7 +600,7 @@ async fn watch_selectors_turn_label_changes_into_added_and_deleted() -> Result<(
 
 #[tokio::test]
 async fn deletion_honours_finalizers_and_pod_grace_periods() -> Result<()> {
-    let cluster = InProcess::start().await?;
+    let cluster = InProcess::start_api_only().await?;
     let client = cluster.client();
     let configmaps = find_by_kind("v1", "ConfigMap").expect("served");
     let pods = find_by_kind("v1", "Pod").expect("served");
@@ -715,7 +715,7 @@ async fn deletion_honours_finalizers_and_pod_grace_periods() -> Result<()> {
 
 #[tokio::test]
 async fn generation_status_and_scale_subresources() -> Result<()> {
-    let cluster = InProcess::start().await?;
+    let cluster = InProcess::start_api_only().await?;
     let client = cluster.client();
     let deployments = find_by_kind("apps/v1", "Deployment").expect("served");
     let created = client
@@ -817,7 +817,7 @@ async fn generation_status_and_scale_subresources() -> Result<()> {
 
 #[tokio::test]
 async fn bookmarks_metrics_and_table_objects() -> Result<()> {
-    let cluster = InProcess::start().await?;
+    let cluster = InProcess::start_api_only().await?;
     let client = cluster.client();
     let configmaps = find_by_kind("v1", "ConfigMap").expect("served");
     let namespaces = find_by_kind("v1", "Namespace").expect("served");

@@ -17,7 +17,18 @@ pub struct InProcess {
 }
 
 impl InProcess {
+    /// The API server with its scheduler and controller manager.
     pub async fn start() -> Result<InProcess> {
+        Self::start_with(true).await
+    }
+
+    /// The API server alone, for tests that need the store to change only by their own
+    /// requests.
+    pub async fn start_api_only() -> Result<InProcess> {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(run_controllers: bool) -> Result<InProcess> {
         let dir = tempfile::tempdir()?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let server = format!("http://{}", listener.local_addr()?);
@@ -28,6 +39,7 @@ impl InProcess {
             },
             bookmark_interval: Duration::from_millis(200),
             controllers: skiff_control::controllers::ControllerConfig::fast(),
+            run_controllers,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
