@@ -7,6 +7,7 @@
 
 mod cluster;
 mod density;
+mod deployments;
 mod pods;
 mod scheduler;
 mod store;
@@ -29,6 +30,8 @@ enum Bench {
     Pods(pods::PodsArgs),
     /// Idle wasm pods on one node: agent memory per pod.
     Density(density::DensityArgs),
+    /// A 1,000-replica Deployment: time to available and to roll it.
+    Deployment(deployments::DeploymentArgs),
     /// Scheduler throughput over 5,000 nodes, in memory and bound durably.
     Scheduler(scheduler::SchedulerArgs),
 }
@@ -39,6 +42,7 @@ async fn main() -> Result<()> {
         Bench::Store(args) => store::run(args).await,
         Bench::Pods(args) => pods::run(args).await,
         Bench::Density(args) => density::run(args).await,
+        Bench::Deployment(args) => deployments::run(args).await,
         Bench::Scheduler(args) => scheduler::run(args).await,
     }
 }

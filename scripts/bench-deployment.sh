@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# A 1,000-replica Deployment of a cached wasm module on one node: time to fully
+# available and time for a rolling update, with the pods/s the controllers achieved.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+bash scripts/build-examples.sh
+cargo build --release --bins
+target="${CARGO_TARGET_DIR:-target}"
+exec "$target/release/skiff-bench" deployment --examples "$target/wasm-examples" "$@"
