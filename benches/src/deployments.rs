@@ -32,9 +32,18 @@ fn complete(d: &Value, replicas: i64) -> bool {
 /// Waits on a watch until the Deployment's rollout is complete.
 async fn wait_complete(client: &Client, from: &str, replicas: i64) -> Result<()> {
     let deployments = find_by_kind("apps/v1", "Deployment").context("served")?;
-    let options = ListOptions { field_selector: Some("metadata.name=bench".into()), resource_version: Some(from.to_string()), ..Default::default() };
-    let mut events = client.watch(deployments, Some("default"), &options, false).await?;
-    while let Some(event) = tokio::time::timeout(Duration::from_secs(300), events.next()).await?.transpose()? {
+    let options = ListOptions {
+        field_selector: Some("metadata.name=bench".into()),
+        resource_version: Some(from.to_string()),
+        ..Default::default()
+    };
+    let mut events = client
+        .watch(deployments, Some("default"), &options, false)
+        .await?;
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(300), events.next())
+        .await?
+        .transpose()?
+    {
         if complete(&event.object, replicas) {
             return Ok(());
         }
@@ -47,10 +56,29 @@ pub async fn run(args: DeploymentArgs) -> Result<()> {
     let port = free_port()?;
     let skiff = skiff_binary(args.skiff.as_deref())?;
     let max_pods = (args.replicas * 2 + 100).to_string();
-    let _up = spawn(&skiff, &["up".into(), "--data-dir".into(), dir.path().display().to_string(), "--listen".into(), format!("127.0.0.1:{port}"), "--no-example".into(), "--max-pods".into(), max_pods])?;
+    let _up = spawn(
+        &skiff,
+        &[
+            "up".into(),
+            "--data-dir".into(),
+            dir.path().display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--no-example".into(),
+            "--max-pods".into(),
+            max_pods,
+        ],
+    )?;
     let client = Client::new(&format!("http://127.0.0.1:{port}"))?;
     wait_for_ready_node(&client).await?;
-    let image = format!("file://{}", args.examples.join("wasm32-wasip1/release/ticker.wasm").canonicalize().context("built ticker example")?.display());
+    let image = format!(
+        "file://{}",
+        args.examples
+            .join("wasm32-wasip1/release/ticker.wasm")
+            .canonicalize()
+            .context("built ticker example")?
+            .display()
+    );
     let deployments = find_by_kind("apps/v1", "Deployment").context("served")?;
     let deployment = |replicas: i64, tick: &str| {
         json!({
@@ -62,21 +90,67 @@ pub async fn run(args: DeploymentArgs) -> Result<()> {
         })
     };
     // Warm-up: one replica, so the module is compiled and cached.
-    let created = client.create(deployments, Some("default"), &deployment(1, "3600000")).await?;
-    wait_complete(&client, created["metadata"]["resourceVersion"].as_str().unwrap_or("0"), 1).await?;
+    let created = client
+        .create(deployments, Some("default"), &deployment(1, "3600000"))
+        .await?;
+    wait_complete(
+        &client,
+        created["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("0"),
+        1,
+    )
+    .await?;
     let scale_to = json!({"spec": {"replicas": args.replicas}});
     let started = Instant::now();
-    let scaled = client.patch(deployments, Some("default"), "bench", "application/merge-patch+json", &scale_to).await?;
-    wait_complete(&client, scaled["metadata"]["resourceVersion"].as_str().unwrap_or("0"), args.replicas).await?;
+    let scaled = client
+        .patch(
+            deployments,
+            Some("default"),
+            "bench",
+            "application/merge-patch+json",
+            &scale_to,
+        )
+        .await?;
+    wait_complete(
+        &client,
+        scaled["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("0"),
+        args.replicas,
+    )
+    .await?;
     let available_after = started.elapsed();
     let update = json!({"spec": {"template": {"spec": {"containers": [{"name": "idle", "image": image, "env": [{"name": "TICK_MS", "value": "3599999"}]}]}}}});
     let started = Instant::now();
-    let updated = client.patch(deployments, Some("default"), "bench", "application/strategic-merge-patch+json", &update).await?;
-    wait_complete(&client, updated["metadata"]["resourceVersion"].as_str().unwrap_or("0"), args.replicas).await?;
+    let updated = client
+        .patch(
+            deployments,
+            Some("default"),
+            "bench",
+            "application/strategic-merge-patch+json",
+            &update,
+        )
+        .await?;
+    wait_complete(
+        &client,
+        updated["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("0"),
+        args.replicas,
+    )
+    .await?;
     let rolled_after = started.elapsed();
     let n = args.replicas as f64;
-    println!("deployment of {} replicas of a cached wasm module on one node:", args.replicas);
-    println!("  fully available after {:.2} s ({:.0} pods/s created, scheduled, started and reported)", available_after.as_secs_f64(), n / available_after.as_secs_f64());
+    println!(
+        "deployment of {} replicas of a cached wasm module on one node:",
+        args.replicas
+    );
+    println!(
+        "  fully available after {:.2} s ({:.0} pods/s created, scheduled, started and reported)",
+        available_after.as_secs_f64(),
+        n / available_after.as_secs_f64()
+    );
     println!("  rolling update (25% surge / 25% unavailable) complete after {:.2} s ({:.0} pods/s replaced)", rolled_after.as_secs_f64(), n / rolled_after.as_secs_f64());
     Ok(())
 }

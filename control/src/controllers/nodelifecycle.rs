@@ -131,7 +131,6 @@ pub async fn run(
             clock.as_ref(),
             &nodes,
             &leases,
-            &pods,
             &recorder,
             &mut bucket,
         )
@@ -153,7 +152,6 @@ async fn monitor(
     clock: &dyn Clock,
     nodes: &Informer,
     leases: &Informer,
-    pods: &Informer,
     recorder: &Recorder,
     bucket: &mut Bucket,
 ) -> Result<(), ClientError> {
@@ -278,10 +276,18 @@ async fn monitor(
             continue;
         };
         let name = str_at(&node, "/metadata/name");
-        for pod in pods
-            .list()
-            .into_iter()
-            .filter(|p| str_at(p, "/spec/nodeName") == name)
+        // Only unreachable nodes' pods matter, so they are listed when needed rather than
+        // kept in a cache of every pod.
+        let options = ListOptions {
+            field_selector: Some(format!("spec.nodeName={name}")),
+            ..Default::default()
+        };
+        let listed = client.list(pod_resource, None, &options).await?;
+        for pod in listed
+            .get("items")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
         {
             if is_deleting(&pod)
                 && pod

@@ -8,6 +8,7 @@ use super::{
     controller_uid, i64_at, is_deleting, owner_reference, pod_is_active, pod_is_available,
     ready_since, str_at, write_status, Clock, ControllerConfig,
 };
+use futures::StreamExt;
 use serde_json::{json, Value};
 use skiff_api::resource::find_by_kind;
 use skiff_api::selector::LabelSelector;
@@ -23,6 +24,8 @@ use std::time::{Duration, Instant};
 
 /// Pods created or deleted in one reconcile at most (Kubernetes' burst replicas).
 const BURST: usize = 500;
+/// Pod deletions in flight at once.
+const DELETE_CONCURRENCY: usize = 64;
 /// Expectations older than this are considered met (a lost watch event must not wedge
 /// a ReplicaSet forever).
 const EXPECTATIONS_TTL: Duration = Duration::from_secs(300);
@@ -444,19 +447,31 @@ async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> 
                 .collect();
             let keys: HashSet<String> = victims.iter().map(|p| key_of(p)).collect();
             context.expectations.expect_deletions(key, keys);
-            for pod in victims {
-                let name = str_at(pod, "/metadata/name");
-                match context
-                    .client
-                    .delete(pods_resource, Some(&namespace), name, "Background", None)
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) => {
-                        context.expectations.deletion_observed(key, &key_of(pod));
-                        if !e.is_not_found() {
-                            failure = Some(e);
-                        }
+            // Deletes go out concurrently (bounded), so they share the store's group commits.
+            let deletions: Vec<_> = victims
+                .iter()
+                .map(|pod| {
+                    let name = str_at(pod, "/metadata/name").to_string();
+                    let pod_key = key_of(pod);
+                    let (client, namespace) = (context.client.clone(), namespace.clone());
+                    async move {
+                        let result = client
+                            .delete(pods_resource, Some(&namespace), &name, "Background", None)
+                            .await;
+                        (pod_key, result)
+                    }
+                })
+                .collect();
+            let results: Vec<(String, Result<Value, ClientError>)> =
+                futures::stream::iter(deletions)
+                    .buffer_unordered(DELETE_CONCURRENCY)
+                    .collect()
+                    .await;
+            for (pod_key, result) in results {
+                if let Err(e) = result {
+                    context.expectations.deletion_observed(key, &pod_key);
+                    if !e.is_not_found() {
+                        failure = Some(e);
                     }
                 }
             }
