@@ -99,6 +99,40 @@ pub fn resolve_fenceposts(
     }
 }
 
+fn annotation<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
+    object.pointer("/metadata/annotations")?.get(key)?.as_str()
+}
+
+/// New sizes for ReplicaSets `(name, replicas, annotated max replicas)` so that together
+/// they hold `allowed` pods, each changed in proportion to its share (Kubernetes'
+/// `getProportion`); what rounding leaves goes to the largest.
+pub fn proportional_sizes(sets: &[(String, i64, i64)], allowed: i64) -> Vec<i64> {
+    let current: i64 = sets.iter().map(|(_, r, _)| r).sum();
+    let to_add = allowed - current;
+    let mut sizes: Vec<i64> = sets.iter().map(|(_, r, _)| *r).collect();
+    if to_add == 0 || current == 0 {
+        return sizes;
+    }
+    let mut added = 0;
+    for (i, (_, replicas, max)) in sets.iter().enumerate() {
+        let basis = if *max > 0 { *max } else { current };
+        let mut fraction = replicas * allowed / basis - replicas;
+        // Never hand out more than the total change.
+        if to_add > 0 {
+            fraction = fraction.clamp(0, to_add - added);
+        } else {
+            fraction = fraction.clamp(to_add - added, 0);
+        }
+        sizes[i] += fraction;
+        added += fraction;
+    }
+    let largest = (0..sizes.len())
+        .max_by_key(|&i| (sizes[i], std::cmp::Reverse(i)))
+        .unwrap_or(0);
+    sizes[largest] = (sizes[largest] + to_add - added).max(0);
+    sizes
+}
+
 fn revision_of(rs: &Value) -> i64 {
     rs.pointer(&format!(
         "/metadata/annotations/{}",
@@ -476,6 +510,38 @@ async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> 
     let available = |rs: &Value| i64_at(rs, "/status/availableReplicas").min(spec_replicas(rs));
     let old_active: i64 = olds.iter().map(|rs| spec_replicas(rs)).sum();
 
+    // Scaled in the middle of a rollout: spread the change over the active ReplicaSets
+    // in proportion to their sizes, instead of giving it all to the new one.
+    if strategy != "Recreate" {
+        let active: Vec<&Value> = owned.iter().filter(|rs| spec_replicas(rs) > 0).collect();
+        let scaling_event = active.iter().any(|rs| {
+            annotation(rs, DESIRED_REPLICAS)
+                .and_then(|d| d.parse::<i64>().ok())
+                .is_some_and(|d| d != desired)
+        });
+        if scaling_event && active.len() > 1 {
+            let sizes: Vec<(String, i64, i64)> = active
+                .iter()
+                .map(|rs| {
+                    let max = annotation(rs, MAX_REPLICAS)
+                        .and_then(|m| m.parse::<i64>().ok())
+                        .unwrap_or(0);
+                    (
+                        str_at(rs, "/metadata/name").to_string(),
+                        spec_replicas(rs),
+                        max,
+                    )
+                })
+                .collect();
+            let targets = proportional_sizes(&sizes, desired + max_surge);
+            for (rs, target) in active.iter().zip(targets) {
+                scale_rs(context, rs, target, &deployment, max_surge).await?;
+            }
+            // The rollout continues from the new sizes when they come back.
+            return Ok(Action::Done);
+        }
+    }
+
     if strategy == "Recreate" {
         if old_active > 0 {
             for rs in &olds {
@@ -760,6 +826,19 @@ mod tests {
             resolve_fenceposts(Some(&json!("50%")), Some(&json!("10%")), 3),
             (2, 0)
         );
+    }
+
+    #[test]
+    fn scaling_mid_rollout_is_proportional() {
+        // 10 replicas + 3 surge mid-rollout (new 5, old 8), scaled to 20 + 5 surge.
+        let sets = vec![("new".to_string(), 5, 13), ("old".to_string(), 8, 13)];
+        let sizes = proportional_sizes(&sets, 25);
+        assert_eq!(sizes.iter().sum::<i64>(), 25);
+        assert_eq!(sizes, vec![9, 16]);
+        // Scaling down takes from both, never below zero.
+        let down = proportional_sizes(&[("a".into(), 6, 12), ("b".into(), 6, 12)], 4);
+        assert_eq!(down.iter().sum::<i64>(), 4);
+        assert!(down.iter().all(|s| *s >= 0));
     }
 
     #[test]
