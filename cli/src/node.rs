@@ -35,6 +35,10 @@ pub struct AgentArgs {
     /// Pods (guests) this node runs at most.
     #[arg(long, default_value_t = 1000)]
     max_pods: u32,
+    /// Seconds between lease renewals; keep it well under the control plane's
+    /// node-monitor grace period.
+    #[arg(long, default_value_t = 10.0)]
+    heartbeat_interval: f64,
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +86,10 @@ fn node_config(agent: &AgentArgs, data_dir: &Path) -> Result<NodeConfig> {
     let mut config = NodeConfig::new(&name, data_dir.to_path_buf());
     config.address = agent.address;
     config.max_pods = agent.max_pods;
+    if !(agent.heartbeat_interval > 0.0 && agent.heartbeat_interval.is_finite()) {
+        bail!("--heartbeat-interval must be a positive number of seconds");
+    }
+    config.renew_interval = std::time::Duration::from_secs_f64(agent.heartbeat_interval);
     config.taints =
         skiff_node::registration::parse_taints(&agent.taints).map_err(anyhow::Error::msg)?;
     let mut labels = BTreeMap::new();

@@ -688,13 +688,21 @@ async fn handle_resource(
                 let patched = skiff_api::patch::apply_patch(patch_type, &current, &patch)
                     .map_err(|e| ApiError::bad_request(e.to_string()))?;
                 let mut warnings = Vec::new();
-                let scale = crate::registry::decode_request_object(
+                let mut scale = crate::registry::decode_request_object(
                     "autoscaling/v1",
                     "Scale",
                     patched,
                     options.field_validation,
                     &mut warnings,
                 )?;
+                // Only a resourceVersion the patch itself carries is a precondition; the
+                // one copied from the current object would turn a concurrent status
+                // write into a spurious conflict.
+                if patch.pointer("/metadata/resourceVersion").is_none() {
+                    if let Some(meta) = scale.get_mut("metadata").and_then(Value::as_object_mut) {
+                        meta.remove("resourceVersion");
+                    }
+                }
                 let object = set_scale(registry, resource, ns, name, &scale, &options).await?;
                 return Ok(json_response(StatusCode::OK, &scale_of(&object)));
             }
