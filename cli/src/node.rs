@@ -219,7 +219,11 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     ));
     let client = skiff_client::Client::new(&server)?;
     wait_until_ready(&client).await?;
-    let config = node_config(&args.agent, &args.data_dir.join("node"))?;
+    let mut config = node_config(&args.agent, &args.data_dir.join("node"))?;
+    // The agent beside the control plane renews its lease well within the grace period
+    // the control plane was given (the fast profile's is 4 s).
+    let grace = control_grace(&args.controllers);
+    config.renew_interval = config.renew_interval.min(grace / 4);
     let node_name = config.name.clone();
     let agent = tokio::spawn(run_agent(
         config,
@@ -265,6 +269,10 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     let _ = stop.send(true);
     let _ = control.await;
     Ok(ExitCode::SUCCESS)
+}
+
+fn control_grace(args: &crate::control::ControllerArgs) -> std::time::Duration {
+    args.config().node_monitor_grace_period
 }
 
 async fn wait_until_ready(client: &skiff_client::Client) -> Result<()> {

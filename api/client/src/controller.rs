@@ -65,3 +65,45 @@ where
         }
     })
 }
+
+/// Waits until every informer has loaded its first list; `false` if `shutdown` came
+/// first. Nothing may act on a cache before this.
+pub async fn wait_for_sync<S: Future<Output = ()>>(
+    informers: &[&crate::informer::Informer],
+    shutdown: std::pin::Pin<&mut S>,
+) -> bool {
+    tokio::select! {
+        _ = async { for informer in informers { informer.wait_synced().await; } } => true,
+        _ = shutdown => false,
+    }
+}
+
+/// Runs a controller's workers (and, with `resync`, its periodic resync) until
+/// `shutdown` completes, then stops taking keys and waits for the running reconciles.
+pub async fn run_until_shutdown<F, Fut, E, K>(
+    name: &'static str,
+    queue: WorkQueue,
+    workers: usize,
+    resync: Option<(Duration, K)>,
+    reconcile: F,
+    shutdown: impl Future<Output = ()>,
+) where
+    F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Action, E>> + Send,
+    E: Display + Send,
+    K: Fn() -> Vec<String> + Send + 'static,
+{
+    let handles = spawn_workers(name, queue.clone(), workers, reconcile);
+    let resync = resync.map(|(period, keys)| spawn_resync(queue.clone(), period, keys));
+    shutdown.await;
+    queue.shut_down();
+    if let Some(r) = resync {
+        r.abort();
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+/// For [`run_until_shutdown`] callers without a periodic resync.
+pub type NoResync = Option<(Duration, fn() -> Vec<String>)>;

@@ -12,7 +12,7 @@ use super::{
 use serde_json::{json, Value};
 use skiff_api::resource::find_by_kind;
 use skiff_api::selector::LabelSelector;
-use skiff_client::controller::{spawn_resync, spawn_workers, Action};
+use skiff_client::controller::{run_until_shutdown, wait_for_sync, Action};
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::informer::{Handler, Informer};
 use skiff_client::queue::WorkQueue;
@@ -212,9 +212,8 @@ pub async fn run(
         rs_handler,
     );
     tokio::pin!(shutdown);
-    tokio::select! {
-        _ = async { deployments.wait_synced().await; replicasets.wait_synced().await } => {}
-        _ = &mut shutdown => return,
+    if !wait_for_sync(&[&deployments, &replicasets], shutdown.as_mut()).await {
+        return;
     }
     let recorder = Recorder::new(client.clone(), "deployment-controller", None);
     let context = Arc::new(Context {
@@ -224,30 +223,22 @@ pub async fn run(
         recorder,
         clock,
     });
-    let workers = {
+    let keys = {
         let context = context.clone();
-        spawn_workers(
-            "deployment",
-            queue.clone(),
-            config.workers,
-            move |key: String| {
-                let context = context.clone();
-                async move { reconcile(&context, &key).await }
-            },
-        )
+        move || context.deployments.keys()
     };
-    let resync = {
-        let context = context.clone();
-        spawn_resync(queue.clone(), Duration::from_secs(30), move || {
-            context.deployments.keys()
-        })
-    };
-    shutdown.await;
-    queue.shut_down();
-    resync.abort();
-    for w in workers {
-        let _ = w.await;
-    }
+    run_until_shutdown(
+        "deployment",
+        queue,
+        config.workers,
+        Some((Duration::from_secs(30), keys)),
+        move |key: String| {
+            let context = context.clone();
+            async move { reconcile(&context, &key).await }
+        },
+        shutdown,
+    )
+    .await;
 }
 
 async fn scale_rs(

@@ -7,7 +7,7 @@
 use super::{is_deleting, str_at, ControllerConfig};
 use serde_json::{json, Value};
 use skiff_api::resource::{find_by_kind, ResourceInfo};
-use skiff_client::controller::{spawn_resync, spawn_workers, Action};
+use skiff_client::controller::{run_until_shutdown, wait_for_sync, Action};
 use skiff_client::informer::{Handler, Informer};
 use skiff_client::queue::WorkQueue;
 use skiff_client::{Client, ClientError, ListOptions};
@@ -124,39 +124,33 @@ pub async fn run(client: Client, config: ControllerConfig, shutdown: impl Future
         ));
     }
     tokio::pin!(shutdown);
-    tokio::select! {
-        _ = async { for (_, i) in &informers { i.wait_synced().await; } } => {}
-        _ = &mut shutdown => return,
+    let caches: Vec<&Informer> = informers.iter().map(|(_, i)| i).collect();
+    if !wait_for_sync(&caches, shutdown.as_mut()).await {
+        return;
     }
     let context = Arc::new(Context { client, informers });
-    let workers = {
+    let keys = {
         let context = context.clone();
-        spawn_workers(
-            "garbage-collector",
-            queue.clone(),
-            config.workers,
-            move |key: String| {
-                let context = context.clone();
-                async move { reconcile(&context, &key).await }
-            },
-        )
-    };
-    let resync = {
-        let context = context.clone();
-        spawn_resync(queue.clone(), Duration::from_secs(60), move || {
+        move || {
             context
                 .informers
                 .iter()
                 .flat_map(|(r, i)| i.list().into_iter().map(move |o| queue_key(r.kind, &o)))
                 .collect()
-        })
+        }
     };
-    shutdown.await;
-    queue.shut_down();
-    resync.abort();
-    for w in workers {
-        let _ = w.await;
-    }
+    run_until_shutdown(
+        "garbage-collector",
+        queue,
+        config.workers,
+        Some((Duration::from_secs(60), keys)),
+        move |key: String| {
+            let context = context.clone();
+            async move { reconcile(&context, &key).await }
+        },
+        shutdown,
+    )
+    .await;
 }
 
 async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> {

@@ -12,7 +12,7 @@ use self::core::{
 };
 use serde_json::{json, Value};
 use skiff_api::resource::find_by_kind;
-use skiff_client::controller::{spawn_workers, Action};
+use skiff_client::controller::{run_until_shutdown, wait_for_sync, Action, NoResync};
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::informer::{Handler, Informer};
 use skiff_client::queue::{Backoff, WorkQueue};
@@ -237,31 +237,34 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()>) {
         pod_handler,
     ));
     tokio::pin!(shutdown);
-    tokio::select! {
-        _ = async { nodes.wait_synced().await; pods.wait_synced().await } => {}
-        _ = &mut shutdown => return,
+    if !wait_for_sync(&[&nodes, &pods], shutdown.as_mut()).await {
+        return;
     }
     let recorder = Recorder::new(client.clone(), SCHEDULER_NAME, None);
     // Decisions are serialised by the snapshot lock; several workers let the binding
     // POSTs of consecutive pods overlap (and share the store's group commits).
-    let workers = spawn_workers("scheduler", queue.clone(), WORKERS, move |key: String| {
-        let (client, recorder, snapshot, pods) = (
-            client.clone(),
-            recorder.clone(),
-            snapshot.clone(),
-            pods.clone(),
-        );
-        async move {
-            schedule_one(&client, &recorder, &snapshot, &key, pods.get(&key))
-                .await
-                .map(|()| Action::Done)
-        }
-    });
-    shutdown.await;
-    queue.shut_down();
-    for worker in workers {
-        let _ = worker.await;
-    }
+    let no_resync: NoResync = None;
+    run_until_shutdown(
+        "scheduler",
+        queue,
+        WORKERS,
+        no_resync,
+        move |key: String| {
+            let (client, recorder, snapshot, pods) = (
+                client.clone(),
+                recorder.clone(),
+                snapshot.clone(),
+                pods.clone(),
+            );
+            async move {
+                schedule_one(&client, &recorder, &snapshot, &key, pods.get(&key))
+                    .await
+                    .map(|()| Action::Done)
+            }
+        },
+        shutdown,
+    )
+    .await;
 }
 
 async fn schedule_one(
