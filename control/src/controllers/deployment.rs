@@ -99,6 +99,56 @@ pub fn resolve_fenceposts(
     }
 }
 
+/// One step of a RollingUpdate: the sizes the new and old ReplicaSets move to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollingStep {
+    pub new_replicas: i64,
+    /// In the order the old ReplicaSets were given (oldest first).
+    pub old_replicas: Vec<i64>,
+}
+
+/// The arithmetic of one RollingUpdate step, as Kubernetes' `reconcileNewReplicaSet` and
+/// `reconcileOldReplicaSets` do it. `new` and each of `olds` are (replicas, available).
+/// The new ReplicaSet grows while the total stays within `desired + max_surge`; old ones
+/// shrink, first by their unavailable pods, then as far as keeping
+/// `desired - max_unavailable` available allows.
+pub fn rolling_step(
+    desired: i64,
+    max_surge: i64,
+    max_unavailable: i64,
+    new: (i64, i64),
+    olds: &[(i64, i64)],
+) -> RollingStep {
+    let (new_replicas, new_available) = new;
+    let all: i64 = new_replicas + olds.iter().map(|(r, _)| r).sum::<i64>();
+    let next_new = if new_replicas > desired {
+        desired
+    } else {
+        let room = (desired + max_surge - all).max(0);
+        new_replicas + room.min(desired - new_replicas)
+    };
+    let min_available = desired - max_unavailable;
+    let all_available =
+        new_available.min(new_replicas) + olds.iter().map(|(r, a)| (*a).min(*r)).sum::<i64>();
+    let mut can_remove = (all_available - min_available).max(0);
+    let old_replicas = olds
+        .iter()
+        .map(|&(replicas, available)| {
+            if replicas == 0 {
+                return 0;
+            }
+            let unavailable_here = (replicas - available.min(replicas)).max(0);
+            let remove = (unavailable_here + can_remove).min(replicas);
+            can_remove -= (remove - unavailable_here).max(0);
+            replicas - remove
+        })
+        .collect();
+    RollingStep {
+        new_replicas: next_new,
+        old_replicas,
+    }
+}
+
 fn annotation<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
     object.pointer("/metadata/annotations")?.get(key)?.as_str()
 }
@@ -542,39 +592,23 @@ async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> 
             scale_rs(context, &new_rs, desired, &deployment, 0).await?;
         }
     } else {
-        let new_replicas = spec_replicas(&new_rs);
-        let all: i64 = owned.iter().map(spec_replicas).sum();
-        // Scale the new ReplicaSet up within maxSurge (or down if the Deployment shrank).
-        if new_replicas > desired {
-            scale_rs(context, &new_rs, desired, &deployment, max_surge).await?;
-        } else if new_replicas < desired {
-            let room = (desired + max_surge - all).max(0);
-            let up = room.min(desired - new_replicas);
-            if up > 0 {
-                scale_rs(context, &new_rs, new_replicas + up, &deployment, max_surge).await?;
-            }
-        } else {
-            scale_rs(context, &new_rs, new_replicas, &deployment, max_surge).await?;
-        }
-        // Scale old ReplicaSets down as far as maxUnavailable allows.
-        if old_active > 0 {
-            let min_available = desired - max_unavailable;
-            let all_available: i64 = owned.iter().map(available).sum();
-            let mut can_remove = (all_available - min_available).max(0);
-            // Old pods that are not available do not count against availability.
-            let mut olds_sorted = olds.clone();
-            olds_sorted.sort_by_key(|rs| revision_of(rs));
-            for rs in olds_sorted {
-                let replicas = spec_replicas(rs);
-                if replicas == 0 {
-                    continue;
-                }
-                let unavailable_here = (replicas - available(rs)).max(0);
-                let remove = (unavailable_here + can_remove).min(replicas);
-                if remove > 0 {
-                    scale_rs(context, rs, replicas - remove, &deployment, max_surge).await?;
-                    can_remove -= (remove - unavailable_here).max(0);
-                }
+        // Old ReplicaSets oldest first, as the step takes from them in that order.
+        let mut olds_sorted = olds.clone();
+        olds_sorted.sort_by_key(|rs| revision_of(rs));
+        let step = rolling_step(
+            desired,
+            max_surge,
+            max_unavailable,
+            (spec_replicas(&new_rs), available(&new_rs)),
+            &olds_sorted
+                .iter()
+                .map(|rs| (spec_replicas(rs), available(rs)))
+                .collect::<Vec<_>>(),
+        );
+        scale_rs(context, &new_rs, step.new_replicas, &deployment, max_surge).await?;
+        for (rs, target) in olds_sorted.iter().zip(step.old_replicas) {
+            if target != spec_replicas(rs) {
+                scale_rs(context, rs, target, &deployment, max_surge).await?;
             }
         }
     }
@@ -817,6 +851,43 @@ mod tests {
             resolve_fenceposts(Some(&json!("50%")), Some(&json!("10%")), 3),
             (2, 0)
         );
+    }
+
+    #[test]
+    fn rolling_steps_follow_surge_and_unavailability() {
+        // (desired, surge, unavailable, new (replicas, available), olds) -> (new, olds)
+        let cases: Vec<(i64, i64, i64, (i64, i64), Vec<(i64, i64)>, i64, Vec<i64>)> = vec![
+            // maxUnavailable 0: surge one new pod first, keep every old one.
+            (3, 1, 0, (0, 0), vec![(3, 3)], 1, vec![3]),
+            // The new pod is available: one old one may go.
+            (3, 1, 0, (1, 1), vec![(3, 3)], 1, vec![2]),
+            // Room again: the next new pod.
+            (3, 1, 0, (1, 1), vec![(2, 2)], 2, vec![2]),
+            // 25%/25% of 4: surge 1, unavailable 1, in one step.
+            (4, 1, 1, (0, 0), vec![(4, 4)], 1, vec![3]),
+            // Unavailable old pods go first, whatever the budget.
+            (3, 1, 0, (1, 0), vec![(3, 1)], 1, vec![1]),
+            // Done: new has everything, old is gone.
+            (3, 1, 0, (3, 3), vec![(0, 0)], 3, vec![0]),
+            // Scaled down below the new ReplicaSet's size.
+            (2, 1, 0, (3, 3), vec![], 2, vec![]),
+        ];
+        for (desired, surge, unavailable, new, olds, want_new, want_olds) in cases {
+            let step = rolling_step(desired, surge, unavailable, new, &olds);
+            assert_eq!(
+                step,
+                RollingStep {
+                    new_replicas: want_new,
+                    old_replicas: want_olds.clone()
+                },
+                "{desired} {surge} {unavailable} {new:?} {olds:?}"
+            );
+            // Never above desired + surge in total.
+            assert!(
+                step.new_replicas + step.old_replicas.iter().sum::<i64>()
+                    <= desired.max(new.0 + olds.iter().map(|o| o.0).sum::<i64>()) + surge
+            );
+        }
     }
 
     #[test]
