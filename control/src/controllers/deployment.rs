@@ -856,7 +856,8 @@ mod tests {
     #[test]
     fn rolling_steps_follow_surge_and_unavailability() {
         // (desired, surge, unavailable, new (replicas, available), olds) -> (new, olds)
-        let cases: Vec<(i64, i64, i64, (i64, i64), Vec<(i64, i64)>, i64, Vec<i64>)> = vec![
+        type Case = (i64, i64, i64, (i64, i64), Vec<(i64, i64)>, i64, Vec<i64>);
+        let cases: Vec<Case> = vec![
             // maxUnavailable 0: surge one new pod first, keep every old one.
             (3, 1, 0, (0, 0), vec![(3, 3)], 1, vec![3]),
             // The new pod is available: one old one may go.
