@@ -50,6 +50,15 @@ fn pod(i: usize) -> Value {
     })
 }
 
+/// The pod without its owner reference: through the API, a reference to a ReplicaSet
+/// that does not exist would (rightly) have the garbage collector delete the pod.
+fn unowned(mut pod: Value) -> Value {
+    if let Some(meta) = pod.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("ownerReferences");
+    }
+    pod
+}
+
 pub async fn run(args: SchedulerArgs) -> Result<()> {
     // In memory: the decision the scheduler makes, with its sampling, over 5,000 nodes.
     let mut nodes: Vec<_> = (0..args.nodes).map(|i| node_info(&node(i))).collect();
@@ -131,7 +140,9 @@ pub async fn run(args: SchedulerArgs) -> Result<()> {
             let total = args.bound_pods;
             tokio::spawn(async move {
                 for i in (c..total).step_by(32) {
-                    client.create(pods, Some("default"), &pod(i)).await?;
+                    client
+                        .create(pods, Some("default"), &unowned(pod(i)))
+                        .await?;
                 }
                 anyhow::Ok(())
             })
