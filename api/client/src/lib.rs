@@ -356,6 +356,31 @@ impl Client {
         .await
     }
 
+    /// Starts a GET whose body is read as it arrives; an error status becomes its Status.
+    async fn get_streaming(
+        &self,
+        path_and_query: &str,
+        accept: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = self
+            .http
+            .get(format!("{}{path_and_query}", self.server))
+            .header("Accept", accept)
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(self
+            .finish(response)
+            .await
+            .err()
+            .unwrap_or(ClientError::Decode(
+                "the request failed without a Status".into(),
+            )))
+    }
+
     /// GETs a text stream (`pods/{name}/log`); yields its chunks as they arrive.
     pub async fn stream_text(
         &self,
@@ -364,19 +389,7 @@ impl Client {
         std::pin::Pin<Box<dyn Stream<Item = Result<bytes::Bytes, ClientError>> + Send>>,
         ClientError,
     > {
-        let response = self
-            .http
-            .get(format!("{}{path_and_query}", self.server))
-            .send()
-            .await
-            .map_err(|e| self.transport(e))?;
-        if !response.status().is_success() {
-            return Err(self
-                .finish(response)
-                .await
-                .err()
-                .unwrap_or(ClientError::Decode("request failed".into())));
-        }
+        let response = self.get_streaming(path_and_query, "*/*").await?;
         let server = self.server.clone();
         Ok(Box::pin(response.bytes_stream().map(move |chunk| {
             chunk.map_err(|e| ClientError::Transport {
@@ -400,20 +413,7 @@ impl Client {
         } else {
             "application/json"
         };
-        let response = self
-            .http
-            .get(format!("{}{path}", self.server))
-            .header("Accept", accept)
-            .send()
-            .await
-            .map_err(|e| self.transport(e))?;
-        if !response.status().is_success() {
-            return Err(self
-                .finish(response)
-                .await
-                .err()
-                .unwrap_or(ClientError::Decode("watch failed".into())));
-        }
+        let response = self.get_streaming(&path, accept).await?;
         let server = self.server.clone();
         let bytes = Box::pin(response.bytes_stream());
         let stream = futures::stream::unfold(
