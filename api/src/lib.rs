@@ -8,6 +8,7 @@
 
 pub mod object;
 pub mod patch;
+pub mod protobuf;
 pub mod resource;
 pub mod selector;
 pub mod status;

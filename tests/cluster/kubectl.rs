@@ -151,6 +151,53 @@ async fn kubectl_applies_gets_watches_and_deletes() -> Result<()> {
         "{described}"
     );
 
+    // kubectl 1.32's generators POST protobuf bodies.
+    let created = kubectl
+        .run(&["create", "namespace", "from-generator"])
+        .await?;
+    ensure!(
+        created.contains("namespace/from-generator created"),
+        "{created}"
+    );
+    let created = kubectl
+        .run(&[
+            "-n",
+            "demo",
+            "create",
+            "configmap",
+            "settings",
+            "--from-literal=mode=fast",
+        ])
+        .await?;
+    ensure!(created.contains("configmap/settings created"), "{created}");
+    let created = kubectl
+        .run(&[
+            "-n",
+            "demo",
+            "create",
+            "secret",
+            "generic",
+            "creds",
+            "--from-literal=password=hunter2",
+        ])
+        .await?;
+    ensure!(created.contains("secret/creds created"), "{created}");
+    let secret: Value = serde_json::from_str(
+        &kubectl
+            .run(&["-n", "demo", "get", "secret", "creds", "-o", "json"])
+            .await?,
+    )?;
+    ensure!(
+        secret["data"]["password"] == "aHVudGVyMg==" && secret["type"] == "Opaque",
+        "{secret}"
+    );
+    let config: Value = serde_json::from_str(
+        &kubectl
+            .run(&["-n", "demo", "get", "configmap", "settings", "-o", "json"])
+            .await?,
+    )?;
+    ensure!(config["data"]["mode"] == "fast", "{config}");
+
     // `get -w` prints a new row when the deployment changes.
     let mut watcher = kubectl
         .command(&["-n", "demo", "get", "deploy", "web", "-w"])

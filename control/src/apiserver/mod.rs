@@ -463,13 +463,16 @@ fn decode_object_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiErro
         .trim()
         .to_ascii_lowercase();
     match essence.as_str() {
-        "" | "application/json" | "application/yaml" | "application/x-yaml" | "text/yaml" | "*/*" => {}
+        "" | "application/json" | "application/yaml" | "application/x-yaml" | "text/yaml"
+        | "*/*" => {}
         "application/vnd.kubernetes.protobuf" => {
-            return Err(ApiError::new(
-                415,
-                "UnsupportedMediaType",
-                "skiff accepts JSON and YAML bodies, not protobuf; use `kubectl apply -f` or `kubectl create -f` instead of the `kubectl create <kind>` generators",
-            ))
+            // kubectl 1.32's `create namespace|configmap|secret` generators send protobuf.
+            return skiff_api::protobuf::decode(body).map_err(|e| match e {
+                skiff_api::protobuf::ProtobufError::Unsupported(_) => {
+                    ApiError::new(415, "UnsupportedMediaType", e.to_string())
+                }
+                other => ApiError::bad_request(other.to_string()),
+            });
         }
         other => return Err(ApiError::unsupported_media_type(other)),
     }

@@ -1,0 +1,324 @@
+//! Protobuf request bodies, as kubectl 1.32's typed generators send them
+//! (`kubectl create namespace|configmap|secret generic …`): the `k8s\0` envelope around a
+//! `runtime.Unknown`, and the object messages of the kinds those generators create,
+//! decoded into the JSON form every other request takes. Field numbers are those of
+//! Kubernetes' `generated.proto`; fields the server sets (uid, timestamps, status) are
+//! skipped.
+
+use serde_json::{json, Map, Value};
+
+/// The four bytes before every Kubernetes protobuf body.
+pub const MAGIC: &[u8] = b"k8s\0";
+
+/// A protobuf body that cannot be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtobufError {
+    #[error("the body is not a Kubernetes protobuf envelope (no k8s\\0 prefix)")]
+    NoEnvelope,
+    #[error("malformed protobuf: {0}")]
+    Malformed(&'static str),
+    #[error("skiff decodes protobuf bodies of Namespace, ConfigMap and Secret only, not {0}; send JSON or YAML (kubectl apply -f / create -f)")]
+    Unsupported(String),
+}
+
+/// One field of a message: its number and value.
+enum Field<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed,
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn varint(&mut self) -> Result<u64, ProtobufError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = self
+                .bytes
+                .split_first()
+                .ok_or(ProtobufError::Malformed("truncated varint"))?;
+            self.bytes = rest;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(ProtobufError::Malformed("varint too long"))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ProtobufError> {
+        if self.bytes.len() < n {
+            return Err(ProtobufError::Malformed("truncated field"));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    /// The next field, or `None` at the end of the message.
+    fn next(&mut self) -> Result<Option<(u64, Field<'a>)>, ProtobufError> {
+        if self.bytes.is_empty() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let field = match key & 7 {
+            0 => Field::Varint(self.varint()?),
+            1 => {
+                self.take(8)?;
+                Field::Fixed
+            }
+            2 => {
+                let len = usize::try_from(self.varint()?)
+                    .map_err(|_| ProtobufError::Malformed("length too large"))?;
+                Field::Bytes(self.take(len)?)
+            }
+            5 => {
+                self.take(4)?;
+                Field::Fixed
+            }
+            _ => return Err(ProtobufError::Malformed("unsupported wire type")),
+        };
+        Ok(Some((key >> 3, field)))
+    }
+}
+
+fn fields(bytes: &[u8]) -> Result<Vec<(u64, Field<'_>)>, ProtobufError> {
+    let mut reader = Reader { bytes };
+    let mut out = Vec::new();
+    while let Some(f) = reader.next()? {
+        out.push(f);
+    }
+    Ok(out)
+}
+
+fn text(bytes: &[u8]) -> Result<String, ProtobufError> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| ProtobufError::Malformed("a string is not UTF-8"))
+}
+
+/// A `map<string, V>` entry: key = 1, value = 2.
+fn map_entry(bytes: &[u8]) -> Result<(String, &[u8]), ProtobufError> {
+    let mut key = String::new();
+    let mut value: &[u8] = &[];
+    for (number, field) in fields(bytes)? {
+        match (number, field) {
+            (1, Field::Bytes(b)) => key = text(b)?,
+            (2, Field::Bytes(b)) => value = b,
+            _ => {}
+        }
+    }
+    Ok((key, value))
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            out.push(if i <= chunk.len() {
+                TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+/// `ObjectMeta`: the fields a client sets.
+fn object_meta(bytes: &[u8]) -> Result<Value, ProtobufError> {
+    let mut meta = Map::new();
+    let mut labels = Map::new();
+    let mut annotations = Map::new();
+    let mut finalizers = Vec::new();
+    for (number, field) in fields(bytes)? {
+        let Field::Bytes(b) = field else { continue };
+        match number {
+            // gogo-protobuf writes unset optional strings as "": they mean unset.
+            1..=3 if b.is_empty() => {}
+            1 => {
+                meta.insert("name".into(), json!(text(b)?));
+            }
+            2 => {
+                meta.insert("generateName".into(), json!(text(b)?));
+            }
+            3 => {
+                meta.insert("namespace".into(), json!(text(b)?));
+            }
+            11 => {
+                let (k, v) = map_entry(b)?;
+                labels.insert(k, json!(text(v)?));
+            }
+            12 => {
+                let (k, v) = map_entry(b)?;
+                annotations.insert(k, json!(text(v)?));
+            }
+            14 => finalizers.push(json!(text(b)?)),
+            _ => {}
+        }
+    }
+    if !labels.is_empty() {
+        meta.insert("labels".into(), Value::Object(labels));
+    }
+    if !annotations.is_empty() {
+        meta.insert("annotations".into(), Value::Object(annotations));
+    }
+    if !finalizers.is_empty() {
+        meta.insert("finalizers".into(), Value::Array(finalizers));
+    }
+    Ok(Value::Object(meta))
+}
+
+/// Decodes a `k8s\0` protobuf body into the JSON object it stands for.
+pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
+    let envelope = body.strip_prefix(MAGIC).ok_or(ProtobufError::NoEnvelope)?;
+    let (mut api_version, mut kind, mut raw) = (String::new(), String::new(), &[][..]);
+    for (number, field) in fields(envelope)? {
+        match (number, field) {
+            (1, Field::Bytes(type_meta)) => {
+                for (n, f) in fields(type_meta)? {
+                    match (n, f) {
+                        (1, Field::Bytes(b)) => api_version = text(b)?,
+                        (2, Field::Bytes(b)) => kind = text(b)?,
+                        _ => {}
+                    }
+                }
+            }
+            (2, Field::Bytes(b)) => raw = b,
+            _ => {}
+        }
+    }
+    let mut object = json!({"apiVersion": api_version, "kind": kind});
+    let supported =
+        api_version == "v1" && matches!(kind.as_str(), "Namespace" | "ConfigMap" | "Secret");
+    if !supported {
+        return Err(ProtobufError::Unsupported(format!("{api_version} {kind}")));
+    }
+    let mut data = Map::new();
+    let mut binary = Map::new();
+    let mut string_data = Map::new();
+    for (number, field) in fields(raw)? {
+        match (kind.as_str(), number, field) {
+            (_, 1, Field::Bytes(b)) => object["metadata"] = object_meta(b)?,
+            ("ConfigMap", 2, Field::Bytes(b)) => {
+                let (k, v) = map_entry(b)?;
+                data.insert(k, json!(text(v)?));
+            }
+            ("ConfigMap", 3, Field::Bytes(b)) => {
+                let (k, v) = map_entry(b)?;
+                binary.insert(k, json!(base64(v)));
+            }
+            ("ConfigMap", 4, Field::Varint(v)) | ("Secret", 5, Field::Varint(v)) => {
+                object["immutable"] = json!(v != 0)
+            }
+            ("Secret", 2, Field::Bytes(b)) => {
+                let (k, v) = map_entry(b)?;
+                data.insert(k, json!(base64(v)));
+            }
+            ("Secret", 3, Field::Bytes(b)) if !b.is_empty() => object["type"] = json!(text(b)?),
+            ("Secret", 4, Field::Bytes(b)) => {
+                let (k, v) = map_entry(b)?;
+                string_data.insert(k, json!(text(v)?));
+            }
+            _ => {}
+        }
+    }
+    if !data.is_empty() {
+        object["data"] = Value::Object(data);
+    }
+    if !binary.is_empty() {
+        object["binaryData"] = Value::Object(binary);
+    }
+    if !string_data.is_empty() {
+        object["stringData"] = Value::Object(string_data);
+    }
+    Ok(object)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+
+    fn bytes_field(number: u64, value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        varint(number << 3 | 2, &mut out);
+        varint(value.len() as u64, &mut out);
+        out.extend_from_slice(value);
+        out
+    }
+
+    fn entry(k: &str, v: &[u8]) -> Vec<u8> {
+        [bytes_field(1, k.as_bytes()), bytes_field(2, v)].concat()
+    }
+
+    fn envelope(api_version: &str, kind: &str, raw: &[u8]) -> Vec<u8> {
+        let type_meta = [
+            bytes_field(1, api_version.as_bytes()),
+            bytes_field(2, kind.as_bytes()),
+        ]
+        .concat();
+        [
+            MAGIC.to_vec(),
+            bytes_field(1, &type_meta),
+            bytes_field(2, raw),
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn namespace_and_secret_bodies_decode() {
+        let meta = [
+            bytes_field(1, b"foo"),
+            bytes_field(11, &entry("team", b"a")),
+        ]
+        .concat();
+        let ns = decode(&envelope("v1", "Namespace", &bytes_field(1, &meta))).unwrap();
+        assert_eq!(
+            ns,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "foo", "labels": {"team": "a"}}})
+        );
+        let raw = [
+            bytes_field(1, &bytes_field(1, b"creds")),
+            bytes_field(2, &entry("password", b"hunter2")),
+            bytes_field(3, b"Opaque"),
+        ]
+        .concat();
+        let secret = decode(&envelope("v1", "Secret", &raw)).unwrap();
+        assert_eq!(secret["data"]["password"], "aHVudGVyMg==");
+        assert_eq!(secret["type"], "Opaque");
+    }
+
+    #[test]
+    fn bad_bodies_are_errors_not_panics() {
+        assert_eq!(decode(b"{}"), Err(ProtobufError::NoEnvelope));
+        assert!(matches!(
+            decode(&envelope("apps/v1", "Deployment", b"")),
+            Err(ProtobufError::Unsupported(_))
+        ));
+        for cut in 0..20 {
+            let body = envelope("v1", "ConfigMap", &bytes_field(2, &entry("k", b"value")));
+            let _ = decode(&body[..body.len().saturating_sub(cut)]);
+        }
+        assert!(decode(&[b'k', b'8', b's', 0, 0xff, 0xff, 0xff]).is_err());
+    }
+}
