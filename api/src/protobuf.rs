@@ -112,27 +112,6 @@ fn map_entry(bytes: &[u8]) -> Result<(String, &[u8]), ProtobufError> {
     Ok((key, value))
 }
 
-fn base64(bytes: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            out.push(if i <= chunk.len() {
-                TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char
-            } else {
-                '='
-            });
-        }
-    }
-    out
-}
-
 /// `ObjectMeta`: the fields a client sets.
 fn object_meta(bytes: &[u8]) -> Result<Value, ProtobufError> {
     let mut meta = Map::new();
@@ -214,14 +193,14 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
             }
             ("ConfigMap", 3, Field::Bytes(b)) => {
                 let (k, v) = map_entry(b)?;
-                binary.insert(k, json!(base64(v)));
+                binary.insert(k, json!(crate::object::base64_encode(v)));
             }
             ("ConfigMap", 4, Field::Varint(v)) | ("Secret", 5, Field::Varint(v)) => {
                 object["immutable"] = json!(v != 0)
             }
             ("Secret", 2, Field::Bytes(b)) => {
                 let (k, v) = map_entry(b)?;
-                data.insert(k, json!(base64(v)));
+                data.insert(k, json!(crate::object::base64_encode(v)));
             }
             ("Secret", 3, Field::Bytes(b)) if !b.is_empty() => object["type"] = json!(text(b)?),
             ("Secret", 4, Field::Bytes(b)) => {

@@ -430,7 +430,7 @@ impl Registry {
                         for (k, v) in string_data {
                             data.insert(
                                 k,
-                                Value::from(base64_encode(
+                                Value::from(skiff_api::object::base64_encode(
                                     v.as_str().unwrap_or_default().as_bytes(),
                                 )),
                             );
@@ -1279,27 +1279,6 @@ fn qos_class(spec: Option<&Value>) -> &'static str {
     }
 }
 
-fn base64_encode(bytes: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// Maps a watch event to the Kubernetes event type string.
 pub fn event_type_name(event_type: EventType) -> &'static str {
     match event_type {
@@ -1312,14 +1291,6 @@ pub fn event_type_name(event_type: EventType) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        assert_eq!(base64_encode(b""), "");
-        assert_eq!(base64_encode(b"f"), "Zg==");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
-    }
 
     #[test]
     fn qos() {

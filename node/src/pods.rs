@@ -134,7 +134,7 @@ async fn container_env(
     let decode = |kind: &str, value: &Value| -> Option<String> {
         let text = value.as_str()?;
         if kind == "Secret" {
-            base64_decode(text).and_then(|b| String::from_utf8(b).ok())
+            skiff_api::object::base64_decode(text).and_then(|b| String::from_utf8(b).ok())
         } else {
             Some(text.to_string())
         }
@@ -228,33 +228,6 @@ async fn container_env(
         }
     }
     Ok(env)
-}
-
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let clean: Vec<u8> = text
-        .bytes()
-        .filter(|b| !b.is_ascii_whitespace() && *b != b'=')
-        .collect();
-    let mut out = Vec::with_capacity(clean.len() * 3 / 4);
-    for chunk in clean.chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= value(*c)? << (18 - 6 * i);
-        }
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..chunk.len().saturating_sub(1)]);
-    }
-    Some(out)
 }
 
 /// Syncs pods of one node against one runtime.
@@ -811,7 +784,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
                 {
                     let text = value.as_str().unwrap_or_default();
                     let bytes = if kind == "Secret" {
-                        base64_decode(text).unwrap_or_default()
+                        skiff_api::object::base64_decode(text).unwrap_or_default()
                     } else {
                         text.as_bytes().to_vec()
                     };
@@ -979,12 +952,5 @@ mod tests {
         assert_eq!(parse_cpu("500m"), Some(500));
         assert_eq!(parse_cpu("2"), Some(2000));
         assert_eq!(parse_cpu("0.25"), Some(250));
-    }
-
-    #[test]
-    fn secret_values_decode() {
-        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
-        assert_eq!(base64_decode("Zm9vYmFy").unwrap(), b"foobar");
-        assert!(base64_decode("!!").is_none());
     }
 }
