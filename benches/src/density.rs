@@ -96,6 +96,8 @@ pub async fn run(args: DensityArgs) -> Result<()> {
         }
     }
     drop(warm);
+    // Let the allocator and the first guest settle before the baseline is read; this is
+    // part of the measurement, not a synchronisation.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let pid = node.0.id();
     let baseline = rss_bytes(pid)?;
@@ -135,6 +137,7 @@ pub async fn run(args: DensityArgs) -> Result<()> {
         }
     }
     let elapsed = started.elapsed();
+    // The same settling before the loaded reading.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let loaded = rss_bytes(pid)?;
     let per_pod = loaded.saturating_sub(baseline) as f64 / args.pods as f64;

@@ -6,7 +6,7 @@
 
 use crate::status::{pod_status, ContainerView};
 use crate::Clock;
-use serde_json::{json, Value};
+use serde_json::Value;
 use skiff_api::resource::find_by_kind;
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::Client;
@@ -863,55 +863,20 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
         self.remove_volumes(uid);
         self.failures().retain(|(u, _), _| u != uid);
         let pods = find_by_kind("v1", "Pod").expect("served");
-        let path = format!(
-            "{}?gracePeriodSeconds=0",
-            Client::item_path(pods, Some(namespace), name)
-        );
-        let body =
-            serde_json::to_vec(&json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}))
-                .unwrap_or_default();
-        match self
-            .client
-            .request(
-                reqwest::Method::DELETE,
-                &path,
-                Some(("application/json", body)),
-                None,
-            )
-            .await
-        {
-            Ok(_) => Ok(Next::Done),
-            Err(e) if e.is_not_found() || e.code() == Some(409) => Ok(Next::Done),
-            Err(e) => Err(e.into()),
-        }
+        // The pod is gone from this node: remove it now, unless it was replaced meanwhile.
+        self.client
+            .delete_if_uid(pods, Some(namespace), name, uid, Some(0))
+            .await?;
+        Ok(Next::Done)
     }
 
     async fn write_status(&self, pod: &Value, status: Value) -> Result<(), SyncError> {
         let pods = find_by_kind("v1", "Pod").expect("served");
-        let namespace = pod.pointer("/metadata/namespace").and_then(Value::as_str);
-        let name = pod
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
         let mut updated = pod.clone();
         updated["status"] = status;
-        let path = format!("{}/status", Client::item_path(pods, namespace, name));
-        let body = serde_json::to_vec(&updated).unwrap_or_default();
-        match self
-            .client
-            .request(
-                reqwest::Method::PUT,
-                &path,
-                Some(("application/json", body)),
-                None,
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            // A newer version is on its way through the informer; the sync runs again then.
-            Err(e) if e.code() == Some(409) || e.is_not_found() => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        // A stale copy is rewritten when the newer one reaches the informer.
+        self.client.update_status_from_cache(pods, &updated).await?;
+        Ok(())
     }
 }
 

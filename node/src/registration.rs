@@ -133,19 +133,9 @@ pub async fn register(
             client.replace(nodes, None, &config.name, &existing).await?;
         }
     }
-    let status_path = format!("{}/status", Client::item_path(nodes, None, &config.name));
-    let current = client.get(nodes, None, &config.name).await?;
-    let mut updated = current.clone();
-    updated["status"] = desired["status"].clone();
-    let body = serde_json::to_vec(&updated).unwrap_or_default();
-    client
-        .request(
-            reqwest::Method::PUT,
-            &status_path,
-            Some(("application/json", body)),
-            None,
-        )
-        .await?;
+    let mut current = client.get(nodes, None, &config.name).await?;
+    current["status"] = desired["status"].clone();
+    client.replace_status(nodes, &current).await?;
     Ok(())
 }
 

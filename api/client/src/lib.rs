@@ -399,6 +399,65 @@ impl Client {
         })))
     }
 
+    /// PUTs `object` (carrying its new status) to its status subresource.
+    pub async fn replace_status(
+        &self,
+        resource: &ResourceInfo,
+        object: &Value,
+    ) -> Result<Value, ClientError> {
+        let namespace = object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str);
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let path = format!("{}/status", Self::item_path(resource, namespace, name));
+        self.send_object(reqwest::Method::PUT, &path, "application/json", object)
+            .await
+    }
+
+    /// As [`Client::replace_status`] for control loops writing from a cache: a conflict
+    /// or a missing object means the cached copy is stale, and the loop runs again when
+    /// the cache catches up, so those are `Ok(false)` rather than errors.
+    pub async fn update_status_from_cache(
+        &self,
+        resource: &ResourceInfo,
+        object: &Value,
+    ) -> Result<bool, ClientError> {
+        match self.replace_status(resource, object).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some(409) || e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the object only if it still has `uid` (a replacement with the same name is
+    /// left alone). A missing object or another UID is `Ok(false)`.
+    pub async fn delete_if_uid(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+        uid: &str,
+        grace_period_seconds: Option<i64>,
+    ) -> Result<bool, ClientError> {
+        let mut options =
+            serde_json::json!({"propagationPolicy": "Background", "preconditions": {"uid": uid}});
+        if let Some(g) = grace_period_seconds {
+            options["gracePeriodSeconds"] = Value::from(g);
+        }
+        let path = Self::item_path(resource, namespace, name);
+        match self
+            .send_object(reqwest::Method::DELETE, &path, "application/json", &options)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some(409) || e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Watches a collection; `table` asks for Table-shaped event objects.
     pub async fn watch(
         &self,

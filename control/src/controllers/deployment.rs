@@ -801,29 +801,10 @@ async fn write_deployment_status(
         || deployment.get("status") != Some(&status)
     {
         target["status"] = status;
-        let namespace = deployment
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str);
-        let path = format!(
-            "{}/status",
-            Client::item_path(resource, namespace, str_at(deployment, "/metadata/name"))
-        );
-        let body = serde_json::to_vec(&target).unwrap_or_default();
-        match context
+        context
             .client
-            .request(
-                reqwest::Method::PUT,
-                &path,
-                Some(("application/json", body)),
-                None,
-            )
-            .await
-        {
-            Err(e) if e.code() == Some(409) || e.is_not_found() => {}
-            other => {
-                other?;
-            }
-        }
+            .update_status_from_cache(resource, &target)
+            .await?;
     }
     Ok(requeue.map(Action::RequeueAfter).unwrap_or(Action::Done))
 }

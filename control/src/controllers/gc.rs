@@ -273,23 +273,11 @@ async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> 
             return Ok(Action::Done);
         }
     }
-    let precondition = json!({"propagationPolicy": "Background", "preconditions": {"uid": uid}});
-    let path = skiff_client::Client::item_path(resource, Some(namespace), name);
-    let body = serde_json::to_vec(&precondition).unwrap_or_default();
-    match context
+    context
         .client
-        .request(
-            reqwest::Method::DELETE,
-            &path,
-            Some(("application/json", body)),
-            None,
-        )
-        .await
-    {
-        Ok(_) => Ok(Action::Done),
-        Err(e) if e.is_not_found() || e.code() == Some(409) => Ok(Action::Done),
-        Err(e) => Err(e),
-    }
+        .delete_if_uid(resource, Some(namespace), name, &uid, None)
+        .await?;
+    Ok(Action::Done)
 }
 
 async fn remove_finalizer(

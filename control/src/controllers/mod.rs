@@ -240,26 +240,8 @@ pub async fn write_status(
     }
     let mut updated = object.clone();
     updated["status"] = status;
-    let namespace = object
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str);
-    let name = str_at(object, "/metadata/name");
-    let path = format!(
-        "{}/status",
-        skiff_client::Client::item_path(resource, namespace, name)
-    );
-    let body = serde_json::to_vec(&updated).unwrap_or_default();
-    match client
-        .request(
-            reqwest::Method::PUT,
-            &path,
-            Some(("application/json", body)),
-            None,
-        )
+    client
+        .update_status_from_cache(resource, &updated)
         .await
-    {
-        // A newer version is on its way through the informer; the loop runs again then.
-        Err(e) if e.code() == Some(409) || e.is_not_found() => Ok(()),
-        other => other.map(|_| ()),
-    }
+        .map(|_| ())
 }

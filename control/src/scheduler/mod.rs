@@ -377,20 +377,8 @@ async fn schedule_one(
                 json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
             conditions.push(condition);
             updated["status"]["conditions"] = json!(conditions);
-            let path = format!("{}/status", Client::item_path(pods, namespace, name));
-            let body = serde_json::to_vec(&updated).unwrap_or_default();
-            match client
-                .request(
-                    reqwest::Method::PUT,
-                    &path,
-                    Some(("application/json", body)),
-                    None,
-                )
-                .await
-            {
-                Ok(_) => {}
-                Err(e) if e.code() == Some(409) || e.is_not_found() => return Ok(()),
-                Err(e) => return Err(e),
+            if !client.update_status_from_cache(pods, &updated).await? {
+                return Ok(());
             }
             recorder.record(
                 &pod,
