@@ -65,156 +65,189 @@ const SCALE: Subresource = Subresource {
     verbs: STATUS_VERBS,
 };
 
+/// `Namespace` (core).
+pub const NAMESPACES: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Namespace",
+    plural: "namespaces",
+    singular: "namespace",
+    namespaced: false,
+    short_names: &["ns"],
+    categories: &[],
+    subresources: &[status_of("", "v1", "Namespace")],
+    has_generation: false,
+};
+
+/// `Pod` (core).
+pub const PODS: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Pod",
+    plural: "pods",
+    singular: "pod",
+    namespaced: true,
+    short_names: &["po"],
+    categories: &["all"],
+    subresources: &[
+        status_of("", "v1", "Pod"),
+        Subresource {
+            name: "binding",
+            group: "",
+            version: "v1",
+            kind: "Binding",
+            verbs: &["create"],
+        },
+        Subresource {
+            name: "log",
+            group: "",
+            version: "v1",
+            kind: "Pod",
+            verbs: &["get"],
+        },
+    ],
+    has_generation: true,
+};
+
+/// `Node` (core).
+pub const NODES: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Node",
+    plural: "nodes",
+    singular: "node",
+    namespaced: false,
+    short_names: &["no"],
+    categories: &[],
+    subresources: &[status_of("", "v1", "Node")],
+    has_generation: false,
+};
+
+/// `Service` (core).
+pub const SERVICES: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Service",
+    plural: "services",
+    singular: "service",
+    namespaced: true,
+    short_names: &["svc"],
+    categories: &["all"],
+    subresources: &[status_of("", "v1", "Service")],
+    has_generation: false,
+};
+
+/// `Endpoints` (core).
+pub const ENDPOINTS: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Endpoints",
+    plural: "endpoints",
+    singular: "endpoints",
+    namespaced: true,
+    short_names: &["ep"],
+    categories: &[],
+    subresources: &[],
+    has_generation: false,
+};
+
+/// `Event` (core).
+pub const EVENTS: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Event",
+    plural: "events",
+    singular: "event",
+    namespaced: true,
+    short_names: &["ev"],
+    categories: &[],
+    subresources: &[],
+    has_generation: false,
+};
+
+/// `ConfigMap` (core).
+pub const CONFIG_MAPS: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "ConfigMap",
+    plural: "configmaps",
+    singular: "configmap",
+    namespaced: true,
+    short_names: &["cm"],
+    categories: &[],
+    subresources: &[],
+    has_generation: false,
+};
+
+/// `Secret` (core).
+pub const SECRETS: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "Secret",
+    plural: "secrets",
+    singular: "secret",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+    has_generation: false,
+};
+
+/// `Deployment` (apps).
+pub const DEPLOYMENTS: ResourceInfo = ResourceInfo {
+    group: "apps",
+    version: "v1",
+    kind: "Deployment",
+    plural: "deployments",
+    singular: "deployment",
+    namespaced: true,
+    short_names: &["deploy"],
+    categories: &["all"],
+    subresources: &[status_of("apps", "v1", "Deployment"), SCALE],
+    has_generation: true,
+};
+
+/// `ReplicaSet` (apps).
+pub const REPLICA_SETS: ResourceInfo = ResourceInfo {
+    group: "apps",
+    version: "v1",
+    kind: "ReplicaSet",
+    plural: "replicasets",
+    singular: "replicaset",
+    namespaced: true,
+    short_names: &["rs"],
+    categories: &["all"],
+    subresources: &[status_of("apps", "v1", "ReplicaSet"), SCALE],
+    has_generation: true,
+};
+
+/// `Lease` (coordination.k8s.io).
+pub const LEASES: ResourceInfo = ResourceInfo {
+    group: "coordination.k8s.io",
+    version: "v1",
+    kind: "Lease",
+    plural: "leases",
+    singular: "lease",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+    has_generation: false,
+};
+
 /// Every resource skiff serves, in discovery order.
 pub const RESOURCES: &[ResourceInfo] = &[
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        kind: "Namespace",
-        plural: "namespaces",
-        singular: "namespace",
-        namespaced: false,
-        short_names: &["ns"],
-        categories: &[],
-        subresources: &[status_of("", "v1", "Namespace")],
-        has_generation: false,
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        kind: "Pod",
-        plural: "pods",
-        singular: "pod",
-        namespaced: true,
-        short_names: &["po"],
-        categories: &["all"],
-        subresources: &[
-            status_of("", "v1", "Pod"),
-            Subresource {
-                name: "binding",
-                group: "",
-                version: "v1",
-                kind: "Binding",
-                verbs: &["create"],
-            },
-            Subresource {
-                name: "log",
-                group: "",
-                version: "v1",
-                kind: "Pod",
-                verbs: &["get"],
-            },
-        ],
-        has_generation: true,
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        kind: "Node",
-        plural: "nodes",
-        singular: "node",
-        namespaced: false,
-        short_names: &["no"],
-        categories: &[],
-        subresources: &[status_of("", "v1", "Node")],
-        has_generation: false,
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        kind: "Service",
-        plural: "services",
-        singular: "service",
-        namespaced: true,
-        short_names: &["svc"],
-        categories: &["all"],
-        subresources: &[status_of("", "v1", "Service")],
-        has_generation: false,
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        kind: "Endpoints",
-        plural: "endpoints",
-        singular: "endpoints",
-        namespaced: true,
-        short_names: &["ep"],
-        categories: &[],
-        subresources: &[],
-        has_generation: false,
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        kind: "Event",
-        plural: "events",
-        singular: "event",
-        namespaced: true,
-        short_names: &["ev"],
-        categories: &[],
-        subresources: &[],
-        has_generation: false,
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        kind: "ConfigMap",
-        plural: "configmaps",
-        singular: "configmap",
-        namespaced: true,
-        short_names: &["cm"],
-        categories: &[],
-        subresources: &[],
-        has_generation: false,
-    },
-    ResourceInfo {
-        group: "",
-        version: "v1",
-        kind: "Secret",
-        plural: "secrets",
-        singular: "secret",
-        namespaced: true,
-        short_names: &[],
-        categories: &[],
-        subresources: &[],
-        has_generation: false,
-    },
-    ResourceInfo {
-        group: "apps",
-        version: "v1",
-        kind: "Deployment",
-        plural: "deployments",
-        singular: "deployment",
-        namespaced: true,
-        short_names: &["deploy"],
-        categories: &["all"],
-        subresources: &[status_of("apps", "v1", "Deployment"), SCALE],
-        has_generation: true,
-    },
-    ResourceInfo {
-        group: "apps",
-        version: "v1",
-        kind: "ReplicaSet",
-        plural: "replicasets",
-        singular: "replicaset",
-        namespaced: true,
-        short_names: &["rs"],
-        categories: &["all"],
-        subresources: &[status_of("apps", "v1", "ReplicaSet"), SCALE],
-        has_generation: true,
-    },
-    ResourceInfo {
-        group: "coordination.k8s.io",
-        version: "v1",
-        kind: "Lease",
-        plural: "leases",
-        singular: "lease",
-        namespaced: true,
-        short_names: &[],
-        categories: &[],
-        subresources: &[],
-        has_generation: false,
-    },
+    NAMESPACES,
+    PODS,
+    NODES,
+    SERVICES,
+    ENDPOINTS,
+    EVENTS,
+    CONFIG_MAPS,
+    SECRETS,
+    DEPLOYMENTS,
+    REPLICA_SETS,
+    LEASES,
 ];
 
 impl ResourceInfo {

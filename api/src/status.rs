@@ -55,7 +55,7 @@ impl ApiError {
     }
 
     pub fn namespace_not_found(namespace: &str) -> Self {
-        let ns = crate::resource::find_by_kind("v1", "Namespace").expect("namespaces are served");
+        let ns = &crate::resource::NAMESPACES;
         Self::not_found(ns, namespace)
     }
 
@@ -198,11 +198,10 @@ pub fn success_status(resource: &ResourceInfo, name: &str, uid: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::find_by_kind;
 
     #[test]
     fn statuses_render_like_kubernetes() {
-        let deploy = find_by_kind("apps/v1", "Deployment").unwrap();
+        let deploy = &crate::resource::DEPLOYMENTS;
         let s = ApiError::not_found(deploy, "web").to_status();
         assert_eq!(s["message"], "deployments.apps \"web\" not found");
         assert_eq!(s["details"]["group"], "apps");

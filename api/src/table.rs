@@ -592,7 +592,6 @@ pub fn human_duration(seconds: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::find_by_kind;
 
     #[test]
     fn durations_print_like_kubectl() {
@@ -609,7 +608,7 @@ mod tests {
             "spec": {"containers": [{"name": "c", "image": "i"}], "nodeName": "n1"},
             "status": {"phase": "Running", "podIP": "10.0.0.5",
                 "containerStatuses": [{"name": "c", "ready": true, "restartCount": 2}]}});
-        let cells = row_cells(find_by_kind("v1", "Pod").unwrap(), &pod, now);
+        let cells = row_cells(&crate::resource::PODS, &pod, now);
         assert_eq!(
             cells[..5],
             [

@@ -611,7 +611,6 @@ fn validate_data_keys(object: &Value, causes: &mut Vec<FieldCause>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resource::find_by_kind;
     use serde_json::json;
 
     #[test]
@@ -634,7 +633,7 @@ mod tests {
 
     #[test]
     fn deployment_rules() {
-        let deploy = find_by_kind("apps/v1", "Deployment").unwrap();
+        let deploy = &crate::resource::DEPLOYMENTS;
         let good = json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {
             "replicas": 1, "selector": {"matchLabels": {"app": "web"}},
             "template": {"metadata": {"labels": {"app": "web"}},
@@ -665,7 +664,7 @@ mod tests {
 
     #[test]
     fn pod_rules() {
-        let pod = find_by_kind("v1", "Pod").unwrap();
+        let pod = &crate::resource::PODS;
         let bad = json!({"metadata": {"name": "Bad_Name", "namespace": "default"},
             "spec": {"containers": [{"name": "a"}, {"name": "a", "image": "x"}]}});
         assert_eq!(

@@ -54,7 +54,7 @@ pub fn spawn(binary: &Path, args: &[String]) -> Result<Started> {
 
 /// Waits until `server` answers and a node is Ready.
 pub async fn wait_for_ready_node(client: &skiff_client::Client) -> Result<()> {
-    let nodes = skiff_api::resource::find_by_kind("v1", "Node").context("served")?;
+    let nodes = &skiff_api::resource::NODES;
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Ok(list) = client.list(nodes, None, &Default::default()).await {

@@ -5,7 +5,6 @@ use anyhow::{Context, Result};
 use clap::Args;
 use futures::StreamExt;
 use serde_json::json;
-use skiff_api::resource::find_by_kind;
 use skiff_client::{Client, ListOptions};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -70,7 +69,7 @@ pub async fn run(args: DensityArgs) -> Result<()> {
             .context("built ticker example")?
             .display()
     );
-    let pods = find_by_kind("v1", "Pod").context("served")?;
+    let pods = &skiff_api::resource::PODS;
     let image_for_pods = image.clone();
     let make = move |name: String| {
         let image = &image_for_pods;

@@ -6,7 +6,6 @@ use anyhow::{Context, Result};
 use clap::Args;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use skiff_api::resource::find_by_kind;
 use skiff_client::{Client, ListOptions};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -31,7 +30,7 @@ fn complete(d: &Value, replicas: i64) -> bool {
 
 /// Waits on a watch until the Deployment's rollout is complete.
 async fn wait_complete(client: &Client, from: &str, replicas: i64) -> Result<()> {
-    let deployments = find_by_kind("apps/v1", "Deployment").context("served")?;
+    let deployments = &skiff_api::resource::DEPLOYMENTS;
     let options = ListOptions {
         field_selector: Some("metadata.name=bench".into()),
         resource_version: Some(from.to_string()),
@@ -79,7 +78,7 @@ pub async fn run(args: DeploymentArgs) -> Result<()> {
             .context("built ticker example")?
             .display()
     );
-    let deployments = find_by_kind("apps/v1", "Deployment").context("served")?;
+    let deployments = &skiff_api::resource::DEPLOYMENTS;
     let deployment = |replicas: i64, tick: &str| {
         json!({
             "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "bench"},

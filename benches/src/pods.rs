@@ -7,7 +7,6 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use skiff_api::resource::find_by_kind;
 use skiff_client::{Client, ListOptions};
 use std::path::PathBuf;
 use std::process::Command;
@@ -55,7 +54,7 @@ async fn running_watch(
     client: &Client,
     label: &str,
 ) -> Result<mpsc::UnboundedReceiver<(String, Instant, Option<Instant>)>> {
-    let pods = find_by_kind("v1", "Pod").context("served")?;
+    let pods = &skiff_api::resource::PODS;
     let list = client
         .list(pods, Some("default"), &ListOptions::default())
         .await?;
@@ -158,7 +157,7 @@ pub async fn run(args: PodsArgs) -> Result<()> {
         .canonicalize()
         .context("built ticker example")?;
     let image = format!("file://{}", image_path.display());
-    let pods = find_by_kind("v1", "Pod").context("served")?;
+    let pods = &skiff_api::resource::PODS;
 
     // Warm up: the module is compiled and cached before anything is measured.
     let mut warm = running_watch(&client, "warm").await?;

@@ -6,9 +6,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use skiff_api::resource::find_by_kind;
 use skiff_client::{Client, ListOptions};
-use skiff_control::scheduler::core::{
+use skiff_scheduler::core::{
     feasible_nodes_to_find, node_info, pod_info, pod_requests, schedule_index,
 };
 use std::path::PathBuf;
@@ -105,7 +104,7 @@ pub async fn run(args: SchedulerArgs) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let node_resource = find_by_kind("v1", "Node").context("served")?;
+    let node_resource = &skiff_api::resource::NODES;
     let creators: Vec<_> = (0..32)
         .map(|c| {
             let client = client.clone();
@@ -121,7 +120,7 @@ pub async fn run(args: SchedulerArgs) -> Result<()> {
     for c in creators {
         c.await??;
     }
-    let pods = find_by_kind("v1", "Pod").context("served")?;
+    let pods = &skiff_api::resource::PODS;
     let list = client
         .list(pods, Some("default"), &ListOptions::default())
         .await?;

@@ -36,11 +36,11 @@ pub struct ControllerArgs {
 }
 
 impl ControllerArgs {
-    pub fn config(&self) -> skiff_control::controllers::ControllerConfig {
+    pub fn config(&self) -> skiff_controllers::ControllerConfig {
         if self.fast_node_lifecycle {
-            return skiff_control::controllers::ControllerConfig::fast();
+            return skiff_controllers::ControllerConfig::fast();
         }
-        skiff_control::controllers::ControllerConfig {
+        skiff_controllers::ControllerConfig {
             node_monitor_grace_period: std::time::Duration::from_secs(
                 self.node_monitor_grace_period.max(1),
             ),

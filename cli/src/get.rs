@@ -288,7 +288,7 @@ pub async fn describe(context: &Context, args: DescribeArgs) -> Result<ExitCode>
             }
         }
     }
-    let events = skiff_api::resource::find_by_kind("v1", "Event").context("events are served")?;
+    let events = &skiff_api::resource::EVENTS;
     let mut selector = format!(
         "involvedObject.name={},involvedObject.uid={}",
         args.name,

@@ -29,7 +29,7 @@ pub struct LogsArgs {
 pub async fn run(context: &Context, args: LogsArgs) -> Result<ExitCode> {
     let client = context.client()?;
     let namespace = resolve_namespace(context);
-    let pods = skiff_api::resource::find_by_kind("v1", "Pod").expect("served");
+    let pods = &skiff_api::resource::PODS;
     let mut query = url::form_urlencoded::Serializer::new(String::new());
     if let Some(c) = &args.container {
         query.append_pair("container", c);

@@ -240,7 +240,7 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
         };
         match pod {
             Some(pod) => {
-                let pods = skiff_api::resource::find_by_kind("v1", "Pod").expect("served");
+                let pods = &skiff_api::resource::PODS;
                 match client.create(pods, Some("default"), &pod).await {
                     Ok(_) => eprintln!("skiff up: started the example pod `ticker` (a wasm module logging once a second)"),
                     Err(e) if e.code() == Some(409) => eprintln!("skiff up: the example pod `ticker` exists already"),

@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use serde_json::{json, Value};
-use skiff_api::resource::{find_by_kind, find_by_user_name, ResourceInfo};
+use skiff_api::resource::{find_by_user_name, ResourceInfo};
 use skiff_client::{Client, ListOptions};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -181,7 +181,7 @@ async fn owned_replicasets(
     namespace: &str,
     deployment: &Value,
 ) -> Result<Vec<Value>> {
-    let replicasets = find_by_kind("apps/v1", "ReplicaSet").context("served")?;
+    let replicasets = &skiff_api::resource::REPLICA_SETS;
     let uid = deployment
         .pointer("/metadata/uid")
         .and_then(Value::as_str)

@@ -3,14 +3,14 @@
 //! and the controller manager, all started by [`run`].
 
 pub mod apiserver;
-pub mod controllers;
 pub mod images;
 pub mod metrics;
 pub mod namespaces;
 pub mod registry;
-pub mod scheduler;
 pub mod store;
 
+use skiff_controllers as controllers;
+use skiff_scheduler as scheduler;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -4,7 +4,6 @@
 
 use crate::registry::{collection_prefix, decode_entry, Registry};
 use serde_json::Value;
-use skiff_api::resource::find_by_kind;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -19,7 +18,7 @@ pub async fn run_finalizer(
     wake: Arc<Notify>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let namespaces = find_by_kind("v1", "Namespace").expect("namespaces are served");
+    let namespaces = &skiff_api::resource::NAMESPACES;
     loop {
         let (_, entries) = registry.store.list(&collection_prefix(namespaces, None));
         for (_, entry) in entries {

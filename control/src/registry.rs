@@ -7,7 +7,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 use skiff_api::object::{self, meta_str, metadata_mut, DecodeError};
 use skiff_api::patch::{apply_patch, PatchType};
-use skiff_api::resource::{find_by_kind, ResourceInfo};
+use skiff_api::resource::ResourceInfo;
 use skiff_api::status::ApiError;
 use skiff_api::validation::{validate_object, validate_update};
 use std::sync::Arc;
@@ -274,7 +274,7 @@ impl Registry {
             return Ok(());
         }
         let ns = namespace.unwrap_or_default();
-        let ns_resource = find_by_kind("v1", "Namespace").expect("namespaces are served");
+        let ns_resource = &skiff_api::resource::NAMESPACES;
         let entry = self
             .store
             .get(&object_key(ns_resource, None, ns))
@@ -458,7 +458,7 @@ impl Registry {
             object["spec"]["clusterIPs"] = json!(["None"]);
             return Ok(());
         }
-        let services = find_by_kind("v1", "Service").expect("services are served");
+        let services = &skiff_api::resource::SERVICES;
         let (_, existing) = self.store.list(&collection_prefix(services, None));
         let taken: std::collections::HashSet<String> = existing
             .iter()
@@ -484,7 +484,7 @@ impl Registry {
             chosen.ok_or_else(|| ApiError::internal("no free cluster IP could be allocated"))?
         } else {
             let parsed: std::net::Ipv4Addr = requested.parse().map_err(|_| {
-                let svc = find_by_kind("v1", "Service").expect("served");
+                let svc = &skiff_api::resource::SERVICES;
                 ApiError::invalid(
                     svc,
                     meta_str(object, "name").unwrap_or_default(),
@@ -496,7 +496,7 @@ impl Registry {
                 )
             })?;
             if taken.contains(&requested) {
-                let svc = find_by_kind("v1", "Service").expect("served");
+                let svc = &skiff_api::resource::SERVICES;
                 return Err(ApiError::invalid(
                     svc,
                     meta_str(object, "name").unwrap_or_default(),
@@ -954,7 +954,7 @@ impl Registry {
 
     /// Binds a pod to a node (`pods/{name}/binding`).
     pub async fn bind(&self, namespace: &str, name: &str, binding: Value) -> Result<(), ApiError> {
-        let pods = find_by_kind("v1", "Pod").expect("pods are served");
+        let pods = &skiff_api::resource::PODS;
         let mut warnings = Vec::new();
         let binding = decode_request_object(
             "v1",
@@ -1033,7 +1033,7 @@ impl Registry {
     /// Removes the contents of a namespace being deleted, then the namespace itself.
     /// Returns whether the namespace is gone.
     pub async fn finalize_namespace(&self, namespace: &str) -> Result<bool, ApiError> {
-        let ns_resource = find_by_kind("v1", "Namespace").expect("namespaces are served");
+        let ns_resource = &skiff_api::resource::NAMESPACES;
         let mut remaining = 0;
         for resource in skiff_api::RESOURCES.iter().filter(|r| r.namespaced) {
             let (_, entries) = self
@@ -1094,7 +1094,7 @@ impl Registry {
 
     /// Makes sure the namespaces every cluster starts with exist.
     pub async fn ensure_default_namespaces(&self) -> Result<(), ApiError> {
-        let ns = find_by_kind("v1", "Namespace").expect("namespaces are served");
+        let ns = &skiff_api::resource::NAMESPACES;
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             if self.store.get(&object_key(ns, None, name)).is_none() {
                 let body =

@@ -13,7 +13,6 @@ pub mod registration;
 pub mod status;
 
 use serde_json::Value;
-use skiff_api::resource::find_by_kind;
 use skiff_client::controller::{spawn_resync, spawn_workers, Action};
 use skiff_client::informer::Informer;
 use skiff_client::queue::{Backoff, WorkQueue};
@@ -141,7 +140,7 @@ where
         base: Duration::from_millis(100),
         max: Duration::from_secs(30),
     });
-    let pods = find_by_kind("v1", "Pod").expect("served");
+    let pods = &skiff_api::resource::PODS;
     let handler_queue = queue.clone();
     let informer = Arc::new(Informer::spawn(
         client.clone(),

@@ -7,7 +7,6 @@
 use crate::status::{pod_status, ContainerView};
 use crate::Clock;
 use serde_json::Value;
-use skiff_api::resource::find_by_kind;
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::Client;
 use skiff_runtime::{
@@ -117,8 +116,8 @@ async fn container_env(
     namespace: &str,
     container: &Value,
 ) -> Result<Vec<(String, String)>, String> {
-    let configmaps = find_by_kind("v1", "ConfigMap").expect("served");
-    let secrets = find_by_kind("v1", "Secret").expect("served");
+    let configmaps = &skiff_api::resource::CONFIG_MAPS;
+    let secrets = &skiff_api::resource::SECRETS;
     let mut env = Vec::new();
     let lookup = |kind: &'static str, name: String| async move {
         let resource = if kind == "ConfigMap" {
@@ -764,7 +763,11 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
                     })
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                let resource = find_by_kind("v1", kind).expect("served");
+                let resource = if kind == "Secret" {
+                    &skiff_api::resource::SECRETS
+                } else {
+                    &skiff_api::resource::CONFIG_MAPS
+                };
                 let optional = source.get("optional").and_then(Value::as_bool) == Some(true);
                 let object = match self
                     .client
@@ -862,7 +865,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
         }
         self.remove_volumes(uid);
         self.failures().retain(|(u, _), _| u != uid);
-        let pods = find_by_kind("v1", "Pod").expect("served");
+        let pods = &skiff_api::resource::PODS;
         // The pod is gone from this node: remove it now, unless it was replaced meanwhile.
         self.client
             .delete_if_uid(pods, Some(namespace), name, uid, Some(0))
@@ -871,7 +874,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
     }
 
     async fn write_status(&self, pod: &Value, status: Value) -> Result<(), SyncError> {
-        let pods = find_by_kind("v1", "Pod").expect("served");
+        let pods = &skiff_api::resource::PODS;
         let mut updated = pod.clone();
         updated["status"] = status;
         // A stale copy is rewritten when the newer one reaches the informer.

@@ -4,7 +4,6 @@
 
 use crate::{Clock, NodeConfig};
 use serde_json::{json, Value};
-use skiff_api::resource::find_by_kind;
 use skiff_client::{Client, ClientError};
 use std::time::Duration;
 
@@ -119,7 +118,7 @@ pub async fn register(
     log_port: u16,
     clock: &dyn Clock,
 ) -> Result<(), ClientError> {
-    let nodes = find_by_kind("v1", "Node").expect("served");
+    let nodes = &skiff_api::resource::NODES;
     let now = crate::status::timestamp(clock.now());
     let desired = node_object(config, log_port, &now);
     match client.get(nodes, None, &config.name).await {
@@ -145,7 +144,7 @@ pub async fn heartbeat(
     config: &NodeConfig,
     clock: &dyn Clock,
 ) -> Result<(), ClientError> {
-    let leases = find_by_kind("coordination.k8s.io/v1", "Lease").expect("served");
+    let leases = &skiff_api::resource::LEASES;
     let now = chrono::DateTime::<chrono::Utc>::from(clock.now())
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let patch = json!({

@@ -6,7 +6,6 @@ use crate::harness::{eventually, InProcess};
 use anyhow::{ensure, Context, Result};
 use futures::StreamExt;
 use serde_json::{json, Value};
-use skiff_api::resource::find_by_kind;
 use skiff_client::ListOptions;
 use std::time::Duration;
 
@@ -66,7 +65,7 @@ async fn bad_input_gets_a_status_and_changes_nothing() -> Result<()> {
     let cluster = InProcess::start_api_only().await?;
     let client = cluster.client();
     let http = reqwest::Client::new();
-    let deployments = find_by_kind("apps/v1", "Deployment").expect("served");
+    let deployments = &skiff_api::resource::DEPLOYMENTS;
     let web = client
         .create(deployments, Some("default"), &deployment("web", "web"))
         .await?;
@@ -434,11 +433,7 @@ async fn bad_input_gets_a_status_and_changes_nothing() -> Result<()> {
         "bad input changed the stored deployment"
     );
     ensure!(client
-        .get(
-            find_by_kind("v1", "ConfigMap").expect("served"),
-            Some("default"),
-            "dry"
-        )
+        .get(&skiff_api::resource::CONFIG_MAPS, Some("default"), "dry")
         .await
         .is_err());
     cluster.stop().await;
@@ -449,7 +444,7 @@ async fn bad_input_gets_a_status_and_changes_nothing() -> Result<()> {
 async fn watches_are_complete_and_ordered_across_reconnects() -> Result<()> {
     let cluster = InProcess::start_api_only().await?;
     let client = cluster.client();
-    let configmaps = find_by_kind("v1", "ConfigMap").expect("served");
+    let configmaps = &skiff_api::resource::CONFIG_MAPS;
     let list = client
         .list(configmaps, Some("default"), &ListOptions::default())
         .await?;
@@ -544,7 +539,7 @@ async fn watches_are_complete_and_ordered_across_reconnects() -> Result<()> {
 async fn watch_selectors_turn_label_changes_into_added_and_deleted() -> Result<()> {
     let cluster = InProcess::start_api_only().await?;
     let client = cluster.client();
-    let configmaps = find_by_kind("v1", "ConfigMap").expect("served");
+    let configmaps = &skiff_api::resource::CONFIG_MAPS;
     let options = ListOptions {
         label_selector: Some("app=a".into()),
         ..Default::default()
@@ -611,8 +606,8 @@ async fn watch_selectors_turn_label_changes_into_added_and_deleted() -> Result<(
 async fn deletion_honours_finalizers_and_pod_grace_periods() -> Result<()> {
     let cluster = InProcess::start_api_only().await?;
     let client = cluster.client();
-    let configmaps = find_by_kind("v1", "ConfigMap").expect("served");
-    let pods = find_by_kind("v1", "Pod").expect("served");
+    let configmaps = &skiff_api::resource::CONFIG_MAPS;
+    let pods = &skiff_api::resource::PODS;
     client
         .create(
             configmaps,
@@ -726,7 +721,7 @@ async fn deletion_honours_finalizers_and_pod_grace_periods() -> Result<()> {
 async fn generation_status_and_scale_subresources() -> Result<()> {
     let cluster = InProcess::start_api_only().await?;
     let client = cluster.client();
-    let deployments = find_by_kind("apps/v1", "Deployment").expect("served");
+    let deployments = &skiff_api::resource::DEPLOYMENTS;
     let created = client
         .create(deployments, Some("default"), &deployment("web", "web"))
         .await?;
@@ -788,7 +783,7 @@ async fn generation_status_and_scale_subresources() -> Result<()> {
     // generateName gives a unique name.
     let generated = client
         .create(
-            find_by_kind("v1", "ConfigMap").expect("served"),
+            &skiff_api::resource::CONFIG_MAPS,
             Some("default"),
             &json!({"metadata": {"generateName": "gen-"}}),
         )
@@ -796,7 +791,7 @@ async fn generation_status_and_scale_subresources() -> Result<()> {
     let name = generated["metadata"]["name"].as_str().unwrap_or_default();
     ensure!(name.starts_with("gen-") && name.len() == 9, "{name}");
     // A namespace delete removes its contents and then the namespace.
-    let namespaces = find_by_kind("v1", "Namespace").expect("served");
+    let namespaces = &skiff_api::resource::NAMESPACES;
     client
         .create(namespaces, None, &json!({"metadata": {"name": "doomed"}}))
         .await?;
@@ -828,8 +823,8 @@ async fn generation_status_and_scale_subresources() -> Result<()> {
 async fn bookmarks_metrics_and_table_objects() -> Result<()> {
     let cluster = InProcess::start_api_only().await?;
     let client = cluster.client();
-    let configmaps = find_by_kind("v1", "ConfigMap").expect("served");
-    let namespaces = find_by_kind("v1", "Namespace").expect("served");
+    let configmaps = &skiff_api::resource::CONFIG_MAPS;
+    let namespaces = &skiff_api::resource::NAMESPACES;
     client
         .create(
             namespaces,

@@ -5,7 +5,6 @@ use crate::harness::{eventually, example_image, ControlProcess, NodeProcess};
 use anyhow::{ensure, Context, Result};
 use futures::StreamExt;
 use serde_json::{json, Value};
-use skiff_api::resource::find_by_kind;
 use skiff_client::{Client, ListOptions};
 use std::time::{Duration, Instant};
 
@@ -37,13 +36,13 @@ impl Cluster {
     }
 
     async fn deployment(&self) -> Result<Value> {
-        let deployments = find_by_kind("apps/v1", "Deployment").context("served")?;
+        let deployments = &skiff_api::resource::DEPLOYMENTS;
         Ok(self.client.get(deployments, Some("default"), "web").await?)
     }
 
     /// Pods of the Deployment that are neither finished nor being deleted.
     async fn active_pods(&self) -> Result<Vec<Value>> {
-        let pods = find_by_kind("v1", "Pod").context("served")?;
+        let pods = &skiff_api::resource::PODS;
         let options = ListOptions {
             label_selector: Some("app=web".into()),
             ..Default::default()
@@ -112,8 +111,8 @@ async fn scale(client: &Client, replicas: i64) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployments_scale_and_replace_deleted_pods() -> Result<()> {
     let cluster = Cluster::start(&["n1", "n2"]).await?;
-    let deployments = find_by_kind("apps/v1", "Deployment").context("served")?;
-    let pods = find_by_kind("v1", "Pod").context("served")?;
+    let deployments = &skiff_api::resource::DEPLOYMENTS;
+    let pods = &skiff_api::resource::PODS;
     cluster
         .client
         .create(
@@ -172,7 +171,7 @@ async fn deployments_scale_and_replace_deleted_pods() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_updates_keep_availability_and_undo_returns() -> Result<()> {
     let cluster = Cluster::start(&["n1"]).await?;
-    let deployments = find_by_kind("apps/v1", "Deployment").context("served")?;
+    let deployments = &skiff_api::resource::DEPLOYMENTS;
     let v1 = example_image("wasm32-wasip1", "ticker")?;
     let v2 = example_image("wasm32-wasip2", "ticker")?;
     cluster
@@ -256,7 +255,7 @@ async fn rolling_updates_keep_availability_and_undo_returns() -> Result<()> {
         },
     )
     .await?;
-    let replicasets = find_by_kind("apps/v1", "ReplicaSet").context("served")?;
+    let replicasets = &skiff_api::resource::REPLICA_SETS;
     let sets = cluster
         .client
         .list(replicasets, Some("default"), &ListOptions::default())
@@ -277,7 +276,7 @@ async fn rolling_updates_keep_availability_and_undo_returns() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_node_has_its_pods_replaced_and_a_dead_cluster_evicts_nothing() -> Result<()> {
     let mut cluster = Cluster::start(&["n1", "n2"]).await?;
-    let deployments = find_by_kind("apps/v1", "Deployment").context("served")?;
+    let deployments = &skiff_api::resource::DEPLOYMENTS;
     cluster
         .client
         .create(
@@ -344,7 +343,7 @@ async fn a_dead_node_has_its_pods_replaced_and_a_dead_cluster_evicts_nothing() -
     for node in &mut cluster.nodes {
         node.kill_hard()?;
     }
-    let nodes = find_by_kind("v1", "Node").context("served")?;
+    let nodes = &skiff_api::resource::NODES;
     eventually(
         Duration::from_secs(20),
         "both nodes to be reported unreachable",
@@ -394,8 +393,8 @@ async fn a_dead_node_has_its_pods_replaced_and_a_dead_cluster_evicts_nothing() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_deployment_cascades_or_orphans() -> Result<()> {
     let cluster = Cluster::start(&["n1"]).await?;
-    let deployments = find_by_kind("apps/v1", "Deployment").context("served")?;
-    let replicasets = find_by_kind("apps/v1", "ReplicaSet").context("served")?;
+    let deployments = &skiff_api::resource::DEPLOYMENTS;
+    let replicasets = &skiff_api::resource::REPLICA_SETS;
     let image = example_image("wasm32-wasip1", "ticker")?;
     cluster
         .client
@@ -471,7 +470,7 @@ async fn run_command(mut command: std::process::Command) -> Result<(bool, String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_and_skiff_drive_scale_and_rollouts() -> Result<()> {
     let cluster = Cluster::start(&["n1"]).await?;
-    let deployments = find_by_kind("apps/v1", "Deployment").context("served")?;
+    let deployments = &skiff_api::resource::DEPLOYMENTS;
     cluster
         .client
         .create(

@@ -5,7 +5,6 @@ use crate::harness::ControlProcess;
 use anyhow::{ensure, Result};
 use rand::Rng;
 use serde_json::{json, Value};
-use skiff_api::resource::find_by_kind;
 use skiff_client::{Client, ListOptions};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -30,7 +29,7 @@ async fn acknowledged_writes_survive_kill_9() -> Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(25);
     let dir = tempfile::tempdir()?;
-    let configmaps = find_by_kind("v1", "ConfigMap").expect("served");
+    let configmaps = &skiff_api::resource::CONFIG_MAPS;
     let mut acked = Acknowledged::default();
     let mut rng = rand::thread_rng();
     for cycle in 0..cycles {
@@ -91,7 +90,7 @@ async fn write_until_killed(
     writer: usize,
     mut counter: u64,
 ) -> (Vec<(String, u64)>, Option<(u64, u64)>) {
-    let configmaps = find_by_kind("v1", "ConfigMap").expect("served");
+    let configmaps = &skiff_api::resource::CONFIG_MAPS;
     let mut created = Vec::new();
     let mut last_counter = None;
     for i in 0..MAX_WRITES_PER_WRITER {
@@ -131,7 +130,7 @@ fn revision_of(object: &Value) -> u64 {
 }
 
 async fn verify(client: &Client, acked: &Acknowledged, cycle: usize) -> Result<()> {
-    let configmaps = find_by_kind("v1", "ConfigMap").expect("served");
+    let configmaps = &skiff_api::resource::CONFIG_MAPS;
     let list = client
         .list(configmaps, Some("default"), &ListOptions::default())
         .await?;

@@ -38,7 +38,7 @@ impl InProcess {
                 history_capacity: 200,
             },
             bookmark_interval: Duration::from_millis(200),
-            controllers: skiff_control::controllers::ControllerConfig::fast(),
+            controllers: skiff_controllers::ControllerConfig::fast(),
             run_controllers,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -213,7 +213,7 @@ impl NodeProcess {
             .spawn()?;
         let process = NodeProcess { child };
         let client = skiff_client::Client::new(server)?;
-        let nodes = skiff_api::resource::find_by_kind("v1", "Node").context("served")?;
+        let nodes = &skiff_api::resource::NODES;
         eventually(
             Duration::from_secs(30),
             &format!("node {name} to be Ready"),

@@ -4,7 +4,6 @@
 use crate::harness::{eventually, example_image, skiff_binary, ControlProcess, NodeProcess};
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
-use skiff_api::resource::find_by_kind;
 use skiff_client::Client;
 use std::time::{Duration, Instant};
 
@@ -35,7 +34,7 @@ impl Cluster {
     }
 
     async fn create_pod(&self, name: &str, spec: Value) -> Result<()> {
-        let pods = find_by_kind("v1", "Pod").context("served")?;
+        let pods = &skiff_api::resource::PODS;
         let pod =
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec});
         self.client.create(pods, Some("default"), &pod).await?;
@@ -43,7 +42,7 @@ impl Cluster {
     }
 
     async fn pod(&self, name: &str) -> Option<Value> {
-        let pods = find_by_kind("v1", "Pod")?;
+        let pods = &skiff_api::resource::PODS;
         self.client.get(pods, Some("default"), name).await.ok()
     }
 
@@ -65,7 +64,7 @@ impl Cluster {
 /// A pod's container log through the API server (`pods/{name}/log`).
 async fn pod_log(client: &Client, pod: &str, container: Option<&str>) -> Result<String> {
     use futures::StreamExt;
-    let pods = find_by_kind("v1", "Pod").context("served")?;
+    let pods = &skiff_api::resource::PODS;
     let mut path = format!("{}/log", Client::item_path(pods, Some("default"), pod));
     if let Some(c) = container {
         path.push_str(&format!("?container={c}"));
@@ -210,7 +209,7 @@ async fn crashes_restart_with_backoff_and_memory_hogs_are_oom_killed() -> Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spinners_and_tickers_stop_on_delete_and_do_not_starve_others() -> Result<()> {
     let cluster = Cluster::start().await?;
-    let pods = find_by_kind("v1", "Pod").context("served")?;
+    let pods = &skiff_api::resource::PODS;
     let mut ticker = container(&example_image("wasm32-wasip2", "ticker")?);
     ticker["env"] = json!([{"name": "TICK_MS", "value": "50"}]);
     cluster
@@ -284,7 +283,7 @@ async fn unschedulable_pods_wait_for_a_matching_node() -> Result<()> {
         })
         .await?;
     ensure!(phase(&pending) == "Pending", "{pending}");
-    let events = find_by_kind("v1", "Event").context("served")?;
+    let events = &skiff_api::resource::EVENTS;
     let options = skiff_client::ListOptions {
         field_selector: Some("involvedObject.name=picky,reason=FailedScheduling".into()),
         ..Default::default()
@@ -326,7 +325,7 @@ async fn unschedulable_pods_wait_for_a_matching_node() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_with_sigkill_brings_its_pods_back_once() -> Result<()> {
     let mut cluster = Cluster::start().await?;
-    let pods = find_by_kind("v1", "Pod").context("served")?;
+    let pods = &skiff_api::resource::PODS;
     let mut ticker = container(&example_image("wasm32-wasip1", "ticker")?);
     ticker["env"] = json!([{"name": "TICK_MS", "value": "100"}]);
     cluster
@@ -397,7 +396,7 @@ async fn an_agent_killed_with_sigkill_brings_its_pods_back_once() -> Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_share_volumes_and_config_and_failures_fail_the_pod() -> Result<()> {
     let cluster = Cluster::start().await?;
-    let configmaps = find_by_kind("v1", "ConfigMap").context("served")?;
+    let configmaps = &skiff_api::resource::CONFIG_MAPS;
     cluster
         .client
         .create(configmaps, Some("default"), &json!({"metadata": {"name": "greeting"}, "data": {"GREETING": "salut", "file.txt": "from a configmap\n"}}))

@@ -8,7 +8,6 @@
 
 use crate::Client;
 use serde_json::{json, Value};
-use skiff_api::resource::find_by_kind;
 
 /// Events waiting to be sent before new ones are dropped.
 const QUEUE: usize = 4096;
@@ -36,7 +35,7 @@ impl Recorder {
     /// Starts the sender task; must be called inside a tokio runtime.
     pub fn new(client: Client, component: &str, host: Option<&str>) -> Self {
         let (queue, pending) = tokio::sync::mpsc::channel::<Value>(QUEUE);
-        let events = find_by_kind("v1", "Event").expect("events are served");
+        let events = &skiff_api::resource::EVENTS;
         tokio::spawn(send_events(client, events, pending));
         Recorder {
             component: component.to_string(),

@@ -774,8 +774,8 @@ async fn pod_log(
     name: &str,
     query: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
-    let pods = skiff_api::resource::find_by_kind("v1", "Pod").expect("pods are served");
-    let nodes = skiff_api::resource::find_by_kind("v1", "Node").expect("nodes are served");
+    let pods = &skiff_api::resource::PODS;
+    let nodes = &skiff_api::resource::NODES;
     let (_, pod) = state.registry.get(pods, Some(namespace), name)?;
     let containers: Vec<String> = pod
         .pointer("/spec/containers")

@@ -8,7 +8,6 @@
 use super::{is_deleting, str_at, timestamp, Clock, ControllerConfig};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use skiff_api::resource::find_by_kind;
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::informer::Informer;
 use skiff_client::{Client, ClientError, ListOptions};
@@ -94,21 +93,21 @@ pub async fn run(
     let nothing: skiff_client::informer::Handler = Arc::new(|_, _, _| {});
     let nodes = Informer::spawn(
         client.clone(),
-        find_by_kind("v1", "Node").expect("served"),
+        &skiff_api::resource::NODES,
         None,
         ListOptions::default(),
         nothing.clone(),
     );
     let leases = Informer::spawn(
         client.clone(),
-        find_by_kind("coordination.k8s.io/v1", "Lease").expect("served"),
+        &skiff_api::resource::LEASES,
         Some("kube-node-lease".into()),
         ListOptions::default(),
         nothing.clone(),
     );
     let pods = Informer::spawn(
         client.clone(),
-        find_by_kind("v1", "Pod").expect("served"),
+        &skiff_api::resource::PODS,
         None,
         ListOptions::default(),
         nothing,
@@ -155,8 +154,8 @@ async fn monitor(
     recorder: &Recorder,
     bucket: &mut Bucket,
 ) -> Result<(), ClientError> {
-    let node_resource = find_by_kind("v1", "Node").expect("served");
-    let pod_resource = find_by_kind("v1", "Pod").expect("served");
+    let node_resource = &skiff_api::resource::NODES;
+    let pod_resource = &skiff_api::resource::PODS;
     let now = clock.now();
     let grace = chrono::Duration::from_std(config.node_monitor_grace_period)
         .unwrap_or(chrono::Duration::seconds(50));
@@ -342,7 +341,7 @@ async fn set_ready(
     message: &str,
     now: DateTime<Utc>,
 ) -> Result<(), ClientError> {
-    let nodes = find_by_kind("v1", "Node").expect("served");
+    let nodes = &skiff_api::resource::NODES;
     let mut updated = node.clone();
     let stamp = timestamp(now);
     let mut conditions: Vec<Value> = node

@@ -4,7 +4,6 @@
 use super::{str_at, Clock};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use skiff_api::resource::find_by_kind;
 use skiff_client::{Client, ListOptions};
 use std::future::Future;
 use std::sync::Arc;
@@ -32,7 +31,7 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let events = find_by_kind("v1", "Event").expect("served");
+    let events = &skiff_api::resource::EVENTS;
     let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1));
     tokio::pin!(shutdown);
     loop {

@@ -11,7 +11,6 @@ use self::core::{
     Resources,
 };
 use serde_json::{json, Value};
-use skiff_api::resource::find_by_kind;
 use skiff_client::controller::{run_until_shutdown, wait_for_sync, Action, NoResync};
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::informer::{Handler, Informer};
@@ -224,14 +223,14 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()>) {
     };
     let nodes = Informer::spawn(
         client.clone(),
-        find_by_kind("v1", "Node").expect("served"),
+        &skiff_api::resource::NODES,
         None,
         ListOptions::default(),
         node_handler,
     );
     let pods = Arc::new(Informer::spawn(
         client.clone(),
-        find_by_kind("v1", "Pod").expect("served"),
+        &skiff_api::resource::PODS,
         None,
         ListOptions::default(),
         pod_handler,
@@ -301,7 +300,7 @@ async fn schedule_one(
         }
         decision
     };
-    let pods = find_by_kind("v1", "Pod").expect("served");
+    let pods = &skiff_api::resource::PODS;
     let namespace = pod.pointer("/metadata/namespace").and_then(Value::as_str);
     let name = pod
         .pointer("/metadata/name")

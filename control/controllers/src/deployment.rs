@@ -10,7 +10,6 @@ use super::{
     ControllerConfig,
 };
 use serde_json::{json, Value};
-use skiff_api::resource::find_by_kind;
 use skiff_api::selector::LabelSelector;
 use skiff_client::controller::{run_until_shutdown, wait_for_sync, Action};
 use skiff_client::events::{EventType, Recorder};
@@ -249,14 +248,14 @@ pub async fn run(
     };
     let deployments = Informer::spawn(
         client.clone(),
-        find_by_kind("apps/v1", "Deployment").expect("served"),
+        &skiff_api::resource::DEPLOYMENTS,
         None,
         ListOptions::default(),
         deployment_handler,
     );
     let replicasets = Informer::spawn(
         client.clone(),
-        find_by_kind("apps/v1", "ReplicaSet").expect("served"),
+        &skiff_api::resource::REPLICA_SETS,
         None,
         ListOptions::default(),
         rs_handler,
@@ -309,7 +308,7 @@ async fn scale_rs(
     if spec_replicas(rs) == replicas && annotations_current {
         return Ok(());
     }
-    let resource = find_by_kind("apps/v1", "ReplicaSet").expect("served");
+    let resource = &skiff_api::resource::REPLICA_SETS;
     let patch = json!({
         "metadata": {"annotations": {DESIRED_REPLICAS: desired.to_string(), MAX_REPLICAS: (desired + max_surge).to_string()}},
         "spec": {"replicas": replicas},
@@ -353,8 +352,8 @@ async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> 
     if is_deleting(&deployment) {
         return Ok(Action::Done);
     }
-    let resource = find_by_kind("apps/v1", "Deployment").expect("served");
-    let rs_resource = find_by_kind("apps/v1", "ReplicaSet").expect("served");
+    let resource = &skiff_api::resource::DEPLOYMENTS;
+    let rs_resource = &skiff_api::resource::REPLICA_SETS;
     let namespace = str_at(&deployment, "/metadata/namespace").to_string();
     let uid = str_at(&deployment, "/metadata/uid").to_string();
     let Some(selector) = deployment

@@ -10,7 +10,6 @@ use super::{
 };
 use futures::StreamExt;
 use serde_json::{json, Value};
-use skiff_api::resource::find_by_kind;
 use skiff_api::selector::LabelSelector;
 use skiff_client::controller::{run_until_shutdown, wait_for_sync, Action};
 use skiff_client::events::{EventType, Recorder};
@@ -196,14 +195,14 @@ pub async fn run(
     };
     let replicasets = Informer::spawn(
         client.clone(),
-        find_by_kind("apps/v1", "ReplicaSet").expect("served"),
+        &skiff_api::resource::REPLICA_SETS,
         None,
         ListOptions::default(),
         rs_handler,
     );
     let pods = Informer::spawn(
         client.clone(),
-        find_by_kind("v1", "Pod").expect("served"),
+        &skiff_api::resource::PODS,
         None,
         ListOptions::default(),
         pod_handler,
@@ -276,7 +275,7 @@ fn deletion_rank(
 /// Creates pods for `rs` in slow-start batches; returns how many were created and the
 /// first error, if any.
 async fn create_pods(context: &Context, rs: &Value, count: usize) -> (usize, Option<ClientError>) {
-    let pods = find_by_kind("v1", "Pod").expect("served");
+    let pods = &skiff_api::resource::PODS;
     let namespace = str_at(rs, "/metadata/namespace").to_string();
     let template = rs.pointer("/spec/template").cloned().unwrap_or(json!({}));
     let mut pod = json!({
@@ -321,8 +320,8 @@ async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> 
         context.expectations.forget(key);
         return Ok(Action::Done);
     };
-    let resource = find_by_kind("apps/v1", "ReplicaSet").expect("served");
-    let pods_resource = find_by_kind("v1", "Pod").expect("served");
+    let resource = &skiff_api::resource::REPLICA_SETS;
+    let pods_resource = &skiff_api::resource::PODS;
     let namespace = str_at(&rs, "/metadata/namespace").to_string();
     let uid = str_at(&rs, "/metadata/uid").to_string();
     let Some(selector) = selector_of(&rs) else {
