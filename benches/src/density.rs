@@ -38,7 +38,7 @@ pub async fn run(args: DensityArgs) -> Result<()> {
     let client = Client::new(&server)?;
     for _ in 0..200 {
         if client
-            .request(reqwest::Method::GET, "/readyz", None, None)
+            .request(skiff_client::Method::Get, "/readyz", None, None)
             .await
             .is_ok()
         {

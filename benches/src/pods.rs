@@ -100,7 +100,7 @@ async fn delete_labelled(client: &Client, label: &str) -> Result<()> {
         "/api/v1/namespaces/default/pods?labelSelector=bench%3D{label}&gracePeriodSeconds=0"
     );
     client
-        .request(reqwest::Method::DELETE, &path, None, None)
+        .request(skiff_client::Method::Delete, &path, None, None)
         .await?;
     Ok(())
 }

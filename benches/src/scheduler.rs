@@ -96,7 +96,7 @@ pub async fn run(args: SchedulerArgs) -> Result<()> {
     let client = Client::new(&format!("http://127.0.0.1:{port}"))?;
     for _ in 0..200 {
         if client
-            .request(reqwest::Method::GET, "/readyz", None, None)
+            .request(skiff_client::Method::Get, "/readyz", None, None)
             .await
             .is_ok()
         {

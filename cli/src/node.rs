@@ -278,7 +278,7 @@ fn control_grace(args: &crate::control::ControllerArgs) -> std::time::Duration {
 async fn wait_until_ready(client: &skiff_client::Client) -> Result<()> {
     for _ in 0..200 {
         if client
-            .request(reqwest::Method::GET, "/version", None, None)
+            .request(skiff_client::Method::Get, "/version", None, None)
             .await
             .is_ok()
         {

@@ -54,7 +54,7 @@ pub async fn scale(context: &Context, args: ScaleArgs) -> Result<ExitCode> {
     );
     if let Some(expected) = args.current_replicas {
         let current = client
-            .request(reqwest::Method::GET, &path, None, None)
+            .request(skiff_client::Method::Get, &path, None, None)
             .await?;
         let actual = current
             .pointer("/spec/replicas")
@@ -67,7 +67,7 @@ pub async fn scale(context: &Context, args: ScaleArgs) -> Result<ExitCode> {
     let body = serde_json::to_vec(&json!({"spec": {"replicas": args.replicas}}))?;
     client
         .request(
-            reqwest::Method::PATCH,
+            skiff_client::Method::Patch,
             &path,
             Some(("application/merge-patch+json", body)),
             None,

@@ -122,7 +122,8 @@ pub async fn run(
         namespace_deleted,
         advertise_address,
         bookmark_interval: config.bookmark_interval,
-        http: reqwest::Client::new(),
+        node_http: skiff_client::http::HttpClient::new(&skiff_client::HttpConfig::default())
+            .map_err(|e| ControlError::Client(e.to_string()))?,
     };
     let result = apiserver::serve(listener, state, async move {
         shutdown.await;

@@ -666,7 +666,7 @@ async fn deletion_honours_finalizers_and_pod_grace_periods() -> Result<()> {
     let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": "n1"}});
     client
         .request(
-            reqwest::Method::POST,
+            skiff_client::Method::Post,
             "/api/v1/namespaces/default/pods/p/binding",
             Some(("application/json", serde_json::to_vec(&binding)?)),
             None,
@@ -674,7 +674,7 @@ async fn deletion_honours_finalizers_and_pod_grace_periods() -> Result<()> {
         .await?;
     let rebind = client
         .request(
-            reqwest::Method::POST,
+            skiff_client::Method::Post,
             "/api/v1/namespaces/default/pods/p/binding",
             Some(("application/json", serde_json::to_vec(&binding)?)),
             None,
@@ -736,7 +736,7 @@ async fn generation_status_and_scale_subresources() -> Result<()> {
     with_status["spec"]["replicas"] = json!(9);
     let updated = client
         .request(
-            reqwest::Method::PUT,
+            skiff_client::Method::Put,
             "/apis/apps/v1/namespaces/default/deployments/web/status",
             Some(("application/json", serde_json::to_vec(&with_status)?)),
             None,
@@ -751,7 +751,7 @@ async fn generation_status_and_scale_subresources() -> Result<()> {
     // Scale through the subresource like kubectl: merge-patch on /scale.
     let scale = client
         .request(
-            reqwest::Method::PATCH,
+            skiff_client::Method::Patch,
             "/apis/apps/v1/namespaces/default/deployments/web/scale",
             Some((
                 "application/merge-patch+json",

@@ -99,7 +99,7 @@ async fn scale(client: &Client, replicas: i64) -> Result<()> {
     let body = serde_json::to_vec(&json!({"spec": {"replicas": replicas}}))?;
     client
         .request(
-            reqwest::Method::PATCH,
+            skiff_client::Method::Patch,
             "/apis/apps/v1/namespaces/default/deployments/web/scale",
             Some(("application/merge-patch+json", body)),
             None,

@@ -1,7 +1,9 @@
 //! Kubeconfig files: found the way kubectl finds them (`--kubeconfig`, then
-//! `KUBECONFIG`, then `~/.kube/config`), read for the current context's server, and
-//! written by the control plane for its clients.
+//! `KUBECONFIG`, then `~/.kube/config`), read for the current context's server and
+//! credentials (CA, client certificate, token), and written by the control plane for its
+//! clients.
 
+use crate::http::{HttpConfig, TlsConfig};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -23,6 +25,16 @@ pub enum KubeconfigError {
 #[derive(Debug, Clone)]
 pub struct Kubeconfig {
     document: Value,
+    /// Relative file references (`certificate-authority: ca.crt`) resolve against the
+    /// kubeconfig's own directory, as kubectl resolves them.
+    base_dir: Option<PathBuf>,
+}
+
+/// How to reach the current context's cluster: its URL and the client settings.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub server: String,
+    pub http: HttpConfig,
 }
 
 impl Kubeconfig {
@@ -49,7 +61,11 @@ impl Kubeconfig {
         };
         for path in candidates {
             match std::fs::read_to_string(&path) {
-                Ok(text) => return Kubeconfig::parse(&text),
+                Ok(text) => {
+                    let mut config = Kubeconfig::parse(&text)?;
+                    config.base_dir = path.parent().map(Path::to_path_buf);
+                    return Ok(config);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => {
                     continue
                 }
@@ -67,11 +83,134 @@ impl Kubeconfig {
     pub fn parse(text: &str) -> Result<Kubeconfig, KubeconfigError> {
         let document: Value =
             serde_yaml::from_str(text).map_err(|e| KubeconfigError::Invalid(e.to_string()))?;
-        Ok(Kubeconfig { document })
+        Ok(Kubeconfig {
+            document,
+            base_dir: None,
+        })
     }
 
     /// The server URL of the current context's cluster.
     pub fn current_server(&self) -> Result<String, KubeconfigError> {
+        let (cluster_name, cluster) = self.current_cluster()?;
+        cluster
+            .pointer("/cluster/server")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                KubeconfigError::Invalid(format!("cluster {cluster_name:?} has no server"))
+            })
+    }
+
+    /// The current context's server with its CA, client certificate and token, as kubectl
+    /// would use them (`*-data` fields inline, or files relative to the kubeconfig).
+    pub fn current_connection(&self) -> Result<Connection, KubeconfigError> {
+        let server = self.current_server()?;
+        let (_, cluster) = self.current_cluster()?;
+        let cluster = cluster.get("cluster").cloned().unwrap_or(Value::Null);
+        let user = self.current_user()?.unwrap_or(Value::Null);
+        let mut http = HttpConfig::default();
+        let mut tls = TlsConfig {
+            insecure_skip_verify: cluster
+                .get("insecure-skip-tls-verify")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            ..TlsConfig::default()
+        };
+        if let Some(ca) = self.data_or_file(&cluster, "certificate-authority")? {
+            tls.ca_pem = ca;
+        }
+        let certificate = self.data_or_file(&user, "client-certificate")?;
+        let key = self.data_or_file(&user, "client-key")?;
+        match (certificate, key) {
+            (Some(mut certificate), Some(key)) => {
+                certificate.push(b'\n');
+                certificate.extend_from_slice(&key);
+                tls.identity_pem = Some(certificate);
+            }
+            (None, None) => {}
+            _ => return Err(KubeconfigError::Invalid(
+                "the user has a client certificate without a key, or a key without a certificate"
+                    .into(),
+            )),
+        }
+        http.tls = tls;
+        http.bearer_token = match user.get("token").and_then(Value::as_str) {
+            Some(token) => Some(token.to_string()),
+            None => match user.get("tokenFile").and_then(Value::as_str) {
+                Some(file) => Some(
+                    String::from_utf8_lossy(&self.read_file(file)?)
+                        .trim()
+                        .to_string(),
+                ),
+                None => None,
+            },
+        };
+        Ok(Connection { server, http })
+    }
+
+    /// `field-data` (base64) or `field` (a file path) of a cluster or user entry.
+    fn data_or_file(&self, entry: &Value, field: &str) -> Result<Option<Vec<u8>>, KubeconfigError> {
+        if let Some(data) = entry.get(format!("{field}-data")).and_then(Value::as_str) {
+            return skiff_api::object::base64_decode(data.trim())
+                .map(Some)
+                .ok_or_else(|| KubeconfigError::Invalid(format!("{field}-data is not base64")));
+        }
+        match entry.get(field).and_then(Value::as_str) {
+            Some(path) => self.read_file(path).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn read_file(&self, path: &str) -> Result<Vec<u8>, KubeconfigError> {
+        let path = Path::new(path);
+        let path = match (&self.base_dir, path.is_relative()) {
+            (Some(base), true) => base.join(path),
+            _ => path.to_path_buf(),
+        };
+        std::fs::read(&path).map_err(|source| KubeconfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    fn current_context(&self) -> Result<(String, Value), KubeconfigError> {
+        let context_name = self
+            .document
+            .get("current-context")
+            .and_then(Value::as_str)
+            .ok_or_else(|| KubeconfigError::Invalid("current-context is not set".into()))?;
+        let context = self.find("contexts", context_name).ok_or_else(|| {
+            KubeconfigError::Invalid(format!("context {context_name:?} not found"))
+        })?;
+        Ok((context_name.to_string(), context))
+    }
+
+    fn current_user(&self) -> Result<Option<Value>, KubeconfigError> {
+        let (context_name, context) = self.current_context()?;
+        let Some(user_name) = context.pointer("/context/user").and_then(Value::as_str) else {
+            return Ok(None);
+        };
+        let user = self.find("users", user_name).ok_or_else(|| {
+            KubeconfigError::Invalid(format!(
+                "context {context_name:?} names user {user_name:?}, which is not defined"
+            ))
+        })?;
+        Ok(user.get("user").cloned())
+    }
+
+    fn find(&self, list: &str, name: &str) -> Option<Value> {
+        self.document
+            .get(list)
+            .and_then(Value::as_array)
+            .and_then(|items| {
+                items
+                    .iter()
+                    .find(|i| i.get("name").and_then(Value::as_str) == Some(name))
+            })
+            .cloned()
+    }
+
+    fn current_cluster(&self) -> Result<(String, Value), KubeconfigError> {
         let doc = &self.document;
         let context_name = doc
             .get("current-context")
@@ -99,13 +238,7 @@ impl Kubeconfig {
         let cluster = find("clusters", cluster_name).ok_or_else(|| {
             KubeconfigError::Invalid(format!("cluster {cluster_name:?} not found"))
         })?;
-        cluster
-            .pointer("/cluster/server")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| {
-                KubeconfigError::Invalid(format!("cluster {cluster_name:?} has no server"))
-            })
+        Ok((cluster_name.to_string(), cluster))
     }
 
     /// The namespace of the current context, if it sets one.
@@ -145,6 +278,48 @@ mod tests {
         let config = Kubeconfig::parse(&render("http://127.0.0.1:1234")).unwrap();
         assert_eq!(config.current_server().unwrap(), "http://127.0.0.1:1234");
         assert_eq!(config.current_namespace().as_deref(), Some("default"));
+    }
+
+    #[test]
+    fn connection_reads_inline_data_files_relative_to_the_kubeconfig_and_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.crt"), "CA PEM").unwrap();
+        std::fs::write(dir.path().join("token"), "abc.def\n").unwrap();
+        let text = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+             clusters: [{{name: k, cluster: {{server: 'https://10.0.0.1:6443', certificate-authority: ca.crt}}}}]\n\
+             users: [{{name: u, user: {{client-certificate-data: {}, client-key-data: {}, tokenFile: token}}}}]\n\
+             contexts: [{{name: c, context: {{cluster: k, user: u}}}}]\n",
+            skiff_api::object::base64_encode(b"CERT PEM"),
+            skiff_api::object::base64_encode(b"KEY PEM"),
+        );
+        let path = dir.path().join("config");
+        std::fs::write(&path, text).unwrap();
+        let connection = Kubeconfig::discover(Some(&path))
+            .unwrap()
+            .current_connection()
+            .unwrap();
+        assert_eq!(connection.server, "https://10.0.0.1:6443");
+        assert_eq!(connection.http.tls.ca_pem, b"CA PEM");
+        assert_eq!(
+            connection.http.tls.identity_pem.as_deref(),
+            Some(&b"CERT PEM\nKEY PEM"[..])
+        );
+        assert_eq!(connection.http.bearer_token.as_deref(), Some("abc.def"));
+        // Key material never shows in debug output (logs).
+        assert!(!format!("{:?}", connection.http).contains("KEY PEM"));
+    }
+
+    #[test]
+    fn a_certificate_without_its_key_is_refused() {
+        let text = "current-context: c\nclusters: [{name: k, cluster: {server: 'https://h'}}]\n\
+                    users: [{name: u, user: {client-certificate-data: Q0VSVA==}}]\n\
+                    contexts: [{name: c, context: {cluster: k, user: u}}]\n";
+        let error = Kubeconfig::parse(text)
+            .unwrap()
+            .current_connection()
+            .unwrap_err();
+        assert!(error.to_string().contains("without a key"), "{error}");
     }
 
     #[test]

@@ -7,14 +7,16 @@
 
 pub mod controller;
 pub mod events;
+pub mod http;
 pub mod informer;
 pub mod kubeconfig;
 pub mod queue;
 
 use futures::{Stream, StreamExt};
+use http::{HttpClient, HttpRequest, HttpResponse};
+pub use http::{HttpConfig, Method, TlsConfig, TransportError};
 use serde_json::Value;
 use skiff_api::resource::ResourceInfo;
-use std::time::Duration;
 
 /// Errors of API calls.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +33,7 @@ pub enum ClientError {
     Transport {
         server: String,
         #[source]
-        source: reqwest::Error,
+        source: TransportError,
     },
     #[error("the server's response could not be read: {0}")]
     Decode(String),
@@ -51,6 +53,11 @@ impl ClientError {
     pub fn is_not_found(&self) -> bool {
         self.code() == Some(404)
     }
+
+    /// Whether the server could not be reached at all (nothing was answered).
+    pub fn is_transport(&self) -> bool {
+        matches!(self, ClientError::Transport { .. })
+    }
 }
 
 /// One watch event.
@@ -68,7 +75,7 @@ pub type WatchStream =
 #[derive(Debug, Clone)]
 pub struct Client {
     server: String,
-    http: reqwest::Client,
+    http: HttpClient,
 }
 
 /// Options of a list or watch request.
@@ -85,34 +92,38 @@ pub struct ListOptions {
 const TABLE_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
 
 impl Client {
-    /// A client for `server` (`http://127.0.0.1:6443`).
+    /// A client for `server` (`http://127.0.0.1:6443`) with default settings: no client
+    /// credentials, and over `https` no trusted CA (see [`Client::with_config`]).
     pub fn new(server: &str) -> Result<Client, ClientError> {
+        Client::with_config(server, &HttpConfig::default())
+    }
+
+    /// A client for `server` with TLS, credentials and time-outs from `config`.
+    pub fn with_config(server: &str, config: &HttpConfig) -> Result<Client, ClientError> {
         let parsed =
             url::Url::parse(server).map_err(|_| ClientError::BadUrl(server.to_string()))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(ClientError::BadUrl(server.to_string()));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .pool_max_idle_per_host(64)
-            .build()
-            .map_err(|e| ClientError::Transport {
-                server: server.to_string(),
-                source: e,
-            })?;
+        let http = HttpClient::new(config).map_err(|e| ClientError::Transport {
+            server: server.to_string(),
+            source: e,
+        })?;
         Ok(Client {
             server: server.trim_end_matches('/').to_string(),
             http,
         })
     }
 
-    /// A client for the cluster of a kubeconfig found the way kubectl finds it.
+    /// A client for the cluster of a kubeconfig found the way kubectl finds it, with the
+    /// current context's CA, client certificate and token.
     pub fn from_kubeconfig(
         explicit: Option<&std::path::Path>,
     ) -> Result<Client, kubeconfig::KubeconfigError> {
         let config = kubeconfig::Kubeconfig::discover(explicit)?;
-        let server = config.current_server()?;
-        Client::new(&server).map_err(|e| kubeconfig::KubeconfigError::Invalid(e.to_string()))
+        let connection = config.current_connection()?;
+        Client::with_config(&connection.server, &connection.http)
+            .map_err(|e| kubeconfig::KubeconfigError::Invalid(e.to_string()))
     }
 
     pub fn server(&self) -> &str {
@@ -137,15 +148,15 @@ impl Client {
         format!("{}/{name}", Self::collection_path(resource, namespace))
     }
 
-    fn transport(&self, e: reqwest::Error) -> ClientError {
+    fn transport(&self, e: TransportError) -> ClientError {
         ClientError::Transport {
             server: self.server.clone(),
             source: e,
         }
     }
 
-    async fn finish(&self, response: reqwest::Response) -> Result<Value, ClientError> {
-        let code = response.status().as_u16();
+    async fn finish(&self, response: HttpResponse) -> Result<Value, ClientError> {
+        let code = response.status();
         let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
             ClientError::Decode(format!("{e}: {}", String::from_utf8_lossy(&bytes)))
@@ -172,26 +183,29 @@ impl Client {
     /// Sends a request with an optional JSON body and content type; returns the JSON answer.
     pub async fn request(
         &self,
-        method: reqwest::Method,
+        method: Method,
         path_and_query: &str,
         body: Option<(&str, Vec<u8>)>,
         accept: Option<&str>,
     ) -> Result<Value, ClientError> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path_and_query}", self.server));
+        let url = format!("{}{path_and_query}", self.server);
+        let mut request = HttpRequest::new(method, &url);
         if let Some((content_type, bytes)) = body {
-            request = request.header("Content-Type", content_type).body(bytes);
+            request = request.body(content_type, bytes);
         }
         request = request.header("Accept", accept.unwrap_or("application/json"));
-        let response = request.send().await.map_err(|e| self.transport(e))?;
+        let response = self
+            .http
+            .send(request)
+            .await
+            .map_err(|e| self.transport(e))?;
         self.finish(response).await
     }
 
     /// Sends `body` as JSON with `content_type` and returns the JSON answer.
     async fn send_object(
         &self,
-        method: reqwest::Method,
+        method: Method,
         path: &str,
         content_type: &str,
         body: &Value,
@@ -208,7 +222,7 @@ impl Client {
         name: &str,
     ) -> Result<Value, ClientError> {
         self.request(
-            reqwest::Method::GET,
+            Method::Get,
             &Self::item_path(resource, namespace, name),
             None,
             None,
@@ -224,7 +238,7 @@ impl Client {
         name: &str,
     ) -> Result<Value, ClientError> {
         self.request(
-            reqwest::Method::GET,
+            Method::Get,
             &Self::item_path(resource, namespace, name),
             None,
             Some(TABLE_ACCEPT),
@@ -239,7 +253,7 @@ impl Client {
         options: &ListOptions,
     ) -> Result<Value, ClientError> {
         let path = with_query(&Self::collection_path(resource, namespace), options, false);
-        self.request(reqwest::Method::GET, &path, None, None).await
+        self.request(Method::Get, &path, None, None).await
     }
 
     /// Lists as a server-side Table.
@@ -250,7 +264,7 @@ impl Client {
         options: &ListOptions,
     ) -> Result<Value, ClientError> {
         let path = with_query(&Self::collection_path(resource, namespace), options, false);
-        self.request(reqwest::Method::GET, &path, None, Some(TABLE_ACCEPT))
+        self.request(Method::Get, &path, None, Some(TABLE_ACCEPT))
             .await
     }
 
@@ -261,7 +275,7 @@ impl Client {
         object: &Value,
     ) -> Result<Value, ClientError> {
         let path = Self::collection_path(resource, namespace);
-        self.send_object(reqwest::Method::POST, &path, "application/json", object)
+        self.send_object(Method::Post, &path, "application/json", object)
             .await
     }
 
@@ -273,7 +287,7 @@ impl Client {
         object: &Value,
     ) -> Result<Value, ClientError> {
         let path = Self::item_path(resource, namespace, name);
-        self.send_object(reqwest::Method::PUT, &path, "application/json", object)
+        self.send_object(Method::Put, &path, "application/json", object)
             .await
     }
 
@@ -287,7 +301,7 @@ impl Client {
         patch: &Value,
     ) -> Result<Value, ClientError> {
         let path = Self::item_path(resource, namespace, name);
-        self.send_object(reqwest::Method::PATCH, &path, content_type, patch)
+        self.send_object(Method::Patch, &path, content_type, patch)
             .await
     }
 
@@ -305,7 +319,7 @@ impl Client {
             options["gracePeriodSeconds"] = Value::from(g);
         }
         let path = Self::item_path(resource, namespace, name);
-        self.send_object(reqwest::Method::DELETE, &path, "application/json", &options)
+        self.send_object(Method::Delete, &path, "application/json", &options)
             .await
     }
 
@@ -315,27 +329,23 @@ impl Client {
         path: &str,
         digest_header: &str,
     ) -> Result<Option<(Option<String>, Vec<u8>)>, ClientError> {
+        let url = format!("{}{path}", self.server);
         let response = self
             .http
-            .get(format!("{}{path}", self.server))
-            .send()
+            .send(HttpRequest::new(Method::Get, &url))
             .await
             .map_err(|e| self.transport(e))?;
-        if response.status().as_u16() == 404 {
+        if response.status() == 404 {
             return Ok(None);
         }
-        if !response.status().is_success() {
+        if !(200..300).contains(&response.status()) {
             return Err(self
                 .finish(response)
                 .await
                 .err()
                 .unwrap_or(ClientError::Decode("request failed".into())));
         }
-        let digest = response
-            .headers()
-            .get(digest_header)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let digest = response.header(digest_header);
         let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
         Ok(Some((digest, bytes.to_vec())))
     }
@@ -347,13 +357,8 @@ impl Client {
         content_type: &str,
         bytes: Vec<u8>,
     ) -> Result<Value, ClientError> {
-        self.request(
-            reqwest::Method::PUT,
-            path,
-            Some((content_type, bytes)),
-            None,
-        )
-        .await
+        self.request(Method::Put, path, Some((content_type, bytes)), None)
+            .await
     }
 
     /// Starts a GET whose body is read as it arrives; an error status becomes its Status.
@@ -361,15 +366,14 @@ impl Client {
         &self,
         path_and_query: &str,
         accept: &str,
-    ) -> Result<reqwest::Response, ClientError> {
+    ) -> Result<HttpResponse, ClientError> {
+        let url = format!("{}{path_and_query}", self.server);
         let response = self
             .http
-            .get(format!("{}{path_and_query}", self.server))
-            .header("Accept", accept)
-            .send()
+            .send(HttpRequest::new(Method::Get, &url).header("Accept", accept))
             .await
             .map_err(|e| self.transport(e))?;
-        if response.status().is_success() {
+        if (200..300).contains(&response.status()) {
             return Ok(response);
         }
         Err(self
@@ -391,7 +395,7 @@ impl Client {
     > {
         let response = self.get_streaming(path_and_query, "*/*").await?;
         let server = self.server.clone();
-        Ok(Box::pin(response.bytes_stream().map(move |chunk| {
+        Ok(Box::pin(response.into_stream().map(move |chunk| {
             chunk.map_err(|e| ClientError::Transport {
                 server: server.clone(),
                 source: e,
@@ -413,7 +417,7 @@ impl Client {
             .and_then(Value::as_str)
             .unwrap_or_default();
         let path = format!("{}/status", Self::item_path(resource, namespace, name));
-        self.send_object(reqwest::Method::PUT, &path, "application/json", object)
+        self.send_object(Method::Put, &path, "application/json", object)
             .await
     }
 
@@ -449,7 +453,7 @@ impl Client {
         }
         let path = Self::item_path(resource, namespace, name);
         match self
-            .send_object(reqwest::Method::DELETE, &path, "application/json", &options)
+            .send_object(Method::Delete, &path, "application/json", &options)
             .await
         {
             Ok(_) => Ok(true),
@@ -474,7 +478,7 @@ impl Client {
         };
         let response = self.get_streaming(&path, accept).await?;
         let server = self.server.clone();
-        let bytes = Box::pin(response.bytes_stream());
+        let bytes = response.into_stream();
         let stream = futures::stream::unfold(
             (bytes, Vec::<u8>::new(), false),
             move |(mut bytes, mut buffer, mut done)| {

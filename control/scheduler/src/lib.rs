@@ -313,7 +313,7 @@ async fn schedule_one(
             let body = serde_json::to_vec(&binding).unwrap_or_default();
             match client
                 .request(
-                    reqwest::Method::POST,
+                    skiff_client::Method::Post,
                     &path,
                     Some(("application/json", body)),
                     None,

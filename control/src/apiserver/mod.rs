@@ -48,7 +48,8 @@ pub struct ApiState {
     /// How often watches with `allowWatchBookmarks=true` get a BOOKMARK event.
     pub bookmark_interval: std::time::Duration,
     /// Talks to node agents (container logs).
-    pub http: reqwest::Client,
+    /// The client for node agents' kubelet endpoints (logs), from the one HTTP stack.
+    pub node_http: skiff_client::http::HttpClient,
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
@@ -849,14 +850,25 @@ async fn pod_log(
     };
     let url =
         format!("http://{host}:{port}/containerLogs/{namespace}/{name}/{container}?{forwarded}");
-    let response = state.http.get(&url).send().await.map_err(|e| {
-        ApiError::service_unavailable(format!("cannot reach the agent of node {node_name}: {e}"))
-    })?;
-    if !response.status().is_success() {
-        let text = response.text().await.unwrap_or_default();
-        return Err(ApiError::bad_request(text.trim().to_string()));
+    let response = state
+        .node_http
+        .send(skiff_client::http::HttpRequest::new(
+            skiff_client::Method::Get,
+            &url,
+        ))
+        .await
+        .map_err(|e| {
+            ApiError::service_unavailable(format!(
+                "cannot reach the agent of node {node_name}: {e}"
+            ))
+        })?;
+    if !(200..300).contains(&response.status()) {
+        let text = response.bytes().await.unwrap_or_default();
+        return Err(ApiError::bad_request(
+            String::from_utf8_lossy(&text).trim().to_string(),
+        ));
     }
-    let body = Body::from_stream(response.bytes_stream());
+    let body = Body::from_stream(response.into_stream());
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/plain")
