@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Idle wasm pods on one node (default 5,000): the node agent's resident memory per pod.
+# Idle wasm pods on one node (default 20,000): the node agent's resident memory per pod,
+# against the memory per idle container of containerd + runc (shim + container process),
+# measured in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build-examples.sh
 cargo build --release --bins
 target="${CARGO_TARGET_DIR:-target}"
-exec "$target/release/skiff-bench" density --examples "$target/wasm-examples" "$@"
+source scripts/containerd-peer.sh
+"$target/release/skiff-bench" density --examples "$target/wasm-examples" \
+  --ctr-socket "$PEER_SOCKET" --ctr-image "$PEER_IMAGE" --ctr-daemon-pid "$peer_containerd_pid" "$@"

@@ -1,4 +1,6 @@
-//! Density: many idle wasm pods on one node; the node agent's resident memory per pod.
+//! Density: many idle wasm pods on one node; the node agent's resident memory per pod,
+//! against the peer's memory per idle container (containerd + runc: the shim and the
+//! container's process, plus containerd's own growth), measured in the same run.
 
 use crate::cluster::{free_port, phase, rss_bytes, skiff_binary, spawn, wait_for_ready_node};
 use anyhow::{Context, Result};
@@ -12,12 +14,23 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Args)]
 pub struct DensityArgs {
     /// Idle pods to run on the node.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 20_000)]
     pods: usize,
     #[arg(long)]
     examples: PathBuf,
     #[arg(long)]
     skiff: Option<PathBuf>,
+    /// containerd socket for the peer (skipped without one).
+    #[arg(long)]
+    ctr_socket: Option<PathBuf>,
+    #[arg(long, default_value = "docker.io/skiff/busybox:1")]
+    ctr_image: String,
+    /// The peer's containerd process, whose growth counts towards its containers.
+    #[arg(long)]
+    ctr_daemon_pid: Option<u32>,
+    /// Idle containers the peer runs (each has its own shim process).
+    #[arg(long, default_value_t = 20)]
+    ctr_containers: usize,
 }
 
 pub async fn run(args: DensityArgs) -> Result<()> {
@@ -151,5 +164,109 @@ pub async fn run(args: DensityArgs) -> Result<()> {
         loaded as f64 / 1048576.0
     );
     println!("  per pod: {:.1} KiB", per_pod / 1024.0);
+    drop(events);
+    drop(node);
+    match &args.ctr_socket {
+        Some(socket) => {
+            let per_container = containerd_idle_memory(
+                socket,
+                &args.ctr_image,
+                args.ctr_daemon_pid,
+                args.ctr_containers,
+            )?;
+            println!(
+                "peer: {} idle busybox containers on containerd + runc: {:.1} KiB per container (shim + process + containerd growth)",
+                args.ctr_containers,
+                per_container / 1024.0
+            );
+            println!(
+                "ratio (containerd per container / skiff per pod): {:.1}x",
+                per_container / per_pod.max(1.0)
+            );
+        }
+        None => println!("peer: skipped (no --ctr-socket)"),
+    }
     Ok(())
+}
+
+/// Runs `count` idle containers with `ctr run -d` and returns the resident memory each
+/// costs: its shim and its process, plus the daemon's growth shared out. The containers
+/// are removed again before this returns, also when a step fails.
+fn containerd_idle_memory(
+    socket: &std::path::Path,
+    image: &str,
+    daemon_pid: Option<u32>,
+    count: usize,
+) -> Result<f64> {
+    let ctr = |args: &[&str]| -> Result<String> {
+        let output = std::process::Command::new("ctr")
+            .arg("-a")
+            .arg(socket)
+            .args(["-n", "skiff-bench"])
+            .args(args)
+            .output()
+            .context("cannot run ctr")?;
+        if !output.status.success() {
+            anyhow::bail!(
+                "ctr {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let names: Vec<String> = (0..count)
+        .map(|i| format!("density-{}-{i}", std::process::id()))
+        .collect();
+    struct Remove<'a, F: Fn(&[&str]) -> Result<String>>(&'a [String], &'a F);
+    impl<F: Fn(&[&str]) -> Result<String>> Drop for Remove<'_, F> {
+        fn drop(&mut self) {
+            for name in self.0 {
+                let _ = (self.1)(&["tasks", "kill", "-s", "KILL", name]);
+                let _ = (self.1)(&["tasks", "rm", "-f", name]);
+                let _ = (self.1)(&["containers", "rm", name]);
+            }
+        }
+    }
+    let _remove = Remove(&names, &ctr);
+    let daemon_before = daemon_pid.map(rss_bytes).transpose()?.unwrap_or(0);
+    for name in &names {
+        ctr(&["run", "-d", image, name, "/bin/sleep", "3600"])?;
+    }
+    // Give the shims the same settling time the agent had before its reading.
+    std::thread::sleep(Duration::from_secs(2));
+    let tasks = ctr(&["tasks", "ls"])?;
+    let mut total = 0u64;
+    let mut measured = 0usize;
+    for line in tasks.lines().skip(1) {
+        let mut fields = line.split_whitespace();
+        let (Some(name), Some(pid)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !names.iter().any(|n| n == name) {
+            continue;
+        }
+        let pid: u32 = pid.parse().context("task pid")?;
+        let shim = parent_pid(pid)?;
+        total += rss_bytes(pid)? + rss_bytes(shim)?;
+        measured += 1;
+    }
+    anyhow::ensure!(
+        measured == count,
+        "only {measured} of {count} peer containers are running"
+    );
+    let daemon_after = daemon_pid.map(rss_bytes).transpose()?.unwrap_or(0);
+    total += daemon_after.saturating_sub(daemon_before);
+    Ok(total as f64 / count as f64)
+}
+
+fn parent_pid(pid: u32) -> Result<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .context("no PPid")?
+        .trim()
+        .parse()
+        .context("PPid")
 }
