@@ -1,9 +1,11 @@
 //! Watch streams: `?watch=true` on a collection. One JSON event per line, flushed per
 //! event; label and field selectors turn objects entering or leaving the selection into
-//! ADDED and DELETED; a too-old `resourceVersion` gets 410 Expired.
+//! ADDED and DELETED; a too-old `resourceVersion` gets 410 Expired. A watch whose
+//! client reads slower than events arrive is caught up from the store's history; only
+//! when its position has left the history does it end with a 410 ERROR event.
 
 use crate::registry::{event_type_name, Environment};
-use crate::store::{Event, EventType, StoreError};
+use crate::store::{Event, EventType, Position, StoreError};
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::Response;
@@ -120,6 +122,16 @@ impl Sender {
         self.send(event_type, &event.value).await
     }
 
+    /// Sends the events of a backlog; false when the client is gone.
+    async fn send_backlog(&mut self, backlog: &[Arc<Event>]) -> bool {
+        for event in backlog {
+            if !self.send_event(event).await {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Tells the client it has seen everything up to `revision`, so it can resume from
     /// there without a relist even if none of those events concerned it.
     async fn send_bookmark(&mut self, revision: u64) -> bool {
@@ -160,18 +172,18 @@ pub fn watch(state: &ApiState, request: WatchRequest) -> Result<Response, ApiErr
         env: state.registry.env.clone(),
     };
     let mut shutdown = state.shutdown.clone();
+    let store = store.clone();
     tokio::spawn(async move {
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut live = watch.live;
-        // The highest revision this watch has dealt with, whether or not it concerned the
-        // watch; events at or below it came from the snapshot or the backlog.
-        let mut last_sent = sender.request.from.unwrap_or(0);
+        // The last event this watch has dealt with, whether or not it concerned the
+        // watch; events at or before it came from the snapshot or a backlog.
+        let mut position = Position::end_of(watch.revision.max(sender.request.from.unwrap_or(0)));
         let mut bookmarks = tokio::time::interval_at(
             tokio::time::Instant::now() + bookmark_interval,
             bookmark_interval,
         );
-        if let Some((revision, objects)) = watch.initial {
-            last_sent = revision;
+        if let Some((_, objects)) = watch.initial {
             for (_, entry) in objects {
                 let selected = !sender.filtered()
                     || serde_json::from_slice::<Value>(&entry.value)
@@ -181,17 +193,15 @@ pub fn watch(state: &ApiState, request: WatchRequest) -> Result<Response, ApiErr
                 }
             }
         }
-        for event in watch.backlog {
-            last_sent = event.revision;
-            if !sender.send_event(&event).await {
-                return;
-            }
+        if !sender.send_backlog(&watch.backlog).await {
+            return;
         }
         loop {
             let next = tokio::select! {
                 next = live.recv() => next,
                 _ = bookmarks.tick(), if sender.request.bookmarks => {
-                    if last_sent > 0 && !sender.send_bookmark(last_sent).await {
+                    let revision = position.complete_revision();
+                    if revision > 0 && !sender.send_bookmark(revision).await {
                         return;
                     }
                     continue;
@@ -201,21 +211,35 @@ pub fn watch(state: &ApiState, request: WatchRequest) -> Result<Response, ApiErr
                 _ = sender.channel.closed() => return,
             };
             match next {
-                // Events up to `last_sent` came from the snapshot or the backlog already.
-                Ok(event) if event.revision <= last_sent => continue,
+                // Events up to `position` came from the snapshot or a backlog already.
+                Ok(event) if event.position() <= position => continue,
                 Ok(event) => {
-                    last_sent = event.revision;
+                    position = event.position_after();
                     if !sender.send_event(&event).await {
                         return;
                     }
                 }
-                Err(RecvError::Lagged(missed)) => {
-                    sender
-                        .send_expired(format!(
-                            "the watch fell behind by {missed} events; restart it from a new list"
-                        ))
-                        .await;
-                    return;
+                Err(RecvError::Lagged(_)) => {
+                    // The live buffer overflowed past this watch: catch it up from the
+                    // history and continue on a fresh receiver, unless its position has
+                    // left the history too.
+                    match store.resume(&sender.request.prefix, position) {
+                        Ok(resumed) => {
+                            live = resumed.live;
+                            if !sender.send_backlog(&resumed.backlog).await {
+                                return;
+                            }
+                            position = Position::end_of(resumed.revision);
+                        }
+                        Err(e) => {
+                            sender
+                                .send_expired(format!(
+                                    "the watch fell behind the kept history ({e}); restart it from a new list"
+                                ))
+                                .await;
+                            return;
+                        }
+                    }
                 }
                 Err(RecvError::Closed) => return,
             }
