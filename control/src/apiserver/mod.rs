@@ -605,7 +605,7 @@ async fn handle_resource(
                     &entry.revision.to_string(),
                     true,
                     include_object(&query)?,
-                    registry.env.now(),
+                    registry.clock.now(),
                 );
                 return Ok(json_response(StatusCode::OK, &table));
             }
@@ -904,7 +904,7 @@ fn list(
                 &revision.to_string(),
                 true,
                 include,
-                state.registry.env.now(),
+                state.registry.clock.now(),
             );
             return Ok(json_response(StatusCode::OK, &table));
         }

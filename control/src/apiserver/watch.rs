@@ -4,7 +4,7 @@
 //! client reads slower than events arrive is caught up from the store's history; only
 //! when its position has left the history does it end with a 410 ERROR event.
 
-use crate::registry::{event_type_name, Environment};
+use crate::registry::event_type_name;
 use crate::store::{Event, EventType, Position, StoreError};
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
@@ -41,7 +41,7 @@ struct Sender {
     request: WatchRequest,
     channel: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
     sent_columns: bool,
-    env: Arc<dyn Environment>,
+    clock: skiff_api::clock::SharedClock,
 }
 
 impl Sender {
@@ -76,7 +76,7 @@ impl Sender {
                 &rv,
                 !self.sent_columns,
                 self.request.include_object,
-                self.env.now(),
+                self.clock.now(),
             );
             self.sent_columns = true;
             out.extend_from_slice(&serde_json::to_vec(&table).ok()?);
@@ -169,7 +169,7 @@ pub fn watch(state: &ApiState, request: WatchRequest) -> Result<Response, ApiErr
         request,
         channel,
         sent_columns: false,
-        env: state.registry.env.clone(),
+        clock: state.registry.clock.clone(),
     };
     let mut shutdown = state.shutdown.clone();
     let store = store.clone();

@@ -1,39 +1,46 @@
 //! Object semantics over the store, independent of HTTP: what create, update, patch,
 //! delete and the subresources do to metadata, defaults, validation, generation,
 //! graceful deletion and finalizers. The API server maps requests onto these calls.
+//! What differs per kind lives in that kind's [`strategy::Strategy`].
 
-use crate::store::{Entry, EventType, Revision, Store, StoreError, WriteOp};
+mod allocations;
+mod node;
+mod service;
+pub mod strategy;
+
+use crate::allocator::{Claim, Ranges};
+use crate::store::{Entry, EventType, Revision, Store, StoreError, TransactionError, WriteOp};
+use allocations::Allocations;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
+use skiff_api::clock::SharedClock;
 use skiff_api::object::{self, meta_str, metadata_mut, DecodeError};
 use skiff_api::patch::{apply_patch, PatchType};
 use skiff_api::resource::ResourceInfo;
 use skiff_api::status::ApiError;
 use skiff_api::validation::{validate_object, validate_update};
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use strategy::strategy_for;
 
 /// How many times a patch or internal update retries after losing a compare-and-swap race.
 const MAX_UPDATE_ATTEMPTS: usize = 16;
 
-/// Source of time and randomness, injected so tests can pin them.
+/// Source of randomness, injected so tests can pin it (time comes from the registry's
+/// [`SharedClock`]).
 pub trait Environment: Send + Sync + 'static {
-    fn now(&self) -> DateTime<Utc>;
     /// A random suffix for `generateName` (5 characters, Kubernetes' alphabet).
     fn random_suffix(&self) -> String;
     fn new_uid(&self) -> String;
-    /// A random number for allocations (service cluster IPs).
+    /// A random number for allocations (cluster IPs, node ports, pod CIDRs).
     fn random_u32(&self) -> u32;
 }
 
-/// The real clock and the thread RNG.
+/// The thread RNG.
 #[derive(Debug, Default)]
 pub struct SystemEnvironment;
 
 impl Environment for SystemEnvironment {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-
     fn random_suffix(&self) -> String {
         use rand::Rng;
         // Kubernetes leaves out vowels and look-alike characters so names never spell words.
@@ -113,6 +120,10 @@ impl Written {
 pub struct Registry {
     pub store: Store,
     pub env: Arc<dyn Environment>,
+    /// The one clock timestamps in objects come from.
+    pub clock: SharedClock,
+    /// The ranges cluster IPs, node ports and pod CIDRs are allocated from.
+    pub ranges: Arc<Ranges>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -246,8 +257,28 @@ pub fn decode_request_object(
 }
 
 impl Registry {
-    pub fn new(store: Store, env: Arc<dyn Environment>) -> Self {
-        Registry { store, env }
+    pub fn new(
+        store: Store,
+        env: Arc<dyn Environment>,
+        clock: SharedClock,
+        ranges: Arc<Ranges>,
+    ) -> Self {
+        Registry {
+            store,
+            env,
+            clock,
+            ranges,
+        }
+    }
+
+    /// An allocation context for one write of `name`, which holds `held` so far.
+    fn allocations<'a>(
+        &'a self,
+        resource: &'a ResourceInfo,
+        name: &'a str,
+        held: BTreeSet<Claim>,
+    ) -> Allocations<'a> {
+        Allocations::new(&self.ranges, &self.store, &*self.env, resource, name, held)
     }
 
     /// Reads one object.
@@ -307,7 +338,7 @@ impl Registry {
             options.field_validation,
             &mut warnings,
         )?;
-        let now = self.env.now();
+        let now = self.clock.now();
         {
             let meta = metadata_mut(&mut object);
             if resource.namespaced {
@@ -359,37 +390,62 @@ impl Registry {
             return Err(ApiError::invalid(resource, &name, causes));
         }
         self.check_namespace_writable(resource, namespace)?;
-        if resource.kind == "Service" {
-            self.allocate_cluster_ip(&mut object)?;
-        }
-        if options.dry_run {
-            if self
-                .store
-                .get(&object_key(resource, namespace, &name))
-                .is_some()
-            {
-                return Err(ApiError::already_exists(resource, &name));
-            }
-            return Ok(Written {
-                object,
-                warnings,
-                removed: false,
-            });
-        }
         let key = object_key(resource, namespace, &name);
-        let entry = self
-            .store
-            .write(WriteOp::Create {
-                key,
-                encode: encoder(object),
-            })
-            .await
-            .map_err(|e| store_error(resource, &name, e))?;
-        Ok(Written {
-            object: decode_entry(&entry)?,
-            warnings,
-            removed: false,
-        })
+        let uid = meta_str(&object, "uid").unwrap_or_default().to_string();
+        let strategy = strategy_for(resource);
+        for _ in 0..MAX_UPDATE_ATTEMPTS {
+            let mut allocated = object.clone();
+            strategy.allocate(
+                &mut self.allocations(resource, &name, BTreeSet::new()),
+                None,
+                &mut allocated,
+            )?;
+            if options.dry_run {
+                if self.store.get(&key).is_some() {
+                    return Err(ApiError::already_exists(resource, &name));
+                }
+                return Ok(Written {
+                    object: allocated,
+                    warnings,
+                    removed: false,
+                });
+            }
+            // The object and the claims of its allocated values are one transaction:
+            // neither exists without the other.
+            let mut ops = vec![WriteOp::Create {
+                key: key.clone(),
+                encode: encoder(allocated.clone()),
+            }];
+            ops.extend(allocations::claim_ops(
+                &strategy.claims(&allocated),
+                &key,
+                &uid,
+            ));
+            match self.store.transact(ops).await {
+                Ok(entries) => {
+                    let entry = entries
+                        .first()
+                        .ok_or_else(|| ApiError::internal("the store wrote no object"))?;
+                    return Ok(Written {
+                        object: decode_entry(entry)?,
+                        warnings,
+                        removed: false,
+                    });
+                }
+                // Another write claimed a value between the choice and the commit: choose
+                // again (a requested value is then refused as already allocated).
+                Err(TransactionError {
+                    op: Some(op),
+                    error: StoreError::AlreadyExists(_),
+                }) if op > 0 => continue,
+                Err(e) => return Err(store_error(resource, &name, e.error)),
+            }
+        }
+        Err(ApiError::conflict(
+            resource,
+            &name,
+            "too many concurrent allocations; try again",
+        ))
     }
 
     /// Defaults and status applied on create, as the Kubernetes defaulting functions and
@@ -440,77 +496,6 @@ impl Registry {
             }
             _ => {}
         }
-        Ok(())
-    }
-
-    /// Gives a ClusterIP service an address in 10.96.0.0/12 that no other service has.
-    fn allocate_cluster_ip(&self, object: &mut Value) -> Result<(), ApiError> {
-        let spec = &object["spec"];
-        if spec.get("type").and_then(Value::as_str) == Some("ExternalName") {
-            return Ok(());
-        }
-        let requested = spec
-            .get("clusterIP")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        if requested == "None" {
-            object["spec"]["clusterIPs"] = json!(["None"]);
-            return Ok(());
-        }
-        let services = &skiff_api::resource::SERVICES;
-        let (_, existing) = self.store.list(&collection_prefix(services, None));
-        let taken: std::collections::HashSet<String> = existing
-            .iter()
-            .filter_map(|(_, e)| decode_entry(e).ok())
-            .filter_map(|s| {
-                s.pointer("/spec/clusterIP")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            })
-            .collect();
-        let ip = if requested.is_empty() {
-            let mut chosen = None;
-            for _ in 0..64 {
-                // 10.96.0.0/12, skipping .0 and the first address (kept for the API service).
-                let offset = 2 + self.env.random_u32() % ((1 << 20) - 3);
-                let n = (10u32 << 24) | (96 << 16) | offset;
-                let candidate = std::net::Ipv4Addr::from(n).to_string();
-                if !taken.contains(&candidate) {
-                    chosen = Some(candidate);
-                    break;
-                }
-            }
-            chosen.ok_or_else(|| ApiError::internal("no free cluster IP could be allocated"))?
-        } else {
-            let parsed: std::net::Ipv4Addr = requested.parse().map_err(|_| {
-                let svc = &skiff_api::resource::SERVICES;
-                ApiError::invalid(
-                    svc,
-                    meta_str(object, "name").unwrap_or_default(),
-                    vec![skiff_api::validation::FieldCause::invalid(
-                        "spec.clusterIP",
-                        &Value::from(requested.clone()),
-                        "must be a valid IP address",
-                    )],
-                )
-            })?;
-            if taken.contains(&requested) {
-                let svc = &skiff_api::resource::SERVICES;
-                return Err(ApiError::invalid(
-                    svc,
-                    meta_str(object, "name").unwrap_or_default(),
-                    vec![skiff_api::validation::FieldCause::invalid(
-                        "spec.clusterIP",
-                        &Value::from(requested.clone()),
-                        "provided IP is already allocated",
-                    )],
-                ));
-            }
-            parsed.to_string()
-        };
-        object["spec"]["clusterIP"] = Value::from(ip.clone());
-        object["spec"]["clusterIPs"] = json!([ip]);
         Ok(())
     }
 
@@ -764,6 +749,15 @@ impl Registry {
         if !causes.is_empty() {
             return Err(ApiError::invalid(resource, name, causes));
         }
+        let strategy = strategy_for(resource);
+        let held = strategy.claims(&old);
+        if subresource.is_none() {
+            strategy.allocate(
+                &mut self.allocations(resource, name, held.clone()),
+                Some(&old),
+                &mut new,
+            )?;
+        }
         let mut old_without_rv = old.clone();
         metadata_mut(&mut old_without_rv).remove("resourceVersion");
         if new == old_without_rv {
@@ -785,29 +779,53 @@ impl Registry {
         if dry_run {
             return Ok(Written::kept(new));
         }
-        if finalized {
-            // The last finalizer is gone from an object being deleted: remove it.
-            let entry = self
-                .store
-                .write(WriteOp::Delete {
-                    key,
-                    expected: Some(entry.revision),
-                    encode: encoder(new),
-                })
-                .await
-                .map_err(|e| store_error(resource, name, e))?;
-            return Ok(Written::removed(decode_entry(&entry)?));
-        }
-        let entry = self
-            .store
-            .write(WriteOp::Update {
+        let uid = meta_str(&old, "uid").unwrap_or_default().to_string();
+        let (ops, removed) = if finalized {
+            // The last finalizer is gone from an object being deleted: remove it and
+            // release what it held.
+            let mut ops = vec![WriteOp::Delete {
                 key,
                 expected: Some(entry.revision),
                 encode: encoder(new),
-            })
-            .await
-            .map_err(|e| store_error(resource, name, e))?;
-        Ok(Written::kept(decode_entry(&entry)?))
+            }];
+            ops.extend(allocations::release_ops(&self.store, &held, &uid));
+            (ops, true)
+        } else {
+            // Claims follow the object: new values are claimed and dropped ones released
+            // in the same transaction (a Service that stops being NodePort frees its ports).
+            let holds = strategy.claims(&new);
+            let mut ops = vec![WriteOp::Update {
+                key: key.clone(),
+                expected: Some(entry.revision),
+                encode: encoder(new),
+            }];
+            let gained: BTreeSet<Claim> = holds.difference(&held).cloned().collect();
+            let dropped: BTreeSet<Claim> = held.difference(&holds).cloned().collect();
+            ops.extend(allocations::claim_ops(&gained, &key, &uid));
+            ops.extend(allocations::release_ops(&self.store, &dropped, &uid));
+            (ops, false)
+        };
+        let entries =
+            self.store.transact(ops).await.map_err(|e| match e {
+                // A value claimed by a concurrent write: the caller retries from a fresh read.
+                TransactionError {
+                    op: Some(op),
+                    error:
+                        StoreError::AlreadyExists(_)
+                        | StoreError::Conflict { .. }
+                        | StoreError::NotFound(_),
+                } if op > 0 => ApiError::modified(resource, name),
+                other => store_error(resource, name, other.error),
+            })?;
+        let entry = entries
+            .first()
+            .ok_or_else(|| ApiError::internal("the store wrote no object"))?;
+        let object = decode_entry(entry)?;
+        Ok(if removed {
+            Written::removed(object)
+        } else {
+            Written::kept(object)
+        })
     }
 
     /// Deletes an object: at once, or by setting `deletionTimestamp` when finalizers or a
@@ -858,7 +876,7 @@ impl Registry {
             let already_deleting = object
                 .pointer("/metadata/deletionTimestamp")
                 .is_some_and(|v| !v.is_null());
-            let now = self.env.now();
+            let now = self.clock.now();
             let grace = if resource.kind == "Pod" && !pod_is_terminal_or_unbound(&object) {
                 let spec_grace = object
                     .pointer("/spec/terminationGracePeriodSeconds")
@@ -874,22 +892,29 @@ impl Registry {
                     return Ok(Written::removed(object));
                 }
                 let key = object_key(resource, namespace, name);
-                match self
-                    .store
-                    .write(WriteOp::Delete {
-                        key,
-                        expected: Some(entry.revision),
-                        encode: encoder(object),
-                    })
-                    .await
-                {
-                    Ok(e) => return Ok(Written::removed(decode_entry(&e)?)),
-                    Err(StoreError::Conflict { .. })
-                        if options.precondition_resource_version.is_none() =>
-                    {
+                // The object and the claims it holds go in one transaction.
+                let claims = strategy_for(resource).claims(&object);
+                let uid = meta_str(&object, "uid").unwrap_or_default().to_string();
+                let mut ops = vec![WriteOp::Delete {
+                    key,
+                    expected: Some(entry.revision),
+                    encode: encoder(object),
+                }];
+                ops.extend(allocations::release_ops(&self.store, &claims, &uid));
+                match self.store.transact(ops).await {
+                    Ok(entries) => {
+                        let entry = entries
+                            .first()
+                            .ok_or_else(|| ApiError::internal("the store wrote no object"))?;
+                        return Ok(Written::removed(decode_entry(entry)?));
+                    }
+                    Err(TransactionError {
+                        op,
+                        error: StoreError::Conflict { .. },
+                    }) if op != Some(0) || options.precondition_resource_version.is_none() => {
                         continue
                     }
-                    Err(e) => return Err(store_error(resource, name, e)),
+                    Err(e) => return Err(store_error(resource, name, e.error)),
                 }
             }
             {
@@ -975,7 +1000,7 @@ impl Registry {
                 vec![skiff_api::validation::FieldCause::required("target.name")],
             ));
         }
-        let now = timestamp(self.env.now());
+        let now = timestamp(self.clock.now());
         for _ in 0..MAX_UPDATE_ATTEMPTS {
             let (entry, mut pod) = self.get(pods, Some(namespace), name)?;
             if pod
