@@ -2,6 +2,7 @@
 //! loopback port with sled on a temp dir, real HTTP, the real `skiff` binary and the real
 //! `kubectl` on PATH.
 
+mod allocations;
 mod api;
 mod cli;
 mod controllers;
