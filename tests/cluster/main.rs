@@ -7,6 +7,7 @@ mod api;
 mod cli;
 mod controllers;
 mod crash;
+mod group_deletes;
 mod harness;
 mod kubectl;
 mod wasm;

@@ -733,26 +733,21 @@ async fn handle_resource(
             let options = delete_options(&query, &headers, &body)?;
             let (labels, fields) = selectors(resource, &query)?;
             let (revision, entries) = registry.store.list(&collection_prefix(resource, ns));
-            let mut deleted = Vec::new();
+            let mut selected = Vec::new();
             for (_, entry) in entries {
                 let object = decode_entry(&entry)?;
-                if !labels.matches_object(&object) || !fields.matches(resource.kind, &object) {
-                    continue;
-                }
-                let object_ns =
-                    skiff_api::object::meta_str(&object, "namespace").map(str::to_string);
-                let name = skiff_api::object::meta_str(&object, "name")
-                    .unwrap_or_default()
-                    .to_string();
-                match registry
-                    .delete(resource, object_ns.as_deref(), &name, &options)
-                    .await
-                {
-                    Ok(w) => deleted.push(w.object),
-                    Err(e) if e.code == 404 => {}
-                    Err(e) => return Err(e),
+                if labels.matches_object(&object) && fields.matches(resource.kind, &object) {
+                    selected.push((entry, object));
                 }
             }
+            // Batched transactions: one revision and one fsync per up to a thousand
+            // objects rather than per object.
+            let deleted: Vec<Value> = registry
+                .delete_many(resource, selected, &options)
+                .await?
+                .into_iter()
+                .map(|w| w.object)
+                .collect();
             if resource.kind == "Namespace" {
                 state.namespace_deleted.notify_one();
             }

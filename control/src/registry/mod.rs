@@ -4,7 +4,10 @@
 //! What differs per kind lives in that kind's [`strategy::Strategy`].
 
 mod allocations;
+mod delete;
+mod namespace;
 mod node;
+mod pod;
 mod service;
 pub mod strategy;
 
@@ -828,155 +831,6 @@ impl Registry {
         })
     }
 
-    /// Deletes an object: at once, or by setting `deletionTimestamp` when finalizers or a
-    /// pod's grace period hold it.
-    pub async fn delete(
-        &self,
-        resource: &ResourceInfo,
-        namespace: Option<&str>,
-        name: &str,
-        options: &DeleteOptions,
-    ) -> Result<Written, ApiError> {
-        for _ in 0..MAX_UPDATE_ATTEMPTS {
-            let (entry, object) = self.get(resource, namespace, name)?;
-            if let Some(uid) = &options.precondition_uid {
-                if meta_str(&object, "uid") != Some(uid.as_str()) {
-                    return Err(ApiError::conflict(
-                        resource,
-                        name,
-                        &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&object, "uid").unwrap_or_default()),
-                    ));
-                }
-            }
-            if let Some(rv) = &options.precondition_resource_version {
-                if parse_resource_version(rv)? != entry.revision {
-                    return Err(ApiError::conflict(
-                        resource,
-                        name,
-                        &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", entry.revision),
-                    ));
-                }
-            }
-            let mut pending = object.clone();
-            let mut finalizers = string_list(pending.pointer("/metadata/finalizers"));
-            match options.propagation_policy.as_deref() {
-                Some("Foreground") if !finalizers.iter().any(|f| f == "foregroundDeletion") => {
-                    finalizers.push("foregroundDeletion".into())
-                }
-                Some("Orphan") if !finalizers.iter().any(|f| f == "orphan") => {
-                    finalizers.push("orphan".into())
-                }
-                None | Some("Background") | Some("Foreground") | Some("Orphan") => {}
-                Some(other) => {
-                    return Err(ApiError::bad_request(format!(
-                    "invalid propagationPolicy {other:?}: must be Foreground, Background or Orphan"
-                )))
-                }
-            }
-            let already_deleting = object
-                .pointer("/metadata/deletionTimestamp")
-                .is_some_and(|v| !v.is_null());
-            let now = self.clock.now();
-            let grace = if resource.kind == "Pod" && !pod_is_terminal_or_unbound(&object) {
-                let spec_grace = object
-                    .pointer("/spec/terminationGracePeriodSeconds")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(30);
-                options.grace_period_seconds.unwrap_or(spec_grace).max(0)
-            } else {
-                0
-            };
-            let namespace_with_content = resource.kind == "Namespace";
-            if finalizers.is_empty() && grace == 0 && !namespace_with_content {
-                if options.dry_run {
-                    return Ok(Written::removed(object));
-                }
-                let key = object_key(resource, namespace, name);
-                // The object and the claims it holds go in one transaction.
-                let claims = strategy_for(resource).claims(&object);
-                let uid = meta_str(&object, "uid").unwrap_or_default().to_string();
-                let mut ops = vec![WriteOp::Delete {
-                    key,
-                    expected: Some(entry.revision),
-                    encode: encoder(object),
-                }];
-                ops.extend(allocations::release_ops(&self.store, &claims, &uid));
-                match self.store.transact(ops).await {
-                    Ok(entries) => {
-                        let entry = entries
-                            .first()
-                            .ok_or_else(|| ApiError::internal("the store wrote no object"))?;
-                        return Ok(Written::removed(decode_entry(entry)?));
-                    }
-                    Err(TransactionError {
-                        op,
-                        error: StoreError::Conflict { .. },
-                    }) if op != Some(0) || options.precondition_resource_version.is_none() => {
-                        continue
-                    }
-                    Err(e) => return Err(store_error(resource, name, e.error)),
-                }
-            }
-            {
-                let meta = metadata_mut(&mut pending);
-                if !finalizers.is_empty() {
-                    meta.insert("finalizers".into(), json!(finalizers));
-                }
-                if !already_deleting {
-                    let deadline = now + chrono::Duration::seconds(grace);
-                    meta.insert("deletionTimestamp".into(), timestamp(deadline));
-                    meta.insert("deletionGracePeriodSeconds".into(), Value::from(grace));
-                } else if resource.kind == "Pod" {
-                    // A shorter grace period may shorten a pending deletion, never lengthen it.
-                    let current = meta
-                        .get("deletionGracePeriodSeconds")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(grace);
-                    if grace < current {
-                        meta.insert(
-                            "deletionTimestamp".into(),
-                            timestamp(now + chrono::Duration::seconds(grace)),
-                        );
-                        meta.insert("deletionGracePeriodSeconds".into(), Value::from(grace));
-                    }
-                }
-                meta.remove("resourceVersion");
-            }
-            if resource.kind == "Namespace" {
-                pending["status"] = json!({"phase": "Terminating"});
-            }
-            if options.dry_run {
-                return Ok(Written::kept(pending));
-            }
-            let key = object_key(resource, namespace, name);
-            if pending == object {
-                return Ok(Written::kept(object));
-            }
-            match self
-                .store
-                .write(WriteOp::Update {
-                    key,
-                    expected: Some(entry.revision),
-                    encode: encoder(pending),
-                })
-                .await
-            {
-                Ok(e) => return Ok(Written::kept(decode_entry(&e)?)),
-                Err(StoreError::Conflict { .. })
-                    if options.precondition_resource_version.is_none() =>
-                {
-                    continue
-                }
-                Err(e) => return Err(store_error(resource, name, e)),
-            }
-        }
-        Err(ApiError::conflict(
-            resource,
-            name,
-            "too many concurrent writes; try again",
-        ))
-    }
-
     /// Binds a pod to a node (`pods/{name}/binding`).
     pub async fn bind(&self, namespace: &str, name: &str, binding: Value) -> Result<(), ApiError> {
         let pods = &skiff_api::resource::PODS;
@@ -1064,25 +918,24 @@ impl Registry {
             let (_, entries) = self
                 .store
                 .list(&collection_prefix(resource, Some(namespace)));
+            let mut to_delete = Vec::new();
             for (_, entry) in entries {
                 let object = decode_entry(&entry)?;
-                let name = meta_str(&object, "name").unwrap_or_default().to_string();
                 let deleting = object
                     .pointer("/metadata/deletionTimestamp")
                     .is_some_and(|v| !v.is_null());
-                if !deleting {
-                    match self
-                        .delete(resource, Some(namespace), &name, &DeleteOptions::default())
-                        .await
-                    {
-                        Ok(w) if w.removed => continue,
-                        Ok(_) => {}
-                        Err(e) if e.code == 404 => continue,
-                        Err(e) => return Err(e),
-                    }
+                if deleting {
+                    // Waiting for its finalizers or grace period.
+                    remaining += 1;
+                } else {
+                    to_delete.push((entry, object));
                 }
-                remaining += 1;
             }
+            // The contents go in batched transactions, not one fsync per object.
+            let written = self
+                .delete_many(resource, to_delete, &DeleteOptions::default())
+                .await?;
+            remaining += written.iter().filter(|w| !w.removed).count();
         }
         if remaining > 0 {
             return Ok(false);
@@ -1133,19 +986,6 @@ impl Registry {
         }
         Ok(())
     }
-}
-
-/// Whether a deleted pod can go at once: not bound to a node, or already finished.
-fn pod_is_terminal_or_unbound(pod: &Value) -> bool {
-    let unbound = pod
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .is_none_or(str::is_empty);
-    let terminal = matches!(
-        pod.pointer("/status/phase").and_then(Value::as_str),
-        Some("Succeeded" | "Failed")
-    );
-    unbound || terminal
 }
 
 fn string_list(value: Option<&Value>) -> Vec<String> {

@@ -28,6 +28,21 @@ pub trait Strategy: Send + Sync + 'static {
     ) -> Result<(), ApiError> {
         Ok(())
     }
+
+    /// The grace period a deletion of `object` gets, given the one the request asked for;
+    /// 0 removes the object at once (unless finalizers hold it).
+    fn delete_grace(&self, _object: &Value, _requested: Option<i64>) -> i64 {
+        0
+    }
+
+    /// Whether a deletion always waits (marks the object) even without finalizers or a
+    /// grace period, as a Namespace waits for its contents to go.
+    fn waits_on_delete(&self) -> bool {
+        false
+    }
+
+    /// Changes to an object whose deletion becomes pending, beyond `deletionTimestamp`.
+    fn prepare_for_delete(&self, _object: &mut Value) {}
 }
 
 /// The strategy of a kind without special rules.
@@ -38,6 +53,8 @@ impl Strategy for DefaultStrategy {}
 /// The strategy of `resource`.
 pub fn strategy_for(resource: &ResourceInfo) -> &'static dyn Strategy {
     match *resource {
+        resource::NAMESPACES => &super::namespace::NamespaceStrategy,
+        resource::PODS => &super::pod::PodStrategy,
         resource::SERVICES => &super::service::ServiceStrategy,
         resource::NODES => &super::node::NodeStrategy,
         _ => &DefaultStrategy,
