@@ -8,6 +8,7 @@ mod discovery;
 mod watch;
 
 use crate::metrics::RequestMetrics;
+use crate::registry::strategy::strategy_for;
 use crate::registry::{
     collection_prefix, decode_entry, DeleteOptions, FieldValidation, Registry, WriteOptions,
     Written,
@@ -161,7 +162,7 @@ fn parse_resource_path(
         [name] => (Some(name.to_string()), None),
         [name, sub] => {
             let known = resource.subresource(sub).is_some()
-                || (resource.kind == "Namespace" && *sub == "finalize");
+                || strategy_for(resource).extra_subresources().contains(sub);
             if !known {
                 return Err(not_found_path(path));
             }
@@ -723,7 +724,8 @@ async fn handle_resource(
             let (headers, body) = read_body(request).await?;
             let options = delete_options(&query, &headers, &body)?;
             let written = registry.delete(resource, ns, name, &options).await?;
-            if resource.kind == "Namespace" {
+            if strategy_for(resource).waits_on_delete() {
+                // A namespace deletion waits for the finalizer to remove its contents.
                 state.namespace_deleted.notify_one();
             }
             Ok(json_response(StatusCode::OK, &written.object))
@@ -748,7 +750,8 @@ async fn handle_resource(
                 .into_iter()
                 .map(|w| w.object)
                 .collect();
-            if resource.kind == "Namespace" {
+            if strategy_for(resource).waits_on_delete() {
+                // A namespace deletion waits for the finalizer to remove its contents.
                 state.namespace_deleted.notify_one();
             }
             let list = json!({"kind": resource.list_kind(), "apiVersion": resource.api_version(),

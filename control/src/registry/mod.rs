@@ -8,8 +8,11 @@ mod delete;
 mod namespace;
 mod node;
 mod pod;
+mod secret;
 mod service;
 pub mod strategy;
+mod typed;
+mod workloads;
 
 use crate::allocator::{Claim, Ranges};
 use crate::store::{Entry, EventType, Revision, Store, StoreError, TransactionError, WriteOp};
@@ -21,7 +24,6 @@ use skiff_api::object::{self, meta_str, metadata_mut, DecodeError};
 use skiff_api::patch::{apply_patch, PatchType};
 use skiff_api::resource::ResourceInfo;
 use skiff_api::status::ApiError;
-use skiff_api::validation::{validate_object, validate_update};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use strategy::strategy_for;
@@ -387,15 +389,18 @@ impl Registry {
             }
         }
         let name = meta_str(&object, "name").unwrap_or_default().to_string();
-        self.apply_create_defaults(resource, &mut object)?;
-        let causes = validate_object(resource, &object);
+        let strategy = strategy_for(resource);
+        if let Some(spec) = object.get_mut("spec") {
+            strategy.default_spec(spec);
+        }
+        strategy.prepare_for_create(&mut object);
+        let causes = strategy.validate(resource, &object);
         if !causes.is_empty() {
             return Err(ApiError::invalid(resource, &name, causes));
         }
         self.check_namespace_writable(resource, namespace)?;
         let key = object_key(resource, namespace, &name);
         let uid = meta_str(&object, "uid").unwrap_or_default().to_string();
-        let strategy = strategy_for(resource);
         for _ in 0..MAX_UPDATE_ATTEMPTS {
             let mut allocated = object.clone();
             strategy.allocate(
@@ -449,57 +454,6 @@ impl Registry {
             &name,
             "too many concurrent allocations; try again",
         ))
-    }
-
-    /// Defaults and status applied on create, as the Kubernetes defaulting functions and
-    /// `PrepareForCreate` strategies do for these kinds.
-    fn apply_create_defaults(
-        &self,
-        resource: &ResourceInfo,
-        object: &mut Value,
-    ) -> Result<(), ApiError> {
-        if let Some(spec) = object.get_mut("spec") {
-            default_spec(resource.kind, spec);
-        }
-        match resource.kind {
-            "Pod" => {
-                object["status"] =
-                    json!({"phase": "Pending", "qosClass": qos_class(object.get("spec"))});
-            }
-            "Deployment" | "ReplicaSet" => {
-                object.as_object_mut().map(|o| o.remove("status"));
-            }
-            "Service" => object["status"] = json!({"loadBalancer": {}}),
-            "Namespace" => {
-                object["spec"] = json!({"finalizers": ["kubernetes"]});
-                object["status"] = json!({"phase": "Active"});
-                let name = meta_str(object, "name").unwrap_or_default().to_string();
-                let meta = metadata_mut(object);
-                let labels = meta.entry("labels").or_insert(json!({}));
-                if let Some(labels) = labels.as_object_mut() {
-                    labels.insert("kubernetes.io/metadata.name".into(), Value::from(name));
-                }
-            }
-            "Secret" => {
-                let obj = object.as_object_mut().expect("objects are maps");
-                obj.entry("type").or_insert(json!("Opaque"));
-                if let Some(Value::Object(string_data)) = obj.remove("stringData") {
-                    let data = obj.entry("data").or_insert(json!({}));
-                    if let Some(data) = data.as_object_mut() {
-                        for (k, v) in string_data {
-                            data.insert(
-                                k,
-                                Value::from(skiff_api::object::base64_encode(
-                                    v.as_str().unwrap_or_default().as_bytes(),
-                                )),
-                            );
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-        Ok(())
     }
 
     /// Replaces an object (PUT), or its status with `subresource = Some("status")`.
@@ -723,36 +677,26 @@ impl Registry {
                 }
             }
         }
-        if resource.kind == "Namespace" && subresource.is_none() {
-            // Namespace spec.finalizers change only through the finalize subresource.
-            new["spec"] = old.get("spec").cloned().unwrap_or(json!({}));
-        }
-        if resource.has_generation {
-            let spec_changed = old.get("spec") != new.get("spec");
-            let annotations_changed = resource.kind == "Deployment"
-                && old.pointer("/metadata/annotations") != new.pointer("/metadata/annotations");
-            if subresource.is_none() && (spec_changed || annotations_changed) {
+        let strategy = strategy_for(resource);
+        if subresource.is_none() {
+            strategy.prepare_for_update(&old, &mut new);
+            if let Some(spec) = new.get_mut("spec") {
+                strategy.default_spec(spec);
+            }
+            // Compared after defaulting, so a replace that leaves defaults out is no change.
+            if resource.has_generation && strategy.generation_changes(&old, &new) {
                 let generation = old
                     .pointer("/metadata/generation")
                     .and_then(Value::as_i64)
                     .unwrap_or(0)
-                    + 1;
+                    .saturating_add(1);
                 metadata_mut(&mut new).insert("generation".into(), Value::from(generation));
             }
         }
-        if subresource.is_none() {
-            if resource.kind == "Service" {
-                keep_allocated_service_values(&old, &mut new);
-            }
-            if let Some(spec) = new.get_mut("spec") {
-                default_spec(resource.kind, spec);
-            }
-        }
-        let causes = validate_update(resource, &old, &new);
+        let causes = strategy.validate_update(resource, &old, &new);
         if !causes.is_empty() {
             return Err(ApiError::invalid(resource, name, causes));
         }
-        let strategy = strategy_for(resource);
         let held = strategy.claims(&old);
         if subresource.is_none() {
             strategy.allocate(
@@ -1000,177 +944,11 @@ fn string_list(value: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Spec defaults of the Kubernetes defaulting functions, applied on create and update
-/// so a replace that leaves a defaulted field out does not change it.
-fn default_spec(kind: &str, spec: &mut Value) {
-    match kind {
-        "Pod" => default_pod_spec(spec),
-        "Deployment" | "ReplicaSet" => {
-            let Some(s) = spec.as_object_mut() else {
-                return;
-            };
-            s.entry("replicas").or_insert(json!(1));
-            if kind == "Deployment" {
-                s.entry("revisionHistoryLimit").or_insert(json!(10));
-                s.entry("progressDeadlineSeconds").or_insert(json!(600));
-                let strategy = s.entry("strategy").or_insert(json!({}));
-                if let Some(st) = strategy.as_object_mut() {
-                    let strategy_type = st.entry("type").or_insert(json!("RollingUpdate")).clone();
-                    if strategy_type == "RollingUpdate" {
-                        let ru = st.entry("rollingUpdate").or_insert(json!({}));
-                        if let Some(ru) = ru.as_object_mut() {
-                            ru.entry("maxSurge").or_insert(json!("25%"));
-                            ru.entry("maxUnavailable").or_insert(json!("25%"));
-                        }
-                    }
-                }
-            }
-            if let Some(pod_spec) = spec.pointer_mut("/template/spec") {
-                default_pod_spec(pod_spec);
-            }
-        }
-        "Service" => {
-            let Some(spec) = spec.as_object_mut() else {
-                return;
-            };
-            spec.entry("type").or_insert(json!("ClusterIP"));
-            spec.entry("sessionAffinity").or_insert(json!("None"));
-            if spec.get("type") != Some(&json!("ExternalName")) {
-                spec.entry("internalTrafficPolicy")
-                    .or_insert(json!("Cluster"));
-                spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
-                spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
-            }
-            if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
-                for p in ports.iter_mut().filter_map(Value::as_object_mut) {
-                    p.entry("protocol").or_insert(json!("TCP"));
-                    if let Some(port) = p.get("port").cloned() {
-                        p.entry("targetPort").or_insert(port);
-                    }
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
-/// As Kubernetes' `patchAllocatedValues`: an update that leaves out the addresses the
-/// server allocated (as `kubectl replace -f` of the original manifest does) keeps them.
-fn keep_allocated_service_values(old: &Value, new: &mut Value) {
-    for field in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
-        let missing = new
-            .pointer(&format!("/spec/{field}"))
-            .is_none_or(|v| v.is_null() || v == "");
-        if missing {
-            if let (Some(value), Some(spec)) = (
-                old.pointer(&format!("/spec/{field}")),
-                new.get_mut("spec").and_then(Value::as_object_mut),
-            ) {
-                spec.insert(field.to_string(), value.clone());
-            }
-        }
-    }
-}
-
-/// The pod spec defaults of the Kubernetes defaulting functions that users see.
-fn default_pod_spec(spec: &mut Value) {
-    let Some(spec) = spec.as_object_mut() else {
-        return;
-    };
-    spec.entry("restartPolicy").or_insert(json!("Always"));
-    spec.entry("terminationGracePeriodSeconds")
-        .or_insert(json!(30));
-    spec.entry("dnsPolicy").or_insert(json!("ClusterFirst"));
-    spec.entry("schedulerName")
-        .or_insert(json!("default-scheduler"));
-    spec.entry("securityContext").or_insert(json!({}));
-    for list in ["containers", "initContainers"] {
-        if let Some(Value::Array(containers)) = spec.get_mut(list) {
-            for c in containers.iter_mut().filter_map(Value::as_object_mut) {
-                let image = c.get("image").and_then(Value::as_str).unwrap_or_default();
-                let tag_is_latest = !image.contains('@')
-                    && image
-                        .rsplit('/')
-                        .next()
-                        .is_none_or(|last| !last.contains(':') || last.ends_with(":latest"));
-                c.entry("imagePullPolicy")
-                    .or_insert(json!(if tag_is_latest {
-                        "Always"
-                    } else {
-                        "IfNotPresent"
-                    }));
-                c.entry("terminationMessagePath")
-                    .or_insert(json!("/dev/termination-log"));
-                c.entry("terminationMessagePolicy").or_insert(json!("File"));
-                c.entry("resources").or_insert(json!({}));
-                if let Some(Value::Array(ports)) = c.get_mut("ports") {
-                    for p in ports.iter_mut().filter_map(Value::as_object_mut) {
-                        p.entry("protocol").or_insert(json!("TCP"));
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The QoS class of a pod spec (Guaranteed, Burstable or BestEffort).
-fn qos_class(spec: Option<&Value>) -> &'static str {
-    let containers = spec
-        .and_then(|s| s.get("containers"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let mut any = false;
-    let mut guaranteed = !containers.is_empty();
-    for c in &containers {
-        let requests = c.pointer("/resources/requests").and_then(Value::as_object);
-        let limits = c.pointer("/resources/limits").and_then(Value::as_object);
-        any |= requests.is_some_and(|r| !r.is_empty()) || limits.is_some_and(|l| !l.is_empty());
-        let complete = ["cpu", "memory"].iter().all(|r| {
-            let limit = limits.and_then(|l| l.get(*r));
-            limit.is_some()
-                && requests
-                    .and_then(|q| q.get(*r))
-                    .is_none_or(|q| Some(q) == limit)
-        });
-        guaranteed &= complete;
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
-}
-
 /// Maps a watch event to the Kubernetes event type string.
 pub fn event_type_name(event_type: EventType) -> &'static str {
     match event_type {
         EventType::Added => "ADDED",
         EventType::Modified => "MODIFIED",
         EventType::Deleted => "DELETED",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn qos() {
-        assert_eq!(qos_class(Some(&json!({"containers": [{}]}))), "BestEffort");
-        assert_eq!(
-            qos_class(Some(
-                &json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]})
-            )),
-            "Guaranteed"
-        );
-        assert_eq!(
-            qos_class(Some(
-                &json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]})
-            )),
-            "Burstable"
-        );
     }
 }

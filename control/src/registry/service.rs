@@ -4,8 +4,10 @@
 use crate::allocator::{Claim, RangeKind};
 use crate::registry::allocations::Allocations;
 use crate::registry::strategy::Strategy;
+use crate::registry::typed::with_typed;
 use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
-use serde_json::Value;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::{json, Value};
 use skiff_api::status::ApiError;
 use std::collections::BTreeSet;
 
@@ -13,6 +15,32 @@ use std::collections::BTreeSet;
 pub struct ServiceStrategy;
 
 impl Strategy for ServiceStrategy {
+    fn default_spec(&self, spec: &mut Value) {
+        with_typed(spec, |spec: &mut ServiceSpec| {
+            let service_type = spec.type_.get_or_insert_with(|| "ClusterIP".into()).clone();
+            spec.session_affinity.get_or_insert_with(|| "None".into());
+            if service_type != "ExternalName" {
+                spec.internal_traffic_policy
+                    .get_or_insert_with(|| "Cluster".into());
+                spec.ip_family_policy
+                    .get_or_insert_with(|| "SingleStack".into());
+                spec.ip_families.get_or_insert_with(|| vec!["IPv4".into()]);
+            }
+            for p in spec.ports.iter_mut().flatten() {
+                p.protocol.get_or_insert_with(|| "TCP".into());
+                p.target_port.get_or_insert(IntOrString::Int(p.port));
+            }
+        });
+    }
+
+    fn prepare_for_create(&self, service: &mut Value) {
+        service["status"] = json!({"loadBalancer": {}});
+    }
+
+    fn prepare_for_update(&self, old: &Value, new: &mut Value) {
+        keep_allocated_addresses(old, new);
+    }
+
     fn claims(&self, object: &Value) -> BTreeSet<Claim> {
         let Some(spec) = service_spec(object) else {
             return BTreeSet::new();
@@ -127,5 +155,29 @@ fn keep_allocated_node_ports(old: &ServiceSpec, new: &mut ServiceSpec) {
             .iter()
             .find(|o| o.port == port.port && o.protocol == port.protocol)
             .and_then(|o| o.node_port);
+    }
+}
+
+/// As Kubernetes' `patchAllocatedValues`: an update that leaves out the addresses the
+/// server allocated (as `kubectl replace -f` of the original manifest does) keeps them.
+fn keep_allocated_addresses(old: &Value, new: &mut Value) {
+    let (Some(old_spec), Some(new_spec)) = (service_spec(old), service_spec(new)) else {
+        return;
+    };
+    let mut spec = new_spec;
+    if spec.cluster_ip.as_deref().is_none_or(str::is_empty) {
+        spec.cluster_ip = old_spec.cluster_ip;
+    }
+    if spec.cluster_ips.as_ref().is_none_or(Vec::is_empty) {
+        spec.cluster_ips = old_spec.cluster_ips;
+    }
+    if spec.ip_families.as_ref().is_none_or(Vec::is_empty) {
+        spec.ip_families = old_spec.ip_families;
+    }
+    if spec.ip_family_policy.as_deref().is_none_or(str::is_empty) {
+        spec.ip_family_policy = old_spec.ip_family_policy;
+    }
+    if let Ok(spec) = serde_json::to_value(spec) {
+        new["spec"] = spec;
     }
 }
