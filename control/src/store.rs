@@ -284,6 +284,81 @@ pub struct Watch {
     pub initial: Option<(Revision, Vec<(String, Entry)>)>,
 }
 
+/// A watch's events in order, each once: the backlog, then live events. When the live
+/// receiver falls behind the broadcast buffer, the stream catches up from the history
+/// and continues on a fresh receiver; only when its position has left the history does
+/// it end with `Compacted`. Memory stays bounded by the history window.
+pub struct EventStream {
+    store: Store,
+    prefix: String,
+    backlog: VecDeque<Arc<Event>>,
+    /// Where the stream stands once the backlog is delivered: its events are all those
+    /// under the prefix up to here.
+    backlog_end: Position,
+    live: broadcast::Receiver<Arc<Event>>,
+    /// The last event delivered or passed over; never moves back.
+    position: Position,
+}
+
+impl EventStream {
+    /// The events of `watch` under `prefix` after `start` (the client's resourceVersion,
+    /// or the revision of the watch's initial objects).
+    pub fn new(store: &Store, prefix: &str, watch: Watch, start: Position) -> Self {
+        let mut stream = EventStream {
+            store: store.clone(),
+            prefix: prefix.to_string(),
+            backlog: watch.backlog.into(),
+            backlog_end: Position::end_of(watch.revision),
+            live: watch.live,
+            position: start,
+        };
+        stream.settle_backlog();
+        stream
+    }
+
+    /// The last event dealt with: everything up to it has been delivered.
+    pub fn position(&self) -> Position {
+        self.position
+    }
+
+    /// The next event under the prefix. Cancel-safe: it awaits only the live receiver,
+    /// and its state is updated before each await.
+    pub async fn next(&mut self) -> Result<Arc<Event>, StoreError> {
+        loop {
+            if let Some(event) = self.backlog.pop_front() {
+                self.position = self.position.max(event.position_after());
+                self.settle_backlog();
+                return Ok(event);
+            }
+            match self.live.recv().await {
+                // Events up to the position came from the snapshot or a backlog already.
+                Ok(event) if event.position() <= self.position => {}
+                Ok(event) => {
+                    self.position = event.position_after();
+                    if event.key.starts_with(&self.prefix) {
+                        return Ok(event);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let resumed = self.store.resume(&self.prefix, self.position)?;
+                    self.live = resumed.live;
+                    self.backlog = resumed.backlog.into();
+                    self.backlog_end = Position::end_of(resumed.revision);
+                    self.settle_backlog();
+                }
+                Err(broadcast::error::RecvError::Closed) => return Err(StoreError::Closed),
+            }
+        }
+    }
+
+    /// Once the backlog is delivered, the stream stands at its end.
+    fn settle_backlog(&mut self) {
+        if self.backlog.is_empty() {
+            self.position = self.position.max(self.backlog_end);
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir` and starts its writer thread.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Store, StoreError> {
@@ -1156,5 +1231,52 @@ mod tests {
             Err(StoreError::Compacted { .. })
         ));
         assert!(small.resume("/l/", Position::end_of(1)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_event_stream_that_lags_is_caught_up_without_gaps_or_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            StoreConfig {
+                history_capacity: BROADCAST_CAPACITY * 3,
+            },
+        )
+        .unwrap();
+        let watch = store.watch("/s/", None).unwrap();
+        let mut events = EventStream::new(&store, "/s/", watch, Position::end_of(0));
+        // More than the broadcast buffer, interleaved with keys outside the prefix.
+        let count = BROADCAST_CAPACITY + 500;
+        let ops = (0..count)
+            .flat_map(|i| [create(&format!("/s/{i:06}")), create(&format!("/o/{i:06}"))])
+            .collect();
+        store.transact(ops).await.unwrap();
+        store.write(create("/s/after")).await.unwrap();
+        let mut keys = Vec::new();
+        for _ in 0..=count {
+            keys.push(events.next().await.unwrap().key.clone());
+        }
+        let mut expected: Vec<String> = (0..count).map(|i| format!("/s/{i:06}")).collect();
+        expected.push("/s/after".into());
+        assert_eq!(keys, expected);
+        assert_eq!(events.position(), Position::end_of(2));
+        store.write(create("/s/live")).await.unwrap();
+        assert_eq!(events.next().await.unwrap().key, "/s/live");
+    }
+
+    #[tokio::test]
+    async fn an_event_stream_whose_position_left_the_history_ends_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let watch = store.watch("/s/", None).unwrap();
+        let mut events = EventStream::new(&store, "/s/", watch, Position::end_of(0));
+        let ops = (0..BROADCAST_CAPACITY + 1)
+            .map(|i| create(&format!("/s/{i:06}")))
+            .collect();
+        store.transact(ops).await.unwrap();
+        assert!(matches!(
+            events.next().await,
+            Err(StoreError::Compacted { .. })
+        ));
     }
 }

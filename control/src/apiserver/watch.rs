@@ -5,7 +5,7 @@
 //! when its position has left the history does it end with a 410 ERROR event.
 
 use crate::registry::event_type_name;
-use crate::store::{Event, EventType, Position, StoreError};
+use crate::store::{Event, EventStream, EventType, Position, StoreError};
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::Response;
@@ -13,9 +13,7 @@ use serde_json::Value;
 use skiff_api::resource::ResourceInfo;
 use skiff_api::selector::{FieldSelector, LabelSelector};
 use skiff_api::status::ApiError;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::ApiState;
@@ -122,16 +120,6 @@ impl Sender {
         self.send(event_type, &event.value).await
     }
 
-    /// Sends the events of a backlog; false when the client is gone.
-    async fn send_backlog(&mut self, backlog: &[Arc<Event>]) -> bool {
-        for event in backlog {
-            if !self.send_event(event).await {
-                return false;
-            }
-        }
-        true
-    }
-
     /// Tells the client it has seen everything up to `revision`, so it can resume from
     /// there without a relist even if none of those events concerned it.
     async fn send_bookmark(&mut self, revision: u64) -> bool {
@@ -154,7 +142,7 @@ impl Sender {
 /// Starts a watch and returns its streaming response.
 pub fn watch(state: &ApiState, request: WatchRequest) -> Result<Response, ApiError> {
     let store = &state.registry.store;
-    let watch = store
+    let mut watch = store
         .watch(&request.prefix, request.from)
         .map_err(|e| match e {
             StoreError::Compacted { requested, oldest } => {
@@ -172,18 +160,16 @@ pub fn watch(state: &ApiState, request: WatchRequest) -> Result<Response, ApiErr
         clock: state.registry.clock.clone(),
     };
     let mut shutdown = state.shutdown.clone();
-    let store = store.clone();
+    let start = Position::end_of(sender.request.from.unwrap_or(0));
+    let initial = watch.initial.take();
+    let mut events = EventStream::new(store, &sender.request.prefix, watch, start);
     tokio::spawn(async move {
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        let mut live = watch.live;
-        // The last event this watch has dealt with, whether or not it concerned the
-        // watch; events at or before it came from the snapshot or a backlog.
-        let mut position = Position::end_of(watch.revision.max(sender.request.from.unwrap_or(0)));
         let mut bookmarks = tokio::time::interval_at(
             tokio::time::Instant::now() + bookmark_interval,
             bookmark_interval,
         );
-        if let Some((_, objects)) = watch.initial {
+        if let Some((_, objects)) = initial {
             for (_, entry) in objects {
                 let selected = !sender.filtered()
                     || serde_json::from_slice::<Value>(&entry.value)
@@ -193,14 +179,11 @@ pub fn watch(state: &ApiState, request: WatchRequest) -> Result<Response, ApiErr
                 }
             }
         }
-        if !sender.send_backlog(&watch.backlog).await {
-            return;
-        }
         loop {
             let next = tokio::select! {
-                next = live.recv() => next,
+                next = events.next() => next,
                 _ = bookmarks.tick(), if sender.request.bookmarks => {
-                    let revision = position.complete_revision();
+                    let revision = events.position().complete_revision();
                     if revision > 0 && !sender.send_bookmark(revision).await {
                         return;
                     }
@@ -211,37 +194,22 @@ pub fn watch(state: &ApiState, request: WatchRequest) -> Result<Response, ApiErr
                 _ = sender.channel.closed() => return,
             };
             match next {
-                // Events up to `position` came from the snapshot or a backlog already.
-                Ok(event) if event.position() <= position => continue,
                 Ok(event) => {
-                    position = event.position_after();
                     if !sender.send_event(&event).await {
                         return;
                     }
                 }
-                Err(RecvError::Lagged(_)) => {
-                    // The live buffer overflowed past this watch: catch it up from the
-                    // history and continue on a fresh receiver, unless its position has
-                    // left the history too.
-                    match store.resume(&sender.request.prefix, position) {
-                        Ok(resumed) => {
-                            live = resumed.live;
-                            if !sender.send_backlog(&resumed.backlog).await {
-                                return;
-                            }
-                            position = Position::end_of(resumed.revision);
-                        }
-                        Err(e) => {
-                            sender
-                                .send_expired(format!(
-                                    "the watch fell behind the kept history ({e}); restart it from a new list"
-                                ))
-                                .await;
-                            return;
-                        }
-                    }
+                // The watch fell behind even the kept history (a slow reader is caught up
+                // from the history as long as its position is still in it).
+                Err(StoreError::Compacted { requested, oldest }) => {
+                    sender
+                        .send_expired(format!(
+                            "the watch fell behind the kept history (at {requested}, oldest kept {oldest}); restart it from a new list"
+                        ))
+                        .await;
+                    return;
                 }
-                Err(RecvError::Closed) => return,
+                Err(_) => return,
             }
         }
     });
