@@ -80,27 +80,29 @@ impl<'a> Allocations<'a> {
         Ok(canonical)
     }
 
-    /// Chooses a free value of `kind`.
+    /// Chooses a free value of `kind`; a 500 when the range is full.
     pub fn choose(&mut self, kind: RangeKind) -> Result<String, ApiError> {
-        let range = self.ranges.get(kind);
+        self.try_choose(kind).ok_or_else(|| {
+            ApiError::internal(format!(
+                "failed to allocate a {}: range {} is full",
+                noun(kind),
+                self.ranges.get(kind).describe()
+            ))
+        })
+    }
+
+    /// Chooses a free value of `kind`, if the range has one.
+    pub fn try_choose(&mut self, kind: RangeKind) -> Option<String> {
         let env = self.env;
-        let value = range
-            .choose(
-                || env.random_u32(),
-                |v| {
-                    let claim = Claim::new(kind, v);
-                    !self.picked.contains(&claim) && self.store.get(&claim.key()).is_none()
-                },
-            )
-            .ok_or_else(|| {
-                ApiError::internal(format!(
-                    "failed to allocate a {}: range {} is full",
-                    noun(kind),
-                    range.describe()
-                ))
-            })?;
+        let value = self.ranges.get(kind).choose(
+            || env.random_u32(),
+            |v| {
+                let claim = Claim::new(kind, v);
+                !self.picked.contains(&claim) && self.store.get(&claim.key()).is_none()
+            },
+        )?;
         self.picked.insert(Claim::new(kind, value.clone()));
-        Ok(value)
+        Some(value)
     }
 
     /// A 422 for a change the kind does not allow.

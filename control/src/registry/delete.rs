@@ -333,23 +333,10 @@ fn check_preconditions(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::{collection_prefix, SystemEnvironment, WriteOptions};
-    use crate::store::{Store, StoreConfig};
-    use std::sync::Arc;
+    use crate::registry::{collection_prefix, WriteOptions};
 
     async fn registry(dir: &std::path::Path) -> Registry {
-        let store = Store::open(dir, StoreConfig::default()).unwrap();
-        let ranges = crate::allocator::AllocationConfig::default()
-            .ranges()
-            .unwrap();
-        let registry = Registry::new(
-            store,
-            Arc::new(SystemEnvironment),
-            skiff_api::clock::system(),
-            Arc::new(ranges),
-        );
-        registry.ensure_default_namespaces().await.unwrap();
-        registry
+        crate::registry::test_registry(dir, Default::default()).await
     }
 
     async fn config_maps(registry: &Registry, count: usize) -> Vec<(Entry, Value)> {

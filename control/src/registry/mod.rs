@@ -952,3 +952,20 @@ pub fn event_type_name(event_type: EventType) -> &'static str {
         EventType::Deleted => "DELETED",
     }
 }
+
+/// A registry on a fresh store in `dir` with `allocation` ranges, for unit tests.
+#[cfg(test)]
+pub(crate) async fn test_registry(
+    dir: &std::path::Path,
+    allocation: crate::allocator::AllocationConfig,
+) -> Registry {
+    let store = Store::open(dir, crate::store::StoreConfig::default()).unwrap();
+    let registry = Registry::new(
+        store,
+        Arc::new(SystemEnvironment),
+        skiff_api::clock::system(),
+        Arc::new(allocation.ranges().unwrap()),
+    );
+    registry.ensure_default_namespaces().await.unwrap();
+    registry
+}

@@ -43,7 +43,18 @@ impl Strategy for NodeStrategy {
             (None, Some(requested)) => {
                 allocations.request(RangeKind::PodCidrs, &requested, "spec.podCIDR")?
             }
-            (None, None) => allocations.choose(RangeKind::PodCidrs)?,
+            (None, None) => {
+                match allocations.try_choose(RangeKind::PodCidrs) {
+                    Some(cidr) => cidr,
+                    // As Kubernetes' node IPAM does when the cluster CIDR is used up: the node
+                    // is still registered, without a pod CIDR, and gets one on a later update
+                    // once one is free.
+                    None => {
+                        tracing::warn!("the cluster CIDR has no free pod CIDR left; node registered without one");
+                        return Ok(());
+                    }
+                }
+            }
         };
         spec.pod_cidr = Some(cidr.clone());
         spec.pod_cidrs = Some(vec![cidr]);
@@ -63,4 +74,48 @@ fn pod_cidr(spec: &NodeSpec) -> Option<String> {
         .chain(spec.pod_cidrs.iter().flatten())
         .find(|c| !c.is_empty())
         .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::allocator::AllocationConfig;
+    use crate::registry::{test_registry, WriteOptions};
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn nodes_beyond_the_cluster_cidr_register_without_a_pod_cidr() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AllocationConfig {
+            cluster_cidr: "10.42.0.0/23".parse().unwrap(),
+            ..Default::default()
+        };
+        let registry = test_registry(dir.path(), config).await;
+        let nodes = &skiff_api::resource::NODES;
+        let mut cidrs = Vec::new();
+        for i in 0..3 {
+            let body =
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("n{i}")}});
+            let written = registry
+                .create(nodes, None, body, &WriteOptions::default())
+                .await
+                .unwrap();
+            cidrs.push(written.object["spec"]["podCIDR"].clone());
+        }
+        cidrs[..2].sort_by_key(|c| c.to_string());
+        assert_eq!(cidrs[0], json!("10.42.0.0/24"));
+        assert_eq!(cidrs[1], json!("10.42.1.0/24"));
+        assert!(cidrs[2].is_null(), "{:?}", cidrs[2]);
+        // Once a node goes, the next update of the waiting node claims its CIDR.
+        registry
+            .delete(nodes, None, "n0", &Default::default())
+            .await
+            .unwrap();
+        let body = json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "n2", "labels": {"retry": "yes"}}});
+        let updated = registry
+            .update(nodes, None, "n2", body, None, &WriteOptions::default())
+            .await
+            .unwrap();
+        assert!(updated.object["spec"]["podCIDR"].is_string());
+    }
 }
