@@ -2,6 +2,7 @@
 //! Kubernetes-compatible API server (the only code that knows axum), with the scheduler
 //! and the controller manager, all started by [`run`].
 
+pub mod allocator;
 pub mod apiserver;
 pub mod images;
 pub mod metrics;
@@ -27,6 +28,8 @@ pub enum ControlError {
     Serve(#[from] std::io::Error),
     #[error("the control plane cannot reach its own API: {0}")]
     Client(String),
+    #[error("invalid allocation settings: {0}")]
+    Allocation(#[from] allocator::AllocatorError),
 }
 
 /// Settings of [`run`].
@@ -41,6 +44,8 @@ pub struct ControlConfig {
     /// Whether the scheduler and controller manager run beside the API server (off only
     /// for tests of the API server alone, like running kube-apiserver without them).
     pub run_controllers: bool,
+    /// The service CIDR, cluster CIDR and node port range allocations come from.
+    pub allocation: allocator::AllocationConfig,
 }
 
 impl Default for ControlConfig {
@@ -51,6 +56,7 @@ impl Default for ControlConfig {
             bookmark_interval: std::time::Duration::from_secs(30),
             controllers: controllers::ControllerConfig::default(),
             run_controllers: true,
+            allocation: allocator::AllocationConfig::default(),
         }
     }
 }
@@ -61,8 +67,14 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControlError> {
+    let ranges = Arc::new(config.allocation.ranges()?);
     let store = store::Store::open(&config.store_dir, config.store.clone())?;
-    let registry = registry::Registry::new(store.clone(), Arc::new(registry::SystemEnvironment));
+    let registry = registry::Registry::new(
+        store.clone(),
+        Arc::new(registry::SystemEnvironment),
+        skiff_api::clock::system(),
+        ranges,
+    );
     registry
         .ensure_default_namespaces()
         .await

@@ -1,13 +1,23 @@
 //! The cluster store: objects as bytes under registry keys in sled, one global revision
-//! that is every object's `resourceVersion`, compare-and-swap writes, group commit and
-//! watches over an in-memory history window.
+//! that is every object's `resourceVersion`, compare-and-swap writes, atomic multi-key
+//! transactions, group commit and watches over an in-memory history window.
 //!
 //! This is the only module that knows sled. Writes go through one writer thread: it takes
-//! every request waiting in its queue, stages them against the committed state, writes
-//! them as one atomic sled batch, calls `flush` (an fsync) once for the whole group, and
-//! only then publishes the new state and events and answers the callers. So an
-//! acknowledged write is on disk, readers never see a write that could still be lost,
-//! and concurrent writers share one fsync.
+//! every transaction waiting in its queue, stages each against the committed state plus
+//! the transactions before it in the group, writes the group as one atomic sled batch,
+//! calls `flush` (an fsync) once for the whole group, and only then publishes the new
+//! state and events and answers the callers. So an acknowledged write is on disk, readers
+//! never see a write that could still be lost, and concurrent writers share one fsync.
+//!
+//! A transaction is all or nothing: each of its ops is checked against the committed state
+//! and the ops before it; if one fails, none is applied. A transaction that passes gets
+//! one revision, which every entry it wrote and every event it caused carries; its events
+//! are published together, in op order, so a watcher sees all of a transaction or none.
+//!
+//! Memory: the watch history keeps at most [`StoreConfig::history_capacity`] events
+//! (65,536 by default: enough for 20,000 pods to be created, bound and given a status).
+//! A watcher that falls behind the live broadcast is caught up from that history; only
+//! one whose position has left the history gets `Compacted` (410 Expired over HTTP).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
@@ -25,6 +35,9 @@ pub type Revision = u64;
 const REVISION_KEY: &[u8] = b"\x00revision";
 /// How many requests one group commit takes at most.
 const MAX_GROUP: usize = 4096;
+/// How many events the live broadcast buffers per watcher before it lags and has to be
+/// caught up from the history.
+const BROADCAST_CAPACITY: usize = 16_384;
 /// The sled tree that holds blobs.
 const BLOB_TREE: &str = "blobs";
 
@@ -72,6 +85,10 @@ pub enum EventType {
 #[derive(Debug)]
 pub struct Event {
     pub revision: Revision,
+    /// The position of this event among those of its transaction (its op's index).
+    pub index: usize,
+    /// Whether this is the last event of its transaction.
+    pub last_of_transaction: bool,
     pub key: String,
     pub event_type: EventType,
     /// The new value; for deletions, the last value as encoded at the deleting revision.
@@ -79,6 +96,70 @@ pub struct Event {
     /// The value before this change, if there was one (selectors need it to turn a
     /// change that leaves a selection into DELETED).
     pub previous: Option<Arc<[u8]>>,
+}
+
+impl Event {
+    /// Where this event is in the stream of all events.
+    pub fn position(&self) -> Position {
+        Position {
+            revision: self.revision,
+            index: self.index,
+        }
+    }
+
+    /// The position of a watcher that has dealt with this event: past the whole
+    /// transaction when this is its last event.
+    pub fn position_after(&self) -> Position {
+        if self.last_of_transaction {
+            Position::end_of(self.revision)
+        } else {
+            self.position()
+        }
+    }
+}
+
+/// A point in the stream of events, ordered by revision and then by the index of the
+/// event inside its transaction. A watcher's position is the last event it dealt with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub revision: Revision,
+    pub index: usize,
+}
+
+impl Position {
+    /// After every event of `revision` and before.
+    pub fn end_of(revision: Revision) -> Position {
+        Position {
+            revision,
+            index: usize::MAX,
+        }
+    }
+
+    /// The newest revision whose events are all at or before this position: what a
+    /// bookmark may promise.
+    pub fn complete_revision(&self) -> Revision {
+        if self.index == usize::MAX {
+            self.revision
+        } else {
+            self.revision.saturating_sub(1)
+        }
+    }
+}
+
+/// A failed transaction: which op failed (`None` when the store itself refused the
+/// transaction, as after a failed flush) and why. Nothing of the transaction was applied.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: {error}", match .op { Some(i) => format!("op {i} of the transaction failed"), None => "the transaction failed".to_string() })]
+pub struct TransactionError {
+    pub op: Option<usize>,
+    #[source]
+    pub error: StoreError,
+}
+
+impl TransactionError {
+    fn whole(error: StoreError) -> Self {
+        TransactionError { op: None, error }
+    }
 }
 
 /// Builds the bytes to store from the revision the write is given, so objects can carry
@@ -104,7 +185,8 @@ pub enum WriteOp {
 }
 
 impl WriteOp {
-    fn key(&self) -> &str {
+    /// The key this op writes.
+    pub fn key(&self) -> &str {
         match self {
             WriteOp::Create { key, .. }
             | WriteOp::Update { key, .. }
@@ -122,14 +204,15 @@ impl std::fmt::Debug for WriteOp {
 /// Settings for [`Store::open`].
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// How many events the watch history keeps; older revisions get `Compacted`.
+    /// How many events the watch history keeps; older revisions get `Compacted`. This
+    /// bounds the store's memory beyond the objects themselves.
     pub history_capacity: usize,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            history_capacity: 20_000,
+            history_capacity: 65_536,
         }
     }
 }
@@ -138,8 +221,9 @@ struct State {
     objects: BTreeMap<String, Entry>,
     revision: Revision,
     history: VecDeque<Arc<Event>>,
-    /// Watches may start from this revision or later.
-    oldest_watchable: Revision,
+    /// The last event dropped from the history: watches may resume from it or later.
+    /// Watches by resourceVersion may start from its revision or later.
+    oldest: Position,
 }
 
 struct Shared {
@@ -152,8 +236,8 @@ struct Shared {
 }
 
 struct WriteRequest {
-    op: WriteOp,
-    reply: oneshot::Sender<Result<Entry, StoreError>>,
+    ops: Vec<WriteOp>,
+    reply: oneshot::Sender<Result<Vec<Entry>, TransactionError>>,
 }
 
 enum Request {
@@ -191,10 +275,88 @@ impl std::fmt::Debug for Store {
 /// The events a watch gets: those after its start revision that were already in the
 /// history, then live ones.
 pub struct Watch {
+    /// The revision the backlog (or `initial`) runs up to: every event of it and before
+    /// is accounted for, later ones arrive on `live`.
+    pub revision: Revision,
     pub backlog: Vec<Arc<Event>>,
     pub live: broadcast::Receiver<Arc<Event>>,
     /// Objects at the start revision, when the watch asked for them (`list_first`).
     pub initial: Option<(Revision, Vec<(String, Entry)>)>,
+}
+
+/// A watch's events in order, each once: the backlog, then live events. When the live
+/// receiver falls behind the broadcast buffer, the stream catches up from the history
+/// and continues on a fresh receiver; only when its position has left the history does
+/// it end with `Compacted`. Memory stays bounded by the history window.
+pub struct EventStream {
+    store: Store,
+    prefix: String,
+    backlog: VecDeque<Arc<Event>>,
+    /// Where the stream stands once the backlog is delivered: its events are all those
+    /// under the prefix up to here.
+    backlog_end: Position,
+    live: broadcast::Receiver<Arc<Event>>,
+    /// The last event delivered or passed over; never moves back.
+    position: Position,
+}
+
+impl EventStream {
+    /// The events of `watch` under `prefix` after `start` (the client's resourceVersion,
+    /// or the revision of the watch's initial objects).
+    pub fn new(store: &Store, prefix: &str, watch: Watch, start: Position) -> Self {
+        let mut stream = EventStream {
+            store: store.clone(),
+            prefix: prefix.to_string(),
+            backlog: watch.backlog.into(),
+            backlog_end: Position::end_of(watch.revision),
+            live: watch.live,
+            position: start,
+        };
+        stream.settle_backlog();
+        stream
+    }
+
+    /// The last event dealt with: everything up to it has been delivered.
+    pub fn position(&self) -> Position {
+        self.position
+    }
+
+    /// The next event under the prefix. Cancel-safe: it awaits only the live receiver,
+    /// and its state is updated before each await.
+    pub async fn next(&mut self) -> Result<Arc<Event>, StoreError> {
+        loop {
+            if let Some(event) = self.backlog.pop_front() {
+                self.position = self.position.max(event.position_after());
+                self.settle_backlog();
+                return Ok(event);
+            }
+            match self.live.recv().await {
+                // Events up to the position came from the snapshot or a backlog already.
+                Ok(event) if event.position() <= self.position => {}
+                Ok(event) => {
+                    self.position = event.position_after();
+                    if event.key.starts_with(&self.prefix) {
+                        return Ok(event);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let resumed = self.store.resume(&self.prefix, self.position)?;
+                    self.live = resumed.live;
+                    self.backlog = resumed.backlog.into();
+                    self.backlog_end = Position::end_of(resumed.revision);
+                    self.settle_backlog();
+                }
+                Err(broadcast::error::RecvError::Closed) => return Err(StoreError::Closed),
+            }
+        }
+    }
+
+    /// Once the backlog is delivered, the stream stands at its end.
+    fn settle_backlog(&mut self) {
+        if self.backlog.is_empty() {
+            self.position = self.position.max(self.backlog_end);
+        }
+    }
 }
 
 impl Store {
@@ -238,13 +400,13 @@ impl Store {
                 },
             );
         }
-        let (events, _) = broadcast::channel(16_384);
+        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let shared = Arc::new(Shared {
             state: RwLock::new(State {
                 objects,
                 revision,
                 history: VecDeque::new(),
-                oldest_watchable: revision,
+                oldest: Position::end_of(revision),
             }),
             events,
             failed: AtomicBool::new(false),
@@ -277,15 +439,31 @@ impl Store {
 
     /// Applies one write durably; returns the entry as written (for deletes, the final state).
     pub async fn write(&self, op: WriteOp) -> Result<Entry, StoreError> {
+        let mut entries = self.transact(vec![op]).await.map_err(|e| e.error)?;
+        entries
+            .pop()
+            .ok_or_else(|| StoreError::Failed("the writer answered a write with no entry".into()))
+    }
+
+    /// Applies `ops` atomically and durably under one new revision: all of them or, if
+    /// any fails its check, none. Returns the entries as written, in op order. An empty
+    /// transaction writes nothing and takes no revision.
+    pub async fn transact(&self, ops: Vec<WriteOp>) -> Result<Vec<Entry>, TransactionError> {
         if self.shared.failed.load(Ordering::Acquire) {
-            return Err(StoreError::Failed("an earlier flush failed".into()));
+            return Err(TransactionError::whole(StoreError::Failed(
+                "an earlier flush failed".into(),
+            )));
         }
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let closed = || TransactionError::whole(StoreError::Closed);
         let (reply, response) = oneshot::channel();
         self.writer
-            .send(Request::Write(WriteRequest { op, reply }))
+            .send(Request::Write(WriteRequest { ops, reply }))
             .await
-            .map_err(|_| StoreError::Closed)?;
-        response.await.map_err(|_| StoreError::Closed)?
+            .map_err(|_| closed())?;
+        response.await.map_err(|_| closed())?
     }
 
     /// Starts a watch of events after `from`. With `from` unset, the watch starts at the
@@ -296,25 +474,33 @@ impl Store {
         let Some(from) = from else {
             let initial = collect_prefix(&state.objects, prefix);
             return Ok(Watch {
+                revision: state.revision,
                 backlog: Vec::new(),
                 live,
                 initial: Some((state.revision, initial)),
             });
         };
-        if from < state.oldest_watchable {
-            return Err(StoreError::Compacted {
-                requested: from,
-                oldest: state.oldest_watchable,
-            });
-        }
-        let start = state.history.partition_point(|e| e.revision <= from);
-        let backlog = state
-            .history
-            .range(start..)
-            .filter(|e| e.key.starts_with(prefix))
-            .cloned()
-            .collect();
+        let backlog = backlog_after(&state, prefix, Position::end_of(from))?;
         Ok(Watch {
+            revision: state.revision,
+            backlog,
+            live,
+            initial: None,
+        })
+    }
+
+    /// Resumes a watch whose live receiver fell behind: the events under `prefix` after
+    /// `after` (the last event it dealt with) from the history, and a new live receiver
+    /// that starts right after them, so nothing is missed or repeated. `Compacted` if
+    /// events after `after` have already left the history.
+    pub fn resume(&self, prefix: &str, after: Position) -> Result<Watch, StoreError> {
+        // Subscribing under the read lock: the writer publishes under the write lock, so
+        // every event is either in the backlog or arrives on the new receiver.
+        let state = self.read();
+        let live = self.shared.events.subscribe();
+        let backlog = backlog_after(&state, prefix, after)?;
+        Ok(Watch {
+            revision: state.revision,
             backlog,
             live,
             initial: None,
@@ -323,7 +509,7 @@ impl Store {
 
     /// The oldest revision a watch may start from.
     pub fn oldest_watchable(&self) -> Revision {
-        self.read().oldest_watchable
+        self.read().oldest.revision
     }
 
     /// Stores a blob durably (flushed before this returns) under `key`.
@@ -376,6 +562,28 @@ impl Store {
         // builds its changes first), so a poisoned lock is still consistent.
         self.shared.state.read().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// The history's events under `prefix` after `after`, or `Compacted` if some of them are
+/// no longer kept.
+fn backlog_after(
+    state: &State,
+    prefix: &str,
+    after: Position,
+) -> Result<Vec<Arc<Event>>, StoreError> {
+    if after < state.oldest {
+        return Err(StoreError::Compacted {
+            requested: after.revision,
+            oldest: state.oldest.revision,
+        });
+    }
+    let start = state.history.partition_point(|e| e.position() <= after);
+    Ok(state
+        .history
+        .range(start..)
+        .filter(|e| e.key.starts_with(prefix))
+        .cloned()
+        .collect())
 }
 
 fn collect_prefix(objects: &BTreeMap<String, Entry>, prefix: &str) -> Vec<(String, Entry)> {
@@ -445,7 +653,9 @@ fn run_writer(db: sled::Db, shared: Arc<Shared>, mut requests: mpsc::Receiver<Re
     while let Ok(request) = requests.try_recv() {
         match request {
             Request::Write(w) => {
-                let _ = w.reply.send(Err(StoreError::Closed));
+                let _ = w
+                    .reply
+                    .send(Err(TransactionError::whole(StoreError::Closed)));
             }
             Request::PutBlob { reply, .. } => {
                 let _ = reply.send(Err(StoreError::Closed));
@@ -465,12 +675,26 @@ fn run_writer(db: sled::Db, shared: Arc<Shared>, mut requests: mpsc::Receiver<Re
     }
 }
 
+/// The state of one key as the transaction being checked sees it: staged by an earlier
+/// transaction of the group or an earlier op, else committed.
+type Staged = HashMap<String, Option<Entry>>;
+
+/// One checked op, ready to be applied.
+struct Checked {
+    key: String,
+    event_type: EventType,
+    entry: Entry,
+    previous: Option<Arc<[u8]>>,
+}
+
 fn commit_group(db: &sled::Db, shared: &Shared, group: Vec<WriteRequest>) {
     if shared.failed.load(Ordering::Acquire) {
         for request in group {
             let _ = request
                 .reply
-                .send(Err(StoreError::Failed("an earlier flush failed".into())));
+                .send(Err(TransactionError::whole(StoreError::Failed(
+                    "an earlier flush failed".into(),
+                ))));
         }
         return;
     }
@@ -479,95 +703,39 @@ fn commit_group(db: &sled::Db, shared: &Shared, group: Vec<WriteRequest>) {
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .revision;
-    // Changes staged by this group, over the committed state: key -> new entry or removal.
-    let mut staged: HashMap<String, Option<Entry>> = HashMap::new();
+    // Changes staged by the transactions of this group that passed, over the committed
+    // state: key -> new entry or removal.
+    let mut staged: Staged = HashMap::new();
     let mut batch = sled::Batch::default();
     let mut events = Vec::new();
     let mut replies = Vec::new();
-    for WriteRequest { op, reply } in group {
-        let current = match staged.get(op.key()) {
-            Some(s) => s.clone(),
-            None => shared
-                .state
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .objects
-                .get(op.key())
-                .cloned(),
-        };
-        let outcome = match op {
-            WriteOp::Create { key, encode } => match current {
-                Some(_) => Err(StoreError::AlreadyExists(key)),
-                None => Ok((key, EventType::Added, encode, None)),
-            },
-            WriteOp::Update {
-                key,
-                expected,
-                encode,
-            }
-            | WriteOp::Delete {
-                key,
-                expected,
-                encode,
-            } if current.is_none() => {
-                let _ = (expected, encode);
-                Err(StoreError::NotFound(key))
-            }
-            WriteOp::Update {
-                key,
-                expected,
-                encode,
-            } => {
-                let current = current.expect("checked above");
-                match expected {
-                    Some(e) if e != current.revision => Err(StoreError::Conflict {
-                        key,
-                        expected: e,
-                        actual: current.revision,
-                    }),
-                    _ => Ok((key, EventType::Modified, encode, Some(current.value))),
-                }
-            }
-            WriteOp::Delete {
-                key,
-                expected,
-                encode,
-            } => {
-                let current = current.expect("checked above");
-                match expected {
-                    Some(e) if e != current.revision => Err(StoreError::Conflict {
-                        key,
-                        expected: e,
-                        actual: current.revision,
-                    }),
-                    _ => Ok((key, EventType::Deleted, encode, Some(current.value))),
-                }
-            }
-        };
-        match outcome {
+    for WriteRequest { ops, reply } in group {
+        match check_transaction(shared, &staged, ops, revision + 1) {
             Err(e) => replies.push((reply, Err(e))),
-            Ok((key, event_type, encode, previous)) => {
+            Ok(checked) => {
                 revision += 1;
-                let value: Arc<[u8]> = Arc::from(encode(revision));
-                let entry = Entry {
-                    revision,
-                    value: value.clone(),
-                };
-                if event_type == EventType::Deleted {
-                    batch.remove(key.as_bytes());
-                    staged.insert(key.clone(), None);
-                } else {
-                    batch.insert(key.as_bytes(), join_entry(revision, &value));
-                    staged.insert(key.clone(), Some(entry.clone()));
+                let mut entries = Vec::with_capacity(checked.len());
+                let count = checked.len();
+                for (index, op) in checked.into_iter().enumerate() {
+                    if op.event_type == EventType::Deleted {
+                        batch.remove(op.key.as_bytes());
+                        staged.insert(op.key.clone(), None);
+                    } else {
+                        batch.insert(op.key.as_bytes(), join_entry(revision, &op.entry.value));
+                        staged.insert(op.key.clone(), Some(op.entry.clone()));
+                    }
+                    events.push(Arc::new(Event {
+                        revision,
+                        index,
+                        last_of_transaction: index + 1 == count,
+                        key: op.key,
+                        event_type: op.event_type,
+                        value: op.entry.value.clone(),
+                        previous: op.previous,
+                    }));
+                    entries.push(op.entry);
                 }
-                events.push(Arc::new(Event {
-                    revision,
-                    key,
-                    event_type,
-                    value,
-                    previous,
-                }));
-                replies.push((reply, Ok(entry)));
+                replies.push((reply, Ok(entries)));
             }
         }
     }
@@ -580,35 +748,126 @@ fn commit_group(db: &sled::Db, shared: &Shared, group: Vec<WriteRequest>) {
             shared.failed.store(true, Ordering::Release);
             let message = format!("write to disk failed: {e}");
             for (reply, _) in replies {
-                let _ = reply.send(Err(StoreError::Failed(message.clone())));
+                let _ = reply.send(Err(TransactionError::whole(StoreError::Failed(
+                    message.clone(),
+                ))));
             }
             return;
         }
-        let mut state = shared.state.write().unwrap_or_else(|e| e.into_inner());
-        for (key, entry) in staged {
-            match entry {
-                Some(e) => {
-                    state.objects.insert(key, e);
-                }
-                None => {
-                    state.objects.remove(&key);
-                }
-            }
-        }
-        state.revision = revision;
-        for event in events {
-            state.history.push_back(event.clone());
-            // No receivers is fine: nobody is watching.
-            let _ = shared.events.send(event);
-        }
-        while state.history.len() > shared.history_capacity {
-            if let Some(old) = state.history.pop_front() {
-                state.oldest_watchable = old.revision;
-            }
-        }
+        publish(shared, staged, revision, events);
     }
     for (reply, result) in replies {
         let _ = reply.send(result);
+    }
+}
+
+/// Checks every op of one transaction, in order, against `staged` over the committed
+/// state and the ops before it, encoding each at `revision`. The first failing op fails
+/// the whole transaction.
+fn check_transaction(
+    shared: &Shared,
+    staged: &Staged,
+    ops: Vec<WriteOp>,
+    revision: Revision,
+) -> Result<Vec<Checked>, TransactionError> {
+    // This transaction's own changes, seen by its later ops but by nobody else until it passes.
+    let mut own: Staged = HashMap::new();
+    let mut checked = Vec::with_capacity(ops.len());
+    for (index, op) in ops.into_iter().enumerate() {
+        let current = match own.get(op.key()).or_else(|| staged.get(op.key())) {
+            Some(s) => s.clone(),
+            None => shared
+                .state
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .objects
+                .get(op.key())
+                .cloned(),
+        };
+        let op = check_op(op, current, revision).map_err(|error| TransactionError {
+            op: Some(index),
+            error,
+        })?;
+        let after = (op.event_type != EventType::Deleted).then(|| op.entry.clone());
+        own.insert(op.key.clone(), after);
+        checked.push(op);
+    }
+    Ok(checked)
+}
+
+/// Checks one op against the current entry of its key and encodes it at `revision`.
+fn check_op(
+    op: WriteOp,
+    current: Option<Entry>,
+    revision: Revision,
+) -> Result<Checked, StoreError> {
+    let (key, event_type, encode, previous) = match (op, current) {
+        (WriteOp::Create { key, .. }, Some(_)) => return Err(StoreError::AlreadyExists(key)),
+        (WriteOp::Create { key, encode }, None) => (key, EventType::Added, encode, None),
+        (WriteOp::Update { key, .. } | WriteOp::Delete { key, .. }, None) => {
+            return Err(StoreError::NotFound(key))
+        }
+        (
+            WriteOp::Update {
+                key,
+                expected: Some(expected),
+                ..
+            }
+            | WriteOp::Delete {
+                key,
+                expected: Some(expected),
+                ..
+            },
+            Some(current),
+        ) if expected != current.revision => {
+            return Err(StoreError::Conflict {
+                key,
+                expected,
+                actual: current.revision,
+            })
+        }
+        (WriteOp::Update { key, encode, .. }, Some(current)) => {
+            (key, EventType::Modified, encode, Some(current.value))
+        }
+        (WriteOp::Delete { key, encode, .. }, Some(current)) => {
+            (key, EventType::Deleted, encode, Some(current.value))
+        }
+    };
+    Ok(Checked {
+        key,
+        event_type,
+        entry: Entry {
+            revision,
+            value: Arc::from(encode(revision)),
+        },
+        previous,
+    })
+}
+
+/// Makes a flushed group visible: objects, revision, history and live events, all under
+/// one write lock so readers and new watches see the whole group or none of it.
+fn publish(shared: &Shared, staged: Staged, revision: Revision, events: Vec<Arc<Event>>) {
+    let mut state = shared.state.write().unwrap_or_else(|e| e.into_inner());
+    for (key, entry) in staged {
+        match entry {
+            Some(e) => {
+                state.objects.insert(key, e);
+            }
+            None => {
+                state.objects.remove(&key);
+            }
+        }
+    }
+    state.revision = revision;
+    for event in events {
+        state.history.push_back(event.clone());
+        // No receivers is fine: nobody is watching.
+        let _ = shared.events.send(event);
+    }
+    while state.history.len() > shared.history_capacity {
+        if let Some(old) = state.history.pop_front() {
+            state.oldest = old.position();
+        }
     }
 }
 
@@ -790,5 +1049,234 @@ mod tests {
         let (rev, items) = store.list("/w/");
         assert_eq!(rev, 17);
         assert_eq!(items.len(), 16);
+    }
+
+    fn create(key: &str) -> WriteOp {
+        WriteOp::Create {
+            key: key.into(),
+            encode: bytes(key),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transaction_with_a_failing_op_applies_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.write(create("/t/a")).await.unwrap();
+        let before = store.revision();
+        let mut watch = store.watch("/t/", Some(before)).unwrap();
+        let error = store
+            .transact(vec![create("/t/b"), create("/t/a"), create("/t/c")])
+            .await
+            .unwrap_err();
+        assert_eq!(error.op, Some(1));
+        assert!(matches!(error.error, StoreError::AlreadyExists(ref k) if k == "/t/a"));
+        assert!(store.get("/t/b").is_none());
+        assert!(store.get("/t/c").is_none());
+        assert_eq!(store.revision(), before);
+        assert!(matches!(
+            watch.live.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_transaction_takes_one_revision_and_publishes_its_events_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.write(create("/t/a")).await.unwrap();
+        let mut watch = store.watch("/t/", None).unwrap();
+        let entries = store
+            .transact(vec![
+                create("/t/b"),
+                WriteOp::Update {
+                    key: "/t/a".into(),
+                    expected: Some(1),
+                    encode: bytes("a2"),
+                },
+                // Later ops see the earlier ones: /t/b exists at the transaction's revision.
+                WriteOp::Delete {
+                    key: "/t/b".into(),
+                    expected: Some(2),
+                    encode: bytes("b-gone"),
+                },
+            ])
+            .await
+            .unwrap();
+        assert!(entries.iter().all(|e| e.revision == 2));
+        assert_eq!(store.revision(), 2);
+        assert!(store.get("/t/b").is_none());
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let event = watch.live.recv().await.unwrap();
+            seen.push((
+                event.revision,
+                event.index,
+                event.key.clone(),
+                event.event_type,
+                event.last_of_transaction,
+            ));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (2, 0, "/t/b".to_string(), EventType::Added, false),
+                (2, 1, "/t/a".to_string(), EventType::Modified, false),
+                (2, 2, "/t/b".to_string(), EventType::Deleted, true),
+            ]
+        );
+        // A watch from before the transaction gets all of it from the history.
+        let resumed = store.watch("/t/", Some(1)).unwrap();
+        assert_eq!(resumed.backlog.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn transactions_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .transact(vec![create("/t/a"), create("/t/b")])
+            .await
+            .unwrap();
+        store
+            .transact(vec![
+                WriteOp::Delete {
+                    key: "/t/a".into(),
+                    expected: None,
+                    encode: bytes("gone"),
+                },
+                create("/t/c"),
+            ])
+            .await
+            .unwrap();
+        store.close().await;
+        let reopened = open(dir.path());
+        assert_eq!(reopened.revision(), 2);
+        let (_, items) = reopened.list("/t/");
+        let keys: Vec<_> = items
+            .iter()
+            .map(|(k, e)| (k.as_str(), e.revision))
+            .collect();
+        assert_eq!(keys, vec![("/t/b", 1), ("/t/c", 2)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn of_concurrent_claims_on_one_key_exactly_one_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for round in 0..20 {
+            let claim = format!("/claims/{round}");
+            let mut tasks = Vec::new();
+            for owner in 0..2 {
+                let store = store.clone();
+                let claim = claim.clone();
+                tasks.push(tokio::spawn(async move {
+                    store
+                        .transact(vec![
+                            create(&format!("/owners/{round}/{owner}")),
+                            create(&claim),
+                        ])
+                        .await
+                }));
+            }
+            let mut winners = 0;
+            for (owner, task) in tasks.into_iter().enumerate() {
+                match task.await.unwrap() {
+                    Ok(_) => winners += 1,
+                    Err(e) => {
+                        assert_eq!(e.op, Some(1));
+                        assert!(store.get(&format!("/owners/{round}/{owner}")).is_none());
+                    }
+                }
+            }
+            assert_eq!(winners, 1, "round {round}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lagging_watcher_is_caught_up_from_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            StoreConfig {
+                history_capacity: BROADCAST_CAPACITY * 2,
+            },
+        )
+        .unwrap();
+        let mut watch = store.watch("/l/", None).unwrap();
+        let position = Position::end_of(watch.revision);
+        let count = BROADCAST_CAPACITY + 100;
+        let ops = (0..count).map(|i| create(&format!("/l/{i:06}"))).collect();
+        store.transact(ops).await.unwrap();
+        assert!(matches!(
+            watch.live.recv().await,
+            Err(broadcast::error::RecvError::Lagged(_))
+        ));
+        let resumed = store.resume("/l/", position).unwrap();
+        assert_eq!(resumed.backlog.len(), count);
+        assert_eq!(resumed.revision, 1);
+        // Resuming from the middle of the transaction repeats nothing.
+        let middle = resumed.backlog[9].position();
+        assert_eq!(
+            store.resume("/l/", middle).unwrap().backlog.len(),
+            count - 10
+        );
+        // With the small default of the tests, the position leaves the history.
+        let dir = tempfile::tempdir().unwrap();
+        let small = open(dir.path());
+        let ops = (0..20).map(|i| create(&format!("/l/{i}"))).collect();
+        small.transact(ops).await.unwrap();
+        assert!(matches!(
+            small.resume("/l/", Position::end_of(0)),
+            Err(StoreError::Compacted { .. })
+        ));
+        assert!(small.resume("/l/", Position::end_of(1)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_event_stream_that_lags_is_caught_up_without_gaps_or_repeats() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            StoreConfig {
+                history_capacity: BROADCAST_CAPACITY * 3,
+            },
+        )
+        .unwrap();
+        let watch = store.watch("/s/", None).unwrap();
+        let mut events = EventStream::new(&store, "/s/", watch, Position::end_of(0));
+        // More than the broadcast buffer, interleaved with keys outside the prefix.
+        let count = BROADCAST_CAPACITY + 500;
+        let ops = (0..count)
+            .flat_map(|i| [create(&format!("/s/{i:06}")), create(&format!("/o/{i:06}"))])
+            .collect();
+        store.transact(ops).await.unwrap();
+        store.write(create("/s/after")).await.unwrap();
+        let mut keys = Vec::new();
+        for _ in 0..=count {
+            keys.push(events.next().await.unwrap().key.clone());
+        }
+        let mut expected: Vec<String> = (0..count).map(|i| format!("/s/{i:06}")).collect();
+        expected.push("/s/after".into());
+        assert_eq!(keys, expected);
+        assert_eq!(events.position(), Position::end_of(2));
+        store.write(create("/s/live")).await.unwrap();
+        assert_eq!(events.next().await.unwrap().key, "/s/live");
+    }
+
+    #[tokio::test]
+    async fn an_event_stream_whose_position_left_the_history_ends_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let watch = store.watch("/s/", None).unwrap();
+        let mut events = EventStream::new(&store, "/s/", watch, Position::end_of(0));
+        let ops = (0..BROADCAST_CAPACITY + 1)
+            .map(|i| create(&format!("/s/{i:06}")))
+            .collect();
+        store.transact(ops).await.unwrap();
+        assert!(matches!(
+            events.next().await,
+            Err(StoreError::Compacted { .. })
+        ));
     }
 }

@@ -40,6 +40,7 @@ impl InProcess {
             bookmark_interval: Duration::from_millis(200),
             controllers: skiff_controllers::ControllerConfig::fast(),
             run_controllers,
+            ..Default::default()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {

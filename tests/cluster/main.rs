@@ -2,10 +2,12 @@
 //! loopback port with sled on a temp dir, real HTTP, the real `skiff` binary and the real
 //! `kubectl` on PATH.
 
+mod allocations;
 mod api;
 mod cli;
 mod controllers;
 mod crash;
+mod group_deletes;
 mod harness;
 mod kubectl;
 mod wasm;

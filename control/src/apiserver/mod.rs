@@ -8,6 +8,7 @@ mod discovery;
 mod watch;
 
 use crate::metrics::RequestMetrics;
+use crate::registry::strategy::strategy_for;
 use crate::registry::{
     collection_prefix, decode_entry, DeleteOptions, FieldValidation, Registry, WriteOptions,
     Written,
@@ -162,7 +163,7 @@ fn parse_resource_path(
         [name] => (Some(name.to_string()), None),
         [name, sub] => {
             let known = resource.subresource(sub).is_some()
-                || (resource.kind == "Namespace" && *sub == "finalize");
+                || strategy_for(resource).extra_subresources().contains(sub);
             if !known {
                 return Err(not_found_path(path));
             }
@@ -606,7 +607,7 @@ async fn handle_resource(
                     &entry.revision.to_string(),
                     true,
                     include_object(&query)?,
-                    registry.env.now(),
+                    registry.clock.now(),
                 );
                 return Ok(json_response(StatusCode::OK, &table));
             }
@@ -724,7 +725,8 @@ async fn handle_resource(
             let (headers, body) = read_body(request).await?;
             let options = delete_options(&query, &headers, &body)?;
             let written = registry.delete(resource, ns, name, &options).await?;
-            if resource.kind == "Namespace" {
+            if strategy_for(resource).waits_on_delete() {
+                // A namespace deletion waits for the finalizer to remove its contents.
                 state.namespace_deleted.notify_one();
             }
             Ok(json_response(StatusCode::OK, &written.object))
@@ -734,27 +736,23 @@ async fn handle_resource(
             let options = delete_options(&query, &headers, &body)?;
             let (labels, fields) = selectors(resource, &query)?;
             let (revision, entries) = registry.store.list(&collection_prefix(resource, ns));
-            let mut deleted = Vec::new();
+            let mut selected = Vec::new();
             for (_, entry) in entries {
                 let object = decode_entry(&entry)?;
-                if !labels.matches_object(&object) || !fields.matches(resource.kind, &object) {
-                    continue;
-                }
-                let object_ns =
-                    skiff_api::object::meta_str(&object, "namespace").map(str::to_string);
-                let name = skiff_api::object::meta_str(&object, "name")
-                    .unwrap_or_default()
-                    .to_string();
-                match registry
-                    .delete(resource, object_ns.as_deref(), &name, &options)
-                    .await
-                {
-                    Ok(w) => deleted.push(w.object),
-                    Err(e) if e.code == 404 => {}
-                    Err(e) => return Err(e),
+                if labels.matches_object(&object) && fields.matches(resource.kind, &object) {
+                    selected.push((entry, object));
                 }
             }
-            if resource.kind == "Namespace" {
+            // Batched transactions: one revision and one fsync per up to a thousand
+            // objects rather than per object.
+            let deleted: Vec<Value> = registry
+                .delete_many(resource, selected, &options)
+                .await?
+                .into_iter()
+                .map(|w| w.object)
+                .collect();
+            if strategy_for(resource).waits_on_delete() {
+                // A namespace deletion waits for the finalizer to remove its contents.
                 state.namespace_deleted.notify_one();
             }
             let list = json!({"kind": resource.list_kind(), "apiVersion": resource.api_version(),
@@ -916,7 +914,7 @@ fn list(
                 &revision.to_string(),
                 true,
                 include,
-                state.registry.env.now(),
+                state.registry.clock.now(),
             );
             return Ok(json_response(StatusCode::OK, &table));
         }

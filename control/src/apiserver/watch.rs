@@ -1,9 +1,11 @@
 //! Watch streams: `?watch=true` on a collection. One JSON event per line, flushed per
 //! event; label and field selectors turn objects entering or leaving the selection into
-//! ADDED and DELETED; a too-old `resourceVersion` gets 410 Expired.
+//! ADDED and DELETED; a too-old `resourceVersion` gets 410 Expired. A watch whose
+//! client reads slower than events arrive is caught up from the store's history; only
+//! when its position has left the history does it end with a 410 ERROR event.
 
-use crate::registry::{event_type_name, Environment};
-use crate::store::{Event, EventType, StoreError};
+use crate::registry::event_type_name;
+use crate::store::{Event, EventStream, EventType, Position, StoreError};
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::Response;
@@ -11,9 +13,7 @@ use serde_json::Value;
 use skiff_api::resource::ResourceInfo;
 use skiff_api::selector::{FieldSelector, LabelSelector};
 use skiff_api::status::ApiError;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::ApiState;
@@ -39,7 +39,7 @@ struct Sender {
     request: WatchRequest,
     channel: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
     sent_columns: bool,
-    env: Arc<dyn Environment>,
+    clock: skiff_api::clock::SharedClock,
 }
 
 impl Sender {
@@ -74,7 +74,7 @@ impl Sender {
                 &rv,
                 !self.sent_columns,
                 self.request.include_object,
-                self.env.now(),
+                self.clock.now(),
             );
             self.sent_columns = true;
             out.extend_from_slice(&serde_json::to_vec(&table).ok()?);
@@ -142,7 +142,7 @@ impl Sender {
 /// Starts a watch and returns its streaming response.
 pub fn watch(state: &ApiState, request: WatchRequest) -> Result<Response, ApiError> {
     let store = &state.registry.store;
-    let watch = store
+    let mut watch = store
         .watch(&request.prefix, request.from)
         .map_err(|e| match e {
             StoreError::Compacted { requested, oldest } => {
@@ -157,21 +157,19 @@ pub fn watch(state: &ApiState, request: WatchRequest) -> Result<Response, ApiErr
         request,
         channel,
         sent_columns: false,
-        env: state.registry.env.clone(),
+        clock: state.registry.clock.clone(),
     };
     let mut shutdown = state.shutdown.clone();
+    let start = Position::end_of(sender.request.from.unwrap_or(0));
+    let initial = watch.initial.take();
+    let mut events = EventStream::new(store, &sender.request.prefix, watch, start);
     tokio::spawn(async move {
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        let mut live = watch.live;
-        // The highest revision this watch has dealt with, whether or not it concerned the
-        // watch; events at or below it came from the snapshot or the backlog.
-        let mut last_sent = sender.request.from.unwrap_or(0);
         let mut bookmarks = tokio::time::interval_at(
             tokio::time::Instant::now() + bookmark_interval,
             bookmark_interval,
         );
-        if let Some((revision, objects)) = watch.initial {
-            last_sent = revision;
+        if let Some((_, objects)) = initial {
             for (_, entry) in objects {
                 let selected = !sender.filtered()
                     || serde_json::from_slice::<Value>(&entry.value)
@@ -181,17 +179,12 @@ pub fn watch(state: &ApiState, request: WatchRequest) -> Result<Response, ApiErr
                 }
             }
         }
-        for event in watch.backlog {
-            last_sent = event.revision;
-            if !sender.send_event(&event).await {
-                return;
-            }
-        }
         loop {
             let next = tokio::select! {
-                next = live.recv() => next,
+                next = events.next() => next,
                 _ = bookmarks.tick(), if sender.request.bookmarks => {
-                    if last_sent > 0 && !sender.send_bookmark(last_sent).await {
+                    let revision = events.position().complete_revision();
+                    if revision > 0 && !sender.send_bookmark(revision).await {
                         return;
                     }
                     continue;
@@ -201,23 +194,22 @@ pub fn watch(state: &ApiState, request: WatchRequest) -> Result<Response, ApiErr
                 _ = sender.channel.closed() => return,
             };
             match next {
-                // Events up to `last_sent` came from the snapshot or the backlog already.
-                Ok(event) if event.revision <= last_sent => continue,
                 Ok(event) => {
-                    last_sent = event.revision;
                     if !sender.send_event(&event).await {
                         return;
                     }
                 }
-                Err(RecvError::Lagged(missed)) => {
+                // The watch fell behind even the kept history (a slow reader is caught up
+                // from the history as long as its position is still in it).
+                Err(StoreError::Compacted { requested, oldest }) => {
                     sender
                         .send_expired(format!(
-                            "the watch fell behind by {missed} events; restart it from a new list"
+                            "the watch fell behind the kept history (at {requested}, oldest kept {oldest}); restart it from a new list"
                         ))
                         .await;
                     return;
                 }
-                Err(RecvError::Closed) => return,
+                Err(_) => return,
             }
         }
     });

@@ -1,39 +1,51 @@
 //! Object semantics over the store, independent of HTTP: what create, update, patch,
 //! delete and the subresources do to metadata, defaults, validation, generation,
 //! graceful deletion and finalizers. The API server maps requests onto these calls.
+//! What differs per kind lives in that kind's [`strategy::Strategy`].
 
-use crate::store::{Entry, EventType, Revision, Store, StoreError, WriteOp};
+mod allocations;
+mod delete;
+mod namespace;
+mod node;
+mod pod;
+mod secret;
+mod service;
+pub mod strategy;
+mod typed;
+mod workloads;
+
+use crate::allocator::{Claim, Ranges};
+use crate::store::{Entry, EventType, Revision, Store, StoreError, TransactionError, WriteOp};
+use allocations::Allocations;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
+use skiff_api::clock::SharedClock;
 use skiff_api::object::{self, meta_str, metadata_mut, DecodeError};
 use skiff_api::patch::{apply_patch, PatchType};
 use skiff_api::resource::ResourceInfo;
 use skiff_api::status::ApiError;
-use skiff_api::validation::{validate_object, validate_update};
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use strategy::strategy_for;
 
 /// How many times a patch or internal update retries after losing a compare-and-swap race.
 const MAX_UPDATE_ATTEMPTS: usize = 16;
 
-/// Source of time and randomness, injected so tests can pin them.
+/// Source of randomness, injected so tests can pin it (time comes from the registry's
+/// [`SharedClock`]).
 pub trait Environment: Send + Sync + 'static {
-    fn now(&self) -> DateTime<Utc>;
     /// A random suffix for `generateName` (5 characters, Kubernetes' alphabet).
     fn random_suffix(&self) -> String;
     fn new_uid(&self) -> String;
-    /// A random number for allocations (service cluster IPs).
+    /// A random number for allocations (cluster IPs, node ports, pod CIDRs).
     fn random_u32(&self) -> u32;
 }
 
-/// The real clock and the thread RNG.
+/// The thread RNG.
 #[derive(Debug, Default)]
 pub struct SystemEnvironment;
 
 impl Environment for SystemEnvironment {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-
     fn random_suffix(&self) -> String {
         use rand::Rng;
         // Kubernetes leaves out vowels and look-alike characters so names never spell words.
@@ -113,6 +125,10 @@ impl Written {
 pub struct Registry {
     pub store: Store,
     pub env: Arc<dyn Environment>,
+    /// The one clock timestamps in objects come from.
+    pub clock: SharedClock,
+    /// The ranges cluster IPs, node ports and pod CIDRs are allocated from.
+    pub ranges: Arc<Ranges>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -246,8 +262,28 @@ pub fn decode_request_object(
 }
 
 impl Registry {
-    pub fn new(store: Store, env: Arc<dyn Environment>) -> Self {
-        Registry { store, env }
+    pub fn new(
+        store: Store,
+        env: Arc<dyn Environment>,
+        clock: SharedClock,
+        ranges: Arc<Ranges>,
+    ) -> Self {
+        Registry {
+            store,
+            env,
+            clock,
+            ranges,
+        }
+    }
+
+    /// An allocation context for one write of `name`, which holds `held` so far.
+    fn allocations<'a>(
+        &'a self,
+        resource: &'a ResourceInfo,
+        name: &'a str,
+        held: BTreeSet<Claim>,
+    ) -> Allocations<'a> {
+        Allocations::new(&self.ranges, &self.store, &*self.env, resource, name, held)
     }
 
     /// Reads one object.
@@ -307,7 +343,7 @@ impl Registry {
             options.field_validation,
             &mut warnings,
         )?;
-        let now = self.env.now();
+        let now = self.clock.now();
         {
             let meta = metadata_mut(&mut object);
             if resource.namespaced {
@@ -353,165 +389,71 @@ impl Registry {
             }
         }
         let name = meta_str(&object, "name").unwrap_or_default().to_string();
-        self.apply_create_defaults(resource, &mut object)?;
-        let causes = validate_object(resource, &object);
+        let strategy = strategy_for(resource);
+        if let Some(spec) = object.get_mut("spec") {
+            strategy.default_spec(spec);
+        }
+        strategy.prepare_for_create(&mut object);
+        let causes = strategy.validate(resource, &object);
         if !causes.is_empty() {
             return Err(ApiError::invalid(resource, &name, causes));
         }
         self.check_namespace_writable(resource, namespace)?;
-        if resource.kind == "Service" {
-            self.allocate_cluster_ip(&mut object)?;
-        }
-        if options.dry_run {
-            if self
-                .store
-                .get(&object_key(resource, namespace, &name))
-                .is_some()
-            {
-                return Err(ApiError::already_exists(resource, &name));
-            }
-            return Ok(Written {
-                object,
-                warnings,
-                removed: false,
-            });
-        }
         let key = object_key(resource, namespace, &name);
-        let entry = self
-            .store
-            .write(WriteOp::Create {
-                key,
-                encode: encoder(object),
-            })
-            .await
-            .map_err(|e| store_error(resource, &name, e))?;
-        Ok(Written {
-            object: decode_entry(&entry)?,
-            warnings,
-            removed: false,
-        })
-    }
-
-    /// Defaults and status applied on create, as the Kubernetes defaulting functions and
-    /// `PrepareForCreate` strategies do for these kinds.
-    fn apply_create_defaults(
-        &self,
-        resource: &ResourceInfo,
-        object: &mut Value,
-    ) -> Result<(), ApiError> {
-        if let Some(spec) = object.get_mut("spec") {
-            default_spec(resource.kind, spec);
-        }
-        match resource.kind {
-            "Pod" => {
-                object["status"] =
-                    json!({"phase": "Pending", "qosClass": qos_class(object.get("spec"))});
-            }
-            "Deployment" | "ReplicaSet" => {
-                object.as_object_mut().map(|o| o.remove("status"));
-            }
-            "Service" => object["status"] = json!({"loadBalancer": {}}),
-            "Namespace" => {
-                object["spec"] = json!({"finalizers": ["kubernetes"]});
-                object["status"] = json!({"phase": "Active"});
-                let name = meta_str(object, "name").unwrap_or_default().to_string();
-                let meta = metadata_mut(object);
-                let labels = meta.entry("labels").or_insert(json!({}));
-                if let Some(labels) = labels.as_object_mut() {
-                    labels.insert("kubernetes.io/metadata.name".into(), Value::from(name));
+        let uid = meta_str(&object, "uid").unwrap_or_default().to_string();
+        for _ in 0..MAX_UPDATE_ATTEMPTS {
+            let mut allocated = object.clone();
+            strategy.allocate(
+                &mut self.allocations(resource, &name, BTreeSet::new()),
+                None,
+                &mut allocated,
+            )?;
+            if options.dry_run {
+                if self.store.get(&key).is_some() {
+                    return Err(ApiError::already_exists(resource, &name));
                 }
+                return Ok(Written {
+                    object: allocated,
+                    warnings,
+                    removed: false,
+                });
             }
-            "Secret" => {
-                let obj = object.as_object_mut().expect("objects are maps");
-                obj.entry("type").or_insert(json!("Opaque"));
-                if let Some(Value::Object(string_data)) = obj.remove("stringData") {
-                    let data = obj.entry("data").or_insert(json!({}));
-                    if let Some(data) = data.as_object_mut() {
-                        for (k, v) in string_data {
-                            data.insert(
-                                k,
-                                Value::from(skiff_api::object::base64_encode(
-                                    v.as_str().unwrap_or_default().as_bytes(),
-                                )),
-                            );
-                        }
-                    }
+            // The object and the claims of its allocated values are one transaction:
+            // neither exists without the other.
+            let mut ops = vec![WriteOp::Create {
+                key: key.clone(),
+                encode: encoder(allocated.clone()),
+            }];
+            ops.extend(allocations::claim_ops(
+                &strategy.claims(&allocated),
+                &key,
+                &uid,
+            ));
+            match self.store.transact(ops).await {
+                Ok(entries) => {
+                    let entry = entries
+                        .first()
+                        .ok_or_else(|| ApiError::internal("the store wrote no object"))?;
+                    return Ok(Written {
+                        object: decode_entry(entry)?,
+                        warnings,
+                        removed: false,
+                    });
                 }
+                // Another write claimed a value between the choice and the commit: choose
+                // again (a requested value is then refused as already allocated).
+                Err(TransactionError {
+                    op: Some(op),
+                    error: StoreError::AlreadyExists(_),
+                }) if op > 0 => continue,
+                Err(e) => return Err(store_error(resource, &name, e.error)),
             }
-            _ => {}
         }
-        Ok(())
-    }
-
-    /// Gives a ClusterIP service an address in 10.96.0.0/12 that no other service has.
-    fn allocate_cluster_ip(&self, object: &mut Value) -> Result<(), ApiError> {
-        let spec = &object["spec"];
-        if spec.get("type").and_then(Value::as_str) == Some("ExternalName") {
-            return Ok(());
-        }
-        let requested = spec
-            .get("clusterIP")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        if requested == "None" {
-            object["spec"]["clusterIPs"] = json!(["None"]);
-            return Ok(());
-        }
-        let services = &skiff_api::resource::SERVICES;
-        let (_, existing) = self.store.list(&collection_prefix(services, None));
-        let taken: std::collections::HashSet<String> = existing
-            .iter()
-            .filter_map(|(_, e)| decode_entry(e).ok())
-            .filter_map(|s| {
-                s.pointer("/spec/clusterIP")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            })
-            .collect();
-        let ip = if requested.is_empty() {
-            let mut chosen = None;
-            for _ in 0..64 {
-                // 10.96.0.0/12, skipping .0 and the first address (kept for the API service).
-                let offset = 2 + self.env.random_u32() % ((1 << 20) - 3);
-                let n = (10u32 << 24) | (96 << 16) | offset;
-                let candidate = std::net::Ipv4Addr::from(n).to_string();
-                if !taken.contains(&candidate) {
-                    chosen = Some(candidate);
-                    break;
-                }
-            }
-            chosen.ok_or_else(|| ApiError::internal("no free cluster IP could be allocated"))?
-        } else {
-            let parsed: std::net::Ipv4Addr = requested.parse().map_err(|_| {
-                let svc = &skiff_api::resource::SERVICES;
-                ApiError::invalid(
-                    svc,
-                    meta_str(object, "name").unwrap_or_default(),
-                    vec![skiff_api::validation::FieldCause::invalid(
-                        "spec.clusterIP",
-                        &Value::from(requested.clone()),
-                        "must be a valid IP address",
-                    )],
-                )
-            })?;
-            if taken.contains(&requested) {
-                let svc = &skiff_api::resource::SERVICES;
-                return Err(ApiError::invalid(
-                    svc,
-                    meta_str(object, "name").unwrap_or_default(),
-                    vec![skiff_api::validation::FieldCause::invalid(
-                        "spec.clusterIP",
-                        &Value::from(requested.clone()),
-                        "provided IP is already allocated",
-                    )],
-                ));
-            }
-            parsed.to_string()
-        };
-        object["spec"]["clusterIP"] = Value::from(ip.clone());
-        object["spec"]["clusterIPs"] = json!([ip]);
-        Ok(())
+        Err(ApiError::conflict(
+            resource,
+            &name,
+            "too many concurrent allocations; try again",
+        ))
     }
 
     /// Replaces an object (PUT), or its status with `subresource = Some("status")`.
@@ -735,34 +677,33 @@ impl Registry {
                 }
             }
         }
-        if resource.kind == "Namespace" && subresource.is_none() {
-            // Namespace spec.finalizers change only through the finalize subresource.
-            new["spec"] = old.get("spec").cloned().unwrap_or(json!({}));
-        }
-        if resource.has_generation {
-            let spec_changed = old.get("spec") != new.get("spec");
-            let annotations_changed = resource.kind == "Deployment"
-                && old.pointer("/metadata/annotations") != new.pointer("/metadata/annotations");
-            if subresource.is_none() && (spec_changed || annotations_changed) {
+        let strategy = strategy_for(resource);
+        if subresource.is_none() {
+            strategy.prepare_for_update(&old, &mut new);
+            if let Some(spec) = new.get_mut("spec") {
+                strategy.default_spec(spec);
+            }
+            // Compared after defaulting, so a replace that leaves defaults out is no change.
+            if resource.has_generation && strategy.generation_changes(&old, &new) {
                 let generation = old
                     .pointer("/metadata/generation")
                     .and_then(Value::as_i64)
                     .unwrap_or(0)
-                    + 1;
+                    .saturating_add(1);
                 metadata_mut(&mut new).insert("generation".into(), Value::from(generation));
             }
         }
-        if subresource.is_none() {
-            if resource.kind == "Service" {
-                keep_allocated_service_values(&old, &mut new);
-            }
-            if let Some(spec) = new.get_mut("spec") {
-                default_spec(resource.kind, spec);
-            }
-        }
-        let causes = validate_update(resource, &old, &new);
+        let causes = strategy.validate_update(resource, &old, &new);
         if !causes.is_empty() {
             return Err(ApiError::invalid(resource, name, causes));
+        }
+        let held = strategy.claims(&old);
+        if subresource.is_none() {
+            strategy.allocate(
+                &mut self.allocations(resource, name, held.clone()),
+                Some(&old),
+                &mut new,
+            )?;
         }
         let mut old_without_rv = old.clone();
         metadata_mut(&mut old_without_rv).remove("resourceVersion");
@@ -785,171 +726,53 @@ impl Registry {
         if dry_run {
             return Ok(Written::kept(new));
         }
-        if finalized {
-            // The last finalizer is gone from an object being deleted: remove it.
-            let entry = self
-                .store
-                .write(WriteOp::Delete {
-                    key,
-                    expected: Some(entry.revision),
-                    encode: encoder(new),
-                })
-                .await
-                .map_err(|e| store_error(resource, name, e))?;
-            return Ok(Written::removed(decode_entry(&entry)?));
-        }
-        let entry = self
-            .store
-            .write(WriteOp::Update {
+        let uid = meta_str(&old, "uid").unwrap_or_default().to_string();
+        let (ops, removed) = if finalized {
+            // The last finalizer is gone from an object being deleted: remove it and
+            // release what it held.
+            let mut ops = vec![WriteOp::Delete {
                 key,
                 expected: Some(entry.revision),
                 encode: encoder(new),
-            })
-            .await
-            .map_err(|e| store_error(resource, name, e))?;
-        Ok(Written::kept(decode_entry(&entry)?))
-    }
-
-    /// Deletes an object: at once, or by setting `deletionTimestamp` when finalizers or a
-    /// pod's grace period hold it.
-    pub async fn delete(
-        &self,
-        resource: &ResourceInfo,
-        namespace: Option<&str>,
-        name: &str,
-        options: &DeleteOptions,
-    ) -> Result<Written, ApiError> {
-        for _ in 0..MAX_UPDATE_ATTEMPTS {
-            let (entry, object) = self.get(resource, namespace, name)?;
-            if let Some(uid) = &options.precondition_uid {
-                if meta_str(&object, "uid") != Some(uid.as_str()) {
-                    return Err(ApiError::conflict(
-                        resource,
-                        name,
-                        &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&object, "uid").unwrap_or_default()),
-                    ));
-                }
-            }
-            if let Some(rv) = &options.precondition_resource_version {
-                if parse_resource_version(rv)? != entry.revision {
-                    return Err(ApiError::conflict(
-                        resource,
-                        name,
-                        &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", entry.revision),
-                    ));
-                }
-            }
-            let mut pending = object.clone();
-            let mut finalizers = string_list(pending.pointer("/metadata/finalizers"));
-            match options.propagation_policy.as_deref() {
-                Some("Foreground") if !finalizers.iter().any(|f| f == "foregroundDeletion") => {
-                    finalizers.push("foregroundDeletion".into())
-                }
-                Some("Orphan") if !finalizers.iter().any(|f| f == "orphan") => {
-                    finalizers.push("orphan".into())
-                }
-                None | Some("Background") | Some("Foreground") | Some("Orphan") => {}
-                Some(other) => {
-                    return Err(ApiError::bad_request(format!(
-                    "invalid propagationPolicy {other:?}: must be Foreground, Background or Orphan"
-                )))
-                }
-            }
-            let already_deleting = object
-                .pointer("/metadata/deletionTimestamp")
-                .is_some_and(|v| !v.is_null());
-            let now = self.env.now();
-            let grace = if resource.kind == "Pod" && !pod_is_terminal_or_unbound(&object) {
-                let spec_grace = object
-                    .pointer("/spec/terminationGracePeriodSeconds")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(30);
-                options.grace_period_seconds.unwrap_or(spec_grace).max(0)
-            } else {
-                0
-            };
-            let namespace_with_content = resource.kind == "Namespace";
-            if finalizers.is_empty() && grace == 0 && !namespace_with_content {
-                if options.dry_run {
-                    return Ok(Written::removed(object));
-                }
-                let key = object_key(resource, namespace, name);
-                match self
-                    .store
-                    .write(WriteOp::Delete {
-                        key,
-                        expected: Some(entry.revision),
-                        encode: encoder(object),
-                    })
-                    .await
-                {
-                    Ok(e) => return Ok(Written::removed(decode_entry(&e)?)),
-                    Err(StoreError::Conflict { .. })
-                        if options.precondition_resource_version.is_none() =>
-                    {
-                        continue
-                    }
-                    Err(e) => return Err(store_error(resource, name, e)),
-                }
-            }
-            {
-                let meta = metadata_mut(&mut pending);
-                if !finalizers.is_empty() {
-                    meta.insert("finalizers".into(), json!(finalizers));
-                }
-                if !already_deleting {
-                    let deadline = now + chrono::Duration::seconds(grace);
-                    meta.insert("deletionTimestamp".into(), timestamp(deadline));
-                    meta.insert("deletionGracePeriodSeconds".into(), Value::from(grace));
-                } else if resource.kind == "Pod" {
-                    // A shorter grace period may shorten a pending deletion, never lengthen it.
-                    let current = meta
-                        .get("deletionGracePeriodSeconds")
-                        .and_then(Value::as_i64)
-                        .unwrap_or(grace);
-                    if grace < current {
-                        meta.insert(
-                            "deletionTimestamp".into(),
-                            timestamp(now + chrono::Duration::seconds(grace)),
-                        );
-                        meta.insert("deletionGracePeriodSeconds".into(), Value::from(grace));
-                    }
-                }
-                meta.remove("resourceVersion");
-            }
-            if resource.kind == "Namespace" {
-                pending["status"] = json!({"phase": "Terminating"});
-            }
-            if options.dry_run {
-                return Ok(Written::kept(pending));
-            }
-            let key = object_key(resource, namespace, name);
-            if pending == object {
-                return Ok(Written::kept(object));
-            }
-            match self
-                .store
-                .write(WriteOp::Update {
-                    key,
-                    expected: Some(entry.revision),
-                    encode: encoder(pending),
-                })
-                .await
-            {
-                Ok(e) => return Ok(Written::kept(decode_entry(&e)?)),
-                Err(StoreError::Conflict { .. })
-                    if options.precondition_resource_version.is_none() =>
-                {
-                    continue
-                }
-                Err(e) => return Err(store_error(resource, name, e)),
-            }
-        }
-        Err(ApiError::conflict(
-            resource,
-            name,
-            "too many concurrent writes; try again",
-        ))
+            }];
+            ops.extend(allocations::release_ops(&self.store, &held, &uid));
+            (ops, true)
+        } else {
+            // Claims follow the object: new values are claimed and dropped ones released
+            // in the same transaction (a Service that stops being NodePort frees its ports).
+            let holds = strategy.claims(&new);
+            let mut ops = vec![WriteOp::Update {
+                key: key.clone(),
+                expected: Some(entry.revision),
+                encode: encoder(new),
+            }];
+            let gained: BTreeSet<Claim> = holds.difference(&held).cloned().collect();
+            let dropped: BTreeSet<Claim> = held.difference(&holds).cloned().collect();
+            ops.extend(allocations::claim_ops(&gained, &key, &uid));
+            ops.extend(allocations::release_ops(&self.store, &dropped, &uid));
+            (ops, false)
+        };
+        let entries =
+            self.store.transact(ops).await.map_err(|e| match e {
+                // A value claimed by a concurrent write: the caller retries from a fresh read.
+                TransactionError {
+                    op: Some(op),
+                    error:
+                        StoreError::AlreadyExists(_)
+                        | StoreError::Conflict { .. }
+                        | StoreError::NotFound(_),
+                } if op > 0 => ApiError::modified(resource, name),
+                other => store_error(resource, name, other.error),
+            })?;
+        let entry = entries
+            .first()
+            .ok_or_else(|| ApiError::internal("the store wrote no object"))?;
+        let object = decode_entry(entry)?;
+        Ok(if removed {
+            Written::removed(object)
+        } else {
+            Written::kept(object)
+        })
     }
 
     /// Binds a pod to a node (`pods/{name}/binding`).
@@ -975,7 +798,7 @@ impl Registry {
                 vec![skiff_api::validation::FieldCause::required("target.name")],
             ));
         }
-        let now = timestamp(self.env.now());
+        let now = timestamp(self.clock.now());
         for _ in 0..MAX_UPDATE_ATTEMPTS {
             let (entry, mut pod) = self.get(pods, Some(namespace), name)?;
             if pod
@@ -1039,25 +862,24 @@ impl Registry {
             let (_, entries) = self
                 .store
                 .list(&collection_prefix(resource, Some(namespace)));
+            let mut to_delete = Vec::new();
             for (_, entry) in entries {
                 let object = decode_entry(&entry)?;
-                let name = meta_str(&object, "name").unwrap_or_default().to_string();
                 let deleting = object
                     .pointer("/metadata/deletionTimestamp")
                     .is_some_and(|v| !v.is_null());
-                if !deleting {
-                    match self
-                        .delete(resource, Some(namespace), &name, &DeleteOptions::default())
-                        .await
-                    {
-                        Ok(w) if w.removed => continue,
-                        Ok(_) => {}
-                        Err(e) if e.code == 404 => continue,
-                        Err(e) => return Err(e),
-                    }
+                if deleting {
+                    // Waiting for its finalizers or grace period.
+                    remaining += 1;
+                } else {
+                    to_delete.push((entry, object));
                 }
-                remaining += 1;
             }
+            // The contents go in batched transactions, not one fsync per object.
+            let written = self
+                .delete_many(resource, to_delete, &DeleteOptions::default())
+                .await?;
+            remaining += written.iter().filter(|w| !w.removed).count();
         }
         if remaining > 0 {
             return Ok(false);
@@ -1110,19 +932,6 @@ impl Registry {
     }
 }
 
-/// Whether a deleted pod can go at once: not bound to a node, or already finished.
-fn pod_is_terminal_or_unbound(pod: &Value) -> bool {
-    let unbound = pod
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .is_none_or(str::is_empty);
-    let terminal = matches!(
-        pod.pointer("/status/phase").and_then(Value::as_str),
-        Some("Succeeded" | "Failed")
-    );
-    unbound || terminal
-}
-
 fn string_list(value: Option<&Value>) -> Vec<String> {
     value
         .and_then(Value::as_array)
@@ -1135,150 +944,6 @@ fn string_list(value: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Spec defaults of the Kubernetes defaulting functions, applied on create and update
-/// so a replace that leaves a defaulted field out does not change it.
-fn default_spec(kind: &str, spec: &mut Value) {
-    match kind {
-        "Pod" => default_pod_spec(spec),
-        "Deployment" | "ReplicaSet" => {
-            let Some(s) = spec.as_object_mut() else {
-                return;
-            };
-            s.entry("replicas").or_insert(json!(1));
-            if kind == "Deployment" {
-                s.entry("revisionHistoryLimit").or_insert(json!(10));
-                s.entry("progressDeadlineSeconds").or_insert(json!(600));
-                let strategy = s.entry("strategy").or_insert(json!({}));
-                if let Some(st) = strategy.as_object_mut() {
-                    let strategy_type = st.entry("type").or_insert(json!("RollingUpdate")).clone();
-                    if strategy_type == "RollingUpdate" {
-                        let ru = st.entry("rollingUpdate").or_insert(json!({}));
-                        if let Some(ru) = ru.as_object_mut() {
-                            ru.entry("maxSurge").or_insert(json!("25%"));
-                            ru.entry("maxUnavailable").or_insert(json!("25%"));
-                        }
-                    }
-                }
-            }
-            if let Some(pod_spec) = spec.pointer_mut("/template/spec") {
-                default_pod_spec(pod_spec);
-            }
-        }
-        "Service" => {
-            let Some(spec) = spec.as_object_mut() else {
-                return;
-            };
-            spec.entry("type").or_insert(json!("ClusterIP"));
-            spec.entry("sessionAffinity").or_insert(json!("None"));
-            if spec.get("type") != Some(&json!("ExternalName")) {
-                spec.entry("internalTrafficPolicy")
-                    .or_insert(json!("Cluster"));
-                spec.entry("ipFamilyPolicy").or_insert(json!("SingleStack"));
-                spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
-            }
-            if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
-                for p in ports.iter_mut().filter_map(Value::as_object_mut) {
-                    p.entry("protocol").or_insert(json!("TCP"));
-                    if let Some(port) = p.get("port").cloned() {
-                        p.entry("targetPort").or_insert(port);
-                    }
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
-/// As Kubernetes' `patchAllocatedValues`: an update that leaves out the addresses the
-/// server allocated (as `kubectl replace -f` of the original manifest does) keeps them.
-fn keep_allocated_service_values(old: &Value, new: &mut Value) {
-    for field in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
-        let missing = new
-            .pointer(&format!("/spec/{field}"))
-            .is_none_or(|v| v.is_null() || v == "");
-        if missing {
-            if let (Some(value), Some(spec)) = (
-                old.pointer(&format!("/spec/{field}")),
-                new.get_mut("spec").and_then(Value::as_object_mut),
-            ) {
-                spec.insert(field.to_string(), value.clone());
-            }
-        }
-    }
-}
-
-/// The pod spec defaults of the Kubernetes defaulting functions that users see.
-fn default_pod_spec(spec: &mut Value) {
-    let Some(spec) = spec.as_object_mut() else {
-        return;
-    };
-    spec.entry("restartPolicy").or_insert(json!("Always"));
-    spec.entry("terminationGracePeriodSeconds")
-        .or_insert(json!(30));
-    spec.entry("dnsPolicy").or_insert(json!("ClusterFirst"));
-    spec.entry("schedulerName")
-        .or_insert(json!("default-scheduler"));
-    spec.entry("securityContext").or_insert(json!({}));
-    for list in ["containers", "initContainers"] {
-        if let Some(Value::Array(containers)) = spec.get_mut(list) {
-            for c in containers.iter_mut().filter_map(Value::as_object_mut) {
-                let image = c.get("image").and_then(Value::as_str).unwrap_or_default();
-                let tag_is_latest = !image.contains('@')
-                    && image
-                        .rsplit('/')
-                        .next()
-                        .is_none_or(|last| !last.contains(':') || last.ends_with(":latest"));
-                c.entry("imagePullPolicy")
-                    .or_insert(json!(if tag_is_latest {
-                        "Always"
-                    } else {
-                        "IfNotPresent"
-                    }));
-                c.entry("terminationMessagePath")
-                    .or_insert(json!("/dev/termination-log"));
-                c.entry("terminationMessagePolicy").or_insert(json!("File"));
-                c.entry("resources").or_insert(json!({}));
-                if let Some(Value::Array(ports)) = c.get_mut("ports") {
-                    for p in ports.iter_mut().filter_map(Value::as_object_mut) {
-                        p.entry("protocol").or_insert(json!("TCP"));
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The QoS class of a pod spec (Guaranteed, Burstable or BestEffort).
-fn qos_class(spec: Option<&Value>) -> &'static str {
-    let containers = spec
-        .and_then(|s| s.get("containers"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let mut any = false;
-    let mut guaranteed = !containers.is_empty();
-    for c in &containers {
-        let requests = c.pointer("/resources/requests").and_then(Value::as_object);
-        let limits = c.pointer("/resources/limits").and_then(Value::as_object);
-        any |= requests.is_some_and(|r| !r.is_empty()) || limits.is_some_and(|l| !l.is_empty());
-        let complete = ["cpu", "memory"].iter().all(|r| {
-            let limit = limits.and_then(|l| l.get(*r));
-            limit.is_some()
-                && requests
-                    .and_then(|q| q.get(*r))
-                    .is_none_or(|q| Some(q) == limit)
-        });
-        guaranteed &= complete;
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
-}
-
 /// Maps a watch event to the Kubernetes event type string.
 pub fn event_type_name(event_type: EventType) -> &'static str {
     match event_type {
@@ -1288,24 +953,19 @@ pub fn event_type_name(event_type: EventType) -> &'static str {
     }
 }
 
+/// A registry on a fresh store in `dir` with `allocation` ranges, for unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn qos() {
-        assert_eq!(qos_class(Some(&json!({"containers": [{}]}))), "BestEffort");
-        assert_eq!(
-            qos_class(Some(
-                &json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]})
-            )),
-            "Guaranteed"
-        );
-        assert_eq!(
-            qos_class(Some(
-                &json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]})
-            )),
-            "Burstable"
-        );
-    }
+pub(crate) async fn test_registry(
+    dir: &std::path::Path,
+    allocation: crate::allocator::AllocationConfig,
+) -> Registry {
+    let store = Store::open(dir, crate::store::StoreConfig::default()).unwrap();
+    let registry = Registry::new(
+        store,
+        Arc::new(SystemEnvironment),
+        skiff_api::clock::system(),
+        Arc::new(allocation.ranges().unwrap()),
+    );
+    registry.ensure_default_namespaces().await.unwrap();
+    registry
 }
