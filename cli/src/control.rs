@@ -15,7 +15,7 @@ pub struct ControlArgs {
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
     /// How many events the watch history keeps before old resourceVersions expire.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 65_536)]
     watch_history: usize,
     #[command(flatten)]
     pub controllers: ControllerArgs,

@@ -52,7 +52,7 @@ async fn deletecollection_of_500_config_maps_takes_one_revision() -> Result<()> 
     let before = revision(&client).await?;
     let deleted = client
         .request(
-            reqwest::Method::DELETE,
+            skiff_client::Method::Delete,
             "/api/v1/namespaces/default/configmaps?labelSelector=bulk%3Dyes",
             None,
             None,
@@ -95,7 +95,7 @@ async fn deletecollection_marks_bound_pods_and_removes_unbound_ones() -> Result<
         "target": {"kind": "Node", "name": "n1"}});
     client
         .request(
-            reqwest::Method::POST,
+            skiff_client::Method::Post,
             "/api/v1/namespaces/default/pods/bound/binding",
             Some(("application/json", serde_json::to_vec(&binding)?)),
             None,
@@ -103,7 +103,7 @@ async fn deletecollection_marks_bound_pods_and_removes_unbound_ones() -> Result<
         .await?;
     client
         .request(
-            reqwest::Method::DELETE,
+            skiff_client::Method::Delete,
             "/api/v1/namespaces/default/pods",
             None,
             None,
