@@ -230,6 +230,17 @@ impl fmt::Display for Quantity {
     }
 }
 
+/// The typed objects' quantity is its text; Kubernetes trims it when it reads JSON.
+impl TryFrom<&k8s_openapi::apimachinery::pkg::api::resource::Quantity> for Quantity {
+    type Error = QuantityError;
+
+    fn try_from(
+        value: &k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+    ) -> Result<Self, Self::Error> {
+        Quantity::parse(value.0.trim())
+    }
+}
+
 impl Serialize for Quantity {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
@@ -813,5 +824,10 @@ mod tests {
         );
         assert!(serde_json::from_value::<Quantity>(json!("abc")).is_err());
         assert_eq!(serde_json::to_value(q("1024Mi")).ok(), Some(json!("1Gi")));
+        let typed = k8s_openapi::apimachinery::pkg::api::resource::Quantity("1.5 ".into());
+        assert_eq!(
+            Quantity::try_from(&typed).map(|q| q.milli_value()),
+            Ok(1500)
+        );
     }
 }
