@@ -86,7 +86,9 @@ pub fn memory_limit_bytes(limit: &Value) -> Option<u64> {
 
 /// A CPU limit (`500m`, `1`, `0.5`) in millicores, read as a Kubernetes quantity.
 pub fn cpu_limit_millis(limit: &Value) -> Option<u64> {
-    Quantity::from_json(limit).ok().map(|q| q.milli_value_clamped())
+    Quantity::from_json(limit)
+        .ok()
+        .map(|q| q.milli_value_clamped())
 }
 
 /// The environment of a container: `env` values and references to ConfigMaps and

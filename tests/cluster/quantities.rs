@@ -20,7 +20,9 @@ fn pod(name: &str, resources: Value) -> Value {
 fn invalid_causes(result: Result<Value, ClientError>) -> Result<Vec<(String, String)>> {
     let status = match result {
         Ok(created) => bail!("created although invalid: {created}"),
-        Err(ClientError::Api { code: 422, status, .. }) => status,
+        Err(ClientError::Api {
+            code: 422, status, ..
+        }) => status,
         Err(other) => bail!("expected 422 Invalid, got {other}"),
     };
     ensure!(status["reason"] == "Invalid", "{status}");
@@ -83,8 +85,11 @@ async fn bad_quantities_are_refused_at_admission_and_never_stored() -> Result<()
     ];
     for (i, (resources, field, message)) in cases.iter().enumerate() {
         let name = format!("bad-{i}");
-        let causes =
-            invalid_causes(client.create(&PODS, Some("default"), &pod(&name, resources.clone())).await)?;
+        let causes = invalid_causes(
+            client
+                .create(&PODS, Some("default"), &pod(&name, resources.clone()))
+                .await,
+        )?;
         ensure!(
             causes
                 .iter()
@@ -104,7 +109,11 @@ async fn bad_quantities_are_refused_at_admission_and_never_stored() -> Result<()
             "template": {"metadata": {"labels": {"app": "web"}},
                 "spec": {"containers": [{"name": "app", "image": "example.wasm",
                     "resources": {"limits": {"cpu": "1e30"}}}]}}}});
-    let causes = invalid_causes(client.create(&DEPLOYMENTS, Some("default"), &deployment).await)?;
+    let causes = invalid_causes(
+        client
+            .create(&DEPLOYMENTS, Some("default"), &deployment)
+            .await,
+    )?;
     ensure!(
         causes
             .iter()
@@ -160,10 +169,14 @@ async fn kubectl_apply_of_a_bad_quantity_prints_the_field_path() -> Result<()> {
         .arg(&manifest);
     let output = tokio::task::spawn_blocking(move || command.output()).await??;
     let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure!(!output.status.success(), "kubectl apply succeeded: {stderr}");
+    ensure!(
+        !output.status.success(),
+        "kubectl apply succeeded: {stderr}"
+    );
     ensure!(
         stderr.contains("is invalid")
-            && stderr.contains("spec.containers[0].resources.requests[cpu]: Invalid value: \"1e30\""),
+            && stderr
+                .contains("spec.containers[0].resources.requests[cpu]: Invalid value: \"1e30\""),
         "kubectl printed {stderr}"
     );
     let stored = cluster.client().get(&PODS, Some("default"), "greedy").await;
