@@ -151,7 +151,8 @@ impl Quantity {
     }
 
     fn with_result(&self, other: &Quantity, nanos: i128) -> Option<Quantity> {
-        if nanos.abs() >= NANOS_BOUND {
+        // `unsigned_abs`: a sum of two in-range values may be exactly `i128::MIN`.
+        if nanos.unsigned_abs() >= NANOS_BOUND.unsigned_abs() {
             return None;
         }
         let format = if self.nanos == 0 {
@@ -203,7 +204,7 @@ impl fmt::Display for Quantity {
         // DecimalSI so that nothing is rounded.
         if self.format == Format::BinarySI
             && whole_units
-            && self.nanos.abs() >= 1024 * NANOS_PER_UNIT
+            && self.nanos.unsigned_abs() >= (1024 * NANOS_PER_UNIT).unsigned_abs()
         {
             let mut mantissa = self.nanos / NANOS_PER_UNIT;
             let mut power = 0;
@@ -797,6 +798,17 @@ mod tests {
                 Some(text)
             );
         }
+        let most_negative = Quantity {
+            nanos: -(NANOS_BOUND - 1),
+            format: Format::DecimalSI,
+        };
+        assert_eq!(most_negative.checked_add(&most_negative), None);
+        assert_eq!(most_negative.checked_sub(&q("1n")), None);
+        let to_min = Quantity {
+            nanos: i128::MIN - most_negative.nanos,
+            format: Format::DecimalSI,
+        };
+        assert_eq!(most_negative.checked_add(&to_min), None);
         let big = q("9e28");
         assert_eq!(big.checked_add(&big), None);
         assert_eq!(q("-9e28").checked_sub(&big), None);
