@@ -103,7 +103,7 @@ pub fn pod_requests(pod: &Value) -> Resources {
             };
             let cpu = req("cpu", Quantity::milli_value_clamped);
             let memory = req("memory", Quantity::value_clamped);
-            // Saturating: two containers asking for `cpu: 1e15` each must not wrap.
+            // Saturating: two containers asking for `cpu: 1e28` each must not wrap.
             total.0 = u64::saturating_add(total.0, cpu);
             total.1 = u64::saturating_add(total.1, memory);
             total.2 = total.2.max(cpu);
