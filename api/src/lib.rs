@@ -10,6 +10,7 @@ pub mod clock;
 pub mod object;
 pub mod patch;
 pub mod protobuf;
+pub mod quantity;
 pub mod resource;
 pub mod selector;
 pub mod status;

@@ -2,6 +2,7 @@
 //! fields. Each failure is a [`FieldCause`], which the API server returns as the
 //! `details.causes` of a 422 `Invalid` Status.
 
+use crate::quantity::{Format, Quantity};
 use crate::resource::ResourceInfo;
 use crate::selector::{labels_of, LabelSelector};
 use serde_json::Value;
@@ -351,6 +352,7 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<FieldCau
                     )));
                 }
             }
+            validate_container_resources(c.get("resources"), &format!("{field}.resources"), causes);
             if let Some(ports) = c.get("ports").and_then(Value::as_array) {
                 for (j, p) in ports.iter().enumerate() {
                     let port = p.get("containerPort").and_then(Value::as_i64).unwrap_or(0);
@@ -388,6 +390,103 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<FieldCau
             ));
         }
     }
+}
+
+/// Validates a container's `resources` as Kubernetes' `ValidateResourceRequirements`
+/// does: known resource names, quantities that parse and are not negative, requests no
+/// larger than limits. skiff also refuses quantities its counters cannot hold (CPU beyond
+/// 2^63-1 millicores, anything else beyond 2^63-1 units), which Kubernetes lets overflow.
+/// Fields are named as Kubernetes names them: `resources.limits[cpu]`.
+fn validate_container_resources(
+    resources: Option<&Value>,
+    path: &str,
+    causes: &mut Vec<FieldCause>,
+) {
+    let Some(resources) = resources else {
+        return;
+    };
+    let mut parsed = [Vec::new(), Vec::new()];
+    for (list, valid) in ["limits", "requests"].into_iter().zip(parsed.iter_mut()) {
+        let Some(entries) = resources.get(list).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let Some(entries) = entries.as_object() else {
+            causes.push(FieldCause::invalid(
+                format!("{path}.{list}"),
+                entries,
+                "must be a map of resource names to quantities",
+            ));
+            continue;
+        };
+        for (name, value) in entries {
+            let field = format!("{path}.{list}[{name}]");
+            if let Some(e) = container_resource_name_errors(name) {
+                causes.push(FieldCause::invalid(field, &Value::from(name.as_str()), e));
+                continue;
+            }
+            match Quantity::from_json(value) {
+                Err(e) => causes.push(FieldCause::invalid(field, value, e.to_string())),
+                Ok(quantity) => match resource_quantity_errors(name, &quantity) {
+                    Some(e) => causes.push(FieldCause::invalid(
+                        field,
+                        &Value::from(quantity.to_string()),
+                        e,
+                    )),
+                    None => valid.push((name.as_str(), quantity)),
+                },
+            }
+        }
+    }
+    let [limits, requests] = parsed;
+    for (name, request) in &requests {
+        let limit = limits.iter().find(|(n, _)| n == name).map(|(_, q)| q);
+        if let Some(limit) = limit.filter(|limit| request > *limit) {
+            causes.push(FieldCause::invalid(
+                format!("{path}.requests"),
+                &Value::from(request.to_string()),
+                format!("must be less than or equal to {name} limit of {limit}"),
+            ));
+        }
+    }
+}
+
+/// Why `name` may not appear in a container's requests or limits
+/// (Kubernetes' `validateContainerResourceName`).
+fn container_resource_name_errors(name: &str) -> Option<String> {
+    if let Some(e) = qualified_name_errors(name) {
+        return Some(e);
+    }
+    let standard =
+        matches!(name, "cpu" | "memory" | "ephemeral-storage") || name.starts_with("hugepages-");
+    (!name.contains('/') && !standard)
+        .then(|| "must be a standard resource for containers".to_string())
+}
+
+/// Why `quantity` is not a valid amount of resource `name`
+/// (Kubernetes' `ValidateResourceQuantityValue`, plus skiff's range).
+fn resource_quantity_errors(name: &str, quantity: &Quantity) -> Option<String> {
+    if quantity.is_negative() {
+        return Some("must be greater than or equal to 0".into());
+    }
+    let max = i128::from(i64::MAX);
+    if name == "cpu" && quantity.milli_value() > max {
+        return Some(format!(
+            "must be less than or equal to {}",
+            Quantity::from_millis(i64::MAX, Format::DecimalSI)
+        ));
+    }
+    if quantity.value() > max {
+        return Some(format!(
+            "must be less than or equal to {}",
+            Quantity::from_units(i64::MAX, quantity.format())
+        ));
+    }
+    // Extended resources (`example.com/gpu`) are counted in whole units.
+    let extended = name.contains('/') && !name.contains("kubernetes.io/");
+    if extended && quantity.milli_value() % 1000 != 0 {
+        return Some("must be an integer".into());
+    }
+    None
 }
 
 fn validate_pod_update(old: &Value, new: &Value, causes: &mut Vec<FieldCause>) {
@@ -683,5 +782,87 @@ mod tests {
         let mut new_name = old.clone();
         new_name["spec"]["containers"][0]["name"] = json!("b");
         assert_eq!(fields(&validate_update(pod, &old, &new_name)), vec!["spec"]);
+    }
+
+    fn pod_with(resources: Value) -> Value {
+        json!({"metadata": {"name": "p", "namespace": "default"},
+            "spec": {"containers": [{"name": "a", "image": "x", "resources": resources}]}})
+    }
+
+    fn rendered(causes: &[FieldCause]) -> Vec<String> {
+        causes.iter().map(FieldCause::render).collect()
+    }
+
+    #[test]
+    fn container_resources_are_valid_quantities() {
+        let pod = &crate::resource::PODS;
+        let good = pod_with(json!({
+            "requests": {"cpu": "1.5", "memory": "1Gi", "example.com/gpu": 1},
+            "limits": {"cpu": 2, "memory": "1Gi", "hugepages-2Mi": "0", "example.com/gpu": "1"}}));
+        assert_eq!(validate_object(pod, &good), vec![]);
+
+        let cases = [
+            (json!({"cpu": "abc"}), "spec.containers[0].resources.requests[cpu]: Invalid value: \"abc\": quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"),
+            (json!({"memory": "12Zi"}), "spec.containers[0].resources.requests[memory]: Invalid value: \"12Zi\": quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"),
+            (json!({"memory": "1mi"}), "spec.containers[0].resources.requests[memory]: Invalid value: \"1mi\": unable to parse quantity's suffix"),
+            (json!({"cpu": "-1"}), "spec.containers[0].resources.requests[cpu]: Invalid value: \"-1\": must be greater than or equal to 0"),
+            (json!({"cpu": -0.5}), "spec.containers[0].resources.requests[cpu]: Invalid value: \"-500m\": must be greater than or equal to 0"),
+            (json!({"cpu": "1e30"}), "spec.containers[0].resources.requests[cpu]: Invalid value: \"1e30\": quantity is too large: its magnitude must be less than 1e29"),
+            (json!({"cpu": 1e30}), "spec.containers[0].resources.requests[cpu]: Invalid value: 1e+30: quantity is too large: its magnitude must be less than 1e29"),
+            (json!({"cpu": "1e17"}), "spec.containers[0].resources.requests[cpu]: Invalid value: \"100e15\": must be less than or equal to 9223372036854775807m"),
+            (json!({"memory": "10E"}), "spec.containers[0].resources.requests[memory]: Invalid value: \"10E\": must be less than or equal to 9223372036854775807"),
+            (json!({"memory": "8Ei"}), "spec.containers[0].resources.requests[memory]: Invalid value: \"8Ei\": quantity is too large: its magnitude must be less than 8Ei"),
+            (json!({"memory": true}), "spec.containers[0].resources.requests[memory]: Invalid value: true: a quantity must be a string or a number"),
+            (json!({"gpu": "1"}), "spec.containers[0].resources.requests[gpu]: Invalid value: \"gpu\": must be a standard resource for containers"),
+            (json!({"example.com/gpu": "500m"}), "spec.containers[0].resources.requests[example.com/gpu]: Invalid value: \"500m\": must be an integer"),
+        ];
+        for (requests, expected) in cases {
+            let causes = validate_object(pod, &pod_with(json!({"requests": requests.clone()})));
+            assert_eq!(rendered(&causes), vec![expected.to_string()], "{requests}");
+            assert!(causes.iter().all(|c| c.reason == "FieldValueInvalid"));
+        }
+        let limited = validate_object(pod, &pod_with(json!({"limits": {"memory": "-1Gi"}})));
+        assert_eq!(
+            fields(&limited),
+            vec!["spec.containers[0].resources.limits[memory]"]
+        );
+    }
+
+    #[test]
+    fn requests_may_not_exceed_limits() {
+        let pod = &crate::resource::PODS;
+        let over = pod_with(json!({
+            "requests": {"cpu": "1500m", "memory": "1Gi"},
+            "limits": {"cpu": "1", "memory": "1024Mi"}}));
+        assert_eq!(
+            rendered(&validate_object(pod, &over)),
+            vec!["spec.containers[0].resources.requests: Invalid value: \"1500m\": must be less than or equal to cpu limit of 1"]
+        );
+        let mut init = over.clone();
+        init["spec"]["initContainers"] = init["spec"]["containers"].clone();
+        init["spec"]["initContainers"][0]["name"] = json!("setup");
+        init["spec"]["containers"][0]["resources"] = json!({});
+        assert_eq!(
+            fields(&validate_object(pod, &init)),
+            vec!["spec.initContainers[0].resources.requests"]
+        );
+    }
+
+    #[test]
+    fn template_resources_are_validated_for_deployments_and_replica_sets() {
+        for resource in [
+            &crate::resource::DEPLOYMENTS,
+            &crate::resource::REPLICA_SETS,
+        ] {
+            let workload = json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {
+                "replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "c", "image": "x.wasm",
+                        "resources": {"limits": {"cpu": "1e30"}}}]}}}});
+            assert_eq!(
+                fields(&validate_object(resource, &workload)),
+                vec!["spec.template.spec.containers[0].resources.limits[cpu]"]
+            );
+        }
     }
 }

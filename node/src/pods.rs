@@ -7,6 +7,7 @@
 use crate::status::{pod_status, ContainerView};
 use crate::Clock;
 use serde_json::Value;
+use skiff_api::quantity::Quantity;
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::Client;
 use skiff_runtime::{
@@ -76,37 +77,18 @@ pub fn restarts(policy: &str, exit_code: i32) -> bool {
     }
 }
 
-/// Parses a Kubernetes memory quantity (`64Mi`, `1G`, `1048576`) into bytes.
-pub fn parse_memory(quantity: &str) -> Option<u64> {
-    let q = quantity.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(q.len());
-    let (number, suffix) = q.split_at(split);
-    let value: f64 = number.parse().ok()?;
-    let multiplier: f64 = match suffix {
-        "" => 1.0,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024.0f64.powi(4),
-        "m" => 1e-3,
-        _ => return None,
-    };
-    Some((value * multiplier) as u64)
+/// A memory limit (`64Mi`, `1G`, `1048576`) in bytes, read as a Kubernetes quantity.
+/// Admission refuses limits that do not parse or are negative, so `None` (no limit) is
+/// only for objects stored before that check.
+pub fn memory_limit_bytes(limit: &Value) -> Option<u64> {
+    Quantity::from_json(limit).ok().map(|q| q.value_clamped())
 }
 
-/// Parses a CPU quantity (`500m`, `1`, `0.5`) into millicores.
-pub fn parse_cpu(quantity: &str) -> Option<u64> {
-    let q = quantity.trim();
-    if let Some(m) = q.strip_suffix('m') {
-        return m.parse().ok();
-    }
-    q.parse::<f64>().ok().map(|cores| (cores * 1000.0) as u64)
+/// A CPU limit (`500m`, `1`, `0.5`) in millicores, read as a Kubernetes quantity.
+pub fn cpu_limit_millis(limit: &Value) -> Option<u64> {
+    Quantity::from_json(limit)
+        .ok()
+        .map(|q| q.milli_value_clamped())
 }
 
 /// The environment of a container: `env` values and references to ConfigMaps and
@@ -598,12 +580,10 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
         let limits = ResourceLimits {
             memory_bytes: spec
                 .pointer("/resources/limits/memory")
-                .and_then(Value::as_str)
-                .and_then(parse_memory),
+                .and_then(memory_limit_bytes),
             cpu_millis: spec
                 .pointer("/resources/limits/cpu")
-                .and_then(Value::as_str)
-                .and_then(parse_cpu),
+                .and_then(cpu_limit_millis),
         };
         let mut args: Vec<String> = Vec::new();
         for field in ["command", "args"] {
@@ -913,12 +893,19 @@ mod tests {
 
     #[test]
     fn quantities() {
-        assert_eq!(parse_memory("64Mi"), Some(64 * 1024 * 1024));
-        assert_eq!(parse_memory("1G"), Some(1_000_000_000));
-        assert_eq!(parse_memory("1000"), Some(1000));
-        assert_eq!(parse_memory("lots"), None);
-        assert_eq!(parse_cpu("500m"), Some(500));
-        assert_eq!(parse_cpu("2"), Some(2000));
-        assert_eq!(parse_cpu("0.25"), Some(250));
+        use serde_json::json;
+        assert_eq!(memory_limit_bytes(&json!("64Mi")), Some(64 * 1024 * 1024));
+        assert_eq!(memory_limit_bytes(&json!("1G")), Some(1_000_000_000));
+        assert_eq!(memory_limit_bytes(&json!("1000")), Some(1000));
+        assert_eq!(memory_limit_bytes(&json!(1000)), Some(1000));
+        assert_eq!(memory_limit_bytes(&json!("1e3")), Some(1000));
+        assert_eq!(memory_limit_bytes(&json!("8Ei")), None);
+        assert_eq!(memory_limit_bytes(&json!("lots")), None);
+        assert_eq!(cpu_limit_millis(&json!("500m")), Some(500));
+        assert_eq!(cpu_limit_millis(&json!("2")), Some(2000));
+        assert_eq!(cpu_limit_millis(&json!("0.25")), Some(250));
+        // The old parsers disagreed on these: the agent read `1k` cores as no limit.
+        assert_eq!(cpu_limit_millis(&json!("1k")), Some(1_000_000));
+        assert_eq!(cpu_limit_millis(&json!(1.5)), Some(1500));
     }
 }

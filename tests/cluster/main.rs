@@ -10,4 +10,5 @@ mod crash;
 mod group_deletes;
 mod harness;
 mod kubectl;
+mod quantities;
 mod wasm;

@@ -2,6 +2,7 @@
 //! the rest, pick the best. No IO and no clock, so every rule is tested with data.
 
 use serde_json::Value;
+use skiff_api::quantity::Quantity;
 use std::collections::{BTreeMap, HashMap};
 
 /// Resource amounts the scheduler counts: CPU in millicores, memory in bytes, pods.
@@ -10,6 +11,34 @@ pub struct Resources {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
     pub pods: u64,
+}
+
+impl Resources {
+    /// The sum per resource, saturating at `u64::MAX`: a pod asking for more than any
+    /// node has makes a node look full, never (by wrapping) empty.
+    pub fn saturating_add(self, other: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
+            pods: self.pods.saturating_add(other.pods),
+        }
+    }
+
+    /// The difference per resource, saturating at zero.
+    pub fn saturating_sub(self, other: Resources) -> Resources {
+        Resources {
+            cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_sub(other.memory_bytes),
+            pods: self.pods.saturating_sub(other.pods),
+        }
+    }
+}
+
+/// Whether `requested + extra` stays within `allocatable`; a sum that overflows does not.
+fn fits(requested: u64, extra: u64, allocatable: u64) -> bool {
+    requested
+        .checked_add(extra)
+        .is_some_and(|total| total <= allocatable)
 }
 
 /// What the scheduler knows of a node.
@@ -42,43 +71,17 @@ pub struct Unschedulable {
     pub message: String,
 }
 
-fn quantity(value: Option<&Value>, parse: fn(&str) -> Option<u64>) -> u64 {
-    match value {
-        Some(Value::String(s)) => parse(s).unwrap_or(0),
-        Some(Value::Number(n)) => n.as_f64().map(|f| f as u64).unwrap_or(0),
-        _ => 0,
+/// A quantity field in the scheduler's units (see [`Quantity::milli_value_clamped`] and
+/// [`Quantity::value_clamped`]); absent is zero. Admission refuses pods whose quantities
+/// do not parse, so only objects stored before that check can carry one: it counts as
+/// `unreadable`, which callers choose so that the error errs on the safe side (a request
+/// that cannot be read fits nowhere; capacity that cannot be read holds nothing).
+fn quantity(value: Option<&Value>, units: fn(&Quantity) -> u64, unreadable: u64) -> u64 {
+    match value.map(Quantity::from_json) {
+        None => 0,
+        Some(Ok(q)) => units(&q),
+        Some(Err(_)) => unreadable,
     }
-}
-
-/// Parses a CPU quantity into millicores (`500m`, `2`, `0.5`).
-pub fn parse_cpu(q: &str) -> Option<u64> {
-    match q.strip_suffix('m') {
-        Some(m) => m.parse().ok(),
-        None => q.parse::<f64>().ok().map(|c| (c * 1000.0) as u64),
-    }
-}
-
-/// Parses a memory quantity into bytes (`64Mi`, `1G`, `1024`).
-pub fn parse_memory(q: &str) -> Option<u64> {
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(q.len());
-    let (number, suffix) = q.split_at(split);
-    let n: f64 = number.parse().ok()?;
-    let m: f64 = match suffix {
-        "" => 1.0,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1048576.0,
-        "Gi" => 1073741824.0,
-        "Ti" => 1099511627776.0,
-        "m" => 1e-3,
-        _ => return None,
-    };
-    Some((n * m) as u64)
 }
 
 /// The requests of a pod: the sum over its containers, or the largest init container if
@@ -92,15 +95,17 @@ pub fn pod_requests(pod: &Value) -> Resources {
             .into_iter()
             .flatten()
         {
-            let req = |r: &str, parse: fn(&str) -> Option<u64>| {
+            let req = |r: &str, units: fn(&Quantity) -> u64| {
                 // A limit without a request means a request of the same size.
                 let request = c.pointer(&format!("/resources/requests/{r}"));
                 let limit = c.pointer(&format!("/resources/limits/{r}"));
-                quantity(request.or(limit), parse)
+                quantity(request.or(limit), units, u64::MAX)
             };
-            let (cpu, memory) = (req("cpu", parse_cpu), req("memory", parse_memory));
-            total.0 += cpu;
-            total.1 += memory;
+            let cpu = req("cpu", Quantity::milli_value_clamped);
+            let memory = req("memory", Quantity::value_clamped);
+            // Saturating: two containers asking for `cpu: 1e28` each must not wrap.
+            total.0 = u64::saturating_add(total.0, cpu);
+            total.1 = u64::saturating_add(total.1, memory);
             total.2 = total.2.max(cpu);
             total.3 = total.3.max(memory);
         }
@@ -127,8 +132,8 @@ pub fn node_info(node: &Value) -> NodeInfo {
         })
         .and_then(|c| c.get("status").and_then(Value::as_str))
         == Some("True");
-    let alloc = |r: &str, parse: fn(&str) -> Option<u64>| {
-        quantity(node.pointer(&format!("/status/allocatable/{r}")), parse)
+    let alloc = |r: &str, units: fn(&Quantity) -> u64| {
+        quantity(node.pointer(&format!("/status/allocatable/{r}")), units, 0)
     };
     NodeInfo {
         name: node
@@ -145,9 +150,9 @@ pub fn node_info(node: &Value) -> NodeInfo {
         ready,
         unschedulable: node.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true),
         allocatable: Resources {
-            cpu_millis: alloc("cpu", parse_cpu),
-            memory_bytes: alloc("memory", parse_memory),
-            pods: alloc("pods", |s| s.parse().ok()),
+            cpu_millis: alloc("cpu", Quantity::milli_value_clamped),
+            memory_bytes: alloc("memory", Quantity::value_clamped),
+            pods: alloc("pods", Quantity::value_clamped),
         },
         requested: Resources::default(),
         pods: Vec::new(),
@@ -373,13 +378,22 @@ impl<'a> PodQuery<'a> {
             return Err("node(s) didn't match Pod's node affinity/selector");
         }
         let requests = &self.requests;
-        if node.requested.pods + requests.pods > node.allocatable.pods {
+        let (requested, allocatable) = (&node.requested, &node.allocatable);
+        if !fits(requested.pods, requests.pods, allocatable.pods) {
             return Err("Too many pods");
         }
-        if node.requested.cpu_millis + requests.cpu_millis > node.allocatable.cpu_millis {
+        if !fits(
+            requested.cpu_millis,
+            requests.cpu_millis,
+            allocatable.cpu_millis,
+        ) {
             return Err("Insufficient cpu");
         }
-        if node.requested.memory_bytes + requests.memory_bytes > node.allocatable.memory_bytes {
+        if !fits(
+            requested.memory_bytes,
+            requests.memory_bytes,
+            allocatable.memory_bytes,
+        ) {
             return Err("Insufficient memory");
         }
         for term in &self.pod_affinity {
@@ -402,8 +416,10 @@ impl<'a> PodQuery<'a> {
             if total == 0 {
                 return 0;
             }
-            let used = (requested + extra).min(total);
-            (((total - used) * 100) / total) as i64
+            // In u128 so that neither the sum nor the percentage can overflow.
+            let total = u128::from(total);
+            let used = (u128::from(requested) + u128::from(extra)).min(total);
+            i64::try_from((total - used) * 100 / total).unwrap_or(0)
         };
         let least_allocated = (free(
             node.requested.cpu_millis,
@@ -661,5 +677,76 @@ mod tests {
         let p =
             pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "100m"}}}]}));
         assert_eq!(schedule(&p, &[busy, idle]).unwrap(), "z-idle");
+    }
+
+    #[test]
+    fn two_containers_requesting_huge_cpu_do_not_overflow_or_fit() {
+        // Before the quantity module, `cpu: 1e30` twice was an unchecked u64 sum: a panic
+        // in debug builds and, wrapped, a pod that "fit" in release builds. `1e30` is past
+        // what a quantity holds and `1e28` past what a u64 of millicores holds.
+        let mut roomy = node("roomy", &[]);
+        roomy.allocatable.cpu_millis = u64::MAX / 2;
+        roomy.allocatable.memory_bytes = u64::MAX / 2;
+        let mut requests = Resources::default();
+        for (cpu, memory) in [("1e30", "1"), ("1e28", "1"), ("1e16", "1"), ("1", "5e18")] {
+            let container = |name: &str| json!({"name": name, "resources": {"requests": {"cpu": cpu, "memory": memory}}});
+            let huge = pod(json!({"containers": [container("a"), container("b")]}));
+            requests = pod_requests(&huge);
+            let err = schedule(&huge, &[roomy.clone()]).unwrap_err();
+            assert!(
+                err.message.contains("Insufficient"),
+                "{cpu}: {}",
+                err.message
+            );
+        }
+        assert_eq!(requests.memory_bytes, 10_000_000_000_000_000_000);
+        // A node already carrying a saturated sum cannot take anything more either.
+        roomy.allocatable.cpu_millis = u64::MAX;
+        roomy.requested = Resources::default().saturating_add(pod_requests(&pod(
+            json!({"containers": [{"name": "a", "resources": {"requests": {"cpu": "1e30"}}}]}),
+        )));
+        assert_eq!(roomy.requested.cpu_millis, u64::MAX);
+        let small =
+            pod(json!({"containers": [{"name": "c", "resources": {"requests": {"cpu": "1m"}}}]}));
+        let err = schedule(&small, &[roomy]).unwrap_err();
+        assert!(err.message.contains("Insufficient cpu"), "{}", err.message);
+    }
+
+    #[test]
+    fn requests_and_allocatable_are_read_as_kubernetes_quantities() {
+        let requests = pod_requests(&pod(json!({
+        "initContainers": [{"name": "i", "resources": {"requests": {"cpu": "3", "memory": "1Gi"}}}],
+        "containers": [
+            {"name": "a", "resources": {"requests": {"cpu": "1.5", "memory": "64Mi"}}},
+            {"name": "b", "resources": {"limits": {"cpu": 0.25, "memory": "1e3"}}},
+            {"name": "c", "resources": {"requests": {"cpu": "0", "memory": "-1"}}},
+        ]})));
+        assert_eq!(
+            requests,
+            Resources {
+                cpu_millis: 3000,
+                memory_bytes: 1 << 30,
+                pods: 1
+            }
+        );
+        let app_only = pod_requests(&pod(json!({"containers": [
+            {"name": "a", "resources": {"requests": {"cpu": "1500m", "memory": "64Mi"}}},
+            {"name": "b", "resources": {"limits": {"cpu": "1n", "memory": "1e3"}}}]})));
+        assert_eq!(app_only.cpu_millis, 1501);
+        assert_eq!(app_only.memory_bytes, (64 << 20) + 1000);
+        let unreadable = pod_requests(&pod(
+            json!({"containers": [{"name": "a", "resources": {"requests": {"cpu": "abc"}}}]}),
+        ));
+        assert_eq!(unreadable.cpu_millis, u64::MAX);
+        let info = node_info(&json!({"metadata": {"name": "n"},
+            "status": {"allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110"}}}));
+        assert_eq!(
+            info.allocatable,
+            Resources {
+                cpu_millis: 8000,
+                memory_bytes: 32 << 30,
+                pods: 110
+            }
+        );
     }
 }

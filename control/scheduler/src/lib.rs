@@ -53,15 +53,7 @@ impl Snapshot {
         if let Some(p) = self.placements.remove(key) {
             if let Some(&i) = self.index.get(&p.node) {
                 let node = &mut self.nodes[i];
-                node.requested.cpu_millis = node
-                    .requested
-                    .cpu_millis
-                    .saturating_sub(p.requests.cpu_millis);
-                node.requested.memory_bytes = node
-                    .requested
-                    .memory_bytes
-                    .saturating_sub(p.requests.memory_bytes);
-                node.requested.pods = node.requested.pods.saturating_sub(p.requests.pods);
+                node.requested = node.requested.saturating_sub(p.requests);
                 if let Some(pos) = node.pods.iter().position(|q| {
                     q.namespace == p.info.namespace
                         && q.labels == p.info.labels
@@ -77,9 +69,8 @@ impl Snapshot {
         self.remove_placement(key);
         if let Some(&i) = self.index.get(&placement.node) {
             let node = &mut self.nodes[i];
-            node.requested.cpu_millis += placement.requests.cpu_millis;
-            node.requested.memory_bytes += placement.requests.memory_bytes;
-            node.requested.pods += placement.requests.pods;
+            // Saturating, as every sum of user-supplied requests is.
+            node.requested = node.requested.saturating_add(placement.requests);
             node.pods.push(placement.info.clone());
         }
         self.placements.insert(key.to_string(), placement);
