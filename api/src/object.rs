@@ -99,8 +99,50 @@ pub fn normalize(resource: &ResourceInfo, object: Value) -> Result<Value, Decode
     normalize_kind(resource.kind, object)
 }
 
+/// Keys whose values are maps of resource quantities, or (`sizeLimit`) one quantity.
+const QUANTITY_MAPS: &[&str] = &[
+    "requests",
+    "limits",
+    "capacity",
+    "allocatable",
+    "overhead",
+    "hard",
+    "used",
+];
+
+/// Turns quantities written as JSON numbers (`cpu: 0.5`, `memory: 1e9` in YAML) into
+/// strings, as Kubernetes' `Quantity` unmarshalling accepts both; k8s-openapi's takes only
+/// strings, so without this a common manifest would be refused with 400. Validation then
+/// judges the value (a number out of range is a 422 with its field, not a decode error).
+fn stringify_number_quantities(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                match child {
+                    Value::Object(quantities) if QUANTITY_MAPS.contains(&key.as_str()) => {
+                        for quantity in quantities.values_mut() {
+                            if let Value::Number(n) = quantity {
+                                *quantity = Value::String(n.to_string());
+                            }
+                        }
+                    }
+                    Value::Number(n) if key == "sizeLimit" => {
+                        *child = Value::String(n.to_string());
+                    }
+                    _ => stringify_number_quantities(child),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(stringify_number_quantities),
+        _ => {}
+    }
+}
+
 /// As [`normalize`], for any kind skiff decodes, including `Binding` and `Scale`.
-pub fn normalize_kind(kind: &str, object: Value) -> Result<Value, DecodeError> {
+pub fn normalize_kind(kind: &str, mut object: Value) -> Result<Value, DecodeError> {
+    if matches!(kind, "Pod" | "Node" | "Deployment" | "ReplicaSet") {
+        stringify_number_quantities(&mut object);
+    }
     match kind {
         "Namespace" => round_trip::<core::Namespace>(kind, object),
         "Pod" => round_trip::<core::Pod>(kind, object),
@@ -157,6 +199,26 @@ mod tests {
             normalize_kind("Pod", bad),
             Err(DecodeError::Schema { .. })
         ));
+    }
+
+    #[test]
+    fn quantities_written_as_numbers_decode_as_strings() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "i",
+                "resources": {"limits": {"cpu": 0.5, "memory": 1e30}, "requests": {"cpu": 1}}}],
+                "volumes": [{"name": "v", "emptyDir": {"sizeLimit": 1024}}]}});
+        let out = normalize_kind("Pod", pod).unwrap();
+        let resources = &out["spec"]["containers"][0]["resources"];
+        assert_eq!(resources["limits"]["cpu"], "0.5");
+        // serde_json prints the float as `1e+30`, which parses as a quantity (and is then
+        // out of range: a 422 from validation, not a decode error).
+        assert_eq!(resources["limits"]["memory"], "1e+30");
+        assert!(matches!(
+            crate::quantity::Quantity::parse("1e+30"),
+            Err(crate::quantity::QuantityError::OutOfRange { .. })
+        ));
+        assert_eq!(resources["requests"]["cpu"], "1");
+        assert_eq!(out["spec"]["volumes"][0]["emptyDir"]["sizeLimit"], "1024");
     }
 
     #[test]

@@ -77,6 +77,12 @@ async fn bad_quantities_are_refused_at_admission_and_never_stored() -> Result<()
             "spec.containers[0].resources.limits[cpu]",
             "Invalid value: \"abc\": quantities must match the regular expression",
         ),
+        // Written as a YAML/JSON number, as manifests often do: judged as a quantity.
+        (
+            json!({"limits": {"memory": 1e30}}),
+            "spec.containers[0].resources.limits[memory]",
+            "Invalid value: \"1e+30\": quantity is too large",
+        ),
         (
             json!({"requests": {"cpu": "2"}, "limits": {"cpu": "1500m"}}),
             "spec.containers[0].resources.requests",
@@ -132,6 +138,15 @@ async fn bad_quantities_are_refused_at_admission_and_never_stored() -> Result<()
         json!({"requests": {"cpu": "1.5", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "1Gi"}}),
     );
     client.create(&PODS, Some("default"), &good).await?;
+    // `cpu: 0.5` unquoted is accepted, as Kubernetes accepts it.
+    let numeric = pod(
+        "numeric",
+        json!({"limits": {"cpu": 0.5, "memory": 1048576}}),
+    );
+    client.create(&PODS, Some("default"), &numeric).await?;
+    client
+        .delete(&PODS, Some("default"), "numeric", "Background", Some(0))
+        .await?;
     let stored = client.get(&PODS, Some("default"), "good").await?;
     let requests = stored
         .pointer("/spec/containers/0/resources/requests")
