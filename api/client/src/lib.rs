@@ -511,6 +511,71 @@ impl Client {
         );
         Ok(Box::pin(stream))
     }
+
+    /// Lists a collection and returns the raw JSON body, for callers (the informer) that
+    /// decode it straight into their own types.
+    pub async fn list_bytes(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        options: &ListOptions,
+    ) -> Result<bytes::Bytes, ClientError> {
+        let path = with_query(&Self::collection_path(resource, namespace), options, false);
+        let response = self.get_streaming(&path, "application/json").await?;
+        response.bytes().await.map_err(|e| self.transport(e))
+    }
+
+    /// Watches a collection and yields each event's JSON line undecoded, so the caller
+    /// can deserialize it straight into a typed event.
+    pub async fn watch_lines(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        options: &ListOptions,
+    ) -> Result<
+        std::pin::Pin<Box<dyn Stream<Item = Result<bytes::Bytes, ClientError>> + Send>>,
+        ClientError,
+    > {
+        let path = with_query(&Self::collection_path(resource, namespace), options, true);
+        let response = self.get_streaming(&path, "application/json").await?;
+        let server = self.server.clone();
+        let chunks = Box::pin(response.bytes_stream());
+        let stream = futures::stream::unfold(
+            (chunks, bytes::BytesMut::new(), false),
+            move |(mut chunks, mut buffer, mut done)| {
+                let server = server.clone();
+                async move {
+                    loop {
+                        if let Some(pos) = buffer.iter().position(|b| *b == b'\n') {
+                            let line = buffer.split_to(pos + 1).freeze();
+                            if line.iter().all(u8::is_ascii_whitespace) {
+                                continue;
+                            }
+                            return Some((Ok(line), (chunks, buffer, done)));
+                        }
+                        if done {
+                            if buffer.iter().all(u8::is_ascii_whitespace) {
+                                return None;
+                            }
+                            let line = std::mem::take(&mut buffer).freeze();
+                            return Some((Ok(line), (chunks, buffer, true)));
+                        }
+                        match chunks.next().await {
+                            None => done = true,
+                            Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+                            Some(Err(e)) => {
+                                return Some((
+                                    Err(ClientError::Transport { server, source: e }),
+                                    (chunks, bytes::BytesMut::new(), true),
+                                ))
+                            }
+                        }
+                    }
+                }
+            },
+        );
+        Ok(Box::pin(stream))
+    }
 }
 
 fn with_query(path: &str, options: &ListOptions, watch: bool) -> String {

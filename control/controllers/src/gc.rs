@@ -124,7 +124,8 @@ pub async fn run(client: Client, config: ControllerConfig, shutdown: impl Future
         ));
     }
     tokio::pin!(shutdown);
-    let caches: Vec<&Informer> = informers.iter().map(|(_, i)| i).collect();
+    let caches: Vec<&dyn skiff_client::controller::Syncable> =
+        informers.iter().map(|(_, i)| i as _).collect();
     if !wait_for_sync(&caches, shutdown.as_mut()).await {
         return;
     }
