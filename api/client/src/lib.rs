@@ -7,6 +7,7 @@
 
 pub mod controller;
 pub mod events;
+pub mod factory;
 pub mod informer;
 pub mod kubeconfig;
 pub mod queue;
