@@ -1,0 +1,1 @@
+//! Plan and executor tests of the Deployment controller.
