@@ -78,8 +78,7 @@ impl ControllerApi for Client {
         name: &'a str,
     ) -> BoxFuture<'a, Result<(), ClientError>> {
         Box::pin(async move {
-            match Client::delete(self, resource, Some(namespace), name, "Background", None).await
-            {
+            match Client::delete(self, resource, Some(namespace), name, "Background", None).await {
                 Ok(_) => Ok(()),
                 Err(e) if e.is_not_found() => Ok(()),
                 Err(e) => Err(e),

@@ -12,8 +12,8 @@
 use super::api::ControllerApi;
 use super::replicaset::{Events, RecorderEvents};
 use super::{
-    condition_times, controller_uid, event_subject, is_deleting, labels_of, name_of,
-    namespace_of, owner_reference, selector_of, status_text, time, uid_of, ControllerConfig,
+    condition_times, controller_uid, event_subject, is_deleting, labels_of, name_of, namespace_of,
+    owner_reference, selector_of, status_text, time, uid_of, ControllerConfig,
 };
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::apps::v1::{
@@ -428,14 +428,16 @@ pub fn plan(snapshot: DeploymentSnapshot<'_>, now: DateTime<Utc>) -> DeploymentP
             Some(owner) if owner == uid => owned.push((**rs).clone()),
             None if selector.matches(&labels_of(&rs.metadata)) => {
                 let mut adopted = (**rs).clone();
-                let references = adopted.metadata.owner_references.get_or_insert_with(Vec::new);
+                let references = adopted
+                    .metadata
+                    .owner_references
+                    .get_or_insert_with(Vec::new);
                 references.push(owner_reference(deployment));
                 let patch = json!({"metadata": {
                     "ownerReferences": references,
                     "resourceVersion": rs.metadata.resource_version,
                 }});
-                plan.adopt
-                    .push((name_of(&rs.metadata).to_string(), patch));
+                plan.adopt.push((name_of(&rs.metadata).to_string(), patch));
                 owned.push(adopted);
             }
             _ => {}
@@ -741,8 +743,8 @@ fn deployment_status(
                 || i64::from(st.available_replicas.unwrap_or(0)) != available
                 || i64::from(st.replicas.unwrap_or(0)) != replicas
         });
-        let already_exceeded = previous_progress.and_then(|c| c.reason.as_deref())
-            == Some("ProgressDeadlineExceeded");
+        let already_exceeded =
+            previous_progress.and_then(|c| c.reason.as_deref()) == Some("ProgressDeadlineExceeded");
         let deadline = chrono::Duration::seconds(s.progress_deadline);
         let expired = !progressed && last_update.is_some_and(|t| t + deadline <= now);
         if already_exceeded && !progressed || expired {
@@ -812,10 +814,7 @@ pub async fn execute(
                 event_subject(deployment),
                 false,
                 "ScalingReplicaSet",
-                &format!(
-                    "Scaled up replica set {name} to {}",
-                    rs_replicas(rs)
-                ),
+                &format!("Scaled up replica set {name} to {}", rs_replicas(rs)),
             ),
             Err(e) if e.code() == Some(409) => {
                 let existing = api.get(replica_sets, namespace, name).await?;
@@ -919,10 +918,16 @@ pub async fn run(
             }
         })
     };
-    let deployments: Arc<Informer<Deployment>> =
-        factory.informer(&skiff_api::resource::DEPLOYMENTS, None, ListOptions::default());
-    let replicasets: Arc<Informer<ReplicaSet>> =
-        factory.informer(&skiff_api::resource::REPLICA_SETS, None, ListOptions::default());
+    let deployments: Arc<Informer<Deployment>> = factory.informer(
+        &skiff_api::resource::DEPLOYMENTS,
+        None,
+        ListOptions::default(),
+    );
+    let replicasets: Arc<Informer<ReplicaSet>> = factory.informer(
+        &skiff_api::resource::REPLICA_SETS,
+        None,
+        ListOptions::default(),
+    );
     deployments.add_handler(deployment_handler);
     replicasets.add_handler(rs_handler);
     factory.start();

@@ -36,7 +36,10 @@ pub async fn run(
             _ = tokio::time::sleep(period) => {}
             _ = &mut shutdown => return,
         }
-        let Ok(bytes) = client.list_bytes(events, None, &ListOptions::default()).await else {
+        let Ok(bytes) = client
+            .list_bytes(events, None, &ListOptions::default())
+            .await
+        else {
             continue;
         };
         let Ok(list) = serde_json::from_slice::<ObjectList<Event>>(&bytes) else {

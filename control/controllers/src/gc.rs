@@ -103,12 +103,8 @@ impl Context {
 
     /// Every cached object pointing at `uid` as an owner.
     fn dependents_of(&self, uid: &str) -> Vec<(&'static ResourceInfo, ObjectMeta)> {
-        let owned_by = |meta: &ObjectMeta| {
-            meta.owner_references
-                .iter()
-                .flatten()
-                .any(|r| r.uid == uid)
-        };
+        let owned_by =
+            |meta: &ObjectMeta| meta.owner_references.iter().flatten().any(|r| r.uid == uid);
         self.caches
             .iter()
             .flat_map(|c| {
@@ -135,9 +131,7 @@ impl Context {
         } else {
             reference.name.clone()
         };
-        let cached = self
-            .cache(&reference.kind)
-            .and_then(|c| c.metadata(&key));
+        let cached = self.cache(&reference.kind).and_then(|c| c.metadata(&key));
         if cached.is_some_and(|m| uid_of(&m) == reference.uid) {
             return Ok(true);
         }
@@ -170,7 +164,8 @@ pub async fn run(
     ];
     factory.start();
     tokio::pin!(shutdown);
-    let syncables: Vec<&dyn Syncable> = caches.iter().map(|c| c.as_ref() as &dyn Syncable).collect();
+    let syncables: Vec<&dyn Syncable> =
+        caches.iter().map(|c| c.as_ref() as &dyn Syncable).collect();
     if !wait_for_sync(&syncables, shutdown.as_mut()).await {
         return;
     }
@@ -311,7 +306,8 @@ async fn remove_finalizer(
         .flatten()
         .filter(|f| f.as_str() != finalizer)
         .collect();
-    let patch = json!({"metadata": {"finalizers": remaining, "resourceVersion": object.resource_version}});
+    let patch =
+        json!({"metadata": {"finalizers": remaining, "resourceVersion": object.resource_version}});
     match context
         .client
         .patch(

@@ -13,7 +13,9 @@ pub mod replicaset;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, ObjectMeta, OwnerReference, Time,
+};
 use k8s_openapi::{Metadata, Resource};
 use serde_json::{json, Value};
 use skiff_api::clock::SharedClock;

@@ -158,8 +158,7 @@ impl Monitor<'_> {
         for node in &all {
             let name = name_of(&node.metadata).to_string();
             let lease = leases.get(&format!("kube-node-lease/{name}"));
-            let healthy =
-                last_heartbeat(node, lease.as_deref()).is_some_and(|t| t + grace > now);
+            let healthy = last_heartbeat(node, lease.as_deref()).is_some_and(|t| t + grace > now);
             if healthy {
                 self.mark_reachable(node, now).await?;
             } else {
@@ -286,8 +285,7 @@ impl Monitor<'_> {
         let listed: ObjectList<Pod> = serde_json::from_slice(&bytes)
             .map_err(|e| ClientError::Decode(format!("list of pods: {e}")))?;
         for pod in listed.items {
-            if is_deleting(&pod.metadata) && pod.metadata.deletion_grace_period_seconds == Some(0)
-            {
+            if is_deleting(&pod.metadata) && pod.metadata.deletion_grace_period_seconds == Some(0) {
                 continue;
             }
             let Some(seconds) = toleration_seconds(&pod, self.config.default_toleration_seconds)
@@ -312,7 +310,13 @@ impl Monitor<'_> {
             );
             match self
                 .client
-                .delete(pod_resource, Some(namespace), pod_name, "Background", Some(0))
+                .delete(
+                    pod_resource,
+                    Some(namespace),
+                    pod_name,
+                    "Background",
+                    Some(0),
+                )
                 .await
             {
                 Ok(_) => {}

@@ -616,8 +616,11 @@ pub async fn run(
             }
         })
     };
-    let replicasets: Arc<Informer<ReplicaSet>> =
-        factory.informer(&skiff_api::resource::REPLICA_SETS, None, ListOptions::default());
+    let replicasets: Arc<Informer<ReplicaSet>> = factory.informer(
+        &skiff_api::resource::REPLICA_SETS,
+        None,
+        ListOptions::default(),
+    );
     let pods: Arc<Informer<Pod>> =
         factory.informer(&skiff_api::resource::PODS, None, ListOptions::default());
     replicasets.add_handler(rs_handler);

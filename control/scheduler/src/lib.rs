@@ -340,11 +340,19 @@ impl Scheduling<'_> {
         };
         match decision {
             Ok(node) => self.bind(key, &pod, &node).await,
-            Err(unschedulable) => self.mark_unschedulable(key, &pod, &unschedulable.message).await,
+            Err(unschedulable) => {
+                self.mark_unschedulable(key, &pod, &unschedulable.message)
+                    .await
+            }
         }
     }
 
-    async fn bind(&self, key: &str, pod: &Pod, node: &str) -> Result<(), skiff_client::ClientError> {
+    async fn bind(
+        &self,
+        key: &str,
+        pod: &Pod,
+        node: &str,
+    ) -> Result<(), skiff_client::ClientError> {
         let pods = &skiff_api::resource::PODS;
         let namespace = pod.metadata.namespace.as_deref();
         let name = pod.metadata.name.as_deref().unwrap_or_default();
