@@ -650,13 +650,11 @@ fn condition(
 ) -> DeploymentCondition {
     let text = status_text(status);
     let (transition, update) = condition_times(
-        previous.map(|p| {
-            (
-                p.status.as_str(),
-                p.reason.as_deref(),
-                p.last_transition_time.as_ref(),
-                p.last_update_time.as_ref(),
-            )
+        previous.map(|p| super::PreviousCondition {
+            status: &p.status,
+            reason: p.reason.as_deref(),
+            last_transition_time: p.last_transition_time.as_ref(),
+            last_update_time: p.last_update_time.as_ref(),
         }),
         text,
         reason,

@@ -239,23 +239,32 @@ pub fn timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// Timestamps of a condition that is (re)computed: the transition time stays while the
-/// status stays, the update time while status and reason stay.
+/// What a recomputed condition keeps of the stored one.
+#[derive(Debug, Clone, Copy)]
+pub struct PreviousCondition<'a> {
+    pub status: &'a str,
+    pub reason: Option<&'a str>,
+    pub last_transition_time: Option<&'a Time>,
+    pub last_update_time: Option<&'a Time>,
+}
+
+/// Timestamps (transition, update) of a condition that is (re)computed: the transition
+/// time stays while the status stays, the update time while status and reason stay.
 pub fn condition_times(
-    previous: Option<(&str, Option<&str>, Option<&Time>, Option<&Time>)>,
+    previous: Option<PreviousCondition<'_>>,
     status: &str,
     reason: &str,
     now: DateTime<Utc>,
 ) -> (Time, Time) {
-    let same_status = previous.is_some_and(|(s, _, _, _)| s == status);
-    let same_reason = previous.is_some_and(|(_, r, _, _)| r == Some(reason));
+    let same_status = previous.is_some_and(|p| p.status == status);
+    let same_reason = previous.is_some_and(|p| p.reason == Some(reason));
     let transition = previous
         .filter(|_| same_status)
-        .and_then(|(_, _, t, _)| t.cloned())
+        .and_then(|p| p.last_transition_time.cloned())
         .unwrap_or(time(now));
     let update = previous
         .filter(|_| same_status && same_reason)
-        .and_then(|(_, _, _, u)| u.cloned())
+        .and_then(|p| p.last_update_time.cloned())
         .unwrap_or(time(now));
     (transition, update)
 }

@@ -348,13 +348,11 @@ pub fn failure_status(
         .and_then(|s| s.conditions.as_ref())
         .and_then(|c| c.iter().find(|c| c.type_ == "ReplicaFailure"));
     let (transition, _) = super::condition_times(
-        previous.map(|p| {
-            (
-                p.status.as_str(),
-                p.reason.as_deref(),
-                p.last_transition_time.as_ref(),
-                None,
-            )
+        previous.map(|p| super::PreviousCondition {
+            status: &p.status,
+            reason: p.reason.as_deref(),
+            last_transition_time: p.last_transition_time.as_ref(),
+            last_update_time: None,
         }),
         "True",
         "FailedCreate",
