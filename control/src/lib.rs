@@ -97,15 +97,19 @@ pub async fn run(
     let api_client = skiff_client::Client::new(&format!("http://{loopback}"))
         .map_err(|e| ControlError::Client(e.to_string()))?;
     let run_controllers = config.run_controllers;
+    // One informer factory for the scheduler and every controller: one list+watch per
+    // collection in this process, however many loops read it.
+    let factory = skiff_client::factory::SharedInformerFactory::new(api_client);
+    let clock = skiff_api::clock::system();
     let scheduler = {
         let mut stopped = stopped.clone();
-        let client = api_client.clone();
+        let (factory, clock) = (factory.clone(), clock.clone());
         tokio::spawn(async move {
             let stop = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
             if run_controllers {
-                scheduler::run(client, stop).await;
+                scheduler::run(factory, clock, stop).await;
             }
         })
     };
@@ -117,13 +121,7 @@ pub async fn run(
                 let _ = stopped.wait_for(|s| *s).await;
             };
             if run_controllers {
-                controllers::run(
-                    api_client,
-                    controller_config,
-                    Arc::new(controllers::SystemClock),
-                    stop,
-                )
-                .await;
+                controllers::run(factory, controller_config, clock, stop).await;
             }
         })
     };

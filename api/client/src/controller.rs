@@ -69,12 +69,29 @@ where
 /// Waits until every informer has loaded its first list; `false` if `shutdown` came
 /// first. Nothing may act on a cache before this.
 pub async fn wait_for_sync<S: Future<Output = ()>>(
-    informers: &[&crate::informer::Informer],
+    informers: &[&dyn Syncable],
     shutdown: std::pin::Pin<&mut S>,
 ) -> bool {
     tokio::select! {
         _ = async { for informer in informers { informer.wait_synced().await; } } => true,
         _ = shutdown => false,
+    }
+}
+
+/// Something that loads a first view before it may be used: an informer of any kind.
+pub trait Syncable: Send + Sync {
+    fn wait_synced(&self) -> futures::future::BoxFuture<'_, ()>;
+}
+
+impl<K: crate::informer::CacheObject> Syncable for crate::informer::Informer<K> {
+    fn wait_synced(&self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(crate::informer::Informer::wait_synced(self))
+    }
+}
+
+impl<T: Syncable + ?Sized> Syncable for std::sync::Arc<T> {
+    fn wait_synced(&self) -> futures::future::BoxFuture<'_, ()> {
+        (**self).wait_synced()
     }
 }
 

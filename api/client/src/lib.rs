@@ -7,6 +7,7 @@
 
 pub mod controller;
 pub mod events;
+pub mod factory;
 pub mod http;
 pub mod informer;
 pub mod kubeconfig;
@@ -70,6 +71,10 @@ pub struct WatchEvent {
 /// The events of one watch request, in order; it ends when the server ends the watch.
 pub type WatchStream =
     std::pin::Pin<Box<dyn Stream<Item = Result<WatchEvent, ClientError>> + Send>>;
+
+/// The lines of a watch response, one JSON event each, undecoded.
+pub type LineStream =
+    std::pin::Pin<Box<dyn Stream<Item = Result<bytes::Bytes, ClientError>> + Send>>;
 
 /// A client for one API server.
 #[derive(Debug, Clone)]
@@ -470,42 +475,82 @@ impl Client {
         options: &ListOptions,
         table: bool,
     ) -> Result<WatchStream, ClientError> {
-        let path = with_query(&Self::collection_path(resource, namespace), options, true);
         let accept = if table {
             TABLE_ACCEPT
         } else {
             "application/json"
         };
+        let lines = self
+            .watch_lines_as(resource, namespace, options, accept)
+            .await?;
+        Ok(Box::pin(
+            lines.map(|line| line.and_then(|l| parse_event(&l))),
+        ))
+    }
+
+    /// Lists a collection and returns the raw JSON body, for callers (the informer) that
+    /// decode it straight into their own types.
+    pub async fn list_bytes(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        options: &ListOptions,
+    ) -> Result<bytes::Bytes, ClientError> {
+        let path = with_query(&Self::collection_path(resource, namespace), options, false);
+        let response = self.get_streaming(&path, "application/json").await?;
+        response.bytes().await.map_err(|e| self.transport(e))
+    }
+
+    /// Watches a collection and yields each event's JSON line undecoded, so the caller
+    /// can deserialize it straight into a typed event.
+    pub async fn watch_lines(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        options: &ListOptions,
+    ) -> Result<LineStream, ClientError> {
+        self.watch_lines_as(resource, namespace, options, "application/json")
+            .await
+    }
+
+    async fn watch_lines_as(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        options: &ListOptions,
+        accept: &str,
+    ) -> Result<LineStream, ClientError> {
+        let path = with_query(&Self::collection_path(resource, namespace), options, true);
         let response = self.get_streaming(&path, accept).await?;
         let server = self.server.clone();
-        let bytes = response.into_stream();
+        let chunks = response.into_stream();
         let stream = futures::stream::unfold(
-            (bytes, Vec::<u8>::new(), false),
-            move |(mut bytes, mut buffer, mut done)| {
+            (chunks, bytes::BytesMut::new(), false),
+            move |(mut chunks, mut buffer, mut done)| {
                 let server = server.clone();
                 async move {
                     loop {
                         if let Some(pos) = buffer.iter().position(|b| *b == b'\n') {
-                            let line: Vec<u8> = buffer.drain(..=pos).collect();
+                            let line = buffer.split_to(pos + 1).freeze();
                             if line.iter().all(u8::is_ascii_whitespace) {
                                 continue;
                             }
-                            return Some((parse_event(&line), (bytes, buffer, done)));
+                            return Some((Ok(line), (chunks, buffer, done)));
                         }
                         if done {
                             if buffer.iter().all(u8::is_ascii_whitespace) {
                                 return None;
                             }
-                            let line = std::mem::take(&mut buffer);
-                            return Some((parse_event(&line), (bytes, buffer, true)));
+                            let line = std::mem::take(&mut buffer).freeze();
+                            return Some((Ok(line), (chunks, buffer, true)));
                         }
-                        match bytes.next().await {
+                        match chunks.next().await {
                             None => done = true,
                             Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
                             Some(Err(e)) => {
                                 return Some((
                                     Err(ClientError::Transport { server, source: e }),
-                                    (bytes, Vec::new(), true),
+                                    (chunks, bytes::BytesMut::new(), true),
                                 ))
                             }
                         }

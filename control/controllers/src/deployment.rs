@@ -2,21 +2,35 @@
 //! hash), rolled from old to new with RollingUpdate (maxSurge / maxUnavailable, as ints
 //! or percentages) or Recreate; revision annotations, history cleanup, rollback (a
 //! template equal to an old ReplicaSet's re-uses it with the next revision), pause, the
-//! progress deadline, proportional scaling during a rollout, and the status fields and
-//! conditions `kubectl rollout status` reads.
+//! progress deadline, proportional scaling during a rollout, name collisions
+//! (`status.collisionCount`), and the status fields and conditions `kubectl rollout
+//! status` reads.
+//!
+//! A reconcile is [`plan`], a pure function of a [`DeploymentSnapshot`] and the time,
+//! and [`execute`], which carries the plan out through a [`ControllerApi`].
 
+use super::api::ControllerApi;
+use super::replicaset::{Events, RecorderEvents};
 use super::{
-    controller_uid, find_condition, i64_at, is_deleting, owner_reference, str_at, timestamp, Clock,
-    ControllerConfig,
+    condition_times, controller_uid, event_subject, is_deleting, labels_of, name_of, namespace_of,
+    owner_reference, selector_of, status_text, time, uid_of, ControllerConfig,
 };
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
+};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Value};
-use skiff_api::selector::LabelSelector;
+use skiff_api::clock::SharedClock;
 use skiff_client::controller::{run_until_shutdown, wait_for_sync, Action};
-use skiff_client::events::{EventType, Recorder};
+use skiff_client::events::Recorder;
+use skiff_client::factory::SharedInformerFactory;
 use skiff_client::informer::{Handler, Informer};
 use skiff_client::queue::WorkQueue;
-use skiff_client::{Client, ClientError, ListOptions};
-use std::collections::HashMap;
+use skiff_client::{ClientError, ListOptions};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,22 +39,33 @@ pub const REVISION: &str = "deployment.kubernetes.io/revision";
 pub const DESIRED_REPLICAS: &str = "deployment.kubernetes.io/desired-replicas";
 pub const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
 pub const HASH_LABEL: &str = "pod-template-hash";
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// How soon to look again when the cache has not yet shown a ReplicaSet this controller
+/// just created.
+const CACHE_LAG_RETRY: Duration = Duration::from_millis(200);
 
 /// The hash that names a template's ReplicaSet (`web-<hash>`), in Kubernetes' alphabet
-/// without vowels so it never spells words.
-pub fn template_hash(template: &Value) -> String {
-    let bytes = serde_json::to_vec(template).unwrap_or_default();
+/// without vowels so it never spells words. A collision count (after a name clash with a
+/// ReplicaSet this Deployment does not own) is hashed in too, as Kubernetes does.
+pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
+    let mut bytes = serde_json::to_vec(template).unwrap_or_default();
+    if let Some(count) = collision_count {
+        bytes.extend_from_slice(&count.to_le_bytes());
+    }
     let mut h: u32 = 0x811c9dc5;
     for b in bytes {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x01000193);
     }
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut n = h as u64;
+    let base = ALPHABET.len() as u32;
+    let mut n = h;
     let mut out = String::new();
     loop {
-        out.push(ALPHABET[(n % ALPHABET.len() as u64) as usize] as char);
-        n /= ALPHABET.len() as u64;
+        let digit = usize::try_from(n % base).unwrap_or(0);
+        out.push(char::from(ALPHABET.get(digit).copied().unwrap_or(b'b')));
+        n /= base;
         if n == 0 {
             break;
         }
@@ -49,12 +74,13 @@ pub fn template_hash(template: &Value) -> String {
 }
 
 /// A ReplicaSet's template without the hash label, for comparing with a Deployment's.
-fn template_without_hash(rs: &Value) -> Value {
-    let mut t = rs.pointer("/spec/template").cloned().unwrap_or(json!({}));
-    if let Some(labels) = t
-        .pointer_mut("/metadata/labels")
-        .and_then(Value::as_object_mut)
-    {
+pub fn template_without_hash(rs: &ReplicaSet) -> PodTemplateSpec {
+    let mut t = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.clone())
+        .unwrap_or_default();
+    if let Some(labels) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
         labels.remove(HASH_LABEL);
     }
     t
@@ -63,30 +89,26 @@ fn template_without_hash(rs: &Value) -> Value {
 /// Resolves maxSurge/maxUnavailable (ints or percentages) against `replicas`: surge
 /// rounds up, unavailable rounds down, and both zero means one unavailable.
 pub fn resolve_fenceposts(
-    max_surge: Option<&Value>,
-    max_unavailable: Option<&Value>,
+    max_surge: Option<&IntOrString>,
+    max_unavailable: Option<&IntOrString>,
     replicas: i64,
 ) -> (i64, i64) {
-    let resolve = |v: Option<&Value>, round_up: bool| -> i64 {
+    let percent_of = |percent: i64, round_up: bool| -> i64 {
+        let scaled = percent.saturating_mul(replicas);
+        if round_up {
+            scaled.saturating_add(99) / 100
+        } else {
+            scaled / 100
+        }
+    };
+    let resolve = |v: Option<&IntOrString>, round_up: bool| -> i64 {
         match v {
-            Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
-            Some(Value::String(s)) => {
+            Some(IntOrString::Int(n)) => i64::from(*n),
+            Some(IntOrString::String(s)) => {
                 let percent: i64 = s.trim_end_matches('%').trim().parse().unwrap_or(25);
-                let scaled = percent * replicas;
-                if round_up {
-                    (scaled + 99) / 100
-                } else {
-                    scaled / 100
-                }
+                percent_of(percent, round_up)
             }
-            _ => {
-                let scaled = 25 * replicas;
-                if round_up {
-                    (scaled + 99) / 100
-                } else {
-                    scaled / 100
-                }
-            }
+            None => percent_of(25, round_up),
         }
     };
     let surge = resolve(max_surge, true).max(0);
@@ -148,10 +170,6 @@ pub fn rolling_step(
     }
 }
 
-fn annotation<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
-    object.pointer("/metadata/annotations")?.get(key)?.as_str()
-}
-
 /// New sizes for ReplicaSets `(name, replicas, annotated max replicas)` so that together
 /// they hold `allowed` pods, each changed in proportion to its share (Kubernetes'
 /// `getProportion`); what rounding leaves goes to the largest.
@@ -163,82 +181,734 @@ pub fn proportional_sizes(sets: &[(String, i64, i64)], allowed: i64) -> Vec<i64>
         return sizes;
     }
     let mut added = 0;
-    for (i, (_, replicas, max)) in sets.iter().enumerate() {
+    for (size, (_, replicas, max)) in sizes.iter_mut().zip(sets) {
         let basis = if *max > 0 { *max } else { current };
-        let mut fraction = replicas * allowed / basis - replicas;
+        let mut fraction = replicas.saturating_mul(allowed) / basis - replicas;
         // Never hand out more than the total change.
         if to_add > 0 {
             fraction = fraction.clamp(0, to_add - added);
         } else {
             fraction = fraction.clamp(to_add - added, 0);
         }
-        sizes[i] += fraction;
+        *size += fraction;
         added += fraction;
     }
     let largest = (0..sizes.len())
-        .max_by_key(|&i| (sizes[i], std::cmp::Reverse(i)))
+        .max_by_key(|&i| (sizes.get(i).copied(), std::cmp::Reverse(i)))
         .unwrap_or(0);
-    sizes[largest] = (sizes[largest] + to_add - added).max(0);
+    if let Some(size) = sizes.get_mut(largest) {
+        *size = (*size + to_add - added).max(0);
+    }
     sizes
 }
 
-fn revision_of(rs: &Value) -> i64 {
-    rs.pointer(&format!(
-        "/metadata/annotations/{}",
-        REVISION.replace('/', "~1")
-    ))
-    .and_then(Value::as_str)
-    .and_then(|r| r.parse().ok())
-    .unwrap_or(0)
+fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.annotations.as_ref()?.get(key).map(String::as_str)
 }
 
-fn spec_replicas(object: &Value) -> i64 {
-    object
-        .pointer("/spec/replicas")
-        .and_then(Value::as_i64)
+fn revision_of(rs: &ReplicaSet) -> i64 {
+    annotation(&rs.metadata, REVISION)
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
+fn rs_replicas(rs: &ReplicaSet) -> i64 {
+    rs.spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .map(i64::from)
         .unwrap_or(1)
         .max(0)
 }
 
-struct Context {
-    client: Client,
-    deployments: Informer,
-    replicasets: Informer,
-    recorder: Recorder,
-    clock: Arc<dyn Clock>,
+/// A ReplicaSet's reported counts: (replicas, ready, available, observedGeneration).
+fn rs_status(rs: &ReplicaSet) -> (i64, i64, i64, i64) {
+    rs.status
+        .as_ref()
+        .map(|s| {
+            (
+                i64::from(s.replicas),
+                i64::from(s.ready_replicas.unwrap_or(0)),
+                i64::from(s.available_replicas.unwrap_or(0)),
+                s.observed_generation.unwrap_or(0),
+            )
+        })
+        .unwrap_or_default()
 }
 
-/// Runs the Deployment controller until `shutdown` completes.
+fn to_i32(n: i64) -> i32 {
+    i32::try_from(n).unwrap_or(if n < 0 { i32::MIN } else { i32::MAX })
+}
+
+/// What one reconcile of a Deployment sees.
+#[derive(Debug, Clone, Copy)]
+pub struct DeploymentSnapshot<'a> {
+    pub deployment: &'a Deployment,
+    /// The cached ReplicaSets of the Deployment's namespace.
+    pub replica_sets: &'a [Arc<ReplicaSet>],
+}
+
+/// One ReplicaSet resize.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scale {
+    pub name: String,
+    pub from: i64,
+    pub to: i64,
+    /// The merge patch: replicas plus the desired/max annotations.
+    pub patch: Value,
+}
+
+/// What one reconcile of a Deployment does, in this order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeploymentPlan {
+    /// Orphan ReplicaSets to adopt: (name, merge patch).
+    pub adopt: Vec<(String, Value)>,
+    /// Revision bumps of a rolled-back-to ReplicaSet: (name, merge patch).
+    pub annotate: Vec<(String, Value)>,
+    /// The new ReplicaSet for the current template.
+    pub create: Option<ReplicaSet>,
+    pub scale: Vec<Scale>,
+    /// Old ReplicaSets beyond the history limit, oldest first.
+    pub delete: Vec<String>,
+    /// The Deployment with its new status and revision annotation, to write through the
+    /// status subresource when it differs from the stored one.
+    pub status: Option<Deployment>,
+    pub requeue_after: Option<Duration>,
+}
+
+/// The parts of a Deployment's spec a plan reads, with defaults applied.
+struct Settings<'a> {
+    template: &'a PodTemplateSpec,
+    desired: i64,
+    recreate: bool,
+    max_surge: i64,
+    max_unavailable: i64,
+    paused: bool,
+    min_ready_seconds: i32,
+    history_limit: usize,
+    progress_deadline: i64,
+}
+
+fn settings(deployment: &Deployment) -> Option<Settings<'_>> {
+    let spec = deployment.spec.as_ref()?;
+    let desired = spec.replicas.map(i64::from).unwrap_or(1).max(0);
+    let strategy = spec.strategy.as_ref();
+    let recreate = strategy.and_then(|s| s.type_.as_deref()) == Some("Recreate");
+    let rolling = strategy.and_then(|s| s.rolling_update.as_ref());
+    let (max_surge, max_unavailable) = if recreate {
+        (0, desired)
+    } else {
+        resolve_fenceposts(
+            rolling.and_then(|r| r.max_surge.as_ref()),
+            rolling.and_then(|r| r.max_unavailable.as_ref()),
+            desired,
+        )
+    };
+    Some(Settings {
+        template: &spec.template,
+        desired,
+        recreate,
+        max_surge,
+        max_unavailable,
+        paused: spec.paused == Some(true),
+        min_ready_seconds: spec.min_ready_seconds.unwrap_or(0),
+        history_limit: spec
+            .revision_history_limit
+            .unwrap_or(10)
+            .max(0)
+            .try_into()
+            .unwrap_or(0),
+        progress_deadline: spec.progress_deadline_seconds.map(i64::from).unwrap_or(600),
+    })
+}
+
+/// The scale of `rs` to `replicas`, or nothing when it is there already with current
+/// annotations.
+fn scale_to(rs: &ReplicaSet, replicas: i64, s: &Settings<'_>, max_surge: i64) -> Option<Scale> {
+    let desired_text = s.desired.to_string();
+    let annotations_current = annotation(&rs.metadata, DESIRED_REPLICAS) == Some(&desired_text);
+    if rs_replicas(rs) == replicas && annotations_current {
+        return None;
+    }
+    Some(Scale {
+        name: name_of(&rs.metadata).to_string(),
+        from: rs_replicas(rs),
+        to: replicas,
+        patch: json!({
+            "metadata": {"annotations": {
+                DESIRED_REPLICAS: desired_text,
+                MAX_REPLICAS: (s.desired + max_surge).to_string(),
+            }},
+            "spec": {"replicas": replicas},
+        }),
+    })
+}
+
+/// The ReplicaSet a Deployment creates for its current template.
+fn new_replica_set(
+    deployment: &Deployment,
+    s: &Settings<'_>,
+    hash: &str,
+    revision: i64,
+    initial: i64,
+) -> ReplicaSet {
+    let mut template = s.template.clone();
+    let template_meta = template.metadata.get_or_insert_with(Default::default);
+    template_meta
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(HASH_LABEL.into(), hash.into());
+    let mut selector = deployment
+        .spec
+        .as_ref()
+        .map(|spec| spec.selector.clone())
+        .unwrap_or_default();
+    selector
+        .match_labels
+        .get_or_insert_with(Default::default)
+        .insert(HASH_LABEL.into(), hash.into());
+    let mut annotations: BTreeMap<String, String> = deployment
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != REVISION && k.as_str() != LAST_APPLIED)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    annotations.insert(REVISION.into(), revision.to_string());
+    annotations.insert(DESIRED_REPLICAS.into(), s.desired.to_string());
+    annotations.insert(MAX_REPLICAS.into(), (s.desired + s.max_surge).to_string());
+    let mut labels = s
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    labels.insert(HASH_LABEL.into(), hash.into());
+    ReplicaSet {
+        metadata: ObjectMeta {
+            name: Some(format!("{}-{hash}", name_of(&deployment.metadata))),
+            namespace: deployment.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(vec![owner_reference(deployment)]),
+            ..Default::default()
+        },
+        spec: Some(ReplicaSetSpec {
+            replicas: Some(to_i32(initial)),
+            min_ready_seconds: Some(s.min_ready_seconds),
+            selector,
+            template: Some(template),
+        }),
+        status: None,
+    }
+}
+
+/// Decides one reconcile of a Deployment.
+pub fn plan(snapshot: DeploymentSnapshot<'_>, now: DateTime<Utc>) -> DeploymentPlan {
+    let deployment = snapshot.deployment;
+    let mut plan = DeploymentPlan::default();
+    if is_deleting(&deployment.metadata) {
+        return plan;
+    }
+    let (Some(s), Some(selector)) = (
+        settings(deployment),
+        deployment
+            .spec
+            .as_ref()
+            .and_then(|spec| selector_of(&spec.selector)),
+    ) else {
+        return plan;
+    };
+    let uid = uid_of(&deployment.metadata);
+    // The ReplicaSets this Deployment controls; matching orphans are adopted.
+    let mut owned: Vec<ReplicaSet> = Vec::new();
+    for rs in snapshot.replica_sets {
+        match controller_uid(&rs.metadata) {
+            Some(owner) if owner == uid => owned.push((**rs).clone()),
+            None if selector.matches(&labels_of(&rs.metadata)) => {
+                let mut adopted = (**rs).clone();
+                let references = adopted
+                    .metadata
+                    .owner_references
+                    .get_or_insert_with(Vec::new);
+                references.push(owner_reference(deployment));
+                let patch = json!({"metadata": {
+                    "ownerReferences": references,
+                    "resourceVersion": rs.metadata.resource_version,
+                }});
+                plan.adopt.push((name_of(&rs.metadata).to_string(), patch));
+                owned.push(adopted);
+            }
+            _ => {}
+        }
+    }
+    let max_revision = owned.iter().map(revision_of).max().unwrap_or(0);
+    let new_index = owned
+        .iter()
+        .position(|rs| &template_without_hash(rs) == s.template);
+
+    if s.paused {
+        // A paused rollout only keeps replica counts; its status still reports.
+        let revision = new_index
+            .and_then(|i| owned.get(i))
+            .map(|rs| revision_of(rs).to_string());
+        let new_rs = new_index.and_then(|i| owned.get(i));
+        let (status, requeue) = deployment_status(deployment, &s, &owned, new_rs, true, now);
+        plan.status = status_update(deployment, status, revision);
+        plan.requeue_after = requeue;
+        return plan;
+    }
+
+    // The new ReplicaSet: found, or created at the next revision.
+    let new_name = match new_index.and_then(|i| owned.get_mut(i)) {
+        Some(rs) => {
+            if revision_of(rs) < max_revision || revision_of(rs) == 0 {
+                // Rolling back to an old template makes its ReplicaSet the newest revision.
+                let next = (max_revision + 1).to_string();
+                plan.annotate.push((
+                    name_of(&rs.metadata).to_string(),
+                    json!({"metadata": {"annotations": {REVISION: next}}}),
+                ));
+                rs.metadata
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(REVISION.into(), next);
+            }
+            name_of(&rs.metadata).to_string()
+        }
+        None => {
+            let collisions = deployment.status.as_ref().and_then(|st| st.collision_count);
+            let hash = template_hash(s.template, collisions);
+            let name = format!("{}-{hash}", name_of(&deployment.metadata));
+            let taken = snapshot.replica_sets.iter().any(|rs| {
+                name_of(&rs.metadata) == name && controller_uid(&rs.metadata) != Some(uid)
+            });
+            if taken {
+                // A ReplicaSet this Deployment does not own has the name: count the
+                // collision, which changes the hash and so the name on the next pass.
+                plan.status = Some(with_collision(deployment));
+                return plan;
+            }
+            let initial = if s.recreate {
+                0
+            } else {
+                let total: i64 = owned.iter().map(rs_replicas).sum();
+                (s.desired + s.max_surge - total).clamp(0, s.desired)
+            };
+            let rs = new_replica_set(deployment, &s, &hash, max_revision + 1, initial);
+            plan.create = Some(rs.clone());
+            owned.push(rs);
+            name
+        }
+    };
+    let Some(new_rs) = owned
+        .iter()
+        .find(|rs| name_of(&rs.metadata) == new_name)
+        .cloned()
+    else {
+        return plan;
+    };
+    let olds: Vec<&ReplicaSet> = owned
+        .iter()
+        .filter(|rs| name_of(&rs.metadata) != new_name)
+        .collect();
+    // A ReplicaSet just scaled down may not have reported it yet: never count more
+    // available pods than it is asked to keep, or one rollout step would be taken twice.
+    let available = |rs: &ReplicaSet| rs_status(rs).2.min(rs_replicas(rs));
+    let old_active: i64 = olds.iter().map(|rs| rs_replicas(rs)).sum();
+
+    // Scaled in the middle of a rollout: spread the change over the active ReplicaSets
+    // in proportion to their sizes, instead of giving it all to the new one.
+    if !s.recreate {
+        let active: Vec<&ReplicaSet> = owned.iter().filter(|rs| rs_replicas(rs) > 0).collect();
+        let scaling_event = active.iter().any(|rs| {
+            annotation(&rs.metadata, DESIRED_REPLICAS)
+                .and_then(|d| d.parse::<i64>().ok())
+                .is_some_and(|d| d != s.desired)
+        });
+        if scaling_event && active.len() > 1 {
+            let sizes: Vec<(String, i64, i64)> = active
+                .iter()
+                .map(|rs| {
+                    let max = annotation(&rs.metadata, MAX_REPLICAS)
+                        .and_then(|m| m.parse::<i64>().ok())
+                        .unwrap_or(0);
+                    (name_of(&rs.metadata).to_string(), rs_replicas(rs), max)
+                })
+                .collect();
+            let targets = proportional_sizes(&sizes, s.desired + s.max_surge);
+            plan.scale = active
+                .iter()
+                .zip(targets)
+                .filter_map(|(rs, target)| scale_to(rs, target, &s, s.max_surge))
+                .collect();
+            // The rollout continues from the new sizes when they come back.
+            return plan;
+        }
+    }
+
+    if s.recreate {
+        if old_active > 0 {
+            plan.scale = olds
+                .iter()
+                .filter_map(|rs| scale_to(rs, 0, &s, 0))
+                .collect();
+        } else if olds.iter().all(|rs| rs_status(rs).0 == 0) {
+            plan.scale.extend(scale_to(&new_rs, s.desired, &s, 0));
+        }
+    } else {
+        // Old ReplicaSets oldest first, as the step takes from them in that order.
+        let mut olds_sorted = olds.clone();
+        olds_sorted.sort_by_key(|rs| revision_of(rs));
+        let step = rolling_step(
+            s.desired,
+            s.max_surge,
+            s.max_unavailable,
+            (rs_replicas(&new_rs), available(&new_rs)),
+            &olds_sorted
+                .iter()
+                .map(|rs| (rs_replicas(rs), available(rs)))
+                .collect::<Vec<_>>(),
+        );
+        plan.scale
+            .extend(scale_to(&new_rs, step.new_replicas, &s, s.max_surge));
+        for (rs, target) in olds_sorted.iter().zip(step.old_replicas) {
+            if target != rs_replicas(rs) {
+                plan.scale.extend(scale_to(rs, target, &s, s.max_surge));
+            }
+        }
+    }
+    // Old ReplicaSets beyond the history limit go, oldest first.
+    let mut idle: Vec<&ReplicaSet> = olds
+        .iter()
+        .copied()
+        .filter(|rs| rs_replicas(rs) == 0 && rs_status(rs).0 == 0)
+        .collect();
+    if idle.len() > s.history_limit {
+        idle.sort_by_key(|rs| revision_of(rs));
+        plan.delete = idle
+            .iter()
+            .take(idle.len() - s.history_limit)
+            .map(|rs| name_of(&rs.metadata).to_string())
+            .collect();
+    }
+    let (status, requeue) = deployment_status(deployment, &s, &owned, Some(&new_rs), false, now);
+    plan.status = status_update(deployment, status, Some(revision_of(&new_rs).to_string()));
+    plan.requeue_after = requeue;
+    plan
+}
+
+/// The Deployment with its collision count one higher.
+fn with_collision(deployment: &Deployment) -> Deployment {
+    let mut updated = deployment.clone();
+    let status = updated.status.get_or_insert_with(Default::default);
+    status.collision_count = Some(status.collision_count.unwrap_or(0).saturating_add(1));
+    updated
+}
+
+/// The object to write for `status` and the revision annotation, if anything changed.
+fn status_update(
+    deployment: &Deployment,
+    status: DeploymentStatus,
+    revision: Option<String>,
+) -> Option<Deployment> {
+    let mut target = deployment.clone();
+    if let Some(revision) = revision {
+        target
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(REVISION.into(), revision);
+    }
+    let changed = target.metadata.annotations != deployment.metadata.annotations
+        || deployment.status.as_ref() != Some(&status);
+    if !changed {
+        return None;
+    }
+    target.status = Some(status);
+    Some(target)
+}
+
+fn find_condition<'a>(deployment: &'a Deployment, kind: &str) -> Option<&'a DeploymentCondition> {
+    deployment
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == kind)
+}
+
+fn condition(
+    previous: Option<&DeploymentCondition>,
+    kind: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    now: DateTime<Utc>,
+) -> DeploymentCondition {
+    let text = status_text(status);
+    let (transition, update) = condition_times(
+        previous.map(|p| super::PreviousCondition {
+            status: &p.status,
+            reason: p.reason.as_deref(),
+            last_transition_time: p.last_transition_time.as_ref(),
+            last_update_time: p.last_update_time.as_ref(),
+        }),
+        text,
+        reason,
+        now,
+    );
+    DeploymentCondition {
+        type_: kind.to_string(),
+        status: text.to_string(),
+        reason: Some(reason.to_string()),
+        message: Some(message.to_string()),
+        last_update_time: Some(update),
+        last_transition_time: Some(transition),
+    }
+}
+
+/// The Deployment's status from its ReplicaSets' reports, and when to look again for
+/// the progress deadline.
+fn deployment_status(
+    deployment: &Deployment,
+    s: &Settings<'_>,
+    owned: &[ReplicaSet],
+    new_rs: Option<&ReplicaSet>,
+    paused: bool,
+    now: DateTime<Utc>,
+) -> (DeploymentStatus, Option<Duration>) {
+    let desired = s.desired;
+    let sum = |f: fn(&ReplicaSet) -> i64| -> i64 { owned.iter().map(f).sum() };
+    let replicas = sum(|rs| rs_status(rs).0);
+    let ready = sum(|rs| rs_status(rs).1);
+    let available = sum(|rs| rs_status(rs).2);
+    let (updated, new_available) = new_rs
+        .map(|rs| (rs_status(rs).0, rs_status(rs).2))
+        .unwrap_or((0, 0));
+    let complete = updated == desired
+        && replicas == desired
+        && new_available == desired
+        && new_rs.is_some_and(|rs| rs_status(rs).3 >= rs.metadata.generation.unwrap_or(0));
+    let min_available = desired - s.max_unavailable;
+    let is_available = available >= min_available;
+    let available_condition = condition(
+        find_condition(deployment, "Available"),
+        "Available",
+        is_available,
+        if is_available {
+            "MinimumReplicasAvailable"
+        } else {
+            "MinimumReplicasUnavailable"
+        },
+        if is_available {
+            "Deployment has minimum availability."
+        } else {
+            "Deployment does not have minimum availability."
+        },
+        now,
+    );
+    let previous_progress = find_condition(deployment, "Progressing");
+    let new_name = new_rs.map(|rs| name_of(&rs.metadata)).unwrap_or_default();
+    let mut requeue = None;
+    let progressing = if paused {
+        condition(
+            previous_progress,
+            "Progressing",
+            false,
+            "DeploymentPaused",
+            "Deployment is paused",
+            now,
+        )
+    } else if complete {
+        condition(
+            previous_progress,
+            "Progressing",
+            true,
+            "NewReplicaSetAvailable",
+            &format!("ReplicaSet {new_name:?} has successfully progressed."),
+            now,
+        )
+    } else {
+        // Progress since the last recorded update resets the deadline.
+        let last_update = previous_progress
+            .and_then(|c| c.last_update_time.as_ref())
+            .map(|t| t.0);
+        let progressed = deployment.status.as_ref().is_none_or(|st| {
+            i64::from(st.updated_replicas.unwrap_or(0)) != updated
+                || i64::from(st.available_replicas.unwrap_or(0)) != available
+                || i64::from(st.replicas.unwrap_or(0)) != replicas
+        });
+        let already_exceeded =
+            previous_progress.and_then(|c| c.reason.as_deref()) == Some("ProgressDeadlineExceeded");
+        let deadline = chrono::Duration::seconds(s.progress_deadline);
+        let expired = !progressed && last_update.is_some_and(|t| t + deadline <= now);
+        if already_exceeded && !progressed || expired {
+            condition(
+                previous_progress,
+                "Progressing",
+                false,
+                "ProgressDeadlineExceeded",
+                &format!("ReplicaSet {new_name:?} has timed out progressing."),
+                now,
+            )
+        } else {
+            let mut c = condition(
+                previous_progress,
+                "Progressing",
+                true,
+                "ReplicaSetUpdated",
+                &format!("ReplicaSet {new_name:?} is progressing."),
+                now,
+            );
+            if progressed {
+                c.last_update_time = Some(time(now));
+            }
+            let since = c.last_update_time.as_ref().map(|t| t.0).unwrap_or(now);
+            let remaining = (since + deadline - now).num_milliseconds().max(0);
+            requeue = Some(Duration::from_millis(remaining.unsigned_abs() + 100));
+            c
+        }
+    };
+    let status = DeploymentStatus {
+        observed_generation: Some(deployment.metadata.generation.unwrap_or(0)),
+        replicas: Some(to_i32(replicas)),
+        updated_replicas: Some(to_i32(updated)),
+        ready_replicas: Some(to_i32(ready)),
+        available_replicas: Some(to_i32(available)),
+        unavailable_replicas: Some(to_i32((desired - available).max(0))),
+        conditions: Some(vec![available_condition, progressing]),
+        collision_count: deployment.status.as_ref().and_then(|st| st.collision_count),
+    };
+    (status, requeue)
+}
+
+/// Carries out `plan` for `deployment`. A create that finds its name taken asks the API
+/// whose it is: this Deployment's own (the cache lags) means look again shortly; anyone
+/// else's is a collision, counted in the status so the next name differs.
+pub async fn execute(
+    api: &dyn ControllerApi,
+    events: &dyn Events,
+    deployment: &Deployment,
+    plan: DeploymentPlan,
+) -> Result<Action, ClientError> {
+    let replica_sets = &skiff_api::resource::REPLICA_SETS;
+    let deployments = &skiff_api::resource::DEPLOYMENTS;
+    let namespace = namespace_of(&deployment.metadata);
+    for (name, patch) in &plan.adopt {
+        // Best-effort: a ReplicaSet that changed meanwhile is looked at on its event.
+        let _ = api.patch(replica_sets, namespace, name, patch).await;
+    }
+    for (name, patch) in &plan.annotate {
+        api.patch(replica_sets, namespace, name, patch).await?;
+    }
+    if let Some(rs) = &plan.create {
+        let body = serde_json::to_value(rs).unwrap_or_default();
+        let name = name_of(&rs.metadata);
+        match api.create(replica_sets, namespace, &body).await {
+            Ok(_) => events.record(
+                event_subject(deployment),
+                false,
+                "ScalingReplicaSet",
+                &format!("Scaled up replica set {name} to {}", rs_replicas(rs)),
+            ),
+            Err(e) if e.code() == Some(409) => {
+                let existing = api.get(replica_sets, namespace, name).await?;
+                let ours = existing
+                    .pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .is_some_and(|refs| {
+                        refs.iter().any(|r| {
+                            r["controller"] == true
+                                && r["uid"].as_str() == Some(uid_of(&deployment.metadata))
+                        })
+                    });
+                if ours {
+                    return Ok(Action::RequeueAfter(CACHE_LAG_RETRY));
+                }
+                let body = serde_json::to_value(with_collision(deployment)).unwrap_or_default();
+                api.replace_status(deployments, &body).await?;
+                return Ok(Action::Done);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for scale in &plan.scale {
+        api.patch(replica_sets, namespace, &scale.name, &scale.patch)
+            .await?;
+        if scale.from != scale.to {
+            let verb = if scale.to > scale.from { "up" } else { "down" };
+            events.record(
+                event_subject(deployment),
+                false,
+                "ScalingReplicaSet",
+                &format!(
+                    "Scaled {verb} replica set {} from {} to {}",
+                    scale.name, scale.from, scale.to
+                ),
+            );
+        }
+    }
+    for name in &plan.delete {
+        let _ = api.delete(replica_sets, namespace, name).await;
+    }
+    if let Some(updated) = &plan.status {
+        // The revision annotation goes with the status, through the status subresource,
+        // so recording it does not bump the generation.
+        let body = serde_json::to_value(updated).unwrap_or_default();
+        api.replace_status(deployments, &body).await?;
+    }
+    Ok(plan
+        .requeue_after
+        .map(Action::RequeueAfter)
+        .unwrap_or(Action::Done))
+}
+
+struct Context {
+    client: skiff_client::Client,
+    deployments: Arc<Informer<Deployment>>,
+    replicasets: Arc<Informer<ReplicaSet>>,
+    events: RecorderEvents,
+    clock: SharedClock,
+}
+
+/// Runs the Deployment controller on `factory`'s informers until `shutdown` completes.
 pub async fn run(
-    client: Client,
+    factory: SharedInformerFactory,
     config: ControllerConfig,
-    clock: Arc<dyn Clock>,
+    clock: SharedClock,
     shutdown: impl Future<Output = ()>,
 ) {
     let queue = WorkQueue::default();
     let by_uid: Arc<Mutex<HashMap<String, String>>> = Arc::default();
-    let deployment_handler: Handler = {
+    let deployment_handler: Handler<Deployment> = {
         let (queue, by_uid) = (queue.clone(), by_uid.clone());
         Arc::new(move |key, old, new| {
             let mut index = by_uid.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(old) = old {
-                index.remove(str_at(old, "/metadata/uid"));
+                index.remove(uid_of(&old.metadata));
             }
             if let Some(new) = new {
-                index.insert(str_at(new, "/metadata/uid").to_string(), key.to_string());
+                index.insert(uid_of(&new.metadata).to_string(), key.to_string());
             }
             drop(index);
             queue.add(key);
         })
     };
-    let rs_handler: Handler = {
+    let rs_handler: Handler<ReplicaSet> = {
         let (queue, by_uid) = (queue.clone(), by_uid.clone());
         Arc::new(move |_key, old, new| {
             let index = by_uid.lock().unwrap_or_else(|e| e.into_inner());
             let owners: Vec<String> = [old, new]
                 .into_iter()
                 .flatten()
-                .filter_map(|rs| controller_uid(rs).and_then(|uid| index.get(uid)).cloned())
+                .filter_map(|rs| {
+                    controller_uid(&rs.metadata)
+                        .and_then(|uid| index.get(uid))
+                        .cloned()
+                })
                 .collect();
             drop(index);
             for owner in owners {
@@ -246,30 +916,33 @@ pub async fn run(
             }
         })
     };
-    let deployments = Informer::spawn(
-        client.clone(),
+    let deployments: Arc<Informer<Deployment>> = factory.informer(
         &skiff_api::resource::DEPLOYMENTS,
         None,
         ListOptions::default(),
-        deployment_handler,
     );
-    let replicasets = Informer::spawn(
-        client.clone(),
+    let replicasets: Arc<Informer<ReplicaSet>> = factory.informer(
         &skiff_api::resource::REPLICA_SETS,
         None,
         ListOptions::default(),
-        rs_handler,
     );
+    deployments.add_handler(deployment_handler);
+    replicasets.add_handler(rs_handler);
+    factory.start();
     tokio::pin!(shutdown);
     if !wait_for_sync(&[&deployments, &replicasets], shutdown.as_mut()).await {
         return;
     }
-    let recorder = Recorder::new(client.clone(), "deployment-controller", None);
+    let client = factory.client().clone();
+    let events = RecorderEvents {
+        recorder: Recorder::new(client.clone(), "deployment-controller", None),
+        clock: clock.clone(),
+    };
     let context = Arc::new(Context {
         client,
         deployments,
         replicasets,
-        recorder,
+        events,
         clock,
     });
     let keys = {
@@ -290,609 +963,21 @@ pub async fn run(
     .await;
 }
 
-async fn scale_rs(
-    context: &Context,
-    rs: &Value,
-    replicas: i64,
-    deployment: &Value,
-    max_surge: i64,
-) -> Result<(), ClientError> {
-    let desired = spec_replicas(deployment);
-    let annotations_current = str_at(
-        rs,
-        &format!(
-            "/metadata/annotations/{}",
-            DESIRED_REPLICAS.replace('/', "~1")
-        ),
-    ) == desired.to_string();
-    if spec_replicas(rs) == replicas && annotations_current {
-        return Ok(());
-    }
-    let resource = &skiff_api::resource::REPLICA_SETS;
-    let patch = json!({
-        "metadata": {"annotations": {DESIRED_REPLICAS: desired.to_string(), MAX_REPLICAS: (desired + max_surge).to_string()}},
-        "spec": {"replicas": replicas},
-    });
-    let namespace = str_at(rs, "/metadata/namespace");
-    context
-        .client
-        .patch(
-            resource,
-            Some(namespace),
-            str_at(rs, "/metadata/name"),
-            "application/merge-patch+json",
-            &patch,
-        )
-        .await?;
-    if spec_replicas(rs) != replicas {
-        let verb = if replicas > spec_replicas(rs) {
-            "up"
-        } else {
-            "down"
-        };
-        context.recorder.record(
-            deployment,
-            EventType::Normal,
-            "ScalingReplicaSet",
-            &format!(
-                "Scaled {verb} replica set {} from {} to {replicas}",
-                str_at(rs, "/metadata/name"),
-                spec_replicas(rs)
-            ),
-            context.clock.now(),
-        );
-    }
-    Ok(())
-}
-
 async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> {
     let Some(deployment) = context.deployments.get(key) else {
         return Ok(Action::Done);
     };
-    if is_deleting(&deployment) {
-        return Ok(Action::Done);
-    }
-    let resource = &skiff_api::resource::DEPLOYMENTS;
-    let rs_resource = &skiff_api::resource::REPLICA_SETS;
-    let namespace = str_at(&deployment, "/metadata/namespace").to_string();
-    let uid = str_at(&deployment, "/metadata/uid").to_string();
-    let Some(selector) = deployment
-        .pointer("/spec/selector")
-        .and_then(|s| LabelSelector::from_structured(s).ok())
-    else {
-        return Ok(Action::Done);
-    };
-    let now = context.clock.now();
-    // The ReplicaSets this Deployment controls; matching orphans are adopted.
-    let mut owned: Vec<Value> = Vec::new();
-    for rs in context
+    let namespace = namespace_of(&deployment.metadata);
+    let replica_sets = context
         .replicasets
-        .list()
-        .into_iter()
-        .filter(|r| str_at(r, "/metadata/namespace") == namespace)
-    {
-        match controller_uid(&rs) {
-            Some(owner) if owner == uid => owned.push((*rs).clone()),
-            None if selector.matches(&skiff_api::selector::labels_of(&rs)) => {
-                let mut refs = rs
-                    .pointer("/metadata/ownerReferences")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                refs.push(owner_reference(&deployment));
-                let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": str_at(&rs, "/metadata/resourceVersion")}});
-                if let Ok(adopted) = context
-                    .client
-                    .patch(
-                        rs_resource,
-                        Some(&namespace),
-                        str_at(&rs, "/metadata/name"),
-                        "application/merge-patch+json",
-                        &patch,
-                    )
-                    .await
-                {
-                    owned.push(adopted);
-                }
-            }
-            _ => {}
-        }
-    }
-    let template = deployment
-        .pointer("/spec/template")
-        .cloned()
-        .unwrap_or(json!({}));
-    let desired = spec_replicas(&deployment);
-    let strategy = str_at(&deployment, "/spec/strategy/type");
-    let (max_surge, max_unavailable) = if strategy == "Recreate" {
-        (0, desired)
-    } else {
-        resolve_fenceposts(
-            deployment.pointer("/spec/strategy/rollingUpdate/maxSurge"),
-            deployment.pointer("/spec/strategy/rollingUpdate/maxUnavailable"),
-            desired,
-        )
+        .list_filtered(|rs| namespace_of(&rs.metadata) == namespace);
+    let snapshot = DeploymentSnapshot {
+        deployment: &deployment,
+        replica_sets: &replica_sets,
     };
-    let max_revision = owned.iter().map(revision_of).max().unwrap_or(0);
-    let new_index = owned
-        .iter()
-        .position(|rs| template_without_hash(rs) == template);
-    let paused = deployment.pointer("/spec/paused").and_then(Value::as_bool) == Some(true);
-
-    if paused {
-        // A paused rollout only keeps replica counts; its status still reports.
-        let revision = new_index.map(|i| revision_of(&owned[i]).to_string());
-        return write_deployment_status(
-            context,
-            resource,
-            &deployment,
-            &owned,
-            new_index,
-            max_unavailable,
-            true,
-            revision,
-        )
-        .await;
-    }
-
-    // The new ReplicaSet: found, or created at the next revision.
-    let new_rs: Value = match new_index {
-        Some(i) => {
-            let rs = owned[i].clone();
-            if revision_of(&rs) < max_revision || revision_of(&rs) == 0 {
-                // Rolling back to an old template makes its ReplicaSet the newest revision.
-                let next = (max_revision + 1).to_string();
-                let patch = json!({"metadata": {"annotations": {REVISION: next}}});
-                let updated = context
-                    .client
-                    .patch(
-                        rs_resource,
-                        Some(&namespace),
-                        str_at(&rs, "/metadata/name"),
-                        "application/merge-patch+json",
-                        &patch,
-                    )
-                    .await?;
-                owned[i] = updated.clone();
-                updated
-            } else {
-                rs
-            }
-        }
-        None => {
-            let hash = template_hash(&template);
-            let mut rs_template = template.clone();
-            rs_template["metadata"]["labels"][HASH_LABEL] = json!(hash);
-            let mut rs_selector = deployment
-                .pointer("/spec/selector")
-                .cloned()
-                .unwrap_or(json!({}));
-            rs_selector["matchLabels"][HASH_LABEL] = json!(hash);
-            let initial = if strategy == "Recreate" {
-                0
-            } else {
-                let total: i64 = owned.iter().map(spec_replicas).sum();
-                (desired + max_surge - total).clamp(0, desired)
-            };
-            let mut annotations = serde_json::Map::new();
-            for (k, v) in deployment
-                .pointer("/metadata/annotations")
-                .and_then(Value::as_object)
-                .into_iter()
-                .flatten()
-            {
-                if k != REVISION && k != "kubectl.kubernetes.io/last-applied-configuration" {
-                    annotations.insert(k.clone(), v.clone());
-                }
-            }
-            annotations.insert(REVISION.into(), json!((max_revision + 1).to_string()));
-            annotations.insert(DESIRED_REPLICAS.into(), json!(desired.to_string()));
-            annotations.insert(
-                MAX_REPLICAS.into(),
-                json!((desired + max_surge).to_string()),
-            );
-            let mut labels = template
-                .pointer("/metadata/labels")
-                .cloned()
-                .unwrap_or(json!({}));
-            labels[HASH_LABEL] = json!(hash);
-            let rs = json!({
-                "apiVersion": "apps/v1",
-                "kind": "ReplicaSet",
-                "metadata": {
-                    "name": format!("{}-{hash}", str_at(&deployment, "/metadata/name")),
-                    "namespace": namespace,
-                    "labels": labels,
-                    "annotations": annotations,
-                    "ownerReferences": [owner_reference(&deployment)],
-                },
-                "spec": {
-                    "replicas": initial,
-                    "minReadySeconds": i64_at(&deployment, "/spec/minReadySeconds"),
-                    "selector": rs_selector,
-                    "template": rs_template,
-                },
-            });
-            let created = match context
-                .client
-                .create(rs_resource, Some(&namespace), &rs)
-                .await
-            {
-                Ok(c) => c,
-                // Created by an earlier run whose cache entry has not arrived yet.
-                Err(e) if e.code() == Some(409) => {
-                    return Ok(Action::RequeueAfter(Duration::from_millis(200)))
-                }
-                Err(e) => return Err(e),
-            };
-            context.recorder.record(
-                &deployment,
-                EventType::Normal,
-                "ScalingReplicaSet",
-                &format!(
-                    "Scaled up replica set {} to {initial}",
-                    str_at(&created, "/metadata/name")
-                ),
-                now,
-            );
-            owned.push(created.clone());
-            created
-        }
-    };
-    let new_name = str_at(&new_rs, "/metadata/name").to_string();
-    let new_revision = revision_of(&new_rs).to_string();
-    let olds: Vec<&Value> = owned
-        .iter()
-        .filter(|rs| str_at(rs, "/metadata/name") != new_name)
-        .collect();
-    // A ReplicaSet just scaled down may not have reported it yet: never count more
-    // available pods than it is asked to keep, or one rollout step would be taken twice.
-    let available = |rs: &Value| i64_at(rs, "/status/availableReplicas").min(spec_replicas(rs));
-    let old_active: i64 = olds.iter().map(|rs| spec_replicas(rs)).sum();
-
-    // Scaled in the middle of a rollout: spread the change over the active ReplicaSets
-    // in proportion to their sizes, instead of giving it all to the new one.
-    if strategy != "Recreate" {
-        let active: Vec<&Value> = owned.iter().filter(|rs| spec_replicas(rs) > 0).collect();
-        let scaling_event = active.iter().any(|rs| {
-            annotation(rs, DESIRED_REPLICAS)
-                .and_then(|d| d.parse::<i64>().ok())
-                .is_some_and(|d| d != desired)
-        });
-        if scaling_event && active.len() > 1 {
-            let sizes: Vec<(String, i64, i64)> = active
-                .iter()
-                .map(|rs| {
-                    let max = annotation(rs, MAX_REPLICAS)
-                        .and_then(|m| m.parse::<i64>().ok())
-                        .unwrap_or(0);
-                    (
-                        str_at(rs, "/metadata/name").to_string(),
-                        spec_replicas(rs),
-                        max,
-                    )
-                })
-                .collect();
-            let targets = proportional_sizes(&sizes, desired + max_surge);
-            for (rs, target) in active.iter().zip(targets) {
-                scale_rs(context, rs, target, &deployment, max_surge).await?;
-            }
-            // The rollout continues from the new sizes when they come back.
-            return Ok(Action::Done);
-        }
-    }
-
-    if strategy == "Recreate" {
-        if old_active > 0 {
-            for rs in &olds {
-                scale_rs(context, rs, 0, &deployment, 0).await?;
-            }
-        } else if olds.iter().all(|rs| i64_at(rs, "/status/replicas") == 0) {
-            scale_rs(context, &new_rs, desired, &deployment, 0).await?;
-        }
-    } else {
-        // Old ReplicaSets oldest first, as the step takes from them in that order.
-        let mut olds_sorted = olds.clone();
-        olds_sorted.sort_by_key(|rs| revision_of(rs));
-        let step = rolling_step(
-            desired,
-            max_surge,
-            max_unavailable,
-            (spec_replicas(&new_rs), available(&new_rs)),
-            &olds_sorted
-                .iter()
-                .map(|rs| (spec_replicas(rs), available(rs)))
-                .collect::<Vec<_>>(),
-        );
-        scale_rs(context, &new_rs, step.new_replicas, &deployment, max_surge).await?;
-        for (rs, target) in olds_sorted.iter().zip(step.old_replicas) {
-            if target != spec_replicas(rs) {
-                scale_rs(context, rs, target, &deployment, max_surge).await?;
-            }
-        }
-    }
-    // Old ReplicaSets beyond the history limit go, oldest first.
-    let limit = deployment
-        .pointer("/spec/revisionHistoryLimit")
-        .and_then(Value::as_i64)
-        .unwrap_or(10)
-        .max(0) as usize;
-    let mut idle: Vec<&Value> = olds
-        .iter()
-        .copied()
-        .filter(|rs| spec_replicas(rs) == 0 && i64_at(rs, "/status/replicas") == 0)
-        .collect();
-    if idle.len() > limit {
-        idle.sort_by_key(|rs| revision_of(rs));
-        for rs in idle.iter().take(idle.len() - limit) {
-            let _ = context
-                .client
-                .delete(
-                    rs_resource,
-                    Some(&namespace),
-                    str_at(rs, "/metadata/name"),
-                    "Background",
-                    None,
-                )
-                .await;
-        }
-    }
-    let new_index = owned
-        .iter()
-        .position(|rs| str_at(rs, "/metadata/name") == new_name);
-    write_deployment_status(
-        context,
-        resource,
-        &deployment,
-        &owned,
-        new_index,
-        max_unavailable,
-        false,
-        Some(new_revision),
-    )
-    .await
-}
-
-/// Computes and writes the Deployment's status; returns when to look again for the
-/// progress deadline.
-#[allow(clippy::too_many_arguments)]
-async fn write_deployment_status(
-    context: &Context,
-    resource: &skiff_api::ResourceInfo,
-    deployment: &Value,
-    owned: &[Value],
-    new_index: Option<usize>,
-    max_unavailable: i64,
-    paused: bool,
-    revision: Option<String>,
-) -> Result<Action, ClientError> {
-    let now = context.clock.now();
-    let now_text = timestamp(now);
-    let desired = spec_replicas(deployment);
-    let sum = |f: &dyn Fn(&Value) -> i64| -> i64 { owned.iter().map(f).sum() };
-    let replicas = sum(&|rs| i64_at(rs, "/status/replicas"));
-    let ready = sum(&|rs| i64_at(rs, "/status/readyReplicas"));
-    let available = sum(&|rs| i64_at(rs, "/status/availableReplicas"));
-    let new_rs = new_index.map(|i| &owned[i]);
-    let updated = new_rs.map(|rs| i64_at(rs, "/status/replicas")).unwrap_or(0);
-    let new_available = new_rs
-        .map(|rs| i64_at(rs, "/status/availableReplicas"))
-        .unwrap_or(0);
-    let complete = updated == desired
-        && replicas == desired
-        && new_available == desired
-        && new_rs.is_some_and(|rs| {
-            i64_at(rs, "/status/observedGeneration") >= i64_at(rs, "/metadata/generation")
-        });
-    let min_available = desired - max_unavailable;
-    let available_condition = super::condition(
-        find_condition(deployment, "Available"),
-        "Available",
-        available >= min_available,
-        if available >= min_available {
-            "MinimumReplicasAvailable"
-        } else {
-            "MinimumReplicasUnavailable"
-        },
-        if available >= min_available {
-            "Deployment has minimum availability."
-        } else {
-            "Deployment does not have minimum availability."
-        },
-        &now_text,
-    );
-    let previous_progress = find_condition(deployment, "Progressing");
-    let new_name = new_rs
-        .map(|rs| str_at(rs, "/metadata/name"))
-        .unwrap_or_default();
-    let deadline = deployment
-        .pointer("/spec/progressDeadlineSeconds")
-        .and_then(Value::as_i64)
-        .unwrap_or(600);
-    let mut requeue = None;
-    let progressing = if paused {
-        super::condition(
-            previous_progress,
-            "Progressing",
-            false,
-            "DeploymentPaused",
-            "Deployment is paused",
-            &now_text,
-        )
-    } else if complete {
-        super::condition(
-            previous_progress,
-            "Progressing",
-            true,
-            "NewReplicaSetAvailable",
-            &format!("ReplicaSet {new_name:?} has successfully progressed."),
-            &now_text,
-        )
-    } else {
-        // Progress since the last recorded update resets the deadline.
-        let last_update = previous_progress
-            .and_then(|c| c.get("lastUpdateTime").and_then(Value::as_str))
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&chrono::Utc));
-        let progressed = deployment.get("status").is_none_or(|s| {
-            i64_at(s, "/updatedReplicas") != updated
-                || i64_at(s, "/availableReplicas") != available
-                || i64_at(s, "/replicas") != replicas
-        });
-        let already_exceeded = previous_progress
-            .and_then(|c| c.get("reason").and_then(Value::as_str))
-            == Some("ProgressDeadlineExceeded");
-        let expired = !progressed
-            && last_update.is_some_and(|t| t + chrono::Duration::seconds(deadline) <= now);
-        if already_exceeded && !progressed || expired {
-            super::condition(
-                previous_progress,
-                "Progressing",
-                false,
-                "ProgressDeadlineExceeded",
-                &format!("ReplicaSet {new_name:?} has timed out progressing."),
-                &now_text,
-            )
-        } else {
-            let mut c = super::condition(
-                previous_progress,
-                "Progressing",
-                true,
-                "ReplicaSetUpdated",
-                &format!("ReplicaSet {new_name:?} is progressing."),
-                &now_text,
-            );
-            if progressed {
-                c["lastUpdateTime"] = json!(now_text);
-            }
-            let since = c
-                .get("lastUpdateTime")
-                .and_then(Value::as_str)
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&chrono::Utc))
-                .unwrap_or(now);
-            let remaining = (since + chrono::Duration::seconds(deadline) - now)
-                .num_milliseconds()
-                .max(0) as u64;
-            requeue = Some(Duration::from_millis(remaining + 100));
-            c
-        }
-    };
-    let mut status = json!({
-        "observedGeneration": i64_at(deployment, "/metadata/generation"),
-        "replicas": replicas,
-        "updatedReplicas": updated,
-        "readyReplicas": ready,
-        "availableReplicas": available,
-        "unavailableReplicas": (desired - available).max(0),
-        "conditions": [available_condition, progressing],
-    });
-    if let Some(c) = deployment.pointer("/status/collisionCount") {
-        status["collisionCount"] = c.clone();
-    }
-    // The revision annotation goes with the status, through the status subresource, so
-    // recording it does not bump the generation.
-    let mut target = deployment.clone();
-    if let Some(revision) = revision {
-        target["metadata"]["annotations"][REVISION] = json!(revision);
-    }
-    if target.pointer("/metadata/annotations") != deployment.pointer("/metadata/annotations")
-        || deployment.get("status") != Some(&status)
-    {
-        target["status"] = status;
-        context
-            .client
-            .update_status_from_cache(resource, &target)
-            .await?;
-    }
-    Ok(requeue.map(Action::RequeueAfter).unwrap_or(Action::Done))
+    let plan = plan(snapshot, context.clock.now());
+    execute(&context.client, &context.events, &deployment, plan).await
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fenceposts_round_like_kubernetes() {
-        assert_eq!(
-            resolve_fenceposts(Some(&json!("25%")), Some(&json!("25%")), 10),
-            (3, 2)
-        );
-        assert_eq!(
-            resolve_fenceposts(Some(&json!(1)), Some(&json!(0)), 3),
-            (1, 0)
-        );
-        assert_eq!(
-            resolve_fenceposts(Some(&json!(0)), Some(&json!(0)), 3),
-            (0, 1)
-        );
-        assert_eq!(resolve_fenceposts(None, None, 4), (1, 1));
-        assert_eq!(
-            resolve_fenceposts(Some(&json!("50%")), Some(&json!("10%")), 3),
-            (2, 0)
-        );
-    }
-
-    #[test]
-    fn rolling_steps_follow_surge_and_unavailability() {
-        // (desired, surge, unavailable, new (replicas, available), olds) -> (new, olds)
-        type Case = (i64, i64, i64, (i64, i64), Vec<(i64, i64)>, i64, Vec<i64>);
-        let cases: Vec<Case> = vec![
-            // maxUnavailable 0: surge one new pod first, keep every old one.
-            (3, 1, 0, (0, 0), vec![(3, 3)], 1, vec![3]),
-            // The new pod is available: one old one may go.
-            (3, 1, 0, (1, 1), vec![(3, 3)], 1, vec![2]),
-            // Room again: the next new pod.
-            (3, 1, 0, (1, 1), vec![(2, 2)], 2, vec![2]),
-            // 25%/25% of 4: surge 1, unavailable 1, in one step.
-            (4, 1, 1, (0, 0), vec![(4, 4)], 1, vec![3]),
-            // Unavailable old pods go first, whatever the budget.
-            (3, 1, 0, (1, 0), vec![(3, 1)], 1, vec![1]),
-            // Done: new has everything, old is gone.
-            (3, 1, 0, (3, 3), vec![(0, 0)], 3, vec![0]),
-            // Scaled down below the new ReplicaSet's size.
-            (2, 1, 0, (3, 3), vec![], 2, vec![]),
-        ];
-        for (desired, surge, unavailable, new, olds, want_new, want_olds) in cases {
-            let step = rolling_step(desired, surge, unavailable, new, &olds);
-            assert_eq!(
-                step,
-                RollingStep {
-                    new_replicas: want_new,
-                    old_replicas: want_olds.clone()
-                },
-                "{desired} {surge} {unavailable} {new:?} {olds:?}"
-            );
-            // Never above desired + surge in total.
-            assert!(
-                step.new_replicas + step.old_replicas.iter().sum::<i64>()
-                    <= desired.max(new.0 + olds.iter().map(|o| o.0).sum::<i64>()) + surge
-            );
-        }
-    }
-
-    #[test]
-    fn scaling_mid_rollout_is_proportional() {
-        // 10 replicas + 3 surge mid-rollout (new 5, old 8), scaled to 20 + 5 surge.
-        let sets = vec![("new".to_string(), 5, 13), ("old".to_string(), 8, 13)];
-        let sizes = proportional_sizes(&sets, 25);
-        assert_eq!(sizes.iter().sum::<i64>(), 25);
-        assert_eq!(sizes, vec![9, 16]);
-        // Scaling down takes from both, never below zero.
-        let down = proportional_sizes(&[("a".into(), 6, 12), ("b".into(), 6, 12)], 4);
-        assert_eq!(down.iter().sum::<i64>(), 4);
-        assert!(down.iter().all(|s| *s >= 0));
-    }
-
-    #[test]
-    fn template_hash_is_stable_and_ignores_its_own_label() {
-        let t = json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "a"}]}});
-        assert_eq!(template_hash(&t), template_hash(&t.clone()));
-        let mut other = t.clone();
-        other["spec"]["containers"][0]["image"] = json!("b");
-        assert_ne!(template_hash(&t), template_hash(&other));
-        let mut rs = json!({"spec": {"template": t.clone()}});
-        rs["spec"]["template"]["metadata"]["labels"][HASH_LABEL] = json!("x");
-        assert_eq!(template_without_hash(&rs), t);
-    }
-}
+mod tests;

@@ -3,141 +3,179 @@
 //! `foregroundDeletion`) goes once its dependents are gone; one deleted with `Orphan`
 //! (finalizer `orphan`) has its dependents' owner references removed first.
 //! It covers the owners and dependents skiff manages: Deployments, ReplicaSets, Pods.
+//! It reads only metadata, so it shares the typed caches of the other controllers
+//! (one Pod watch per process) and handles each kind through [`MetadataCache`].
 
-use super::{is_deleting, str_at, ControllerConfig};
-use serde_json::{json, Value};
-use skiff_api::resource::{find_by_kind, ResourceInfo};
-use skiff_client::controller::{run_until_shutdown, wait_for_sync, Action};
-use skiff_client::informer::{Handler, Informer};
+use super::{is_deleting, key_of, name_of, namespace_of, uid_of, ControllerConfig};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::Metadata;
+use serde_json::json;
+use skiff_api::resource::ResourceInfo;
+use skiff_client::controller::{run_until_shutdown, wait_for_sync, Action, Syncable};
+use skiff_client::factory::SharedInformerFactory;
+use skiff_client::informer::{CacheObject, Handler, Informer};
 use skiff_client::queue::WorkQueue;
 use skiff_client::{Client, ClientError, ListOptions};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Kinds the collector watches, as (apiVersion, kind); a key in its queue is
-/// `<kind>/<namespace>/<name>`.
-const KINDS: [(&str, &str); 3] = [
-    ("apps/v1", "Deployment"),
-    ("apps/v1", "ReplicaSet"),
-    ("v1", "Pod"),
-];
+/// What the collector needs of one kind's cache: its objects' metadata.
+pub trait MetadataCache: Syncable {
+    fn resource(&self) -> &'static ResourceInfo;
+    fn metadata(&self, key: &str) -> Option<ObjectMeta>;
+    /// The metadata of every cached object that `filter` accepts.
+    fn select(&self, filter: &dyn Fn(&ObjectMeta) -> bool) -> Vec<ObjectMeta>;
+    fn queue_keys(&self) -> Vec<String>;
+}
+
+struct KindCache<K> {
+    resource: &'static ResourceInfo,
+    informer: Arc<Informer<K>>,
+}
+
+impl<K: CacheObject + Metadata<Ty = ObjectMeta>> Syncable for KindCache<K> {
+    fn wait_synced(&self) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(self.informer.wait_synced())
+    }
+}
+
+impl<K: CacheObject + Metadata<Ty = ObjectMeta>> MetadataCache for KindCache<K> {
+    fn resource(&self) -> &'static ResourceInfo {
+        self.resource
+    }
+
+    fn metadata(&self, key: &str) -> Option<ObjectMeta> {
+        self.informer.get(key).map(|o| o.metadata().clone())
+    }
+
+    fn select(&self, filter: &dyn Fn(&ObjectMeta) -> bool) -> Vec<ObjectMeta> {
+        self.informer
+            .list_filtered(|o| filter(o.metadata()))
+            .iter()
+            .map(|o| o.metadata().clone())
+            .collect()
+    }
+
+    fn queue_keys(&self) -> Vec<String> {
+        self.informer
+            .list()
+            .iter()
+            .map(|o| queue_key(self.resource.kind, o.metadata()))
+            .collect()
+    }
+}
+
+/// Registers the collector's handler on `factory`'s informer of `K`.
+fn watch_kind<K: CacheObject + Metadata<Ty = ObjectMeta>>(
+    factory: &SharedInformerFactory,
+    resource: &'static ResourceInfo,
+    queue: &WorkQueue,
+) -> Arc<dyn MetadataCache> {
+    let informer: Arc<Informer<K>> = factory.informer(resource, None, ListOptions::default());
+    let queue = queue.clone();
+    let kind = resource.kind;
+    let handler: Handler<K> = Arc::new(move |_key, old, new| {
+        if let Some(object) = new.or(old) {
+            let meta = object.metadata();
+            queue.add(&queue_key(kind, meta));
+            // A deleted owner's dependents must be looked at.
+            if new.is_none() || new.is_some_and(|n| is_deleting(n.metadata())) {
+                queue.add(&format!("owner/{}", uid_of(meta)));
+            }
+        }
+    });
+    informer.add_handler(handler);
+    Arc::new(KindCache { resource, informer })
+}
 
 struct Context {
     client: Client,
-    informers: Vec<(&'static ResourceInfo, Informer)>,
+    caches: Vec<Arc<dyn MetadataCache>>,
 }
 
 impl Context {
-    fn informer(&self, kind: &str) -> Option<&Informer> {
-        self.informers
-            .iter()
-            .find(|(r, _)| r.kind == kind)
-            .map(|(_, i)| i)
+    fn cache(&self, kind: &str) -> Option<&Arc<dyn MetadataCache>> {
+        self.caches.iter().find(|c| c.resource().kind == kind)
     }
 
-    /// Every cached object owning nothing but pointing at `uid` as an owner.
-    fn dependents_of(&self, uid: &str) -> Vec<(&'static ResourceInfo, Arc<Value>)> {
-        let mut out = Vec::new();
-        for (resource, informer) in &self.informers {
-            for object in informer.list() {
-                let owned = object
-                    .pointer("/metadata/ownerReferences")
-                    .and_then(Value::as_array)
-                    .is_some_and(|refs| {
-                        refs.iter()
-                            .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
-                    });
-                if owned {
-                    out.push((*resource, object));
-                }
-            }
-        }
-        out
+    /// Every cached object pointing at `uid` as an owner.
+    fn dependents_of(&self, uid: &str) -> Vec<(&'static ResourceInfo, ObjectMeta)> {
+        let owned_by =
+            |meta: &ObjectMeta| meta.owner_references.iter().flatten().any(|r| r.uid == uid);
+        self.caches
+            .iter()
+            .flat_map(|c| {
+                let resource = c.resource();
+                c.select(&owned_by).into_iter().map(move |m| (resource, m))
+            })
+            .collect()
     }
 
     /// Whether the owner a reference points at still exists (same UID).
-    async fn owner_exists(&self, namespace: &str, reference: &Value) -> Result<bool, ClientError> {
-        let kind = str_at(reference, "/kind");
-        let api_version = str_at(reference, "/apiVersion");
-        let Some(resource) = skiff_api::resource::find_by_kind(api_version, kind) else {
+    async fn owner_exists(
+        &self,
+        namespace: &str,
+        reference: &OwnerReference,
+    ) -> Result<bool, ClientError> {
+        let Some(resource) =
+            skiff_api::resource::find_by_kind(&reference.api_version, &reference.kind)
+        else {
             // An owner kind skiff does not serve cannot exist.
             return Ok(false);
         };
-        let name = str_at(reference, "/name");
-        let uid = str_at(reference, "/uid");
-        if let Some(informer) = self.informer(kind) {
-            let key = if resource.namespaced {
-                format!("{namespace}/{name}")
-            } else {
-                name.to_string()
-            };
-            if let Some(cached) = informer.get(&key) {
-                if str_at(&cached, "/metadata/uid") == uid {
-                    return Ok(true);
-                }
-            }
+        let key = if resource.namespaced {
+            format!("{namespace}/{}", reference.name)
+        } else {
+            reference.name.clone()
+        };
+        let cached = self.cache(&reference.kind).and_then(|c| c.metadata(&key));
+        if cached.is_some_and(|m| uid_of(&m) == reference.uid) {
+            return Ok(true);
         }
         // The cache may lag: confirm absence with the API before deleting anything.
         let ns = resource.namespaced.then_some(namespace);
-        match self.client.get(resource, ns, name).await {
-            Ok(live) => Ok(str_at(&live, "/metadata/uid") == uid),
+        match self.client.get(resource, ns, &reference.name).await {
+            Ok(live) => Ok(live.pointer("/metadata/uid").and_then(|u| u.as_str())
+                == Some(reference.uid.as_str())),
             Err(e) if e.is_not_found() => Ok(false),
             Err(e) => Err(e),
         }
     }
 }
 
-fn queue_key(kind: &str, object: &Value) -> String {
-    format!(
-        "{kind}/{}/{}",
-        str_at(object, "/metadata/namespace"),
-        str_at(object, "/metadata/name")
-    )
+fn queue_key(kind: &str, meta: &ObjectMeta) -> String {
+    format!("{kind}/{}", key_of(meta))
 }
 
-/// Runs the garbage collector until `shutdown` completes.
-pub async fn run(client: Client, config: ControllerConfig, shutdown: impl Future<Output = ()>) {
+/// Runs the garbage collector on `factory`'s informers until `shutdown` completes.
+pub async fn run(
+    factory: SharedInformerFactory,
+    config: ControllerConfig,
+    shutdown: impl Future<Output = ()>,
+) {
     let queue = WorkQueue::default();
-    let mut informers = Vec::new();
-    for (api_version, kind) in KINDS {
-        let resource = find_by_kind(api_version, kind).expect("served");
-        let queue = queue.clone();
-        let handler: Handler = Arc::new(move |_key, old, new| {
-            if let Some(object) = new.or(old) {
-                queue.add(&queue_key(kind, object));
-                // A deleted owner's dependents must be looked at.
-                if new.is_none() || new.is_some_and(|n| is_deleting(n)) {
-                    queue.add(&format!("owner/{}", str_at(object, "/metadata/uid")));
-                }
-            }
-        });
-        informers.push((
-            resource,
-            Informer::spawn(
-                client.clone(),
-                resource,
-                None,
-                ListOptions::default(),
-                handler,
-            ),
-        ));
-    }
+    let caches = vec![
+        watch_kind::<Deployment>(&factory, &skiff_api::resource::DEPLOYMENTS, &queue),
+        watch_kind::<ReplicaSet>(&factory, &skiff_api::resource::REPLICA_SETS, &queue),
+        watch_kind::<Pod>(&factory, &skiff_api::resource::PODS, &queue),
+    ];
+    factory.start();
     tokio::pin!(shutdown);
-    let caches: Vec<&Informer> = informers.iter().map(|(_, i)| i).collect();
-    if !wait_for_sync(&caches, shutdown.as_mut()).await {
+    let syncables: Vec<&dyn Syncable> =
+        caches.iter().map(|c| c.as_ref() as &dyn Syncable).collect();
+    if !wait_for_sync(&syncables, shutdown.as_mut()).await {
         return;
     }
-    let context = Arc::new(Context { client, informers });
+    let context = Arc::new(Context {
+        client: factory.client().clone(),
+        caches,
+    });
     let keys = {
         let context = context.clone();
-        move || {
-            context
-                .informers
-                .iter()
-                .flat_map(|(r, i)| i.list().into_iter().map(move |o| queue_key(r.kind, &o)))
-                .collect()
-        }
+        move || context.caches.iter().flat_map(|c| c.queue_keys()).collect()
     };
     run_until_shutdown(
         "garbage-collector",
@@ -167,31 +205,15 @@ async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> 
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default(),
     );
-    let Some(informer) = context.informer(kind) else {
+    let Some(cache) = context.cache(kind) else {
         return Ok(Action::Done);
     };
-    let Some(resource) = context
-        .informers
-        .iter()
-        .find(|(r, _)| r.kind == kind)
-        .map(|(r, _)| *r)
-    else {
+    let resource = cache.resource();
+    let Some(object) = cache.metadata(&format!("{namespace}/{name}")) else {
         return Ok(Action::Done);
     };
-    let Some(object) = informer.get(&format!("{namespace}/{name}")) else {
-        return Ok(Action::Done);
-    };
-    let uid = str_at(&object, "/metadata/uid").to_string();
-    let finalizers: Vec<String> = object
-        .pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .map(|f| {
-            f.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
+    let uid = uid_of(&object).to_string();
+    let finalizers: Vec<String> = object.finalizers.clone().unwrap_or_default();
 
     // This object as an owner being deleted with Orphan or Foreground.
     if is_deleting(&object)
@@ -202,23 +224,19 @@ async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> 
         let dependents = context.dependents_of(&uid);
         if finalizers.iter().any(|f| f == "orphan") {
             for (dep_resource, dependent) in &dependents {
-                let refs: Vec<Value> = dependent
-                    .pointer("/metadata/ownerReferences")
-                    .and_then(Value::as_array)
-                    .map(|r| {
-                        r.iter()
-                            .filter(|r| r.get("uid").and_then(Value::as_str) != Some(uid.as_str()))
-                            .cloned()
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let refs: Vec<&OwnerReference> = dependent
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .filter(|r| r.uid != uid)
+                    .collect();
                 let patch = json!({"metadata": {"ownerReferences": refs}});
                 match context
                     .client
                     .patch(
                         dep_resource,
-                        Some(str_at(dependent, "/metadata/namespace")),
-                        str_at(dependent, "/metadata/name"),
+                        Some(namespace_of(dependent)),
+                        name_of(dependent),
                         "application/merge-patch+json",
                         &patch,
                     )
@@ -240,8 +258,8 @@ async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> 
                     .client
                     .delete(
                         dep_resource,
-                        Some(str_at(dependent, "/metadata/namespace")),
-                        str_at(dependent, "/metadata/name"),
+                        Some(namespace_of(dependent)),
+                        name_of(dependent),
                         "Foreground",
                         None,
                     )
@@ -260,11 +278,7 @@ async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> 
     }
 
     // This object as a dependent: delete it when every owner is gone.
-    let references: Vec<Value> = object
-        .pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let references = object.owner_references.clone().unwrap_or_default();
     if references.is_empty() || is_deleting(&object) {
         return Ok(Action::Done);
     }
@@ -283,26 +297,23 @@ async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> 
 async fn remove_finalizer(
     context: &Context,
     resource: &ResourceInfo,
-    object: &Value,
+    object: &ObjectMeta,
     finalizer: &str,
 ) -> Result<Action, ClientError> {
-    let remaining: Vec<Value> = object
-        .pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .map(|f| {
-            f.iter()
-                .filter(|v| v.as_str() != Some(finalizer))
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    let patch = json!({"metadata": {"finalizers": remaining, "resourceVersion": str_at(object, "/metadata/resourceVersion")}});
+    let remaining: Vec<&String> = object
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|f| f.as_str() != finalizer)
+        .collect();
+    let patch =
+        json!({"metadata": {"finalizers": remaining, "resourceVersion": object.resource_version}});
     match context
         .client
         .patch(
             resource,
-            Some(str_at(object, "/metadata/namespace")),
-            str_at(object, "/metadata/name"),
+            Some(namespace_of(object)),
+            name_of(object),
             "application/merge-patch+json",
             &patch,
         )

@@ -1,32 +1,28 @@
-//! The controller manager: ReplicaSets, Deployments, the garbage collector and node
-//! lifecycle. Each is a level-triggered loop over informer caches (`skiff-client`'s
-//! harness) that writes only through the API server.
+//! The controller manager: ReplicaSets, Deployments, the garbage collector, node
+//! lifecycle and event expiry. Each is a level-triggered loop over typed caches from one
+//! [`SharedInformerFactory`] (`skiff-client`'s harness) that writes only through the API
+//! server. ReplicaSet and Deployment reconciles are a pure plan over a snapshot
+//! (`plan`) and a thin executor over [`api::ControllerApi`].
 
+pub mod api;
 pub mod deployment;
 pub mod events;
 pub mod gc;
 pub mod nodelifecycle;
 pub mod replicaset;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, ObjectMeta, OwnerReference, Time,
+};
+use k8s_openapi::{Metadata, Resource};
 use serde_json::{json, Value};
+use skiff_api::clock::SharedClock;
+use skiff_client::factory::SharedInformerFactory;
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
-
-/// The controllers' clock; tests substitute their own.
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> DateTime<Utc>;
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
 
 /// Settings of the controller manager.
 #[derive(Debug, Clone)]
@@ -71,11 +67,11 @@ impl ControllerConfig {
     }
 }
 
-/// Runs every controller until `shutdown` completes.
+/// Runs every controller on `factory`'s shared informers until `shutdown` completes.
 pub async fn run(
-    client: skiff_client::Client,
+    factory: SharedInformerFactory,
     config: ControllerConfig,
-    clock: Arc<dyn Clock>,
+    clock: SharedClock,
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -84,30 +80,30 @@ pub async fn run(
     };
     let tasks = vec![
         tokio::spawn(replicaset::run(
-            client.clone(),
+            factory.clone(),
             config.clone(),
             clock.clone(),
             wait(stopped.clone()),
         )),
         tokio::spawn(deployment::run(
-            client.clone(),
+            factory.clone(),
             config.clone(),
             clock.clone(),
             wait(stopped.clone()),
         )),
         tokio::spawn(gc::run(
-            client.clone(),
+            factory.clone(),
             config.clone(),
             wait(stopped.clone()),
         )),
         tokio::spawn(nodelifecycle::run(
-            client.clone(),
+            factory.clone(),
             config.clone(),
             clock.clone(),
             wait(stopped.clone()),
         )),
         tokio::spawn(events::run(
-            client.clone(),
+            factory.client().clone(),
             config.event_ttl,
             Duration::from_secs(60),
             clock.clone(),
@@ -122,126 +118,161 @@ pub async fn run(
 }
 
 /// The UID of an object's controller owner.
-pub fn controller_uid(object: &Value) -> Option<&str> {
-    object
-        .pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)?
+pub fn controller_uid(meta: &ObjectMeta) -> Option<&str> {
+    meta.owner_references
+        .as_deref()?
         .iter()
-        .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
-        .and_then(|r| r.get("uid").and_then(Value::as_str))
+        .find(|r| r.controller == Some(true))
+        .map(|r| r.uid.as_str())
 }
 
 /// A controller owner reference to `owner`.
-pub fn owner_reference(owner: &Value) -> Value {
+pub fn owner_reference<K: Resource + Metadata<Ty = ObjectMeta>>(owner: &K) -> OwnerReference {
+    let meta = owner.metadata();
+    OwnerReference {
+        api_version: K::API_VERSION.to_string(),
+        kind: K::KIND.to_string(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// What an Event names as its subject: the object's type and identifying metadata
+/// (the recorder reads nothing else).
+pub fn event_subject<K: Resource + Metadata<Ty = ObjectMeta>>(object: &K) -> Value {
+    let meta = object.metadata();
     json!({
-        "apiVersion": owner.get("apiVersion"),
-        "kind": owner.get("kind"),
-        "name": owner.pointer("/metadata/name"),
-        "uid": owner.pointer("/metadata/uid"),
-        "controller": true,
-        "blockOwnerDeletion": true,
+        "apiVersion": K::API_VERSION,
+        "kind": K::KIND,
+        "metadata": {
+            "name": meta.name,
+            "namespace": meta.namespace,
+            "uid": meta.uid,
+            "resourceVersion": meta.resource_version,
+        },
     })
 }
 
-pub fn str_at<'a>(object: &'a Value, pointer: &str) -> &'a str {
-    object
-        .pointer(pointer)
-        .and_then(Value::as_str)
+pub fn name_of(meta: &ObjectMeta) -> &str {
+    meta.name.as_deref().unwrap_or_default()
+}
+
+pub fn namespace_of(meta: &ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or_default()
+}
+
+pub fn uid_of(meta: &ObjectMeta) -> &str {
+    meta.uid.as_deref().unwrap_or_default()
+}
+
+/// The `namespace/name` work-queue key of a namespaced object.
+pub fn key_of(meta: &ObjectMeta) -> String {
+    format!("{}/{}", namespace_of(meta), name_of(meta))
+}
+
+pub fn is_deleting(meta: &ObjectMeta) -> bool {
+    meta.deletion_timestamp.is_some()
+}
+
+pub fn labels_of(meta: &ObjectMeta) -> BTreeMap<String, String> {
+    meta.labels.clone().unwrap_or_default()
+}
+
+/// A typed label selector as skiff-api's matcher; `None` for an empty or invalid one,
+/// which selects nothing for a controller.
+pub fn selector_of(selector: &LabelSelector) -> Option<skiff_api::selector::LabelSelector> {
+    let value = serde_json::to_value(selector).ok()?;
+    skiff_api::selector::LabelSelector::from_structured(&value)
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+fn pod_phase(pod: &Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
         .unwrap_or_default()
 }
 
-pub fn i64_at(object: &Value, pointer: &str) -> i64 {
-    object.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
-}
-
-pub fn is_deleting(object: &Value) -> bool {
-    object
-        .pointer("/metadata/deletionTimestamp")
-        .is_some_and(|v| !v.is_null())
-}
-
 /// Whether a pod counts as active for its ReplicaSet: not finished, not being deleted.
-pub fn pod_is_active(pod: &Value) -> bool {
-    !is_deleting(pod) && !matches!(str_at(pod, "/status/phase"), "Succeeded" | "Failed")
+pub fn pod_is_active(pod: &Pod) -> bool {
+    !is_deleting(&pod.metadata) && !matches!(pod_phase(pod), "Succeeded" | "Failed")
 }
 
 /// When the pod became Ready, if it is.
-pub fn ready_since(pod: &Value) -> Option<DateTime<Utc>> {
+pub fn ready_since(pod: &Pod) -> Option<DateTime<Utc>> {
     let condition = pod
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)?
+        .status
+        .as_ref()?
+        .conditions
+        .as_deref()?
         .iter()
-        .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))?;
-    if condition.get("status").and_then(Value::as_str) != Some("True") {
+        .find(|c| c.type_ == "Ready")?;
+    if condition.status != "True" {
         return None;
     }
-    condition
-        .get("lastTransitionTime")
-        .and_then(Value::as_str)
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
-        .or(Some(DateTime::<Utc>::MIN_UTC))
+    Some(
+        condition
+            .last_transition_time
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC),
+    )
 }
 
 /// Whether a pod has been Ready for `min_ready_seconds` at `now`.
-pub fn pod_is_available(pod: &Value, min_ready_seconds: i64, now: DateTime<Utc>) -> bool {
+pub fn pod_is_available(pod: &Pod, min_ready_seconds: i64, now: DateTime<Utc>) -> bool {
     ready_since(pod).is_some_and(|since| {
         min_ready_seconds == 0 || since + chrono::Duration::seconds(min_ready_seconds) <= now
     })
 }
 
-/// A status condition with timestamps kept from `previous` unless its status changed.
-pub fn condition(
-    previous: Option<&Value>,
-    kind: &str,
-    status: bool,
-    reason: &str,
-    message: &str,
-    now: &str,
-) -> Value {
-    let status_text = if status { "True" } else { "False" };
-    let same_status =
-        previous.is_some_and(|p| p.get("status").and_then(Value::as_str) == Some(status_text));
-    let same_reason =
-        previous.is_some_and(|p| p.get("reason").and_then(Value::as_str) == Some(reason));
-    let transition = previous
-        .filter(|_| same_status)
-        .and_then(|p| p.get("lastTransitionTime").cloned())
-        .unwrap_or(json!(now));
-    let update = previous
-        .filter(|_| same_status && same_reason)
-        .and_then(|p| p.get("lastUpdateTime").cloned())
-        .unwrap_or(json!(now));
-    json!({"type": kind, "status": status_text, "reason": reason, "message": message,
-        "lastUpdateTime": update, "lastTransitionTime": transition})
-}
-
-pub fn find_condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
-    object
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)?
-        .iter()
-        .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
+/// A timestamp as objects store it: whole seconds, so what is written compares equal to
+/// what is read back and a status with a fresh time does not differ forever.
+pub fn time(t: DateTime<Utc>) -> Time {
+    Time(t.trunc_subsecs(0))
 }
 
 pub fn timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-/// Writes `status` to the object's status subresource if it differs from the stored one.
-pub async fn write_status(
-    client: &skiff_client::Client,
-    resource: &skiff_api::ResourceInfo,
-    object: &Value,
-    status: Value,
-) -> Result<(), skiff_client::ClientError> {
-    if object.get("status") == Some(&status) {
-        return Ok(());
+/// What a recomputed condition keeps of the stored one.
+#[derive(Debug, Clone, Copy)]
+pub struct PreviousCondition<'a> {
+    pub status: &'a str,
+    pub reason: Option<&'a str>,
+    pub last_transition_time: Option<&'a Time>,
+    pub last_update_time: Option<&'a Time>,
+}
+
+/// Timestamps (transition, update) of a condition that is (re)computed: the transition
+/// time stays while the status stays, the update time while status and reason stay.
+pub fn condition_times(
+    previous: Option<PreviousCondition<'_>>,
+    status: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> (Time, Time) {
+    let same_status = previous.is_some_and(|p| p.status == status);
+    let same_reason = previous.is_some_and(|p| p.reason == Some(reason));
+    let transition = previous
+        .filter(|_| same_status)
+        .and_then(|p| p.last_transition_time.cloned())
+        .unwrap_or(time(now));
+    let update = previous
+        .filter(|_| same_status && same_reason)
+        .and_then(|p| p.last_update_time.cloned())
+        .unwrap_or(time(now));
+    (transition, update)
+}
+
+pub fn status_text(status: bool) -> &'static str {
+    if status {
+        "True"
+    } else {
+        "False"
     }
-    let mut updated = object.clone();
-    updated["status"] = status;
-    client
-        .update_status_from_cache(resource, &updated)
-        .await
-        .map(|_| ())
 }

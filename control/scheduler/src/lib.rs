@@ -10,9 +10,12 @@ use self::core::{
     feasible_nodes_to_find, node_info, pod_info, pod_requests, schedule_sampled, NodeInfo, PodInfo,
     Resources,
 };
+use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
 use serde_json::{json, Value};
+use skiff_api::clock::SharedClock;
 use skiff_client::controller::{run_until_shutdown, wait_for_sync, Action, NoResync};
 use skiff_client::events::{EventType, Recorder};
+use skiff_client::factory::SharedInformerFactory;
 use skiff_client::informer::{Handler, Informer};
 use skiff_client::queue::{Backoff, WorkQueue};
 use skiff_client::{Client, ListOptions};
@@ -76,8 +79,10 @@ impl Snapshot {
         self.placements.insert(key.to_string(), placement);
     }
 
-    fn upsert_node(&mut self, node: &Value) {
-        let mut info = node_info(node);
+    fn upsert_node(&mut self, node: &Node) {
+        // The decision reads nodes as JSON; nodes change rarely, so converting each
+        // change once is cheap.
+        let mut info = node_info(&serde_json::to_value(node).unwrap_or_default());
         match self.index.get(&info.name) {
             Some(&i) => {
                 info.requested = self.nodes[i].requested;
@@ -118,30 +123,65 @@ fn lock(s: &Mutex<Snapshot>) -> std::sync::MutexGuard<'_, Snapshot> {
     s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn is_terminal(pod: &Value) -> bool {
+fn is_terminal(pod: &Pod) -> bool {
     matches!(
-        pod.pointer("/status/phase").and_then(Value::as_str),
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Succeeded" | "Failed")
     )
 }
 
-fn needs_scheduling(pod: &Value) -> bool {
-    pod.pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .is_none_or(str::is_empty)
+fn node_name(pod: &Pod) -> Option<&str> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .filter(|n| !n.is_empty())
+}
+
+fn needs_scheduling(pod: &Pod) -> bool {
+    node_name(pod).is_none()
         && pod
-            .pointer("/spec/schedulerName")
-            .and_then(Value::as_str)
+            .spec
+            .as_ref()
+            .and_then(|s| s.scheduler_name.as_deref())
             .unwrap_or(SCHEDULER_NAME)
             == SCHEDULER_NAME
-        && pod
-            .pointer("/metadata/deletionTimestamp")
-            .is_none_or(Value::is_null)
+        && pod.metadata.deletion_timestamp.is_none()
         && !is_terminal(pod)
 }
 
-/// Runs the scheduler until `shutdown` completes.
-pub async fn run(client: Client, shutdown: impl Future<Output = ()>) {
+/// What spreading and affinity need of a placed pod, read from the typed object.
+fn typed_pod_info(pod: &Pod) -> PodInfo {
+    PodInfo {
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        owner: pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|r| r.controller == Some(true))
+            .map(|r| r.uid.clone()),
+    }
+}
+
+/// A pod's placement on `node`. Requests are read through the decision's JSON form;
+/// callers do this once per pod and placement, not on every status change.
+fn placement(pod: &Pod, node: String) -> Placement {
+    let value = serde_json::to_value(pod).unwrap_or_default();
+    Placement {
+        node,
+        requests: pod_requests(&value),
+        info: typed_pod_info(pod),
+    }
+}
+
+/// Runs the scheduler on `factory`'s node and pod informers until `shutdown` completes.
+pub async fn run(
+    factory: SharedInformerFactory,
+    clock: SharedClock,
+    shutdown: impl Future<Output = ()>,
+) {
+    let client = factory.client().clone();
     let snapshot = Arc::new(Mutex::new(Snapshot::default()));
     let queue = WorkQueue::new(Backoff {
         base: Duration::from_millis(100),
@@ -156,7 +196,7 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()>) {
             }
         }
     };
-    let node_handler: Handler = {
+    let node_handler: Handler<Node> = {
         let snapshot = snapshot.clone();
         let retry = retry_unschedulable.clone();
         Arc::new(move |key, _old, new| {
@@ -167,7 +207,7 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()>) {
             retry();
         })
     };
-    let pod_handler: Handler = {
+    let pod_handler: Handler<Pod> = {
         let (snapshot, queue) = (snapshot.clone(), queue.clone());
         let retry = retry_unschedulable.clone();
         Arc::new(move |key, _old, new| {
@@ -175,26 +215,14 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()>) {
             {
                 let mut s = lock(&snapshot);
                 match new {
-                    Some(pod)
-                        if !is_terminal(pod)
-                            && pod
-                                .pointer("/spec/nodeName")
-                                .and_then(Value::as_str)
-                                .is_some_and(|n| !n.is_empty()) =>
-                    {
-                        let node = pod
-                            .pointer("/spec/nodeName")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_string();
-                        s.add_placement(
-                            key,
-                            Placement {
-                                node,
-                                requests: pod_requests(pod),
-                                info: pod_info(pod),
-                            },
-                        );
+                    Some(pod) if !is_terminal(pod) && node_name(pod).is_some() => {
+                        let node = node_name(pod).unwrap_or_default();
+                        // Requests cannot change once a pod is bound: a pod already
+                        // counted on its node is not read again on status updates.
+                        let counted = s.placements.get(key).is_some_and(|p| p.node == node);
+                        if !counted {
+                            s.add_placement(key, placement(pod, node.to_string()));
+                        }
                         s.unschedulable.remove(key);
                     }
                     Some(pod) if needs_scheduling(pod) => {
@@ -212,20 +240,13 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()>) {
             }
         })
     };
-    let nodes = Informer::spawn(
-        client.clone(),
-        &skiff_api::resource::NODES,
-        None,
-        ListOptions::default(),
-        node_handler,
-    );
-    let pods = Arc::new(Informer::spawn(
-        client.clone(),
-        &skiff_api::resource::PODS,
-        None,
-        ListOptions::default(),
-        pod_handler,
-    ));
+    let nodes: Arc<Informer<Node>> =
+        factory.informer(&skiff_api::resource::NODES, None, ListOptions::default());
+    let pods: Arc<Informer<Pod>> =
+        factory.informer(&skiff_api::resource::PODS, None, ListOptions::default());
+    nodes.add_handler(node_handler);
+    pods.add_handler(pod_handler);
+    factory.start();
     tokio::pin!(shutdown);
     if !wait_for_sync(&[&nodes, &pods], shutdown.as_mut()).await {
         return;
@@ -240,14 +261,22 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()>) {
         WORKERS,
         no_resync,
         move |key: String| {
-            let (client, recorder, snapshot, pods) = (
+            let (client, recorder, snapshot, pods, clock) = (
                 client.clone(),
                 recorder.clone(),
                 snapshot.clone(),
                 pods.clone(),
+                clock.clone(),
             );
             async move {
-                schedule_one(&client, &recorder, &snapshot, &key, pods.get(&key))
+                let context = Scheduling {
+                    client: &client,
+                    recorder: &recorder,
+                    snapshot: &snapshot,
+                    clock: &clock,
+                };
+                context
+                    .schedule_one(&key, pods.get(&key))
                     .await
                     .map(|()| Action::Done)
             }
@@ -257,127 +286,174 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()>) {
     .await;
 }
 
-async fn schedule_one(
-    client: &Client,
-    recorder: &Recorder,
-    snapshot: &Mutex<Snapshot>,
-    key: &str,
-    pod: Option<Arc<Value>>,
-) -> Result<(), skiff_client::ClientError> {
-    let Some(pod) = pod.filter(|p| needs_scheduling(p)) else {
-        return Ok(());
-    };
-    if lock(snapshot).placements.contains_key(key) {
-        // Bound by this scheduler already; the cache has not caught up yet.
-        return Ok(());
-    }
-    let decision = {
-        let mut s = lock(snapshot);
-        let total = s.nodes.len();
-        let start = s.next_start;
-        s.next_start = if total == 0 { 0 } else { (start + 1) % total };
-        let limit = feasible_nodes_to_find(total);
-        let decision = schedule_sampled(&pod, &s.nodes, start, limit);
-        if let Ok(node) = &decision {
-            // Count the pod on its node now, so the next decision sees it.
-            s.add_placement(
-                key,
-                Placement {
-                    node: node.clone(),
-                    requests: pod_requests(&pod),
-                    info: pod_info(&pod),
-                },
-            );
+/// What scheduling one pod uses.
+struct Scheduling<'a> {
+    client: &'a Client,
+    recorder: &'a Recorder,
+    snapshot: &'a Mutex<Snapshot>,
+    clock: &'a SharedClock,
+}
+
+impl Scheduling<'_> {
+    async fn schedule_one(
+        &self,
+        key: &str,
+        pod: Option<Arc<Pod>>,
+    ) -> Result<(), skiff_client::ClientError> {
+        let Some(pod) = pod.filter(|p| needs_scheduling(p)) else {
+            return Ok(());
+        };
+        if lock(self.snapshot).placements.contains_key(key) {
+            // Bound by this scheduler already; the cache has not caught up yet.
+            return Ok(());
         }
-        decision
-    };
-    let pods = &skiff_api::resource::PODS;
-    let namespace = pod.pointer("/metadata/namespace").and_then(Value::as_str);
-    let name = pod
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    match decision {
-        Ok(node) => {
-            let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": namespace}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
-            let path = format!("{}/binding", Client::item_path(pods, namespace, name));
-            let body = serde_json::to_vec(&binding).unwrap_or_default();
-            match client
-                .request(
-                    skiff_client::Method::Post,
-                    &path,
-                    Some(("application/json", body)),
-                    None,
-                )
-                .await
-            {
-                Ok(_) => {
-                    let now = chrono::Utc::now();
-                    recorder.record(
-                        &pod,
-                        EventType::Normal,
-                        "Scheduled",
-                        &format!(
-                            "Successfully assigned {}/{name} to {node}",
-                            namespace.unwrap_or_default()
-                        ),
-                        now,
-                    );
-                    Ok(())
-                }
-                // Bound by someone else, or gone: nothing to do.
-                Err(e) if e.code() == Some(409) || e.is_not_found() => {
-                    lock(snapshot).remove_placement(key);
-                    Ok(())
-                }
-                Err(e) => {
-                    lock(snapshot).remove_placement(key);
-                    Err(e)
-                }
+        // The decision reads the pod as JSON: one conversion per decision.
+        let pod_value = serde_json::to_value(&*pod).unwrap_or_default();
+        let decision = {
+            let mut s = lock(self.snapshot);
+            let total = s.nodes.len();
+            let start = s.next_start;
+            s.next_start = if total == 0 { 0 } else { (start + 1) % total };
+            let limit = feasible_nodes_to_find(total);
+            let decision = schedule_sampled(&pod_value, &s.nodes, start, limit);
+            if let Ok(node) = &decision {
+                // Count the pod on its node now, so the next decision sees it.
+                s.add_placement(
+                    key,
+                    Placement {
+                        node: node.clone(),
+                        requests: pod_requests(&pod_value),
+                        info: pod_info(&pod_value),
+                    },
+                );
             }
-        }
-        Err(unschedulable) => {
-            lock(snapshot).unschedulable.insert(key.to_string());
-            let condition = json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable.message, "lastProbeTime": null});
-            let current = pod
-                .pointer("/status/conditions")
-                .and_then(Value::as_array)
-                .and_then(|c| {
-                    c.iter()
-                        .find(|c| c.get("type").and_then(Value::as_str) == Some("PodScheduled"))
-                });
-            let unchanged = current.is_some_and(|c| {
-                c.get("reason") == condition.get("reason")
-                    && c.get("message") == condition.get("message")
-            });
-            if unchanged {
-                return Ok(());
+            decision
+        };
+        match decision {
+            Ok(node) => self.bind(key, &pod, &node).await,
+            Err(unschedulable) => {
+                self.mark_unschedulable(key, &pod, &unschedulable.message)
+                    .await
             }
-            let mut updated = (*pod).clone();
-            let mut conditions: Vec<Value> = updated
-                .pointer("/status/conditions")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|c| c.get("type").and_then(Value::as_str) != Some("PodScheduled"))
-                .collect();
-            let mut condition = condition;
-            condition["lastTransitionTime"] =
-                json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-            conditions.push(condition);
-            updated["status"]["conditions"] = json!(conditions);
-            if !client.update_status_from_cache(pods, &updated).await? {
-                return Ok(());
-            }
-            recorder.record(
-                &pod,
-                EventType::Warning,
-                "FailedScheduling",
-                &unschedulable.message,
-                chrono::Utc::now(),
-            );
-            Ok(())
         }
     }
+
+    async fn bind(
+        &self,
+        key: &str,
+        pod: &Pod,
+        node: &str,
+    ) -> Result<(), skiff_client::ClientError> {
+        let pods = &skiff_api::resource::PODS;
+        let namespace = pod.metadata.namespace.as_deref();
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name, "namespace": namespace}, "target": {"apiVersion": "v1", "kind": "Node", "name": node}});
+        let path = format!("{}/binding", Client::item_path(pods, namespace, name));
+        let body = serde_json::to_vec(&binding).unwrap_or_default();
+        match self
+            .client
+            .request(
+                skiff_client::Method::Post,
+                &path,
+                Some(("application/json", body)),
+                None,
+            )
+            .await
+        {
+            Ok(_) => {
+                self.recorder.record(
+                    &event_subject(pod),
+                    EventType::Normal,
+                    "Scheduled",
+                    &format!(
+                        "Successfully assigned {}/{name} to {node}",
+                        namespace.unwrap_or_default()
+                    ),
+                    self.clock.now(),
+                );
+                Ok(())
+            }
+            // Bound by someone else, or gone: nothing to do.
+            Err(e) if e.code() == Some(409) || e.is_not_found() => {
+                lock(self.snapshot).remove_placement(key);
+                Ok(())
+            }
+            Err(e) => {
+                lock(self.snapshot).remove_placement(key);
+                Err(e)
+            }
+        }
+    }
+
+    async fn mark_unschedulable(
+        &self,
+        key: &str,
+        pod: &Pod,
+        message: &str,
+    ) -> Result<(), skiff_client::ClientError> {
+        lock(self.snapshot).unschedulable.insert(key.to_string());
+        let conditions = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_deref())
+            .unwrap_or_default();
+        let unchanged = conditions.iter().any(|c| {
+            c.type_ == "PodScheduled"
+                && c.reason.as_deref() == Some("Unschedulable")
+                && c.message.as_deref() == Some(message)
+        });
+        if unchanged {
+            return Ok(());
+        }
+        let mut updated = pod.clone();
+        let status = updated.status.get_or_insert_with(Default::default);
+        let mut conditions: Vec<PodCondition> = status
+            .conditions
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.type_ != "PodScheduled")
+            .collect();
+        conditions.push(PodCondition {
+            type_: "PodScheduled".into(),
+            status: "False".into(),
+            reason: Some("Unschedulable".into()),
+            message: Some(message.to_string()),
+            last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                chrono::SubsecRound::trunc_subsecs(self.clock.now(), 0),
+            )),
+            last_probe_time: None,
+        });
+        status.conditions = Some(conditions);
+        let body = serde_json::to_value(&updated).unwrap_or_default();
+        if !self
+            .client
+            .update_status_from_cache(&skiff_api::resource::PODS, &body)
+            .await?
+        {
+            return Ok(());
+        }
+        self.recorder.record(
+            &event_subject(pod),
+            EventType::Warning,
+            "FailedScheduling",
+            message,
+            self.clock.now(),
+        );
+        Ok(())
+    }
+}
+
+/// What an Event names as its subject.
+fn event_subject(pod: &Pod) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod.metadata.name,
+            "namespace": pod.metadata.namespace,
+            "uid": pod.metadata.uid,
+            "resourceVersion": pod.metadata.resource_version,
+        },
+    })
 }
