@@ -10,14 +10,15 @@ pub mod images;
 pub mod logs;
 pub mod pods;
 pub mod registration;
+pub mod runtimes;
 pub mod status;
 
+use runtimes::RuntimeRegistry;
 use serde_json::Value;
 use skiff_client::controller::{spawn_resync, spawn_workers, Action};
 use skiff_client::informer::Informer;
 use skiff_client::queue::{Backoff, WorkQueue};
 use skiff_client::{Client, ListOptions};
-use skiff_runtime::{ImageService, RuntimeService};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
@@ -108,17 +109,14 @@ fn total_memory_bytes() -> Option<u64> {
 }
 
 /// Runs the agent until `shutdown` completes. `log_listener` serves container logs.
-pub async fn run<R>(
+pub async fn run(
     config: NodeConfig,
     client: Client,
-    runtime: R,
+    runtimes: RuntimeRegistry,
     log_listener: tokio::net::TcpListener,
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), NodeError>
-where
-    R: RuntimeService + ImageService + Clone,
-{
+) -> Result<(), NodeError> {
     let log_port = log_listener.local_addr()?.port();
     registration::register(&client, &config, log_port, clock.as_ref())
         .await
@@ -132,7 +130,7 @@ where
         clock.clone(),
     ));
     let (stop_logs, logs_stopped) = tokio::sync::oneshot::channel::<()>();
-    let log_server = tokio::spawn(logs::serve(log_listener, runtime.clone(), async move {
+    let log_server = tokio::spawn(logs::serve(log_listener, runtimes.clone(), async move {
         let _ = logs_stopped.await;
     }));
 
@@ -156,7 +154,7 @@ where
         skiff_client::events::Recorder::new(client.clone(), "kubelet", Some(&config.name));
     let syncer = Arc::new(pods::PodSyncer::new(
         client.clone(),
-        runtime.clone(),
+        runtimes.clone(),
         config.name.clone(),
         config.address.to_string(),
         config.data_dir.clone(),
@@ -175,30 +173,41 @@ where
     }
     // Pods the runtime runs but the API no longer binds here (deleted while the agent
     // was down) are reconciled too, so they get cleaned up.
-    if let Ok(sandboxes) = runtime.list_pod_sandboxes(&Default::default()).await {
-        for s in sandboxes {
-            queue.add(&format!("{}/{}", s.config.namespace, s.config.name));
+    for backend in runtimes.backends() {
+        if let Ok(sandboxes) = backend
+            .runtime
+            .list_pod_sandboxes(&Default::default())
+            .await
+        {
+            for s in sandboxes {
+                queue.add(&format!("{}/{}", s.config.namespace, s.config.name));
+            }
         }
     }
     // Container exits reach the agent as runtime events (the evented PLEG), so a
     // crashed container's pod is synced at once rather than at the next resync.
-    let runtime_events = {
-        let (queue, informer) = (queue.clone(), informer.clone());
-        let mut events = runtime.container_events();
-        tokio::spawn(async move {
-            loop {
-                match events.recv().await {
-                    Ok(event) => queue.add(&format!("{}/{}", event.pod_namespace, event.pod_name)),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        for key in informer.keys() {
-                            queue.add(&key);
+    let runtime_events: Vec<_> = runtimes
+        .backends()
+        .map(|backend| {
+            let (queue, informer) = (queue.clone(), informer.clone());
+            let mut events = backend.runtime.container_events();
+            tokio::spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(event) => {
+                            queue.add(&format!("{}/{}", event.pod_namespace, event.pod_name))
                         }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            for key in informer.keys() {
+                                queue.add(&key);
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
-            }
+            })
         })
-    };
+        .collect();
     let workers = {
         let (informer, syncer) = (informer.clone(), syncer.clone());
         spawn_workers("pods", queue.clone(), config.workers, move |key: String| {
@@ -222,7 +231,9 @@ where
     shutdown.await;
     queue.shut_down();
     resync.abort();
-    runtime_events.abort();
+    for task in &runtime_events {
+        task.abort();
+    }
     heartbeats.abort();
     for w in workers {
         let _ = w.await;

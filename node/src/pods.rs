@@ -4,6 +4,7 @@
 //! memory is needed for correctness: after a restart the runtime is empty and pods are
 //! started again, with restart counts continued from their status.
 
+use crate::runtimes::RuntimeRegistry;
 use crate::status::{pod_status, ContainerView};
 use crate::Clock;
 use serde_json::Value;
@@ -230,9 +231,9 @@ async fn container_env(
 }
 
 /// Syncs pods of one node against one runtime.
-pub struct PodSyncer<R> {
+pub struct PodSyncer {
     pub client: Client,
-    pub runtime: R,
+    pub runtimes: RuntimeRegistry,
     pub node_name: String,
     pub host_ip: String,
     pub log_root: PathBuf,
@@ -246,11 +247,11 @@ pub struct PodSyncer<R> {
     failures: Mutex<HashMap<(String, String), StartFailure>>,
 }
 
-impl<R: RuntimeService + ImageService> PodSyncer<R> {
+impl PodSyncer {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
-        runtime: R,
+        runtimes: RuntimeRegistry,
         node_name: String,
         host_ip: String,
         data_dir: PathBuf,
@@ -259,7 +260,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
     ) -> Self {
         PodSyncer {
             client,
-            runtime,
+            runtimes,
             node_name,
             host_ip,
             log_root: data_dir.join("pods"),
@@ -270,6 +271,18 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
             log_max_files: 5,
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn runtime(&self) -> &dyn RuntimeService {
+        self.default_backend().runtime.as_ref()
+    }
+
+    fn images(&self) -> &dyn ImageService {
+        self.default_backend().images.as_ref()
+    }
+
+    fn default_backend(&self) -> &crate::runtimes::Backend {
+        self.runtimes.default_backend()
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), StartFailure>> {
@@ -288,7 +301,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
         name: &str,
     ) -> Result<Vec<(SandboxId, String)>, SyncError> {
         Ok(self
-            .runtime
+            .runtime()
             .list_pod_sandboxes(&SandboxFilter {
                 pod: Some((namespace.to_string(), name.to_string())),
             })
@@ -307,7 +320,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
         }) else {
             // Gone (or moved): whatever runs for it here must go.
             for (sandbox, uid) in self.sandboxes_of(namespace, name).await? {
-                self.runtime.remove_pod_sandbox(&sandbox).await?;
+                self.runtime().remove_pod_sandbox(&sandbox).await?;
                 self.remove_volumes(&uid);
                 self.failures().retain(|(u, _), _| u != &uid);
             }
@@ -321,7 +334,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
         // Sandboxes of an earlier pod with the same name are stale.
         for (sandbox, sandbox_uid) in self.sandboxes_of(namespace, name).await? {
             if sandbox_uid != uid {
-                self.runtime.remove_pod_sandbox(&sandbox).await?;
+                self.runtime().remove_pod_sandbox(&sandbox).await?;
                 self.remove_volumes(&sandbox_uid);
             }
         }
@@ -349,11 +362,11 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
                     log_directory: self.log_root.join(format!("{namespace}_{name}_{uid}")),
                     labels: Default::default(),
                 };
-                self.runtime.run_pod_sandbox(&config).await?
+                self.runtime().run_pod_sandbox(&config).await?
             }
         };
         let containers: Vec<ContainerStatus> = self
-            .runtime
+            .runtime()
             .list_containers(&ContainerFilter {
                 sandbox_id: Some(sandbox.clone()),
             })
@@ -413,7 +426,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
                 Some(c) => {
                     match &c.state {
                         ContainerState::Created => {
-                            self.runtime.start_container(&c.id).await?;
+                            self.runtime().start_container(&c.id).await?;
                             None
                         }
                         ContainerState::Running => None,
@@ -472,7 +485,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
                 .map(|l| l.attempt.saturating_sub(1))
                 .unwrap_or(0);
             for old in attempts.iter().filter(|c| c.attempt < keep_from) {
-                self.runtime.remove_container(&old.id).await?;
+                self.runtime().remove_container(&old.id).await?;
             }
             let previous = attempts
                 .iter()
@@ -558,7 +571,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
             );
             return Err(fail("CreateContainerConfigError", message));
         }
-        let pulled = match self.runtime.pull_image(image).await {
+        let pulled = match self.images().pull_image(image).await {
             Ok(p) => p,
             Err(e) => {
                 let message = e.to_string();
@@ -627,7 +640,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
             log_max_files: self.log_max_files,
             mounts,
         };
-        let id = match self.runtime.create_container(sandbox, &config).await {
+        let id = match self.runtime().create_container(sandbox, &config).await {
             Ok(id) => id,
             Err(e) => {
                 let reason = match e {
@@ -645,9 +658,9 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
                 return Err(fail(reason, message));
             }
         };
-        if let Err(e) = self.runtime.start_container(&id).await {
+        if let Err(e) = self.runtime().start_container(&id).await {
             let message = e.to_string();
-            let _ = self.runtime.remove_container(&id).await;
+            let _ = self.runtime().remove_container(&id).await;
             self.event(
                 pod,
                 EventType::Warning,
@@ -663,7 +676,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
             "Started",
             &format!("Started container {name}"),
         );
-        self.runtime
+        self.runtime()
             .container_status(&id)
             .await
             .map_err(|e| ("RunContainerError", e.to_string(), INITIAL_BACKOFF))
@@ -858,10 +871,10 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
             self.event(pod, EventType::Normal, "Killing", "Stopping all containers");
         }
         for (sandbox, _) in sandboxes {
-            self.runtime
+            self.runtime()
                 .stop_pod_sandbox(&sandbox, Duration::from_secs(grace))
                 .await?;
-            self.runtime.remove_pod_sandbox(&sandbox).await?;
+            self.runtime().remove_pod_sandbox(&sandbox).await?;
         }
         self.remove_volumes(uid);
         self.failures().retain(|(u, _), _| u != uid);
