@@ -6,6 +6,7 @@ use crate::{
     ImageService, ImageStatus, PodSandboxConfig, PodSandboxStatus, RuntimeError, RuntimeFuture,
     RuntimeService, SandboxId, SandboxState,
 };
+use skiff_api::clock::SharedClock;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -23,19 +24,18 @@ struct State {
     next: u64,
 }
 
-/// A fake [`RuntimeService`] + [`ImageService`]; clones share state.
+/// A fake [`RuntimeService`] + [`ImageService`]; clones share state. Its timestamps
+/// come from the clock it is given, so tests of back-off move time themselves.
 #[derive(Clone)]
 pub struct FakeRuntime {
     state: Arc<Mutex<State>>,
     events: tokio::sync::broadcast::Sender<crate::ContainerEvent>,
+    clock: SharedClock,
 }
 
 impl Default for FakeRuntime {
     fn default() -> Self {
-        FakeRuntime {
-            state: Arc::default(),
-            events: tokio::sync::broadcast::channel(1024).0,
-        }
+        FakeRuntime::new(skiff_api::clock::system())
     }
 }
 
@@ -46,6 +46,18 @@ impl std::fmt::Debug for FakeRuntime {
 }
 
 impl FakeRuntime {
+    pub fn new(clock: SharedClock) -> Self {
+        FakeRuntime {
+            state: Arc::default(),
+            events: tokio::sync::broadcast::channel(1024).0,
+            clock,
+        }
+    }
+
+    fn now(&self) -> SystemTime {
+        self.clock.system_time()
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -74,7 +86,7 @@ impl FakeRuntime {
                 exit_code,
                 reason,
                 message: String::new(),
-                finished_at: SystemTime::now(),
+                finished_at: self.now(),
             };
         }
     }
@@ -108,7 +120,8 @@ impl RuntimeService for FakeRuntime {
                     id: id.clone(),
                     config: config.clone(),
                     state: SandboxState::Ready,
-                    created_at: SystemTime::now(),
+                    created_at: self.now(),
+                    network: None,
                 },
             );
             Ok(id)
@@ -133,7 +146,7 @@ impl RuntimeService for FakeRuntime {
                         exit_code: 137,
                         reason: ExitReason::Error,
                         message: "stopped".into(),
-                        finished_at: SystemTime::now(),
+                        finished_at: self.now(),
                     };
                 }
             }
@@ -201,13 +214,14 @@ impl RuntimeService for FakeRuntime {
             state.containers.insert(
                 id.clone(),
                 ContainerStatus {
+                    runtime_name: "fake",
                     id: id.clone(),
                     sandbox_id: sandbox.clone(),
                     name: config.name.clone(),
                     attempt: config.attempt,
                     image: config.image.clone(),
                     state: ContainerState::Created,
-                    created_at: SystemTime::now(),
+                    created_at: self.now(),
                     started_at: None,
                     log_path: PathBuf::from(format!("/fake/{id}.log")),
                 },
@@ -228,7 +242,7 @@ impl RuntimeService for FakeRuntime {
                     id: id.clone(),
                 })?;
             c.state = ContainerState::Running;
-            c.started_at = Some(SystemTime::now());
+            c.started_at = Some(self.now());
             Ok(())
         })
     }
@@ -247,7 +261,7 @@ impl RuntimeService for FakeRuntime {
                         exit_code: 137,
                         reason: ExitReason::Error,
                         message: "stopped".into(),
-                        finished_at: SystemTime::now(),
+                        finished_at: self.now(),
                     };
                 }
             }

@@ -28,6 +28,7 @@ pub mod wasm;
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -88,6 +89,17 @@ pub struct PodSandboxStatus {
     pub config: PodSandboxConfig,
     pub state: SandboxState,
     pub created_at: SystemTime,
+    /// The sandbox's addresses (CRI `PodSandboxStatus.network`); `None` while the
+    /// backend gives pods no network of their own.
+    pub network: Option<PodSandboxNetworkStatus>,
+}
+
+/// A sandbox's IP addresses (CRI `PodSandboxNetworkStatus`): `ip` becomes the pod's
+/// `status.podIP`, `additional_ips` the rest of `status.podIPs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSandboxNetworkStatus {
+    pub ip: IpAddr,
+    pub additional_ips: Vec<IpAddr>,
 }
 
 /// Resource limits of one container, from `resources.limits`.
@@ -169,6 +181,8 @@ impl ContainerState {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerStatus {
+    /// The backend that runs the container ([`RuntimeService::runtime_name`]).
+    pub runtime_name: &'static str,
     pub id: ContainerId,
     pub sandbox_id: SandboxId,
     pub name: String,
@@ -179,6 +193,14 @@ pub struct ContainerStatus {
     pub started_at: Option<SystemTime>,
     /// The container's current log file.
     pub log_path: PathBuf,
+}
+
+impl ContainerStatus {
+    /// The container's ID as pod status shows it: `<runtime>://<id>` (CRI style, as in
+    /// `containerd://…`), so the ID says which backend it belongs to.
+    pub fn uri(&self) -> String {
+        format!("{}://{}", self.runtime_name, self.id)
+    }
 }
 
 /// A resolved image: what the user wrote and the content digest it resolved to.

@@ -24,6 +24,7 @@ use crate::{
 use engine::{Compiled, NodeEngine};
 use images::ImageStore;
 use logs::ContainerLog;
+use skiff_api::clock::SharedClock;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +55,8 @@ pub struct WasmRuntimeConfig {
     pub max_concurrent_compiles: usize,
     /// Threads that run guests, apart from the agent's own.
     pub guest_threads: usize,
+    /// Where the times of sandbox and container records come from.
+    pub clock: SharedClock,
 }
 
 impl WasmRuntimeConfig {
@@ -66,6 +69,7 @@ impl WasmRuntimeConfig {
             epoch_tick: Duration::from_millis(10),
             max_concurrent_compiles: 2,
             guest_threads: 2,
+            clock: skiff_api::clock::system(),
         }
     }
 }
@@ -235,7 +239,7 @@ fn record_exit_state<S>(
             exit_code: outcome.exit_code,
             reason: outcome.reason,
             message: outcome.message,
-            finished_at: SystemTime::now(),
+            finished_at: inner.config.clock.system_time(),
         };
         record.cancel = None;
     }
@@ -269,7 +273,7 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                 SandboxRecord {
                     config: config.clone(),
                     state: SandboxState::Ready,
-                    created_at: SystemTime::now(),
+                    created_at: self.inner.config.clock.system_time(),
                 },
             );
             Ok(id)
@@ -345,6 +349,7 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                     config: s.config.clone(),
                     state: s.state,
                     created_at: s.created_at,
+                    network: None,
                 })
                 .collect())
         })
@@ -402,13 +407,14 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
             .map_err(|e| RuntimeError::Io(format!("cannot open {}: {e}", log_path.display())))?;
             let id = self.new_id("container");
             let status = ContainerStatus {
+                runtime_name: RUNTIME_NAME,
                 id: id.clone(),
                 sandbox_id: sandbox.clone(),
                 name: config.name.clone(),
                 attempt: config.attempt,
                 image: config.image.clone(),
                 state: ContainerState::Created,
-                created_at: SystemTime::now(),
+                created_at: self.inner.config.clock.system_time(),
                 started_at: None,
                 log_path,
             };
@@ -458,7 +464,7 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                 }
                 record.status.state = ContainerState::Running;
                 self.inner.running.fetch_add(1, Ordering::AcqRel);
-                record.status.started_at = Some(SystemTime::now());
+                record.status.started_at = Some(self.inner.config.clock.system_time());
                 record.cancel = Some(cancel_tx);
                 record.done = Some(done_rx);
                 let mut argv = vec![record.config.name.clone()];
@@ -528,7 +534,7 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                         exit_code: 137,
                         reason: ExitReason::Error,
                         message: "stopped before it started".into(),
-                        finished_at: SystemTime::now(),
+                        finished_at: self.inner.config.clock.system_time(),
                     };
                     return Ok(());
                 }
