@@ -3,6 +3,7 @@
 //! and the controller manager, all started by [`run`].
 
 pub mod apiserver;
+pub mod defaults;
 pub mod images;
 pub mod metrics;
 pub mod namespaces;
@@ -65,6 +66,9 @@ pub async fn run(
     let registry = registry::Registry::new(store.clone(), Arc::new(registry::SystemEnvironment));
     registry
         .ensure_default_namespaces()
+        .await
+        .map_err(ControlError::Bootstrap)?;
+    defaults::ensure_default_runtime_class(&registry)
         .await
         .map_err(ControlError::Bootstrap)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
