@@ -7,7 +7,7 @@ use clap::Args;
 use serde_json::{json, Value};
 use skiff_node::images::ApiImageSource;
 use skiff_node::runtimes::RuntimeRegistry;
-use skiff_node::{NodeConfig, SystemClock};
+use skiff_node::NodeConfig;
 use skiff_runtime::wasm::{WasmRuntime, WasmRuntimeConfig};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -138,7 +138,7 @@ async fn run_agent(
         client,
         runtimes,
         listener,
-        Arc::new(SystemClock),
+        skiff_api::clock::system(),
         shutdown,
     )
     .await?;

@@ -8,6 +8,7 @@
 
 pub mod images;
 pub mod logs;
+pub mod plan;
 pub mod pods;
 pub mod registration;
 pub mod runtimes;
@@ -15,6 +16,7 @@ pub mod status;
 
 use runtimes::RuntimeRegistry;
 use serde_json::Value;
+use skiff_api::clock::SharedClock;
 use skiff_client::controller::{spawn_resync, spawn_workers, Action};
 use skiff_client::informer::Informer;
 use skiff_client::queue::{Backoff, WorkQueue};
@@ -24,21 +26,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-
-/// The agent's source of time; tests substitute their own.
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> SystemTime;
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-}
+use std::time::Duration;
 
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +102,7 @@ pub async fn run(
     client: Client,
     runtimes: RuntimeRegistry,
     log_listener: tokio::net::TcpListener,
-    clock: Arc<dyn Clock>,
+    clock: SharedClock,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), NodeError> {
     let log_port = log_listener.local_addr()?.port();
@@ -150,11 +138,36 @@ pub async fn run(
         },
         Arc::new(move |key, _, _| handler_queue.add(key)),
     ));
+    // RuntimeClasses decide which backend a pod runs on; a change to one re-syncs every
+    // pod, so a pod waiting for its class starts as soon as the class exists.
+    let runtime_classes = {
+        let (queue, pod_informer) = (queue.clone(), informer.clone());
+        Arc::new(Informer::spawn(
+            client.clone(),
+            &skiff_api::resource::RUNTIME_CLASSES,
+            None,
+            ListOptions::default(),
+            Arc::new(move |_, _, _| {
+                for key in pod_informer.keys() {
+                    queue.add(&key);
+                }
+            }),
+        ))
+    };
+    let class_lookup: runtimes::ClassLookup = {
+        let classes = runtime_classes.clone();
+        Arc::new(move |name: &str| {
+            classes
+                .get(name)
+                .and_then(|class| class.get("handler")?.as_str().map(str::to_string))
+        })
+    };
     let recorder =
         skiff_client::events::Recorder::new(client.clone(), "kubelet", Some(&config.name));
     let syncer = Arc::new(pods::PodSyncer::new(
         client.clone(),
         runtimes.clone(),
+        class_lookup,
         config.name.clone(),
         config.address.to_string(),
         config.data_dir.clone(),
@@ -163,7 +176,7 @@ pub async fn run(
     ));
     tokio::pin!(shutdown);
     let synced = tokio::select! {
-        _ = informer.wait_synced() => true,
+        _ = async { informer.wait_synced().await; runtime_classes.wait_synced().await } => true,
         _ = &mut shutdown => false,
     };
     if !synced {

@@ -80,6 +80,44 @@ impl RuntimeRegistry {
     }
 }
 
+/// Looks up the `handler` of the RuntimeClass with the given name (the agent's
+/// RuntimeClass informer cache); `None` when there is no such class.
+pub type ClassLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Why a pod has no backend on this node. Shown as the containers' waiting reason and in
+/// a `FailedCreatePodSandBox` event; the text is stable so the status does not churn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unresolved {
+    /// `RuntimeClassNotFound` or `RuntimeHandlerNotFound`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl RuntimeRegistry {
+    /// The backend for a pod's `runtimeClassName`: unset (or empty) is the default
+    /// backend; a name is resolved through its RuntimeClass's handler.
+    pub fn resolve(
+        &self,
+        runtime_class: Option<&str>,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<&Backend, Unresolved> {
+        let Some(class) = runtime_class.filter(|c| !c.is_empty()) else {
+            return Ok(&self.default);
+        };
+        let handler = lookup(class).ok_or_else(|| Unresolved {
+            reason: "RuntimeClassNotFound",
+            message: format!("RuntimeClass {class:?} not found"),
+        })?;
+        self.get(&handler).ok_or_else(|| Unresolved {
+            reason: "RuntimeHandlerNotFound",
+            message: format!(
+                "RuntimeClass {class:?} names handler {handler:?}, and this node has no runtime for handler {handler:?} (it has: {})",
+                self.handlers().join(", ")
+            ),
+        })
+    }
+}
+
 fn backend_of<B>(handler: &str, backend: Arc<B>) -> Backend
 where
     B: RuntimeService + ImageService,
@@ -104,5 +142,27 @@ mod tests {
         assert_eq!(registry.handlers(), ["containerd", "wasmtime"]);
         assert!(registry.get("containerd").is_some());
         assert!(registry.get("runc").is_none());
+    }
+
+    #[test]
+    fn runtime_class_names_resolve_through_their_handler() {
+        let registry = RuntimeRegistry::new("wasmtime", Arc::new(FakeRuntime::default()));
+        let classes = |name: &str| match name {
+            "wasm" | "fast" => Some("wasmtime".to_string()),
+            "gvisor" => Some("runsc".to_string()),
+            _ => None,
+        };
+        for class in [None, Some(""), Some("wasm"), Some("fast")] {
+            let backend = registry.resolve(class, &classes).map(|b| b.handler.clone());
+            assert_eq!(backend, Ok("wasmtime".to_string()), "{class:?}");
+        }
+        let unknown = registry.resolve(Some("nope"), &classes).unwrap_err();
+        assert_eq!(unknown.reason, "RuntimeClassNotFound");
+        assert_eq!(unknown.message, r#"RuntimeClass "nope" not found"#);
+        let missing = registry.resolve(Some("gvisor"), &classes).unwrap_err();
+        assert_eq!(missing.reason, "RuntimeHandlerNotFound");
+        assert!(missing
+            .message
+            .contains(r#"no runtime for handler "runsc""#));
     }
 }

@@ -8,4 +8,5 @@ mod controllers;
 mod crash;
 mod harness;
 mod kubectl;
+mod runtimeclass;
 mod wasm;
