@@ -768,6 +768,199 @@ fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skiff_api::clock::ManualClock;
+    use skiff_runtime::fake::FakeRuntime;
+    use skiff_runtime::{ContainerState, ExitReason, RuntimeService as _};
+    use std::sync::Arc;
+
+    /// A syncer over a FakeRuntime and a manual clock. Its API client points at a port
+    /// nothing listens on: these tests execute runtime actions only.
+    fn syncer(dir: &std::path::Path) -> (PodSyncer, FakeRuntime, ManualClock) {
+        let clock = ManualClock::new(chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap());
+        let fake = FakeRuntime::new(Arc::new(clock.clone()));
+        let client = Client::new("http://127.0.0.1:9").unwrap();
+        let recorder = Recorder::new(client.clone(), "kubelet", Some("n1"));
+        let syncer = PodSyncer::new(
+            client,
+            RuntimeRegistry::new("wasmtime", Arc::new(fake.clone())),
+            Arc::new(|_: &str| None),
+            "n1".into(),
+            "10.0.0.1".into(),
+            dir.to_path_buf(),
+            recorder,
+            Arc::new(clock.clone()),
+        );
+        (syncer, fake, clock)
+    }
+
+    fn pod() -> Value {
+        serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "u1"},
+            "spec": {"nodeName": "n1", "containers": [
+                {"name": "a", "image": "a.wasm", "args": ["x"]}, {"name": "b", "image": "b.wasm"}]},
+        })
+    }
+
+    /// Plans against what the fake runtime reports now, leaving out API writes.
+    async fn runtime_plan(syncer: &PodSyncer, pod: &Value) -> Vec<SyncAction> {
+        let sandboxes = syncer.observe("default", "web").await.unwrap();
+        let failures: HashMap<String, StartFailure> = syncer
+            .failures()
+            .iter()
+            .map(|((_, c), f)| (c.clone(), f.clone()))
+            .collect();
+        plan(&PlanInput {
+            node_name: "n1",
+            host_ip: "10.0.0.1",
+            log_root: &syncer.log_root,
+            pod: Some(pod),
+            sandboxes: &sandboxes,
+            backend: Ok("wasmtime".into()),
+            failures: &failures,
+            now: syncer.clock.system_time(),
+        })
+        .into_iter()
+        .filter(|a| {
+            !matches!(
+                a,
+                SyncAction::WriteStatus(_)
+                    | SyncAction::DeletePod { .. }
+                    | SyncAction::RecordEvent { .. }
+            )
+        })
+        .collect()
+    }
+
+    #[tokio::test]
+    async fn executing_a_new_pods_plan_runs_its_sandbox_and_containers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (syncer, fake, _) = syncer(dir.path());
+        let pod = pod();
+        let actions = runtime_plan(&syncer, &pod).await;
+        syncer
+            .execute(Some(&pod), "default", "web", actions)
+            .await
+            .unwrap();
+        assert_eq!(
+            fake.calls(),
+            [
+                "run_pod_sandbox default/web",
+                "pull_image a.wasm",
+                "create_container a a.wasm",
+                "start_container container-2",
+                "pull_image b.wasm",
+                "create_container b b.wasm",
+                "start_container container-3",
+            ]
+        );
+        // Settled: the next plan changes nothing in the runtime.
+        assert_eq!(runtime_plan(&syncer, &pod).await, vec![]);
+    }
+
+    #[tokio::test]
+    async fn a_crashed_container_restarts_once_its_back_off_has_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (syncer, fake, clock) = syncer(dir.path());
+        let pod = pod();
+        let actions = runtime_plan(&syncer, &pod).await;
+        syncer
+            .execute(Some(&pod), "default", "web", actions)
+            .await
+            .unwrap();
+        // Attempt 1 of `a` crashes right away: 10 s of back-off before attempt 2.
+        fake.exit("container-2", 1, ExitReason::Error);
+        let actions = runtime_plan(&syncer, &pod).await;
+        assert!(
+            matches!(
+                actions[..],
+                [SyncAction::CreateContainer { attempt: 1, .. }]
+            ),
+            "{actions:?}"
+        );
+        syncer
+            .execute(Some(&pod), "default", "web", actions)
+            .await
+            .unwrap();
+        fake.exit("container-4", 1, ExitReason::Error);
+        let actions = runtime_plan(&syncer, &pod).await;
+        assert!(
+            matches!(actions[..], [SyncAction::WaitBackoff { .. }]),
+            "{actions:?}"
+        );
+        let next = syncer
+            .execute(Some(&pod), "default", "web", actions)
+            .await
+            .unwrap();
+        assert_eq!(next, Next::After(INITIAL_BACKOFF));
+        clock.advance(INITIAL_BACKOFF);
+        let actions = runtime_plan(&syncer, &pod).await;
+        syncer
+            .execute(Some(&pod), "default", "web", actions)
+            .await
+            .unwrap();
+        let attempts: Vec<(u32, bool)> = fake
+            .list_containers(&Default::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.name == "a")
+            .map(|c| (c.attempt, c.state == ContainerState::Running))
+            .collect();
+        assert_eq!(attempts, [(0, false), (1, false), (2, true)]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_pull_is_remembered_and_retried_after_its_back_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let (syncer, fake, clock) = syncer(dir.path());
+        fake.fail_pull("a.wasm", "not found");
+        let pod = pod();
+        let actions = runtime_plan(&syncer, &pod).await;
+        syncer
+            .execute(Some(&pod), "default", "web", actions)
+            .await
+            .unwrap();
+        let failure = syncer.failures().get(&("u1".into(), "a".into())).cloned();
+        assert_eq!(
+            failure.map(|f| (f.reason, f.count)),
+            Some(("ErrImagePull", 1))
+        );
+        let actions = runtime_plan(&syncer, &pod).await;
+        assert!(
+            matches!(actions[..], [SyncAction::WaitBackoff { .. }]),
+            "{actions:?}"
+        );
+        clock.advance(INITIAL_BACKOFF);
+        let actions = runtime_plan(&syncer, &pod).await;
+        assert!(
+            matches!(&actions[..], [SyncAction::CreateContainer { name, .. }] if name == "a"),
+            "{actions:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_pod_is_stopped_and_removed_from_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let (syncer, fake, _) = syncer(dir.path());
+        let mut pod = pod();
+        let actions = runtime_plan(&syncer, &pod).await;
+        syncer
+            .execute(Some(&pod), "default", "web", actions)
+            .await
+            .unwrap();
+        pod["metadata"]["deletionTimestamp"] = serde_json::json!("2027-01-01T00:00:00Z");
+        let actions = runtime_plan(&syncer, &pod).await;
+        syncer
+            .execute(Some(&pod), "default", "web", actions)
+            .await
+            .unwrap();
+        let calls = fake.calls();
+        assert_eq!(
+            calls[calls.len() - 2..],
+            ["stop_pod_sandbox sandbox-1", "remove_pod_sandbox sandbox-1"]
+        );
+        assert!(syncer.observe("default", "web").await.unwrap().is_empty());
+    }
 
     #[test]
     fn crash_backoff_doubles_to_a_cap_and_resets_after_a_long_run() {
