@@ -12,7 +12,7 @@ struct Cluster {
     dir: tempfile::TempDir,
     // Fields drop in declaration order: the node before the control plane.
     _node: NodeProcess,
-    control: ControlProcess,
+    _control: ControlProcess,
     client: Client,
 }
 
@@ -25,7 +25,7 @@ impl Cluster {
         Ok(Cluster {
             dir,
             _node: node,
-            control,
+            _control: control,
             client,
         })
     }
