@@ -403,6 +403,7 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                 &log_path,
                 config.log_max_bytes.max(1024),
                 config.log_max_files,
+                self.inner.config.clock.clone(),
             )
             .map_err(|e| RuntimeError::Io(format!("cannot open {}: {e}", log_path.display())))?;
             let id = self.new_id("container");
