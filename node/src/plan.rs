@@ -5,6 +5,7 @@
 
 use crate::runtimes::Unresolved;
 use crate::status::{pod_status, ContainerView};
+use k8s_openapi::api::core::v1 as core;
 use serde_json::Value;
 use skiff_runtime::{ContainerState, ContainerStatus, PodSandboxConfig, PodSandboxStatus};
 use std::collections::HashMap;
@@ -95,6 +96,45 @@ pub struct StartFailure {
     pub at: SystemTime,
 }
 
+/// The pod as the plan reads it: the typed object for decisions, and the JSON it was
+/// decoded from, which the status function and the "did the status change" comparison
+/// work on (the stored form, so an unchanged pod compares equal).
+#[derive(Debug, Clone, Copy)]
+pub struct PodRef<'a> {
+    pub typed: &'a core::Pod,
+    pub json: &'a Value,
+}
+
+impl PodRef<'_> {
+    fn spec(&self) -> Option<&core::PodSpec> {
+        self.typed.spec.as_ref()
+    }
+
+    fn containers(&self) -> &[core::Container] {
+        self.spec().map(|s| s.containers.as_slice()).unwrap_or(&[])
+    }
+
+    fn uid(&self) -> &str {
+        self.typed.metadata.uid.as_deref().unwrap_or_default()
+    }
+
+    fn namespace(&self) -> &str {
+        self.typed.metadata.namespace.as_deref().unwrap_or_default()
+    }
+
+    fn name(&self) -> &str {
+        self.typed.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    fn container_statuses(&self) -> &[core::ContainerStatus] {
+        self.typed
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_deref())
+            .unwrap_or(&[])
+    }
+}
+
 /// What [`plan`] decides from.
 #[derive(Debug, Clone)]
 pub struct PlanInput<'a> {
@@ -103,7 +143,7 @@ pub struct PlanInput<'a> {
     /// Sandbox log directories go under it.
     pub log_root: &'a PathBuf,
     /// The pod from the informer's cache; `None` when it is gone.
-    pub pod: Option<&'a Value>,
+    pub pod: Option<PodRef<'a>>,
     /// The sandboxes every backend has for the pod's namespace/name.
     pub sandboxes: &'a [ObservedSandbox],
     /// The handler the pod's RuntimeClass resolves to on this node.
@@ -145,7 +185,7 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<SyncAction> {
     let mut actions = Vec::new();
     let Some(pod) = input
         .pod
-        .filter(|p| str_at(p, "/spec/nodeName") == input.node_name)
+        .filter(|p| p.spec().and_then(|s| s.node_name.as_deref()) == Some(input.node_name))
     else {
         // Gone (or moved): whatever runs for it here must go.
         for s in input.sandboxes {
@@ -153,7 +193,7 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<SyncAction> {
         }
         return actions;
     };
-    let uid = str_at(pod, "/metadata/uid");
+    let uid = pod.uid();
     // Sandboxes of an earlier pod with the same name are stale.
     let (current, stale): (Vec<&ObservedSandbox>, Vec<&ObservedSandbox>) = input
         .sandboxes
@@ -162,14 +202,12 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<SyncAction> {
     for s in stale {
         remove_sandbox(&mut actions, s);
     }
-    if pod
-        .pointer("/metadata/deletionTimestamp")
-        .is_some_and(|v| !v.is_null())
-    {
+    if pod.typed.metadata.deletion_timestamp.is_some() {
         plan_termination(&mut actions, pod, uid, &current);
         return actions;
     }
-    if matches!(str_at(pod, "/status/phase"), "Succeeded" | "Failed") {
+    let phase = pod.typed.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
         // Finished pods keep their containers (and logs) until deleted; nothing to run.
         return actions;
     }
@@ -185,10 +223,7 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<SyncAction> {
         },
     };
     if sandbox.is_none() {
-        let (namespace, name) = (
-            str_at(pod, "/metadata/namespace"),
-            str_at(pod, "/metadata/name"),
-        );
+        let (namespace, name) = (pod.namespace(), pod.name());
         actions.push(SyncAction::CreateSandbox {
             handler: handler.clone(),
             config: PodSandboxConfig {
@@ -203,18 +238,13 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<SyncAction> {
     let containers: &[ContainerStatus] = sandbox.map(|s| s.containers.as_slice()).unwrap_or(&[]);
     let sandbox_id = sandbox.map(|s| s.sandbox.id.clone());
     let policy = pod
-        .pointer("/spec/restartPolicy")
-        .and_then(Value::as_str)
+        .spec()
+        .and_then(|s| s.restart_policy.as_deref())
         .unwrap_or("Always");
     let mut wake: Option<SystemTime> = None;
     let mut views = Vec::new();
-    for spec in pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let name = str_at(spec, "/name");
+    for spec in pod.containers() {
+        let name = spec.name.as_str();
         let mut attempts: Vec<&ContainerStatus> =
             containers.iter().filter(|c| c.name == name).collect();
         attempts.sort_by_key(|c| c.attempt);
@@ -252,8 +282,8 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<SyncAction> {
                                 format!(
                                     "back-off {}s restarting failed container={name} pod={}_{}",
                                     delay.as_secs(),
-                                    str_at(pod, "/metadata/namespace"),
-                                    str_at(pod, "/metadata/name"),
+                                    pod.namespace(),
+                                    pod.name(),
                                 ),
                             ));
                             wake = earliest(wake, until);
@@ -299,7 +329,7 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<SyncAction> {
             .map(|c| (*c).clone());
         views.push(ContainerView {
             name: name.to_string(),
-            image: str_at(spec, "/image").to_string(),
+            image: spec.image.clone().unwrap_or_default(),
             restart_count: latest.map(|l| l.attempt).unwrap_or(reported),
             latest: latest.cloned(),
             previous,
@@ -309,8 +339,8 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<SyncAction> {
     }
     // The status is computed once the runtime has settled (the executor re-plans).
     if !actions.iter().any(SyncAction::changes_runtime) {
-        let status = pod_status(pod, &views, input.host_ip, input.now.into());
-        if pod.get("status") != Some(&status) {
+        let status = pod_status(pod.json, &views, input.host_ip, input.now.into());
+        if pod.json.get("status") != Some(&status) {
             actions.push(SyncAction::WriteStatus(status));
         }
     }
@@ -334,13 +364,14 @@ fn remove_sandbox(actions: &mut Vec<SyncAction>, s: &ObservedSandbox) {
 /// it, then the pod object.
 fn plan_termination(
     actions: &mut Vec<SyncAction>,
-    pod: &Value,
+    pod: PodRef<'_>,
     uid: &str,
     current: &[&ObservedSandbox],
 ) {
     let grace = pod
-        .pointer("/metadata/deletionGracePeriodSeconds")
-        .and_then(Value::as_i64)
+        .typed
+        .metadata
+        .deletion_grace_period_seconds
         .map(|s| Duration::from_secs(s.max(0).unsigned_abs()))
         .unwrap_or(DEFAULT_GRACE);
     if !current.is_empty() {
@@ -375,34 +406,35 @@ fn plan_termination(
 fn plan_unresolved(
     actions: &mut Vec<SyncAction>,
     input: &PlanInput<'_>,
-    pod: &Value,
+    pod: PodRef<'_>,
     unresolved: &Unresolved,
 ) {
     let views: Vec<ContainerView> = pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+        .containers()
+        .iter()
         .map(|spec| ContainerView {
-            name: str_at(spec, "/name").to_string(),
-            image: str_at(spec, "/image").to_string(),
+            name: spec.name.clone(),
+            image: spec.image.clone().unwrap_or_default(),
             latest: None,
             previous: None,
             waiting: Some((unresolved.reason.to_string(), unresolved.message.clone())),
-            restart_count: reported_restarts(pod, str_at(spec, "/name")),
+            restart_count: reported_restarts(pod, &spec.name),
             finished: false,
         })
         .collect();
-    let shown = str_at(pod, "/status/containerStatuses/0/state/waiting/reason");
-    if shown != unresolved.reason {
+    let shown = pod
+        .container_statuses()
+        .first()
+        .and_then(|s| s.state.as_ref()?.waiting.as_ref()?.reason.as_deref());
+    if shown != Some(unresolved.reason) {
         actions.push(SyncAction::RecordEvent {
             warning: true,
             reason: "FailedCreatePodSandBox".into(),
             message: format!("Failed to create pod sandbox: {}", unresolved.message),
         });
     }
-    let status = pod_status(pod, &views, input.host_ip, input.now.into());
-    if pod.get("status") != Some(&status) {
+    let status = pod_status(pod.json, &views, input.host_ip, input.now.into());
+    if pod.json.get("status") != Some(&status) {
         actions.push(SyncAction::WriteStatus(status));
     }
     // The class may be created (or a backend registered) later.
@@ -413,19 +445,19 @@ fn plan_unresolved(
 
 /// Restarts before this agent's runtime knew the container (an agent restart), from
 /// the pod's status.
-fn reported_restarts(pod: &Value, name: &str) -> u32 {
-    pod.pointer("/status/containerStatuses")
-        .and_then(Value::as_array)
-        .and_then(|s| s.iter().find(|s| str_at(s, "/name") == name))
+fn reported_restarts(pod: PodRef<'_>, name: &str) -> u32 {
+    pod.container_statuses()
+        .iter()
+        .find(|s| s.name == name)
         .map(|s| {
-            let count = s
-                .get("restartCount")
-                .and_then(Value::as_u64)
-                .and_then(|c| u32::try_from(c).ok())
-                .unwrap_or(0);
-            let ran = s.pointer("/state/running").is_some()
-                || s.pointer("/state/terminated").is_some()
-                || s.pointer("/lastState/terminated").is_some();
+            let count = u32::try_from(s.restart_count).unwrap_or(0);
+            let ran = s
+                .state
+                .as_ref()
+                .is_some_and(|st| st.running.is_some() || st.terminated.is_some())
+                || s.last_state
+                    .as_ref()
+                    .is_some_and(|st| st.terminated.is_some());
             if ran {
                 count.saturating_add(1)
             } else {
@@ -437,13 +469,6 @@ fn reported_restarts(pod: &Value, name: &str) -> u32 {
 
 fn earliest(current: Option<SystemTime>, candidate: SystemTime) -> Option<SystemTime> {
     Some(current.map_or(candidate, |c| c.min(candidate)))
-}
-
-fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
-    value
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -529,11 +554,18 @@ mod tests {
         }
 
         fn plan(&self) -> Vec<SyncAction> {
+            let typed: Option<core::Pod> = self
+                .pod
+                .as_ref()
+                .map(|p| serde_json::from_value(p.clone()).expect("a valid pod"));
             plan(&PlanInput {
                 node_name: "n1",
                 host_ip: "10.0.0.1",
                 log_root: self.log_root,
-                pod: self.pod.as_ref(),
+                pod: typed
+                    .as_ref()
+                    .zip(self.pod.as_ref())
+                    .map(|(typed, json)| PodRef { typed, json }),
                 sandboxes: &self.sandboxes,
                 backend: self.backend.clone(),
                 failures: &self.failures,

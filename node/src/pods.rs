@@ -5,8 +5,9 @@
 //! memory is needed for correctness: after a restart the runtime is empty and pods are
 //! started again, with restart counts continued from their status.
 
-use crate::plan::{plan, ObservedSandbox, PlanInput, StartFailure, SyncAction};
+use crate::plan::{plan, ObservedSandbox, PlanInput, PodRef, StartFailure, SyncAction};
 use crate::runtimes::{Backend, ClassLookup, RuntimeRegistry};
+use k8s_openapi::api::core::v1 as core;
 use serde_json::Value;
 use skiff_api::clock::SharedClock;
 use skiff_client::events::{EventType, Recorder};
@@ -31,6 +32,8 @@ pub enum SyncError {
     Runtime(#[from] RuntimeError),
     #[error("API: {0}")]
     Api(#[from] skiff_client::ClientError),
+    #[error("the cached pod does not decode as a Pod: {0}")]
+    Decode(#[from] serde_json::Error),
 }
 
 /// What a sync wants next.
@@ -290,16 +293,28 @@ impl PodSyncer {
     /// containers, settle).
     pub async fn sync(&self, key: &str, pod: Option<&Value>) -> Result<Next, SyncError> {
         let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
+        // Decoded once: the API server stored it through the same typed struct.
+        let typed: Option<core::Pod> =
+            pod.map(|p| serde_json::from_value(p.clone())).transpose()?;
+        let pod_ref = typed
+            .as_ref()
+            .zip(pod)
+            .map(|(typed, json)| PodRef { typed, json });
+        let uid = typed
+            .as_ref()
+            .and_then(|p| p.metadata.uid.as_deref())
+            .unwrap_or_default();
+        let class = typed
+            .as_ref()
+            .and_then(|p| p.spec.as_ref()?.runtime_class_name.as_deref());
         for _ in 0..MAX_PLAN_ROUNDS {
             let sandboxes = self.observe(namespace, name).await?;
-            let uid = pod.map(|p| str_at(p, "/metadata/uid")).unwrap_or_default();
             let failures: HashMap<String, StartFailure> = self
                 .failures()
                 .iter()
                 .filter(|((u, _), _)| u == uid)
                 .map(|((_, container), f)| (container.clone(), f.clone()))
                 .collect();
-            let class = pod.and_then(|p| p.pointer("/spec/runtimeClassName")?.as_str());
             let backend = self
                 .runtimes
                 .resolve(class, self.runtime_classes.as_ref())
@@ -308,7 +323,7 @@ impl PodSyncer {
                 node_name: &self.node_name,
                 host_ip: &self.host_ip,
                 log_root: &self.log_root,
-                pod,
+                pod: pod_ref,
                 sandboxes: &sandboxes,
                 backend,
                 failures: &failures,
@@ -804,6 +819,7 @@ mod tests {
     /// Plans against what the fake runtime reports now, leaving out API writes.
     async fn runtime_plan(syncer: &PodSyncer, pod: &Value) -> Vec<SyncAction> {
         let sandboxes = syncer.observe("default", "web").await.unwrap();
+        let typed: core::Pod = serde_json::from_value(pod.clone()).unwrap();
         let failures: HashMap<String, StartFailure> = syncer
             .failures()
             .iter()
@@ -813,7 +829,10 @@ mod tests {
             node_name: "n1",
             host_ip: "10.0.0.1",
             log_root: &syncer.log_root,
-            pod: Some(pod),
+            pod: Some(PodRef {
+                typed: &typed,
+                json: pod,
+            }),
             sandboxes: &sandboxes,
             backend: Ok("wasmtime".into()),
             failures: &failures,
