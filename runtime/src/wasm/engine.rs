@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::component::{Component, Linker as ComponentLinker};
@@ -48,6 +48,8 @@ pub struct NodeEngine {
     compiled: Mutex<HashMap<String, Arc<Compiled>>>,
     /// Digest -> the lock its one compile runs under (single-flight); removed when done.
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Compiles run by this engine (cache loads included), for tests and diagnostics.
+    compile_runs: AtomicU64,
     compiles: tokio::sync::Semaphore,
     cache_dir: PathBuf,
     ticker_stop: Arc<AtomicBool>,
@@ -128,6 +130,7 @@ impl NodeEngine {
             component_linker,
             compiled: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
+            compile_runs: AtomicU64::new(0),
             compiles: tokio::sync::Semaphore::new(config.max_concurrent_compiles.max(1)),
             cache_dir,
             ticker_stop,
@@ -197,6 +200,11 @@ impl NodeEngine {
             .clone())
     }
 
+    /// How many times an image was compiled (or loaded from the disk cache) so far.
+    pub fn compile_runs(&self) -> u64 {
+        self.compile_runs.load(Ordering::Relaxed)
+    }
+
     fn cached(&self, digest: &str) -> Option<Arc<Compiled>> {
         lock(&self.compiled).get(digest).cloned()
     }
@@ -207,6 +215,7 @@ impl NodeEngine {
         digest: &str,
         bytes_path: &Path,
     ) -> Result<Compiled, RuntimeError> {
+        self.compile_runs.fetch_add(1, Ordering::Relaxed);
         let invalid = |reason: String| RuntimeError::InvalidImage {
             image: reference.to_string(),
             reason,

@@ -326,6 +326,7 @@ async fn concurrent_loads_of_one_uncompiled_module_compile_it_once() {
         compiled.iter().all(|c| Arc::ptr_eq(c, &compiled[0])),
         "one compile serves every caller"
     );
+    assert_eq!(engine.compile_runs(), 1, "the module was compiled once");
     // One artifact, no temporary files left: <cache>/<engine hash>/<digest>.cwasm.
     let files: Vec<String> = std::fs::read_dir(&cache_dir)
         .unwrap()
