@@ -201,6 +201,7 @@ impl NodeEngine {
     }
 
     /// How many times an image was compiled (or loaded from the disk cache) so far.
+    #[cfg(test)]
     pub fn compile_runs(&self) -> u64 {
         self.compile_runs.load(Ordering::Relaxed)
     }
@@ -215,7 +216,8 @@ impl NodeEngine {
         digest: &str,
         bytes_path: &Path,
     ) -> Result<Compiled, RuntimeError> {
-        self.compile_runs.fetch_add(1, Ordering::Relaxed);
+        let run = self.compile_runs.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::debug!(reference, digest, run, "compiling image");
         let invalid = |reason: String| RuntimeError::InvalidImage {
             image: reference.to_string(),
             reason,
