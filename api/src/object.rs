@@ -156,6 +156,7 @@ pub fn normalize_kind(kind: &str, mut object: Value) -> Result<Value, DecodeErro
         "Deployment" => round_trip::<apps::Deployment>(kind, object),
         "ReplicaSet" => round_trip::<apps::ReplicaSet>(kind, object),
         "Lease" => round_trip::<coordination::Lease>(kind, object),
+        "RuntimeClass" => round_trip::<k8s_openapi::api::node::v1::RuntimeClass>(kind, object),
         "Scale" => round_trip::<k8s_openapi::api::autoscaling::v1::Scale>(kind, object),
         "DeleteOptions" => round_trip::<
             k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions,

@@ -235,6 +235,21 @@ pub const LEASES: ResourceInfo = ResourceInfo {
     has_generation: false,
 };
 
+/// `RuntimeClass` (node.k8s.io, cluster-scoped): which runtime handler a pod's
+/// `runtimeClassName` selects on the node.
+pub const RUNTIME_CLASSES: ResourceInfo = ResourceInfo {
+    group: "node.k8s.io",
+    version: "v1",
+    kind: "RuntimeClass",
+    plural: "runtimeclasses",
+    singular: "runtimeclass",
+    namespaced: false,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+    has_generation: false,
+};
+
 /// Every resource skiff serves, in discovery order.
 pub const RESOURCES: &[ResourceInfo] = &[
     NAMESPACES,
@@ -248,6 +263,7 @@ pub const RESOURCES: &[ResourceInfo] = &[
     DEPLOYMENTS,
     REPLICA_SETS,
     LEASES,
+    RUNTIME_CLASSES,
 ];
 
 impl ResourceInfo {

@@ -104,6 +104,7 @@ pub fn columns(resource: &ResourceInfo) -> Vec<Column> {
         ],
         "Endpoints" => vec![NAME, col("Endpoints", "string", 0), AGE],
         "Lease" => vec![NAME, col("Holder", "string", 0), AGE],
+        "RuntimeClass" => vec![NAME, col("Handler", "string", 0), AGE],
         _ => vec![NAME, AGE],
     }
 }
@@ -371,6 +372,7 @@ pub fn row_cells(resource: &ResourceInfo, object: &Value, now: DateTime<Utc>) ->
             vec![name, json!(cell), age_cell]
         }
         "Lease" => vec![name, json!(s("/spec/holderIdentity")), age_cell],
+        "RuntimeClass" => vec![name, json!(s("/handler")), age_cell],
         _ => vec![name, age_cell],
     }
 }

@@ -160,6 +160,7 @@ pub fn validate_object(resource: &ResourceInfo, object: &Value) -> Vec<FieldCaus
         "Deployment" | "ReplicaSet" => validate_workload(resource, object, &mut causes),
         "Service" => validate_service(object, &mut causes),
         "ConfigMap" | "Secret" => validate_data_keys(object, &mut causes),
+        "RuntimeClass" => validate_runtime_class(object, &mut causes),
         _ => {}
     }
     causes
@@ -172,6 +173,9 @@ pub fn validate_update(resource: &ResourceInfo, old: &Value, new: &Value) -> Vec
     let immutable: &[&str] = match resource.kind {
         "Deployment" | "ReplicaSet" => &["/spec/selector"],
         "Service" => &["/spec/clusterIP"],
+        // The node picks its backend by handler; changing it under running pods would
+        // leave them on a runtime the class no longer names (Kubernetes forbids it too).
+        "RuntimeClass" => &["/handler"],
         _ => &[],
     };
     for pointer in immutable {
@@ -686,6 +690,34 @@ fn validate_service(object: &Value, causes: &mut Vec<FieldCause>) {
     }
 }
 
+/// `RuntimeClass`: `handler` names a runtime on the nodes (a DNS label, as in
+/// Kubernetes), and the node selector of `scheduling` is made of valid labels.
+fn validate_runtime_class(object: &Value, causes: &mut Vec<FieldCause>) {
+    match object.get("handler").and_then(Value::as_str) {
+        None | Some("") => causes.push(FieldCause::required("handler")),
+        Some(handler) => {
+            if let Some(e) = dns1123_label_errors(handler) {
+                causes.push(FieldCause::invalid("handler", &Value::from(handler), e));
+            }
+        }
+    }
+    if let Some(selector) = object
+        .pointer("/scheduling/nodeSelector")
+        .and_then(Value::as_object)
+    {
+        for (key, value) in selector {
+            let field = format!("scheduling.nodeSelector.{key}");
+            if let Some(e) = qualified_name_errors(key) {
+                causes.push(FieldCause::invalid(&field, &Value::from(key.as_str()), e));
+            }
+            let text = value.as_str().unwrap_or_default();
+            if let Some(e) = label_value_errors(text) {
+                causes.push(FieldCause::invalid(&field, value, e));
+            }
+        }
+    }
+}
+
 fn validate_data_keys(object: &Value, causes: &mut Vec<FieldCause>) {
     for field in ["data", "binaryData", "stringData"] {
         if let Some(map) = object.get(field).and_then(Value::as_object) {
@@ -728,6 +760,29 @@ mod tests {
 
     fn fields(causes: &[FieldCause]) -> Vec<String> {
         causes.iter().map(|c| c.field.clone()).collect()
+    }
+
+    #[test]
+    fn runtime_class_handler_is_a_dns_label_and_immutable() {
+        let classes = &crate::resource::RUNTIME_CLASSES;
+        let good = json!({"metadata": {"name": "wasm"}, "handler": "wasmtime",
+            "scheduling": {"nodeSelector": {"skiff.dev/runtime": "wasm"}}});
+        assert_eq!(validate_object(classes, &good), vec![]);
+        let missing = json!({"metadata": {"name": "wasm"}});
+        assert_eq!(fields(&validate_object(classes, &missing)), vec!["handler"]);
+        let mut bad = good.clone();
+        bad["handler"] = json!("Not_A_Label");
+        bad["scheduling"]["nodeSelector"] = json!({"bad key": "x"});
+        assert_eq!(
+            fields(&validate_object(classes, &bad)),
+            vec!["handler", "scheduling.nodeSelector.bad key"]
+        );
+        let mut changed = good.clone();
+        changed["handler"] = json!("containerd");
+        assert_eq!(
+            fields(&validate_update(classes, &good, &changed)),
+            vec!["handler"]
+        );
     }
 
     #[test]

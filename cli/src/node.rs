@@ -6,7 +6,8 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use serde_json::{json, Value};
 use skiff_node::images::ApiImageSource;
-use skiff_node::{NodeConfig, SystemClock};
+use skiff_node::runtimes::RuntimeRegistry;
+use skiff_node::NodeConfig;
 use skiff_runtime::wasm::{WasmRuntime, WasmRuntimeConfig};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -126,16 +127,18 @@ async fn run_agent(
 ) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
-    let runtime = wasm_runtime(&config.data_dir, config.max_pods, &client)?;
+    let wasm = wasm_runtime(&config.data_dir, config.max_pods, &client)?;
+    // The wasm backend is the default; more backends register under their handlers here.
+    let runtimes = RuntimeRegistry::new(skiff_runtime::wasm::HANDLER, Arc::new(wasm));
     let listener = tokio::net::TcpListener::bind(log_listen)
         .await
         .with_context(|| format!("cannot listen on {log_listen}"))?;
     skiff_node::run(
         config,
         client,
-        runtime,
+        runtimes,
         listener,
-        Arc::new(SystemClock),
+        skiff_api::clock::system(),
         shutdown,
     )
     .await?;

@@ -4,6 +4,7 @@
 
 pub mod allocator;
 pub mod apiserver;
+pub mod defaults;
 pub mod images;
 pub mod metrics;
 pub mod namespaces;
@@ -77,6 +78,9 @@ pub async fn run(
     );
     registry
         .ensure_default_namespaces()
+        .await
+        .map_err(ControlError::Bootstrap)?;
+    defaults::ensure_default_runtime_class(&registry)
         .await
         .map_err(ControlError::Bootstrap)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);

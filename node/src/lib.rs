@@ -8,36 +8,26 @@
 
 pub mod images;
 pub mod logs;
+pub mod plan;
 pub mod pods;
 pub mod registration;
+pub mod runtimes;
 pub mod status;
 
+use k8s_openapi::api::node::v1::RuntimeClass;
+use runtimes::RuntimeRegistry;
 use serde_json::Value;
+use skiff_api::clock::SharedClock;
 use skiff_client::controller::{spawn_resync, spawn_workers, Action};
 use skiff_client::informer::Informer;
 use skiff_client::queue::{Backoff, WorkQueue};
 use skiff_client::{Client, ListOptions};
-use skiff_runtime::{ImageService, RuntimeService};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-
-/// The agent's source of time; tests substitute their own.
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> SystemTime;
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-}
+use std::time::Duration;
 
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
@@ -108,17 +98,14 @@ fn total_memory_bytes() -> Option<u64> {
 }
 
 /// Runs the agent until `shutdown` completes. `log_listener` serves container logs.
-pub async fn run<R>(
+pub async fn run(
     config: NodeConfig,
     client: Client,
-    runtime: R,
+    runtimes: RuntimeRegistry,
     log_listener: tokio::net::TcpListener,
-    clock: Arc<dyn Clock>,
+    clock: SharedClock,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), NodeError>
-where
-    R: RuntimeService + ImageService + Clone,
-{
+) -> Result<(), NodeError> {
     let log_port = log_listener.local_addr()?.port();
     registration::register(&client, &config, log_port, clock.as_ref())
         .await
@@ -132,7 +119,7 @@ where
         clock.clone(),
     ));
     let (stop_logs, logs_stopped) = tokio::sync::oneshot::channel::<()>();
-    let log_server = tokio::spawn(logs::serve(log_listener, runtime.clone(), async move {
+    let log_server = tokio::spawn(logs::serve(log_listener, runtimes.clone(), async move {
         let _ = logs_stopped.await;
     }));
 
@@ -152,11 +139,32 @@ where
         },
         Arc::new(move |key, _, _| handler_queue.add(key)),
     ));
+    // RuntimeClasses decide which backend a pod runs on; a change to one re-syncs every
+    // pod, so a pod waiting for its class starts as soon as the class exists.
+    let runtime_classes = {
+        let (queue, pod_informer) = (queue.clone(), informer.clone());
+        Arc::new(Informer::<RuntimeClass>::spawn(
+            client.clone(),
+            &skiff_api::resource::RUNTIME_CLASSES,
+            None,
+            ListOptions::default(),
+            Arc::new(move |_, _, _| {
+                for key in pod_informer.keys() {
+                    queue.add(&key);
+                }
+            }),
+        ))
+    };
+    let class_lookup: runtimes::ClassLookup = {
+        let classes = runtime_classes.clone();
+        Arc::new(move |name: &str| classes.get(name).map(|class| class.handler.clone()))
+    };
     let recorder =
         skiff_client::events::Recorder::new(client.clone(), "kubelet", Some(&config.name));
     let syncer = Arc::new(pods::PodSyncer::new(
         client.clone(),
-        runtime.clone(),
+        runtimes.clone(),
+        class_lookup,
         config.name.clone(),
         config.address.to_string(),
         config.data_dir.clone(),
@@ -165,7 +173,7 @@ where
     ));
     tokio::pin!(shutdown);
     let synced = tokio::select! {
-        _ = informer.wait_synced() => true,
+        _ = async { informer.wait_synced().await; runtime_classes.wait_synced().await } => true,
         _ = &mut shutdown => false,
     };
     if !synced {
@@ -175,30 +183,41 @@ where
     }
     // Pods the runtime runs but the API no longer binds here (deleted while the agent
     // was down) are reconciled too, so they get cleaned up.
-    if let Ok(sandboxes) = runtime.list_pod_sandboxes(&Default::default()).await {
-        for s in sandboxes {
-            queue.add(&format!("{}/{}", s.config.namespace, s.config.name));
+    for backend in runtimes.backends() {
+        if let Ok(sandboxes) = backend
+            .runtime
+            .list_pod_sandboxes(&Default::default())
+            .await
+        {
+            for s in sandboxes {
+                queue.add(&format!("{}/{}", s.config.namespace, s.config.name));
+            }
         }
     }
     // Container exits reach the agent as runtime events (the evented PLEG), so a
     // crashed container's pod is synced at once rather than at the next resync.
-    let runtime_events = {
-        let (queue, informer) = (queue.clone(), informer.clone());
-        let mut events = runtime.container_events();
-        tokio::spawn(async move {
-            loop {
-                match events.recv().await {
-                    Ok(event) => queue.add(&format!("{}/{}", event.pod_namespace, event.pod_name)),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        for key in informer.keys() {
-                            queue.add(&key);
+    let runtime_events: Vec<_> = runtimes
+        .backends()
+        .map(|backend| {
+            let (queue, informer) = (queue.clone(), informer.clone());
+            let mut events = backend.runtime.container_events();
+            tokio::spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(event) => {
+                            queue.add(&format!("{}/{}", event.pod_namespace, event.pod_name))
                         }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            for key in informer.keys() {
+                                queue.add(&key);
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
-            }
+            })
         })
-    };
+        .collect();
     let workers = {
         let (informer, syncer) = (informer.clone(), syncer.clone());
         spawn_workers("pods", queue.clone(), config.workers, move |key: String| {
@@ -222,7 +241,9 @@ where
     shutdown.await;
     queue.shut_down();
     resync.abort();
-    runtime_events.abort();
+    for task in &runtime_events {
+        task.abort();
+    }
     heartbeats.abort();
     for w in workers {
         let _ = w.await;

@@ -3,6 +3,7 @@
 //! `tailLines`, `timestamps`, `previous`, `sinceSeconds` and `limitBytes`. The API server
 //! proxies `pods/{name}/log` here.
 
+use crate::runtimes::RuntimeRegistry;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::Frame;
@@ -142,8 +143,8 @@ fn choose(
     attempts.get(index).map(|c| (*c).clone())
 }
 
-async fn handle<R: RuntimeService + Clone>(
-    runtime: R,
+async fn handle(
+    runtimes: RuntimeRegistry,
     request: Request<hyper::body::Incoming>,
 ) -> Response<Body> {
     let path: Vec<String> = request
@@ -167,31 +168,40 @@ async fn handle<R: RuntimeService + Clone>(
         Ok(o) => o,
         Err(e) => return text_response(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    let (Ok(sandboxes), Ok(containers)) = (
-        runtime
-            .list_pod_sandboxes(&skiff_runtime::SandboxFilter {
-                pod: Some((namespace.clone(), pod.clone())),
-            })
-            .await,
-        runtime.list_containers(&Default::default()).await,
-    ) else {
-        return text_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the runtime did not answer\n",
-        );
-    };
-    let sandboxes: HashMap<String, (String, String)> = sandboxes
-        .into_iter()
-        .map(|s| (s.id, (s.config.namespace, s.config.name)))
-        .collect();
-    let Some(chosen) = choose(
-        &containers,
-        namespace,
-        pod,
-        container,
-        options.previous,
-        &sandboxes,
-    ) else {
+    // The pod runs on one backend; look in each, since the log request names no class.
+    let mut found = None;
+    for backend in runtimes.backends() {
+        let runtime = backend.runtime.clone();
+        let (Ok(sandboxes), Ok(containers)) = (
+            runtime
+                .list_pod_sandboxes(&skiff_runtime::SandboxFilter {
+                    pod: Some((namespace.clone(), pod.clone())),
+                })
+                .await,
+            runtime.list_containers(&Default::default()).await,
+        ) else {
+            return text_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the runtime did not answer\n",
+            );
+        };
+        let sandboxes: HashMap<String, (String, String)> = sandboxes
+            .into_iter()
+            .map(|s| (s.id, (s.config.namespace, s.config.name)))
+            .collect();
+        if let Some(chosen) = choose(
+            &containers,
+            namespace,
+            pod,
+            container,
+            options.previous,
+            &sandboxes,
+        ) {
+            found = Some((runtime, chosen));
+            break;
+        }
+    }
+    let Some((runtime, chosen)) = found else {
         let what = if options.previous {
             "previous terminated container"
         } else {
@@ -214,7 +224,7 @@ async fn handle<R: RuntimeService + Clone>(
         if !text.is_empty() && tx.send(Ok(Frame::data(Bytes::from(text)))).await.is_err() {
             return;
         }
-        follow(&runtime, &id, log_path, offset, options, tx).await;
+        follow(runtime.as_ref(), &id, log_path, offset, options, tx).await;
     });
     let mut response = Response::new(StreamBody::new(ReceiverStream::new(rx)).boxed());
     response.headers_mut().insert(
@@ -226,8 +236,8 @@ async fn handle<R: RuntimeService + Clone>(
 
 /// Streams what the container logs from `offset` on, until it stops running (and its
 /// last lines are out) or the client goes away.
-async fn follow<R: RuntimeService>(
-    runtime: &R,
+async fn follow(
+    runtime: &dyn RuntimeService,
     id: &str,
     log_path: PathBuf,
     mut offset: u64,
@@ -285,9 +295,9 @@ async fn follow<R: RuntimeService>(
 }
 
 /// Serves the log endpoint on `listener` until `shutdown` completes.
-pub async fn serve<R: RuntimeService + Clone>(
+pub async fn serve(
     listener: TcpListener,
-    runtime: R,
+    runtimes: RuntimeRegistry,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -297,11 +307,11 @@ pub async fn serve<R: RuntimeService + Clone>(
             _ = &mut shutdown => return,
         };
         let Ok((stream, _)) = accepted else { continue };
-        let runtime = runtime.clone();
+        let runtimes = runtimes.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let runtime = runtime.clone();
-                async move { Ok::<_, Infallible>(handle(runtime, request).await) }
+                let runtimes = runtimes.clone();
+                async move { Ok::<_, Infallible>(handle(runtimes, request).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)

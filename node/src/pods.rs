@@ -1,29 +1,30 @@
 //! Pod sync: level-triggered reconcile of one pod bound to this node against what the
-//! runtime reports. Desired state is the pod from the informer's cache; actual state is
+//! runtimes report, as the pure [`crate::plan::plan`] and the executor here (runtime
+//! calls, API writes, events, volumes). Desired state is the pod from the informer's cache; actual state is
 //! `runtime.list_pod_sandboxes()` and `list_containers()`. Nothing the agent keeps in
 //! memory is needed for correctness: after a restart the runtime is empty and pods are
 //! started again, with restart counts continued from their status.
 
-use crate::status::{pod_status, ContainerView};
-use crate::Clock;
+use crate::plan::{plan, ObservedSandbox, PlanInput, PodRef, StartFailure, SyncAction};
+use crate::runtimes::{Backend, ClassLookup, RuntimeRegistry};
+use k8s_openapi::api::core::v1 as core;
 use serde_json::Value;
+use skiff_api::clock::SharedClock;
 use skiff_api::quantity::Quantity;
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::Client;
 use skiff_runtime::{
-    ContainerConfig, ContainerFilter, ContainerState, ContainerStatus, ImageService, Mount,
-    PodSandboxConfig, ResourceLimits, RuntimeError, RuntimeService, SandboxFilter, SandboxId,
+    ContainerConfig, ContainerFilter, Mount, ResourceLimits, RuntimeError, SandboxFilter, SandboxId,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Mutex;
+use std::time::Duration;
 
-/// First CrashLoopBackOff delay; it doubles per restart up to [`MAX_BACKOFF`].
-pub const INITIAL_BACKOFF: Duration = Duration::from_secs(10);
-pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
-/// A container that ran this long before exiting restarts without delay.
-pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
+pub use crate::plan::{crash_backoff, restarts, BACKOFF_RESET, INITIAL_BACKOFF, MAX_BACKOFF};
+
+/// Plan/execute rounds of one sync before it gives up and looks again a little later.
+const MAX_PLAN_ROUNDS: usize = 5;
 
 /// Errors of one pod sync; all are retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,8 @@ pub enum SyncError {
     Runtime(#[from] RuntimeError),
     #[error("API: {0}")]
     Api(#[from] skiff_client::ClientError),
+    #[error("the cached pod does not decode as a Pod: {0}")]
+    Decode(#[from] serde_json::Error),
 }
 
 /// What a sync wants next.
@@ -40,41 +43,6 @@ pub enum Next {
     Done,
     /// Look again after this long (a back-off expires, say).
     After(Duration),
-}
-
-/// A failure to get a container going that the runtime cannot report (it has no
-/// container for it): shown as the container's waiting reason and backed off.
-#[derive(Debug, Clone)]
-struct StartFailure {
-    reason: &'static str,
-    message: String,
-    count: u32,
-    at: SystemTime,
-}
-
-/// Delay before restart number `restarts + 1`, given how long the last run lasted.
-pub fn crash_backoff(restarts: u32, last_run: Duration) -> Duration {
-    if restarts == 0 || last_run >= BACKOFF_RESET {
-        return Duration::ZERO;
-    }
-    INITIAL_BACKOFF
-        .saturating_mul(2u32.saturating_pow(restarts - 1))
-        .min(MAX_BACKOFF)
-}
-
-fn pull_backoff(failures: u32) -> Duration {
-    INITIAL_BACKOFF
-        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(10)))
-        .min(MAX_BACKOFF)
-}
-
-/// Whether a container that exited with `exit_code` runs again under `policy`.
-pub fn restarts(policy: &str, exit_code: i32) -> bool {
-    match policy {
-        "Never" => false,
-        "OnFailure" => exit_code != 0,
-        _ => true,
-    }
 }
 
 /// A memory limit (`64Mi`, `1G`, `1048576`) in bytes, read as a Kubernetes quantity.
@@ -212,36 +180,40 @@ async fn container_env(
 }
 
 /// Syncs pods of one node against one runtime.
-pub struct PodSyncer<R> {
+pub struct PodSyncer {
     pub client: Client,
-    pub runtime: R,
+    pub runtimes: RuntimeRegistry,
+    /// RuntimeClass name -> handler, from the agent's RuntimeClass informer.
+    pub runtime_classes: ClassLookup,
     pub node_name: String,
     pub host_ip: String,
     pub log_root: PathBuf,
     /// Pod volumes live in `<volume_root>/<pod uid>/<volume>`.
     pub volume_root: PathBuf,
     pub recorder: Recorder,
-    pub clock: Arc<dyn Clock>,
+    pub clock: SharedClock,
     pub log_max_bytes: u64,
     pub log_max_files: u32,
     /// (pod uid, container) -> why it could not be started, for back-off and status.
     failures: Mutex<HashMap<(String, String), StartFailure>>,
 }
 
-impl<R: RuntimeService + ImageService> PodSyncer<R> {
+impl PodSyncer {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
-        runtime: R,
+        runtimes: RuntimeRegistry,
+        runtime_classes: ClassLookup,
         node_name: String,
         host_ip: String,
         data_dir: PathBuf,
         recorder: Recorder,
-        clock: Arc<dyn Clock>,
+        clock: SharedClock,
     ) -> Self {
         PodSyncer {
             client,
-            runtime,
+            runtimes,
+            runtime_classes,
             node_name,
             host_ip,
             log_root: data_dir.join("pods"),
@@ -259,261 +231,229 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
     }
 
     fn event(&self, pod: &Value, event_type: EventType, reason: &str, message: &str) {
-        let now = chrono::DateTime::<chrono::Utc>::from(self.clock.now());
-        self.recorder.record(pod, event_type, reason, message, now);
+        self.recorder
+            .record(pod, event_type, reason, message, self.clock.now());
     }
 
-    /// Sandboxes the runtime has for the pod `namespace/name`.
-    async fn sandboxes_of(
+    /// What every backend has for the pod `namespace/name`: its sandboxes and their
+    /// containers (a pod's sandbox may be on any backend; its class decides).
+    async fn observe(
         &self,
         namespace: &str,
         name: &str,
-    ) -> Result<Vec<(SandboxId, String)>, SyncError> {
-        Ok(self
-            .runtime
-            .list_pod_sandboxes(&SandboxFilter {
+    ) -> Result<Vec<ObservedSandbox>, SyncError> {
+        let mut observed = Vec::new();
+        for backend in self.runtimes.backends() {
+            let filter = SandboxFilter {
                 pod: Some((namespace.to_string(), name.to_string())),
-            })
-            .await?
-            .into_iter()
-            .filter(|s| s.config.namespace == namespace && s.config.name == name)
-            .map(|s| (s.id, s.config.pod_uid))
-            .collect())
+            };
+            for sandbox in backend.runtime.list_pod_sandboxes(&filter).await? {
+                if sandbox.config.namespace != namespace || sandbox.config.name != name {
+                    continue;
+                }
+                let containers = backend
+                    .runtime
+                    .list_containers(&ContainerFilter {
+                        sandbox_id: Some(sandbox.id.clone()),
+                    })
+                    .await?;
+                observed.push(ObservedSandbox {
+                    handler: backend.handler.clone(),
+                    sandbox,
+                    containers,
+                });
+            }
+        }
+        Ok(observed)
     }
 
     /// Reconciles the pod with key `namespace/name`; `pod` is the cached object, if any.
+    ///
+    /// Observe the runtimes, [`plan`], execute; when the plan changed the runtime,
+    /// observe and plan again, so the status written is computed from what the runtime
+    /// reports after the changes (a few rounds at most: create sandbox, create
+    /// containers, settle).
     pub async fn sync(&self, key: &str, pod: Option<&Value>) -> Result<Next, SyncError> {
         let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
-        let Some(pod) = pod.filter(|p| {
-            p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(self.node_name.as_str())
-        }) else {
-            // Gone (or moved): whatever runs for it here must go.
-            for (sandbox, uid) in self.sandboxes_of(namespace, name).await? {
-                self.runtime.remove_pod_sandbox(&sandbox).await?;
-                self.remove_volumes(&uid);
-                self.failures().retain(|(u, _), _| u != &uid);
-            }
-            return Ok(Next::Done);
-        };
-        let uid = pod
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        // Sandboxes of an earlier pod with the same name are stale.
-        for (sandbox, sandbox_uid) in self.sandboxes_of(namespace, name).await? {
-            if sandbox_uid != uid {
-                self.runtime.remove_pod_sandbox(&sandbox).await?;
-                self.remove_volumes(&sandbox_uid);
-            }
-        }
-        if pod
-            .pointer("/metadata/deletionTimestamp")
-            .is_some_and(|v| !v.is_null())
-        {
-            return self.terminate(pod, namespace, name, &uid).await;
-        }
-        let phase = pod
-            .pointer("/status/phase")
-            .and_then(Value::as_str)
-            .unwrap_or("Pending");
-        if phase == "Succeeded" || phase == "Failed" {
-            // Finished pods keep their containers (and logs) until deleted; nothing to run.
-            return Ok(Next::Done);
-        }
-        let sandbox = match self.sandboxes_of(namespace, name).await?.into_iter().next() {
-            Some((id, _)) => id,
-            None => {
-                let config = PodSandboxConfig {
-                    pod_uid: uid.clone(),
-                    namespace: namespace.to_string(),
-                    name: name.to_string(),
-                    log_directory: self.log_root.join(format!("{namespace}_{name}_{uid}")),
-                    labels: Default::default(),
-                };
-                self.runtime.run_pod_sandbox(&config).await?
-            }
-        };
-        let containers: Vec<ContainerStatus> = self
-            .runtime
-            .list_containers(&ContainerFilter {
-                sandbox_id: Some(sandbox.clone()),
-            })
-            .await?;
-        let policy = pod
-            .pointer("/spec/restartPolicy")
-            .and_then(Value::as_str)
-            .unwrap_or("Always")
-            .to_string();
-        let specs = pod
-            .pointer("/spec/containers")
-            .and_then(Value::as_array)
-            .cloned()
+        // Decoded once: the API server stored it through the same typed struct.
+        let typed: Option<core::Pod> =
+            pod.map(|p| serde_json::from_value(p.clone())).transpose()?;
+        let pod_ref = typed
+            .as_ref()
+            .zip(pod)
+            .map(|(typed, json)| PodRef { typed, json });
+        let uid = typed
+            .as_ref()
+            .and_then(|p| p.metadata.uid.as_deref())
             .unwrap_or_default();
-        let now = self.clock.now();
-        let mut next = Next::Done;
-        let mut views = Vec::new();
-        for spec in &specs {
-            let name = spec
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let image = spec
-                .get("image")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let mut attempts: Vec<&ContainerStatus> =
-                containers.iter().filter(|c| c.name == name).collect();
-            attempts.sort_by_key(|c| c.attempt);
-            let latest = attempts.last().map(|c| (*c).clone());
-            // Restarts before this agent's runtime knew the container (an agent restart).
-            let reported_restarts = pod
-                .pointer("/status/containerStatuses")
-                .and_then(Value::as_array)
-                .and_then(|s| {
-                    s.iter()
-                        .find(|s| s.get("name").and_then(Value::as_str) == Some(name.as_str()))
-                })
-                .map(|s| {
-                    let count = s.get("restartCount").and_then(Value::as_u64).unwrap_or(0) as u32;
-                    let ran = s.pointer("/state/running").is_some()
-                        || s.pointer("/state/terminated").is_some()
-                        || s.pointer("/lastState/terminated").is_some();
-                    if ran {
-                        count + 1
-                    } else {
-                        count
-                    }
-                })
-                .unwrap_or(0);
-            let mut waiting = None;
-            let mut finished = false;
-            let start_attempt: Option<u32> = match &latest {
-                None => Some(reported_restarts),
-                Some(c) => {
-                    match &c.state {
-                        ContainerState::Created => {
-                            self.runtime.start_container(&c.id).await?;
-                            None
-                        }
-                        ContainerState::Running => None,
-                        ContainerState::Exited {
-                            exit_code,
-                            finished_at,
-                            ..
-                        } => {
-                            if restarts(&policy, *exit_code) {
-                                let ran_for = c
-                                    .started_at
-                                    .and_then(|s| finished_at.duration_since(s).ok())
-                                    .unwrap_or_default();
-                                let delay = crash_backoff(
-                                    c.attempt.max(reported_restarts.saturating_sub(1)),
-                                    ran_for,
-                                );
-                                let elapsed = now.duration_since(*finished_at).unwrap_or_default();
-                                if elapsed >= delay {
-                                    Some(c.attempt + 1)
-                                } else {
-                                    let remaining = delay - elapsed;
-                                    waiting = Some((
-                                    "CrashLoopBackOff".to_string(),
-                                    format!("back-off {}s restarting failed container={name} pod={}", delay.as_secs(), key.replace('/', "_")),
-                                ));
-                                    next = earliest(next, remaining);
-                                    None
-                                }
-                            } else {
-                                finished = true;
-                                None
-                            }
-                        }
-                    }
-                }
-            };
-            let mut latest = latest;
-            if let Some(attempt) = start_attempt {
-                match self
-                    .start(pod, &uid, &sandbox, spec, &name, &image, attempt)
-                    .await
-                {
-                    Ok(started) => {
-                        latest = Some(started);
-                    }
-                    Err((reason, message, retry)) => {
-                        waiting = Some((reason.to_string(), message));
-                        next = earliest(next, retry);
-                    }
-                }
-            }
-            // Keep the latest attempt and the one before it (for `logs --previous`).
-            let keep_from = latest
-                .as_ref()
-                .map(|l| l.attempt.saturating_sub(1))
-                .unwrap_or(0);
-            for old in attempts.iter().filter(|c| c.attempt < keep_from) {
-                self.runtime.remove_container(&old.id).await?;
-            }
-            let previous = attempts
+        let class = typed
+            .as_ref()
+            .and_then(|p| p.spec.as_ref()?.runtime_class_name.as_deref());
+        for _ in 0..MAX_PLAN_ROUNDS {
+            let sandboxes = self.observe(namespace, name).await?;
+            let failures: HashMap<String, StartFailure> = self
+                .failures()
                 .iter()
-                .filter(|c| latest.as_ref().is_some_and(|l| c.attempt < l.attempt))
-                .max_by_key(|c| c.attempt)
-                .map(|c| (*c).clone());
-            let restart_count = latest
-                .as_ref()
-                .map(|l| l.attempt)
-                .unwrap_or(reported_restarts);
-            views.push(ContainerView {
-                name,
-                image,
-                latest,
-                previous,
-                waiting,
-                restart_count,
-                finished,
+                .filter(|((u, _), _)| u == uid)
+                .map(|((_, container), f)| (container.clone(), f.clone()))
+                .collect();
+            let backend = self
+                .runtimes
+                .resolve(class, self.runtime_classes.as_ref())
+                .map(|b| b.handler.clone());
+            let actions = plan(&PlanInput {
+                node_name: &self.node_name,
+                host_ip: &self.host_ip,
+                log_root: &self.log_root,
+                pod: pod_ref,
+                sandboxes: &sandboxes,
+                backend,
+                failures: &failures,
+                now: self.clock.system_time(),
             });
+            let replan = actions.iter().any(SyncAction::changes_runtime)
+                && !actions
+                    .iter()
+                    .any(|a| matches!(a, SyncAction::DeletePod { .. }));
+            let next = self.execute(pod, namespace, name, actions).await?;
+            if !replan {
+                return Ok(next);
+            }
         }
-        let status = pod_status(
-            pod,
-            &views,
-            &self.host_ip,
-            chrono::DateTime::<chrono::Utc>::from(now),
-        );
-        if pod.get("status") != Some(&status) {
-            self.write_status(pod, status).await?;
+        // Still changing after several rounds: look again soon rather than spin here.
+        Ok(Next::After(Duration::from_secs(1)))
+    }
+
+    /// Carries out a plan's actions in order. Returns when the pod wants syncing again.
+    pub async fn execute(
+        &self,
+        pod: Option<&Value>,
+        namespace: &str,
+        name: &str,
+        actions: Vec<SyncAction>,
+    ) -> Result<Next, SyncError> {
+        let mut next = Next::Done;
+        // The sandbox a CreateSandbox of this plan made, for its CreateContainers.
+        let mut created_sandbox: Option<SandboxId> = None;
+        for action in actions {
+            match action {
+                SyncAction::CreateSandbox { handler, config } => {
+                    let backend = self.backend(&handler)?;
+                    created_sandbox = Some(backend.runtime.run_pod_sandbox(&config).await?);
+                }
+                SyncAction::CreateContainer {
+                    handler,
+                    sandbox,
+                    name: container,
+                    attempt,
+                } => {
+                    let (Some(pod), Some(sandbox)) =
+                        (pod, sandbox.or_else(|| created_sandbox.clone()))
+                    else {
+                        continue;
+                    };
+                    let backend = self.backend(&handler)?;
+                    self.create_and_start(backend, pod, &sandbox, &container, attempt)
+                        .await;
+                }
+                SyncAction::StartContainer { handler, id } => {
+                    self.backend(&handler)?.runtime.start_container(&id).await?;
+                }
+                SyncAction::RemoveContainer { handler, id } => {
+                    self.backend(&handler)?
+                        .runtime
+                        .remove_container(&id)
+                        .await?;
+                }
+                SyncAction::StopSandbox { handler, id, grace } => {
+                    self.backend(&handler)?
+                        .runtime
+                        .stop_pod_sandbox(&id, grace)
+                        .await?;
+                }
+                SyncAction::RemoveSandbox { handler, id } => {
+                    self.backend(&handler)?
+                        .runtime
+                        .remove_pod_sandbox(&id)
+                        .await?;
+                }
+                SyncAction::ForgetPod { uid } => {
+                    self.remove_volumes(&uid);
+                    self.failures().retain(|(u, _), _| u != &uid);
+                }
+                SyncAction::DeletePod { uid } => {
+                    let pods = &skiff_api::resource::PODS;
+                    // Gone from this node: remove it now, unless it was replaced meanwhile.
+                    self.client
+                        .delete_if_uid(pods, Some(namespace), name, &uid, Some(0))
+                        .await?;
+                }
+                SyncAction::RecordEvent {
+                    warning,
+                    reason,
+                    message,
+                } => {
+                    if let Some(pod) = pod {
+                        let event_type = if warning {
+                            EventType::Warning
+                        } else {
+                            EventType::Normal
+                        };
+                        self.event(pod, event_type, &reason, &message);
+                    }
+                }
+                SyncAction::WriteStatus(status) => {
+                    if let Some(pod) = pod {
+                        self.write_status(pod, status).await?;
+                    }
+                }
+                SyncAction::WaitBackoff { until } => {
+                    let wait = until
+                        .duration_since(self.clock.system_time())
+                        .unwrap_or_default()
+                        .max(Duration::from_millis(100));
+                    next = match next {
+                        Next::After(d) if d <= wait => next,
+                        _ => Next::After(wait),
+                    };
+                }
+            }
         }
         Ok(next)
     }
 
-    /// Pulls, creates and starts one attempt of a container. On failure returns the
-    /// waiting reason, a message and when to try again.
-    #[allow(clippy::too_many_arguments)]
-    async fn start(
+    /// The backend a plan names; plans only name registered handlers, so a miss is a
+    /// bug reported as an error rather than a panic.
+    fn backend(&self, handler: &str) -> Result<&Backend, RuntimeError> {
+        self.runtimes
+            .get(handler)
+            .ok_or_else(|| RuntimeError::NotFound {
+                kind: "runtime handler",
+                id: handler.to_string(),
+            })
+    }
+
+    /// Pulls, creates and starts one attempt of a container. A failure is remembered
+    /// (for the status and the back-off the next plan applies) and reported as an event.
+    async fn create_and_start(
         &self,
+        backend: &Backend,
         pod: &Value,
-        uid: &str,
         sandbox: &SandboxId,
-        spec: &Value,
         name: &str,
-        image: &str,
         attempt: u32,
-    ) -> Result<ContainerStatus, (&'static str, String, Duration)> {
+    ) {
+        let uid = str_at(pod, "/metadata/uid");
+        let Some(spec) = pod
+            .pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .and_then(|specs| specs.iter().find(|c| str_at(c, "/name") == name))
+        else {
+            return;
+        };
+        let image = str_at(spec, "/image");
         let failure_key = (uid.to_string(), name.to_string());
-        let now = self.clock.now();
-        if let Some(f) = self.failures().get(&failure_key).cloned() {
-            let wait = pull_backoff(f.count);
-            let elapsed = now.duration_since(f.at).unwrap_or_default();
-            if elapsed < wait {
-                let reason = if f.reason == "ErrImagePull" {
-                    "ImagePullBackOff"
-                } else {
-                    f.reason
-                };
-                return Err((reason, f.message, wait - elapsed));
-            }
-        }
+        let now = self.clock.system_time();
         let fail = |reason: &'static str, message: String| {
             let mut failures = self.failures();
             let entry = failures.entry(failure_key.clone()).or_insert(StartFailure {
@@ -522,25 +462,12 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
                 count: 0,
                 at: now,
             });
-            entry.count += 1;
+            entry.count = entry.count.saturating_add(1);
             entry.reason = reason;
-            entry.message = message.clone();
+            entry.message = message;
             entry.at = now;
-            (reason, message, pull_backoff(entry.count))
         };
-        if let Some(class) = pod
-            .pointer("/spec/runtimeClassName")
-            .and_then(Value::as_str)
-            .filter(|c| !c.is_empty() && *c != skiff_runtime::wasm::RUNTIME_CLASS)
-        {
-            let message = format!(
-                "RuntimeClass {class:?} is not handled by node {}: it runs the {:?} runtime class",
-                self.node_name,
-                skiff_runtime::wasm::RUNTIME_CLASS
-            );
-            return Err(fail("CreateContainerConfigError", message));
-        }
-        let pulled = match self.runtime.pull_image(image).await {
+        let pulled = match backend.images.pull_image(image).await {
             Ok(p) => p,
             Err(e) => {
                 let message = e.to_string();
@@ -550,7 +477,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
                     "Failed",
                     &format!("Error: {message}"),
                 );
-                return Err(fail("ErrImagePull", message));
+                return fail("ErrImagePull", message);
             }
         };
         let namespace = pod
@@ -566,7 +493,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
                     "Failed",
                     &format!("Error: {message}"),
                 );
-                return Err(fail("CreateContainerConfigError", message));
+                return fail("CreateContainerConfigError", message);
             }
         };
         self.fill_downward_api(pod, spec, &mut env);
@@ -574,7 +501,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
             Ok(m) => m,
             Err(message) => {
                 self.event(pod, EventType::Warning, "FailedMount", &message);
-                return Err(fail("CreateContainerConfigError", message));
+                return fail("CreateContainerConfigError", message);
             }
         };
         let limits = ResourceLimits {
@@ -607,7 +534,7 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
             log_max_files: self.log_max_files,
             mounts,
         };
-        let id = match self.runtime.create_container(sandbox, &config).await {
+        let id = match backend.runtime.create_container(sandbox, &config).await {
             Ok(id) => id,
             Err(e) => {
                 let reason = match e {
@@ -622,19 +549,19 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
                     "Failed",
                     &format!("Error: {message}"),
                 );
-                return Err(fail(reason, message));
+                return fail(reason, message);
             }
         };
-        if let Err(e) = self.runtime.start_container(&id).await {
+        if let Err(e) = backend.runtime.start_container(&id).await {
             let message = e.to_string();
-            let _ = self.runtime.remove_container(&id).await;
+            let _ = backend.runtime.remove_container(&id).await;
             self.event(
                 pod,
                 EventType::Warning,
                 "Failed",
                 &format!("Error: {message}"),
             );
-            return Err(fail("RunContainerError", message));
+            return fail("RunContainerError", message);
         }
         self.failures().remove(&failure_key);
         self.event(
@@ -643,10 +570,6 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
             "Started",
             &format!("Started container {name}"),
         );
-        self.runtime
-            .container_status(&id)
-            .await
-            .map_err(|e| ("RunContainerError", e.to_string(), INITIAL_BACKOFF))
     }
 
     /// The container's `volumeMounts` as runtime mounts.
@@ -820,39 +743,6 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
         }
     }
 
-    /// Stops and removes everything of a pod being deleted, then removes the pod object.
-    async fn terminate(
-        &self,
-        pod: &Value,
-        namespace: &str,
-        name: &str,
-        uid: &str,
-    ) -> Result<Next, SyncError> {
-        let grace = pod
-            .pointer("/metadata/deletionGracePeriodSeconds")
-            .and_then(Value::as_i64)
-            .unwrap_or(30)
-            .max(0) as u64;
-        let sandboxes = self.sandboxes_of(namespace, name).await?;
-        if !sandboxes.is_empty() {
-            self.event(pod, EventType::Normal, "Killing", "Stopping all containers");
-        }
-        for (sandbox, _) in sandboxes {
-            self.runtime
-                .stop_pod_sandbox(&sandbox, Duration::from_secs(grace))
-                .await?;
-            self.runtime.remove_pod_sandbox(&sandbox).await?;
-        }
-        self.remove_volumes(uid);
-        self.failures().retain(|(u, _), _| u != uid);
-        let pods = &skiff_api::resource::PODS;
-        // The pod is gone from this node: remove it now, unless it was replaced meanwhile.
-        self.client
-            .delete_if_uid(pods, Some(namespace), name, uid, Some(0))
-            .await?;
-        Ok(Next::Done)
-    }
-
     async fn write_status(&self, pod: &Value, status: Value) -> Result<(), SyncError> {
         let pods = &skiff_api::resource::PODS;
         let mut updated = pod.clone();
@@ -863,16 +753,213 @@ impl<R: RuntimeService + ImageService> PodSyncer<R> {
     }
 }
 
-fn earliest(next: Next, after: Duration) -> Next {
-    match next {
-        Next::After(d) if d <= after => next,
-        _ => Next::After(after),
-    }
+fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skiff_api::clock::ManualClock;
+    use skiff_runtime::fake::FakeRuntime;
+    use skiff_runtime::{ContainerState, ExitReason, RuntimeService as _};
+    use std::sync::Arc;
+
+    /// A syncer over a FakeRuntime and a manual clock. Its API client points at a port
+    /// nothing listens on: these tests execute runtime actions only.
+    fn syncer(dir: &std::path::Path) -> (PodSyncer, FakeRuntime, ManualClock) {
+        let clock = ManualClock::new(chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap());
+        let fake = FakeRuntime::new(Arc::new(clock.clone()));
+        let client = Client::new("http://127.0.0.1:9").unwrap();
+        let recorder = Recorder::new(client.clone(), "kubelet", Some("n1"));
+        let syncer = PodSyncer::new(
+            client,
+            RuntimeRegistry::new("wasmtime", Arc::new(fake.clone())),
+            Arc::new(|_: &str| None),
+            "n1".into(),
+            "10.0.0.1".into(),
+            dir.to_path_buf(),
+            recorder,
+            Arc::new(clock.clone()),
+        );
+        (syncer, fake, clock)
+    }
+
+    fn pod() -> Value {
+        serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "uid": "u1"},
+            "spec": {"nodeName": "n1", "containers": [
+                {"name": "a", "image": "a.wasm", "args": ["x"]}, {"name": "b", "image": "b.wasm"}]},
+        })
+    }
+
+    /// Plans against what the fake runtime reports now, leaving out API writes.
+    async fn runtime_plan(syncer: &PodSyncer, pod: &Value) -> Vec<SyncAction> {
+        let sandboxes = syncer.observe("default", "web").await.unwrap();
+        let typed: core::Pod = serde_json::from_value(pod.clone()).unwrap();
+        let failures: HashMap<String, StartFailure> = syncer
+            .failures()
+            .iter()
+            .map(|((_, c), f)| (c.clone(), f.clone()))
+            .collect();
+        plan(&PlanInput {
+            node_name: "n1",
+            host_ip: "10.0.0.1",
+            log_root: &syncer.log_root,
+            pod: Some(PodRef {
+                typed: &typed,
+                json: pod,
+            }),
+            sandboxes: &sandboxes,
+            backend: Ok("wasmtime".into()),
+            failures: &failures,
+            now: syncer.clock.system_time(),
+        })
+        .into_iter()
+        .filter(|a| {
+            !matches!(
+                a,
+                SyncAction::WriteStatus(_)
+                    | SyncAction::DeletePod { .. }
+                    | SyncAction::RecordEvent { .. }
+            )
+        })
+        .collect()
+    }
+
+    #[tokio::test]
+    async fn executing_a_new_pods_plan_runs_its_sandbox_and_containers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (syncer, fake, _) = syncer(dir.path());
+        let pod = pod();
+        let actions = runtime_plan(&syncer, &pod).await;
+        syncer
+            .execute(Some(&pod), "default", "web", actions)
+            .await
+            .unwrap();
+        assert_eq!(
+            fake.calls(),
+            [
+                "run_pod_sandbox default/web",
+                "pull_image a.wasm",
+                "create_container a a.wasm",
+                "start_container container-2",
+                "pull_image b.wasm",
+                "create_container b b.wasm",
+                "start_container container-3",
+            ]
+        );
+        // Settled: the next plan changes nothing in the runtime.
+        assert_eq!(runtime_plan(&syncer, &pod).await, vec![]);
+    }
+
+    #[tokio::test]
+    async fn a_crashed_container_restarts_once_its_back_off_has_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (syncer, fake, clock) = syncer(dir.path());
+        let pod = pod();
+        let actions = runtime_plan(&syncer, &pod).await;
+        syncer
+            .execute(Some(&pod), "default", "web", actions)
+            .await
+            .unwrap();
+        // Attempt 1 of `a` crashes right away: 10 s of back-off before attempt 2.
+        fake.exit("container-2", 1, ExitReason::Error);
+        let actions = runtime_plan(&syncer, &pod).await;
+        assert!(
+            matches!(
+                actions[..],
+                [SyncAction::CreateContainer { attempt: 1, .. }]
+            ),
+            "{actions:?}"
+        );
+        syncer
+            .execute(Some(&pod), "default", "web", actions)
+            .await
+            .unwrap();
+        fake.exit("container-4", 1, ExitReason::Error);
+        let actions = runtime_plan(&syncer, &pod).await;
+        assert!(
+            matches!(actions[..], [SyncAction::WaitBackoff { .. }]),
+            "{actions:?}"
+        );
+        let next = syncer
+            .execute(Some(&pod), "default", "web", actions)
+            .await
+            .unwrap();
+        assert_eq!(next, Next::After(INITIAL_BACKOFF));
+        clock.advance(INITIAL_BACKOFF);
+        let actions = runtime_plan(&syncer, &pod).await;
+        syncer
+            .execute(Some(&pod), "default", "web", actions)
+            .await
+            .unwrap();
+        let attempts: Vec<(u32, bool)> = fake
+            .list_containers(&Default::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.name == "a")
+            .map(|c| (c.attempt, c.state == ContainerState::Running))
+            .collect();
+        assert_eq!(attempts, [(0, false), (1, false), (2, true)]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_pull_is_remembered_and_retried_after_its_back_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let (syncer, fake, clock) = syncer(dir.path());
+        fake.fail_pull("a.wasm", "not found");
+        let pod = pod();
+        let actions = runtime_plan(&syncer, &pod).await;
+        syncer
+            .execute(Some(&pod), "default", "web", actions)
+            .await
+            .unwrap();
+        let failure = syncer.failures().get(&("u1".into(), "a".into())).cloned();
+        assert_eq!(
+            failure.map(|f| (f.reason, f.count)),
+            Some(("ErrImagePull", 1))
+        );
+        let actions = runtime_plan(&syncer, &pod).await;
+        assert!(
+            matches!(actions[..], [SyncAction::WaitBackoff { .. }]),
+            "{actions:?}"
+        );
+        clock.advance(INITIAL_BACKOFF);
+        let actions = runtime_plan(&syncer, &pod).await;
+        assert!(
+            matches!(&actions[..], [SyncAction::CreateContainer { name, .. }] if name == "a"),
+            "{actions:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_pod_is_stopped_and_removed_from_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let (syncer, fake, _) = syncer(dir.path());
+        let mut pod = pod();
+        let actions = runtime_plan(&syncer, &pod).await;
+        syncer
+            .execute(Some(&pod), "default", "web", actions)
+            .await
+            .unwrap();
+        pod["metadata"]["deletionTimestamp"] = serde_json::json!("2027-01-01T00:00:00Z");
+        let actions = runtime_plan(&syncer, &pod).await;
+        syncer
+            .execute(Some(&pod), "default", "web", actions)
+            .await
+            .unwrap();
+        let calls = fake.calls();
+        assert_eq!(
+            calls[calls.len() - 2..],
+            ["stop_pod_sandbox sandbox-1", "remove_pod_sandbox sandbox-1"]
+        );
+        assert!(syncer.observe("default", "web").await.unwrap().is_empty());
+    }
 
     #[test]
     fn crash_backoff_doubles_to_a_cap_and_resets_after_a_long_run() {

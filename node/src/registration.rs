@@ -2,8 +2,9 @@
 //! taints, addresses, the Ready condition, the log endpoint) and the Lease in
 //! `kube-node-lease` that the node lifecycle controller watches.
 
-use crate::{Clock, NodeConfig};
+use crate::NodeConfig;
 use serde_json::{json, Value};
+use skiff_api::clock::Clock;
 use skiff_client::{Client, ClientError};
 use std::time::Duration;
 
@@ -119,7 +120,7 @@ pub async fn register(
     clock: &dyn Clock,
 ) -> Result<(), ClientError> {
     let nodes = &skiff_api::resource::NODES;
-    let now = crate::status::timestamp(clock.now());
+    let now = crate::status::timestamp(clock.system_time());
     let desired = node_object(config, log_port, &now);
     match client.get(nodes, None, &config.name).await {
         Err(e) if e.is_not_found() => {
@@ -145,7 +146,8 @@ pub async fn heartbeat(
     clock: &dyn Clock,
 ) -> Result<(), ClientError> {
     let leases = &skiff_api::resource::LEASES;
-    let now = chrono::DateTime::<chrono::Utc>::from(clock.now())
+    let now = clock
+        .now()
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let patch = json!({
         "spec": {
@@ -181,7 +183,11 @@ pub async fn heartbeat(
 }
 
 /// Keeps the lease renewed until the task is dropped.
-pub async fn run_heartbeats(client: Client, config: NodeConfig, clock: std::sync::Arc<dyn Clock>) {
+pub async fn run_heartbeats(
+    client: Client,
+    config: NodeConfig,
+    clock: skiff_api::clock::SharedClock,
+) {
     let mut failures = 0u32;
     loop {
         match heartbeat(&client, &config, clock.as_ref()).await {

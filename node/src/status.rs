@@ -30,10 +30,6 @@ pub fn timestamp(t: SystemTime) -> String {
     DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-fn container_id(status: &ContainerStatus) -> String {
-    format!("wasm://{}", status.id)
-}
-
 fn terminated(status: &ContainerStatus) -> Option<Value> {
     match &status.state {
         ContainerState::Exited {
@@ -47,7 +43,7 @@ fn terminated(status: &ContainerStatus) -> Option<Value> {
                 "reason": reason.as_str(),
                 "startedAt": status.started_at.map(timestamp),
                 "finishedAt": timestamp(*finished_at),
-                "containerID": container_id(status),
+                "containerID": status.uri(),
             });
             if !message.is_empty() {
                 t["message"] = json!(message);
@@ -93,7 +89,7 @@ fn container_status(view: &ContainerView) -> Value {
         "lastState": last_state,
     });
     if let Some(l) = latest {
-        status["containerID"] = json!(container_id(l));
+        status["containerID"] = json!(l.uri());
     }
     status
 }
@@ -203,6 +199,7 @@ mod tests {
     fn runtime_status(state: ContainerState, attempt: u32) -> ContainerStatus {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         ContainerStatus {
+            runtime_name: "wasm",
             id: format!("c{attempt}"),
             sandbox_id: "s".into(),
             name: "app".into(),
@@ -240,6 +237,23 @@ mod tests {
             reason,
             message: String::new(),
             finished_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_100),
+        }
+    }
+
+    #[test]
+    fn container_ids_carry_the_backend_that_runs_them() {
+        let now = DateTime::parse_from_rfc3339("2027-01-15T08:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let pod = json!({"metadata": {"name": "p"}, "spec": {}});
+        for runtime_name in ["wasm", "containerd"] {
+            let mut latest = runtime_status(ContainerState::Running, 0);
+            latest.runtime_name = runtime_name;
+            let status = pod_status(&pod, &[view(Some(latest), None, false)], "10.0.0.1", now);
+            assert_eq!(
+                status["containerStatuses"][0]["containerID"],
+                json!(format!("{runtime_name}://c0"))
+            );
         }
     }
 

@@ -3,9 +3,10 @@
 
 use crate::{
     ContainerConfig, ContainerId, ContainerState, ContainerStatus, ExitReason, ImageRef,
-    ImageService, ImageStatus, PodSandboxConfig, PodSandboxStatus, RuntimeError, RuntimeService,
-    SandboxId, SandboxState,
+    ImageService, ImageStatus, PodSandboxConfig, PodSandboxStatus, RuntimeError, RuntimeFuture,
+    RuntimeService, SandboxId, SandboxState,
 };
+use skiff_api::clock::SharedClock;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -23,19 +24,18 @@ struct State {
     next: u64,
 }
 
-/// A fake [`RuntimeService`] + [`ImageService`]; clones share state.
+/// A fake [`RuntimeService`] + [`ImageService`]; clones share state. Its timestamps
+/// come from the clock it is given, so tests of back-off move time themselves.
 #[derive(Clone)]
 pub struct FakeRuntime {
     state: Arc<Mutex<State>>,
     events: tokio::sync::broadcast::Sender<crate::ContainerEvent>,
+    clock: SharedClock,
 }
 
 impl Default for FakeRuntime {
     fn default() -> Self {
-        FakeRuntime {
-            state: Arc::default(),
-            events: tokio::sync::broadcast::channel(1024).0,
-        }
+        FakeRuntime::new(skiff_api::clock::system())
     }
 }
 
@@ -46,6 +46,18 @@ impl std::fmt::Debug for FakeRuntime {
 }
 
 impl FakeRuntime {
+    pub fn new(clock: SharedClock) -> Self {
+        FakeRuntime {
+            state: Arc::default(),
+            events: tokio::sync::broadcast::channel(1024).0,
+            clock,
+        }
+    }
+
+    fn now(&self) -> SystemTime {
+        self.clock.system_time()
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -74,7 +86,7 @@ impl FakeRuntime {
                 exit_code,
                 reason,
                 message: String::new(),
-                finished_at: SystemTime::now(),
+                finished_at: self.now(),
             };
         }
     }
@@ -85,219 +97,256 @@ impl FakeRuntime {
 }
 
 impl RuntimeService for FakeRuntime {
+    fn runtime_name(&self) -> &'static str {
+        "fake"
+    }
+
     fn container_events(&self) -> tokio::sync::broadcast::Receiver<crate::ContainerEvent> {
         self.events.subscribe()
     }
 
-    async fn run_pod_sandbox(&self, config: &PodSandboxConfig) -> Result<SandboxId, RuntimeError> {
-        let mut state = self.state();
-        state.next += 1;
-        let id = format!("sandbox-{}", state.next);
-        state.calls.push(format!(
-            "run_pod_sandbox {}/{}",
-            config.namespace, config.name
-        ));
-        state.sandboxes.insert(
-            id.clone(),
-            PodSandboxStatus {
-                id: id.clone(),
-                config: config.clone(),
-                state: SandboxState::Ready,
-                created_at: SystemTime::now(),
-            },
-        );
-        Ok(id)
+    fn run_pod_sandbox<'a>(&'a self, config: &'a PodSandboxConfig) -> RuntimeFuture<'a, SandboxId> {
+        Box::pin(async move {
+            let mut state = self.state();
+            state.next += 1;
+            let id = format!("sandbox-{}", state.next);
+            state.calls.push(format!(
+                "run_pod_sandbox {}/{}",
+                config.namespace, config.name
+            ));
+            state.sandboxes.insert(
+                id.clone(),
+                PodSandboxStatus {
+                    id: id.clone(),
+                    config: config.clone(),
+                    state: SandboxState::Ready,
+                    created_at: self.now(),
+                    network: None,
+                },
+            );
+            Ok(id)
+        })
     }
 
-    async fn stop_pod_sandbox(&self, id: &SandboxId, _grace: Duration) -> Result<(), RuntimeError> {
-        self.record(format!("stop_pod_sandbox {id}"));
-        let mut state = self.state();
-        for c in state
-            .containers
-            .values_mut()
-            .filter(|c| &c.sandbox_id == id)
-        {
-            if c.state == ContainerState::Running {
-                c.state = ContainerState::Exited {
-                    exit_code: 137,
-                    reason: ExitReason::Error,
-                    message: "stopped".into(),
-                    finished_at: SystemTime::now(),
-                };
+    fn stop_pod_sandbox<'a>(
+        &'a self,
+        id: &'a SandboxId,
+        _grace: Duration,
+    ) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move {
+            self.record(format!("stop_pod_sandbox {id}"));
+            let mut state = self.state();
+            for c in state
+                .containers
+                .values_mut()
+                .filter(|c| &c.sandbox_id == id)
+            {
+                if c.state == ContainerState::Running {
+                    c.state = ContainerState::Exited {
+                        exit_code: 137,
+                        reason: ExitReason::Error,
+                        message: "stopped".into(),
+                        finished_at: self.now(),
+                    };
+                }
             }
-        }
-        if let Some(s) = state.sandboxes.get_mut(id) {
-            s.state = SandboxState::NotReady;
-        }
-        Ok(())
-    }
-
-    async fn remove_pod_sandbox(&self, id: &SandboxId) -> Result<(), RuntimeError> {
-        self.record(format!("remove_pod_sandbox {id}"));
-        let mut state = self.state();
-        state.containers.retain(|_, c| &c.sandbox_id != id);
-        state.sandboxes.remove(id);
-        Ok(())
-    }
-
-    async fn list_pod_sandboxes(
-        &self,
-        filter: &crate::SandboxFilter,
-    ) -> Result<Vec<PodSandboxStatus>, RuntimeError> {
-        Ok(self
-            .state()
-            .sandboxes
-            .values()
-            .filter(|s| {
-                filter
-                    .pod
-                    .as_ref()
-                    .is_none_or(|(ns, name)| &s.config.namespace == ns && &s.config.name == name)
-            })
-            .cloned()
-            .collect())
-    }
-
-    async fn create_container(
-        &self,
-        sandbox: &SandboxId,
-        config: &ContainerConfig,
-    ) -> Result<ContainerId, RuntimeError> {
-        let mut state = self.state();
-        state.calls.push(format!(
-            "create_container {} {}",
-            config.name, config.image.reference
-        ));
-        if let Some(reason) = state.invalid_images.get(&config.image.reference) {
-            return Err(RuntimeError::InvalidImage {
-                image: config.image.reference.clone(),
-                reason: reason.clone(),
-            });
-        }
-        if !state.sandboxes.contains_key(sandbox) {
-            return Err(RuntimeError::NotFound {
-                kind: "sandbox",
-                id: sandbox.clone(),
-            });
-        }
-        state.next += 1;
-        let id = format!("container-{}", state.next);
-        state.containers.insert(
-            id.clone(),
-            ContainerStatus {
-                id: id.clone(),
-                sandbox_id: sandbox.clone(),
-                name: config.name.clone(),
-                attempt: config.attempt,
-                image: config.image.clone(),
-                state: ContainerState::Created,
-                created_at: SystemTime::now(),
-                started_at: None,
-                log_path: PathBuf::from(format!("/fake/{id}.log")),
-            },
-        );
-        Ok(id)
-    }
-
-    async fn start_container(&self, id: &ContainerId) -> Result<(), RuntimeError> {
-        let mut state = self.state();
-        state.calls.push(format!("start_container {id}"));
-        let c = state
-            .containers
-            .get_mut(id)
-            .ok_or_else(|| RuntimeError::NotFound {
-                kind: "container",
-                id: id.clone(),
-            })?;
-        c.state = ContainerState::Running;
-        c.started_at = Some(SystemTime::now());
-        Ok(())
-    }
-
-    async fn stop_container(&self, id: &ContainerId, _grace: Duration) -> Result<(), RuntimeError> {
-        let mut state = self.state();
-        state.calls.push(format!("stop_container {id}"));
-        if let Some(c) = state.containers.get_mut(id) {
-            if matches!(c.state, ContainerState::Running | ContainerState::Created) {
-                c.state = ContainerState::Exited {
-                    exit_code: 137,
-                    reason: ExitReason::Error,
-                    message: "stopped".into(),
-                    finished_at: SystemTime::now(),
-                };
+            if let Some(s) = state.sandboxes.get_mut(id) {
+                s.state = SandboxState::NotReady;
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
-    async fn remove_container(&self, id: &ContainerId) -> Result<(), RuntimeError> {
-        let mut state = self.state();
-        state.calls.push(format!("remove_container {id}"));
-        state.containers.remove(id);
-        Ok(())
+    fn remove_pod_sandbox<'a>(&'a self, id: &'a SandboxId) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move {
+            self.record(format!("remove_pod_sandbox {id}"));
+            let mut state = self.state();
+            state.containers.retain(|_, c| &c.sandbox_id != id);
+            state.sandboxes.remove(id);
+            Ok(())
+        })
     }
 
-    async fn container_status(&self, id: &ContainerId) -> Result<ContainerStatus, RuntimeError> {
-        self.state()
-            .containers
-            .get(id)
-            .cloned()
-            .ok_or_else(|| RuntimeError::NotFound {
-                kind: "container",
-                id: id.clone(),
-            })
+    fn list_pod_sandboxes<'a>(
+        &'a self,
+        filter: &'a crate::SandboxFilter,
+    ) -> RuntimeFuture<'a, Vec<PodSandboxStatus>> {
+        Box::pin(async move {
+            Ok(self
+                .state()
+                .sandboxes
+                .values()
+                .filter(|s| {
+                    filter.pod.as_ref().is_none_or(|(ns, name)| {
+                        &s.config.namespace == ns && &s.config.name == name
+                    })
+                })
+                .cloned()
+                .collect())
+        })
     }
 
-    async fn list_containers(
-        &self,
-        filter: &crate::ContainerFilter,
-    ) -> Result<Vec<ContainerStatus>, RuntimeError> {
-        Ok(self
-            .state()
-            .containers
-            .values()
-            .filter(|c| {
-                filter
-                    .sandbox_id
-                    .as_ref()
-                    .is_none_or(|s| &c.sandbox_id == s)
-            })
-            .cloned()
-            .collect())
+    fn create_container<'a>(
+        &'a self,
+        sandbox: &'a SandboxId,
+        config: &'a ContainerConfig,
+    ) -> RuntimeFuture<'a, ContainerId> {
+        Box::pin(async move {
+            let mut state = self.state();
+            state.calls.push(format!(
+                "create_container {} {}",
+                config.name, config.image.reference
+            ));
+            if let Some(reason) = state.invalid_images.get(&config.image.reference) {
+                return Err(RuntimeError::InvalidImage {
+                    image: config.image.reference.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            if !state.sandboxes.contains_key(sandbox) {
+                return Err(RuntimeError::NotFound {
+                    kind: "sandbox",
+                    id: sandbox.clone(),
+                });
+            }
+            state.next += 1;
+            let id = format!("container-{}", state.next);
+            state.containers.insert(
+                id.clone(),
+                ContainerStatus {
+                    runtime_name: "fake",
+                    id: id.clone(),
+                    sandbox_id: sandbox.clone(),
+                    name: config.name.clone(),
+                    attempt: config.attempt,
+                    image: config.image.clone(),
+                    state: ContainerState::Created,
+                    created_at: self.now(),
+                    started_at: None,
+                    log_path: PathBuf::from(format!("/fake/{id}.log")),
+                },
+            );
+            Ok(id)
+        })
+    }
+
+    fn start_container<'a>(&'a self, id: &'a ContainerId) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move {
+            let mut state = self.state();
+            state.calls.push(format!("start_container {id}"));
+            let c = state
+                .containers
+                .get_mut(id)
+                .ok_or_else(|| RuntimeError::NotFound {
+                    kind: "container",
+                    id: id.clone(),
+                })?;
+            c.state = ContainerState::Running;
+            c.started_at = Some(self.now());
+            Ok(())
+        })
+    }
+
+    fn stop_container<'a>(
+        &'a self,
+        id: &'a ContainerId,
+        _grace: Duration,
+    ) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move {
+            let mut state = self.state();
+            state.calls.push(format!("stop_container {id}"));
+            if let Some(c) = state.containers.get_mut(id) {
+                if matches!(c.state, ContainerState::Running | ContainerState::Created) {
+                    c.state = ContainerState::Exited {
+                        exit_code: 137,
+                        reason: ExitReason::Error,
+                        message: "stopped".into(),
+                        finished_at: self.now(),
+                    };
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn remove_container<'a>(&'a self, id: &'a ContainerId) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move {
+            let mut state = self.state();
+            state.calls.push(format!("remove_container {id}"));
+            state.containers.remove(id);
+            Ok(())
+        })
+    }
+
+    fn container_status<'a>(&'a self, id: &'a ContainerId) -> RuntimeFuture<'a, ContainerStatus> {
+        Box::pin(async move {
+            self.state()
+                .containers
+                .get(id)
+                .cloned()
+                .ok_or_else(|| RuntimeError::NotFound {
+                    kind: "container",
+                    id: id.clone(),
+                })
+        })
+    }
+
+    fn list_containers<'a>(
+        &'a self,
+        filter: &'a crate::ContainerFilter,
+    ) -> RuntimeFuture<'a, Vec<ContainerStatus>> {
+        Box::pin(async move {
+            Ok(self
+                .state()
+                .containers
+                .values()
+                .filter(|c| {
+                    filter
+                        .sandbox_id
+                        .as_ref()
+                        .is_none_or(|s| &c.sandbox_id == s)
+                })
+                .cloned()
+                .collect())
+        })
     }
 }
 
 impl ImageService for FakeRuntime {
-    async fn pull_image(&self, reference: &str) -> Result<ImageRef, RuntimeError> {
-        let mut state = self.state();
-        state.calls.push(format!("pull_image {reference}"));
-        if let Some(reason) = state.failing_pulls.get(reference) {
-            return Err(RuntimeError::ImagePull {
-                image: reference.into(),
-                reason: reason.clone(),
-            });
-        }
-        Ok(ImageRef {
-            reference: reference.into(),
-            digest: format!("sha256:fake-{reference}"),
+    fn pull_image<'a>(&'a self, reference: &'a str) -> RuntimeFuture<'a, ImageRef> {
+        Box::pin(async move {
+            let mut state = self.state();
+            state.calls.push(format!("pull_image {reference}"));
+            if let Some(reason) = state.failing_pulls.get(reference) {
+                return Err(RuntimeError::ImagePull {
+                    image: reference.into(),
+                    reason: reason.clone(),
+                });
+            }
+            Ok(ImageRef {
+                reference: reference.into(),
+                digest: format!("sha256:fake-{reference}"),
+            })
         })
     }
 
-    async fn image_status(&self, reference: &str) -> Result<Option<ImageStatus>, RuntimeError> {
-        Ok(Some(ImageStatus {
-            image: ImageRef {
-                reference: reference.into(),
-                digest: format!("sha256:fake-{reference}"),
-            },
-            size_bytes: 0,
-        }))
+    fn image_status<'a>(&'a self, reference: &'a str) -> RuntimeFuture<'a, Option<ImageStatus>> {
+        Box::pin(async move {
+            Ok(Some(ImageStatus {
+                image: ImageRef {
+                    reference: reference.into(),
+                    digest: format!("sha256:fake-{reference}"),
+                },
+                size_bytes: 0,
+            }))
+        })
     }
 
-    async fn remove_image(&self, _reference: &str) -> Result<(), RuntimeError> {
-        Ok(())
+    fn remove_image<'a>(&'a self, _reference: &'a str) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move { Ok(()) })
     }
 
-    async fn list_images(&self) -> Result<Vec<ImageStatus>, RuntimeError> {
-        Ok(Vec::new())
+    fn list_images<'a>(&'a self) -> RuntimeFuture<'a, Vec<ImageStatus>> {
+        Box::pin(async move { Ok(Vec::new()) })
     }
 }

@@ -5,12 +5,18 @@
 //! [`ImageService`] that resolves and stores images. The agent reconciles against
 //! [`RuntimeService::list_containers`]: what the runtime reports is the truth.
 //!
+//! Both traits are object-safe (every call returns a [`RuntimeFuture`], a boxed future),
+//! so the agent holds each backend as `Arc<dyn RuntimeService>` / `Arc<dyn ImageService>`
+//! in a registry keyed by RuntimeClass handler, and a new backend is a new module.
+//!
 //! | CRI call | here |
 //! |---|---|
 //! | `RunPodSandbox` / `StopPodSandbox` / `RemovePodSandbox` / `ListPodSandbox` | [`RuntimeService::run_pod_sandbox`], `stop_pod_sandbox`, `remove_pod_sandbox`, `list_pod_sandboxes` |
 //! | `CreateContainer` / `StartContainer` / `StopContainer(timeout)` / `RemoveContainer` | `create_container`, `start_container`, `stop_container(grace)`, `remove_container` |
 //! | `ContainerStatus` / `ListContainers` | `container_status`, `list_containers` |
 //! | `PullImage` / `ImageStatus` / `RemoveImage` / `ListImages` | [`ImageService::pull_image`], `image_status`, `remove_image`, `list_images` |
+//! | `GetContainerEvents` | [`RuntimeService::container_events`] |
+//! | `Version.runtime_name` | [`RuntimeService::runtime_name`] (the scheme of container IDs) |
 //!
 //! Backends: [`wasm`] runs WASI modules and components in wasmtime inside the agent's
 //! process (the only code that knows wasmtime); a containerd backend comes later.
@@ -19,8 +25,10 @@
 pub mod fake;
 pub mod wasm;
 
+use futures::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -81,6 +89,17 @@ pub struct PodSandboxStatus {
     pub config: PodSandboxConfig,
     pub state: SandboxState,
     pub created_at: SystemTime,
+    /// The sandbox's addresses (CRI `PodSandboxStatus.network`); `None` while the
+    /// backend gives pods no network of their own.
+    pub network: Option<PodSandboxNetworkStatus>,
+}
+
+/// A sandbox's IP addresses (CRI `PodSandboxNetworkStatus`): `ip` becomes the pod's
+/// `status.podIP`, `additional_ips` the rest of `status.podIPs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSandboxNetworkStatus {
+    pub ip: IpAddr,
+    pub additional_ips: Vec<IpAddr>,
 }
 
 /// Resource limits of one container, from `resources.limits`.
@@ -162,6 +181,8 @@ impl ContainerState {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerStatus {
+    /// The backend that runs the container ([`RuntimeService::runtime_name`]).
+    pub runtime_name: &'static str,
     pub id: ContainerId,
     pub sandbox_id: SandboxId,
     pub name: String,
@@ -172,6 +193,14 @@ pub struct ContainerStatus {
     pub started_at: Option<SystemTime>,
     /// The container's current log file.
     pub log_path: PathBuf,
+}
+
+impl ContainerStatus {
+    /// The container's ID as pod status shows it: `<runtime>://<id>` (CRI style, as in
+    /// `containerd://…`), so the ID says which backend it belongs to.
+    pub fn uri(&self) -> String {
+        format!("{}://{}", self.runtime_name, self.id)
+    }
 }
 
 /// A resolved image: what the user wrote and the content digest it resolved to.
@@ -228,74 +257,53 @@ pub enum ContainerEventKind {
     Stopped,
 }
 
+/// A boxed future borrowing the runtime and the call's arguments; the return type of every
+/// [`RuntimeService`] and [`ImageService`] call, so both traits are object-safe and the
+/// agent holds backends as `Arc<dyn RuntimeService>`.
+pub type RuntimeFuture<'a, T> = BoxFuture<'a, Result<T, RuntimeError>>;
+
 /// Pod sandboxes and containers (CRI `RuntimeService`).
+///
+/// Object-safe: the agent keeps one `Arc<dyn RuntimeService>` per RuntimeClass handler.
 pub trait RuntimeService: Send + Sync + 'static {
+    /// The backend's name (CRI `Version.runtime_name`): the scheme of the container IDs
+    /// in pod status, `<runtime_name>://<id>` (`wasm://…`, `containerd://…`).
+    fn runtime_name(&self) -> &'static str;
+
     /// Subscribes to container events. A receiver that lags misses events and must relist.
     fn container_events(&self) -> tokio::sync::broadcast::Receiver<ContainerEvent>;
 
-    fn run_pod_sandbox(
-        &self,
-        config: &PodSandboxConfig,
-    ) -> impl Future<Output = Result<SandboxId, RuntimeError>> + Send;
+    fn run_pod_sandbox<'a>(&'a self, config: &'a PodSandboxConfig) -> RuntimeFuture<'a, SandboxId>;
     /// Stops every container of the sandbox, each with `grace`.
-    fn stop_pod_sandbox(
-        &self,
-        id: &SandboxId,
-        grace: Duration,
-    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn stop_pod_sandbox<'a>(&'a self, id: &'a SandboxId, grace: Duration) -> RuntimeFuture<'a, ()>;
     /// Removes a stopped sandbox and its containers; removing a missing one is not an error.
-    fn remove_pod_sandbox(
-        &self,
-        id: &SandboxId,
-    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
-    fn list_pod_sandboxes(
-        &self,
-        filter: &SandboxFilter,
-    ) -> impl Future<Output = Result<Vec<PodSandboxStatus>, RuntimeError>> + Send;
+    fn remove_pod_sandbox<'a>(&'a self, id: &'a SandboxId) -> RuntimeFuture<'a, ()>;
+    fn list_pod_sandboxes<'a>(
+        &'a self,
+        filter: &'a SandboxFilter,
+    ) -> RuntimeFuture<'a, Vec<PodSandboxStatus>>;
 
-    fn create_container(
-        &self,
-        sandbox: &SandboxId,
-        config: &ContainerConfig,
-    ) -> impl Future<Output = Result<ContainerId, RuntimeError>> + Send;
-    fn start_container(
-        &self,
-        id: &ContainerId,
-    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    fn create_container<'a>(
+        &'a self,
+        sandbox: &'a SandboxId,
+        config: &'a ContainerConfig,
+    ) -> RuntimeFuture<'a, ContainerId>;
+    fn start_container<'a>(&'a self, id: &'a ContainerId) -> RuntimeFuture<'a, ()>;
     /// Asks the container to stop; after `grace` it is stopped by force. Returns once it has.
-    fn stop_container(
-        &self,
-        id: &ContainerId,
-        grace: Duration,
-    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
-    fn remove_container(
-        &self,
-        id: &ContainerId,
-    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
-    fn container_status(
-        &self,
-        id: &ContainerId,
-    ) -> impl Future<Output = Result<ContainerStatus, RuntimeError>> + Send;
-    fn list_containers(
-        &self,
-        filter: &ContainerFilter,
-    ) -> impl Future<Output = Result<Vec<ContainerStatus>, RuntimeError>> + Send;
+    fn stop_container<'a>(&'a self, id: &'a ContainerId, grace: Duration) -> RuntimeFuture<'a, ()>;
+    fn remove_container<'a>(&'a self, id: &'a ContainerId) -> RuntimeFuture<'a, ()>;
+    fn container_status<'a>(&'a self, id: &'a ContainerId) -> RuntimeFuture<'a, ContainerStatus>;
+    fn list_containers<'a>(
+        &'a self,
+        filter: &'a ContainerFilter,
+    ) -> RuntimeFuture<'a, Vec<ContainerStatus>>;
 }
 
-/// Images (CRI `ImageService`).
+/// Images (CRI `ImageService`). Object-safe, like [`RuntimeService`].
 pub trait ImageService: Send + Sync + 'static {
     /// Resolves and fetches `reference`, verifies it and keeps it on the node.
-    fn pull_image(
-        &self,
-        reference: &str,
-    ) -> impl Future<Output = Result<ImageRef, RuntimeError>> + Send;
-    fn image_status(
-        &self,
-        reference: &str,
-    ) -> impl Future<Output = Result<Option<ImageStatus>, RuntimeError>> + Send;
-    fn remove_image(
-        &self,
-        reference: &str,
-    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
-    fn list_images(&self) -> impl Future<Output = Result<Vec<ImageStatus>, RuntimeError>> + Send;
+    fn pull_image<'a>(&'a self, reference: &'a str) -> RuntimeFuture<'a, ImageRef>;
+    fn image_status<'a>(&'a self, reference: &'a str) -> RuntimeFuture<'a, Option<ImageStatus>>;
+    fn remove_image<'a>(&'a self, reference: &'a str) -> RuntimeFuture<'a, ()>;
+    fn list_images(&self) -> RuntimeFuture<'_, Vec<ImageStatus>>;
 }

@@ -11,4 +11,5 @@ mod group_deletes;
 mod harness;
 mod kubectl;
 mod quantities;
+mod runtimeclass;
 mod wasm;

@@ -454,17 +454,17 @@ async fn containers_share_volumes_and_config_and_failures_fail_the_pod() -> Resu
         "{failed}"
     );
 
-    // A runtime class this node does not run is a clear error, not a crash.
+    // A runtime class that does not exist is a clear pod status, not a crash.
     let other_class = json!({"runtimeClassName": "runc", "containers": [{"name": "c", "image": example_image("wasm32-wasip1", "hello")?}]});
     cluster.create_pod("wrong-class", other_class).await?;
     let waiting = cluster
         .wait_pod(
             "wrong-class",
-            "CreateContainerConfigError",
+            "RuntimeClassNotFound",
             Duration::from_secs(30),
             |p| {
                 p.pointer("/status/containerStatuses/0/state/waiting/reason")
-                    == Some(&json!("CreateContainerConfigError"))
+                    == Some(&json!("RuntimeClassNotFound"))
             },
         )
         .await?;

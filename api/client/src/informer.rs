@@ -114,6 +114,7 @@ typed_cache_objects!(
     k8s_openapi::api::apps::v1::Deployment,
     k8s_openapi::api::apps::v1::ReplicaSet,
     k8s_openapi::api::coordination::v1::Lease,
+    k8s_openapi::api::node::v1::RuntimeClass,
 );
 
 /// A list response decoded straight into `K`.

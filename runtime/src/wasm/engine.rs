@@ -7,8 +7,9 @@ use super::guest::{CommandState, ModuleState};
 use crate::RuntimeError;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::component::{Component, Linker as ComponentLinker};
@@ -45,6 +46,10 @@ pub struct NodeEngine {
     module_linker: Linker<ModuleState>,
     component_linker: ComponentLinker<CommandState>,
     compiled: Mutex<HashMap<String, Arc<Compiled>>>,
+    /// Digest -> the lock its one compile runs under (single-flight); removed when done.
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Compiles run by this engine (cache loads included), for tests and diagnostics.
+    compile_runs: AtomicU64,
     compiles: tokio::sync::Semaphore,
     cache_dir: PathBuf,
     ticker_stop: Arc<AtomicBool>,
@@ -124,6 +129,8 @@ impl NodeEngine {
             module_linker,
             component_linker,
             compiled: Mutex::new(HashMap::new()),
+            flights: Mutex::new(HashMap::new()),
+            compile_runs: AtomicU64::new(0),
             compiles: tokio::sync::Semaphore::new(config.max_concurrent_compiles.max(1)),
             cache_dir,
             ticker_stop,
@@ -131,34 +138,51 @@ impl NodeEngine {
     }
 
     /// Returns the pre-instantiated form of an image, compiling it at most once per node.
+    ///
+    /// Concurrent calls for one digest are single-flight: the first compiles while the
+    /// others wait on the digest's flight lock, then find the result in the map. (Before,
+    /// two of them could compile at once and write the same temporary file.)
     pub async fn prepare(
         self: &Arc<Self>,
         reference: &str,
         digest: &str,
         bytes_path: &Path,
     ) -> Result<Arc<Compiled>, RuntimeError> {
-        if let Some(found) = self
-            .compiled
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(digest)
-        {
-            return Ok(found.clone());
+        if let Some(found) = self.cached(digest) {
+            return Ok(found);
+        }
+        let flight = lock(&self.flights)
+            .entry(digest.to_string())
+            .or_default()
+            .clone();
+        let result = {
+            let _flight = flight.lock().await;
+            self.prepare_in_flight(reference, digest, bytes_path).await
+        };
+        // The flight is over: later callers find the result (or try again after a failure).
+        let mut flights = lock(&self.flights);
+        if flights.get(digest).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+            flights.remove(digest);
+        }
+        result
+    }
+
+    /// The compile of one digest, run by at most one task at a time.
+    async fn prepare_in_flight(
+        self: &Arc<Self>,
+        reference: &str,
+        digest: &str,
+        bytes_path: &Path,
+    ) -> Result<Arc<Compiled>, RuntimeError> {
+        // An earlier flight may have compiled it while this one waited.
+        if let Some(found) = self.cached(digest) {
+            return Ok(found);
         }
         let _permit = self
             .compiles
             .acquire()
             .await
             .map_err(|_| RuntimeError::Io("the engine is shutting down".into()))?;
-        // Another task may have compiled it while this one waited for a permit.
-        if let Some(found) = self
-            .compiled
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(digest)
-        {
-            return Ok(found.clone());
-        }
         let this = self.clone();
         let (reference_owned, digest_owned, path_owned) = (
             reference.to_string(),
@@ -170,11 +194,20 @@ impl NodeEngine {
         })
         .await
         .map_err(|e| RuntimeError::Io(format!("compile task failed: {e}")))??;
-        let mut map = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(map
+        Ok(lock(&self.compiled)
             .entry(digest.to_string())
             .or_insert_with(|| Arc::new(compiled))
             .clone())
+    }
+
+    /// How many times an image was compiled (or loaded from the disk cache) so far.
+    #[cfg(test)]
+    pub fn compile_runs(&self) -> u64 {
+        self.compile_runs.load(Ordering::Relaxed)
+    }
+
+    fn cached(&self, digest: &str) -> Option<Arc<Compiled>> {
+        lock(&self.compiled).get(digest).cloned()
     }
 
     fn compile(
@@ -183,6 +216,8 @@ impl NodeEngine {
         digest: &str,
         bytes_path: &Path,
     ) -> Result<Compiled, RuntimeError> {
+        let run = self.compile_runs.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::debug!(reference, digest, run, "compiling image");
         let invalid = |reason: String| RuntimeError::InvalidImage {
             image: reference.to_string(),
             reason,
@@ -202,12 +237,7 @@ impl NodeEngine {
                     WasmKind::Component => self.engine.precompile_component(&bytes),
                 }
                 .map_err(|e| invalid(format!("compilation failed: {e}")))?;
-                let tmp = artifact.with_extension("tmp");
-                std::fs::write(&tmp, &precompiled)
-                    .and_then(|()| std::fs::rename(&tmp, &artifact))
-                    .map_err(|e| {
-                        RuntimeError::Io(format!("cannot write {}: {e}", artifact.display()))
-                    })?;
+                write_atomically(&self.cache_dir, &artifact, &precompiled)?;
             }
             kind
         };
@@ -243,6 +273,28 @@ impl NodeEngine {
         };
         Ok(compiled)
     }
+}
+
+/// Writes `bytes` to a temporary file of its own in `dir` and renames it to `path`, so
+/// readers (and a concurrent writer, say another agent process on the same data dir)
+/// only ever see a complete artifact.
+fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
+    let io = |e: std::io::Error| RuntimeError::Io(format!("cannot write {}: {e}", path.display()));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".compile-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The maps are only inserted into and removed from whole, so a poisoned lock is usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

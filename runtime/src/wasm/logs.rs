@@ -3,6 +3,7 @@
 //! when a write would take the file past its limit, `N.log` becomes `N.log.1` (older
 //! files shift up and the oldest beyond the count is removed) and a new `N.log` starts.
 
+use skiff_api::clock::SharedClock;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,8 @@ struct LogFile {
     size: u64,
     max_bytes: u64,
     max_files: u32,
+    /// Stamps each record (the runtime's clock, so tests can pin it).
+    clock: SharedClock,
 }
 
 impl LogFile {
@@ -41,7 +44,10 @@ impl LogFile {
     }
 
     fn write_record(&mut self, stream: &str, partial: bool, text: &[u8]) -> std::io::Result<()> {
-        let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        let timestamp = self
+            .clock
+            .now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         let mut record = Vec::with_capacity(text.len() + 48);
         record.extend_from_slice(timestamp.as_bytes());
         record.push(b' ');
@@ -72,8 +78,14 @@ pub struct ContainerLog {
 }
 
 impl ContainerLog {
-    /// Opens (appending) the log at `path`, creating its directory.
-    pub fn open(path: &Path, max_bytes: u64, max_files: u32) -> std::io::Result<ContainerLog> {
+    /// Opens (appending) the log at `path`, creating its directory; records are stamped
+    /// with `clock`'s time.
+    pub fn open(
+        path: &Path,
+        max_bytes: u64,
+        max_files: u32,
+        clock: SharedClock,
+    ) -> std::io::Result<ContainerLog> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -86,6 +98,7 @@ impl ContainerLog {
                 size,
                 max_bytes: max_bytes.max(1024),
                 max_files,
+                clock,
             })),
         })
     }
@@ -183,7 +196,7 @@ mod tests {
     fn lines_are_recorded_in_cri_format_and_rotated() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c/0.log");
-        let log = ContainerLog::open(&path, 1024, 2).unwrap();
+        let log = ContainerLog::open(&path, 1024, 2, skiff_api::clock::system()).unwrap();
         let out = log.stream("stdout");
         out.write_bytes(b"hello\nwor").unwrap();
         out.write_bytes(b"ld\n").unwrap();

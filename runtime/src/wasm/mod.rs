@@ -19,11 +19,12 @@ pub use images::NoImageSource;
 use crate::{
     ContainerConfig, ContainerId, ContainerState, ContainerStatus, ExitReason, ImageRef,
     ImageService, ImageSource, ImageStatus, PodSandboxConfig, PodSandboxStatus, RuntimeError,
-    RuntimeService, SandboxId, SandboxState,
+    RuntimeFuture, RuntimeService, SandboxId, SandboxState,
 };
 use engine::{Compiled, NodeEngine};
 use images::ImageStore;
 use logs::ContainerLog;
+use skiff_api::clock::SharedClock;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,8 +32,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{oneshot, watch};
 
-/// The name runtimeClassName uses for this backend (and the default when it is unset).
+/// The name of the RuntimeClass that selects this backend by default (and the class a
+/// pod without `runtimeClassName` runs under).
 pub const RUNTIME_CLASS: &str = "wasm";
+/// The RuntimeClass `handler` this backend is registered under on a node.
+pub const HANDLER: &str = "wasmtime";
+/// The backend's name, the scheme of its container IDs (`wasm://<id>`).
+pub const RUNTIME_NAME: &str = "wasm";
 
 /// Settings of [`WasmRuntime`].
 #[derive(Debug, Clone)]
@@ -49,6 +55,8 @@ pub struct WasmRuntimeConfig {
     pub max_concurrent_compiles: usize,
     /// Threads that run guests, apart from the agent's own.
     pub guest_threads: usize,
+    /// Where the times of sandbox and container records come from.
+    pub clock: SharedClock,
 }
 
 impl WasmRuntimeConfig {
@@ -61,6 +69,7 @@ impl WasmRuntimeConfig {
             epoch_tick: Duration::from_millis(10),
             max_concurrent_compiles: 2,
             guest_threads: 2,
+            clock: skiff_api::clock::system(),
         }
     }
 }
@@ -230,7 +239,7 @@ fn record_exit_state<S>(
             exit_code: outcome.exit_code,
             reason: outcome.reason,
             message: outcome.message,
-            finished_at: SystemTime::now(),
+            finished_at: inner.config.clock.system_time(),
         };
         record.cancel = None;
     }
@@ -238,342 +247,375 @@ fn record_exit_state<S>(
 }
 
 impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
+    fn runtime_name(&self) -> &'static str {
+        RUNTIME_NAME
+    }
+
     fn container_events(&self) -> tokio::sync::broadcast::Receiver<crate::ContainerEvent> {
         self.inner.events.subscribe()
     }
 
-    async fn run_pod_sandbox(&self, config: &PodSandboxConfig) -> Result<SandboxId, RuntimeError> {
-        std::fs::create_dir_all(&config.log_directory).map_err(|e| {
-            RuntimeError::Io(format!(
-                "cannot create {}: {e}",
-                config.log_directory.display()
-            ))
-        })?;
-        let id = self.new_id("sandbox");
-        lock(&self.inner.pod_index)
-            .entry((config.namespace.clone(), config.name.clone()))
-            .or_default()
-            .push(id.clone());
-        lock(&self.inner.sandboxes).insert(
-            id.clone(),
-            SandboxRecord {
-                config: config.clone(),
-                state: SandboxState::Ready,
-                created_at: SystemTime::now(),
-            },
-        );
-        Ok(id)
-    }
-
-    async fn stop_pod_sandbox(&self, id: &SandboxId, grace: Duration) -> Result<(), RuntimeError> {
-        for container in self.containers_of(id) {
-            self.stop_container(&container, grace).await?;
-        }
-        if let Some(s) = lock(&self.inner.sandboxes).get_mut(id) {
-            s.state = SandboxState::NotReady;
-        }
-        Ok(())
-    }
-
-    async fn remove_pod_sandbox(&self, id: &SandboxId) -> Result<(), RuntimeError> {
-        self.stop_pod_sandbox(id, Duration::ZERO).await?;
-        let members = lock(&self.inner.sandbox_index)
-            .remove(id)
-            .unwrap_or_default();
-        {
-            let mut containers = lock(&self.inner.containers);
-            for c in &members {
-                containers.remove(c);
-            }
-        }
-        if let Some(sandbox) = lock(&self.inner.sandboxes).remove(id) {
-            let key = (
-                sandbox.config.namespace.clone(),
-                sandbox.config.name.clone(),
+    fn run_pod_sandbox<'a>(&'a self, config: &'a PodSandboxConfig) -> RuntimeFuture<'a, SandboxId> {
+        Box::pin(async move {
+            std::fs::create_dir_all(&config.log_directory).map_err(|e| {
+                RuntimeError::Io(format!(
+                    "cannot create {}: {e}",
+                    config.log_directory.display()
+                ))
+            })?;
+            let id = self.new_id("sandbox");
+            lock(&self.inner.pod_index)
+                .entry((config.namespace.clone(), config.name.clone()))
+                .or_default()
+                .push(id.clone());
+            lock(&self.inner.sandboxes).insert(
+                id.clone(),
+                SandboxRecord {
+                    config: config.clone(),
+                    state: SandboxState::Ready,
+                    created_at: self.inner.config.clock.system_time(),
+                },
             );
-            let mut index = lock(&self.inner.pod_index);
-            if let Some(ids) = index.get_mut(&key) {
-                ids.retain(|s| s != id);
-                if ids.is_empty() {
-                    index.remove(&key);
+            Ok(id)
+        })
+    }
+
+    fn stop_pod_sandbox<'a>(&'a self, id: &'a SandboxId, grace: Duration) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move {
+            for container in self.containers_of(id) {
+                self.stop_container(&container, grace).await?;
+            }
+            if let Some(s) = lock(&self.inner.sandboxes).get_mut(id) {
+                s.state = SandboxState::NotReady;
+            }
+            Ok(())
+        })
+    }
+
+    fn remove_pod_sandbox<'a>(&'a self, id: &'a SandboxId) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move {
+            self.stop_pod_sandbox(id, Duration::ZERO).await?;
+            let members = lock(&self.inner.sandbox_index)
+                .remove(id)
+                .unwrap_or_default();
+            {
+                let mut containers = lock(&self.inner.containers);
+                for c in &members {
+                    containers.remove(c);
                 }
             }
-            drop(index);
-            let _ = std::fs::remove_dir_all(&sandbox.config.log_directory);
-        }
-        Ok(())
+            if let Some(sandbox) = lock(&self.inner.sandboxes).remove(id) {
+                let key = (
+                    sandbox.config.namespace.clone(),
+                    sandbox.config.name.clone(),
+                );
+                let mut index = lock(&self.inner.pod_index);
+                if let Some(ids) = index.get_mut(&key) {
+                    ids.retain(|s| s != id);
+                    if ids.is_empty() {
+                        index.remove(&key);
+                    }
+                }
+                drop(index);
+                let _ = std::fs::remove_dir_all(&sandbox.config.log_directory);
+            }
+            Ok(())
+        })
     }
 
-    async fn list_pod_sandboxes(
-        &self,
-        filter: &crate::SandboxFilter,
-    ) -> Result<Vec<PodSandboxStatus>, RuntimeError> {
-        let ids: Option<Vec<SandboxId>> = filter.pod.as_ref().map(|pod| {
-            lock(&self.inner.pod_index)
-                .get(pod)
-                .cloned()
-                .unwrap_or_default()
-        });
-        let sandboxes = lock(&self.inner.sandboxes);
-        let selected: Vec<(&SandboxId, &SandboxRecord)> = match &ids {
-            Some(ids) => ids
-                .iter()
-                .filter_map(|id| sandboxes.get_key_value(id))
-                .collect(),
-            None => sandboxes.iter().collect(),
-        };
-        Ok(selected
-            .into_iter()
-            .map(|(id, s)| PodSandboxStatus {
-                id: id.clone(),
-                config: s.config.clone(),
-                state: s.state,
-                created_at: s.created_at,
-            })
-            .collect())
-    }
-
-    async fn create_container(
-        &self,
-        sandbox: &SandboxId,
-        config: &ContainerConfig,
-    ) -> Result<ContainerId, RuntimeError> {
-        let log_directory = lock(&self.inner.sandboxes)
-            .get(sandbox)
-            .map(|s| s.config.log_directory.clone())
-            .ok_or_else(|| RuntimeError::NotFound {
-                kind: "sandbox",
-                id: sandbox.clone(),
-            })?;
-        if let Some(memory) = config.limits.memory_bytes {
-            if memory > self.inner.config.max_memory_bytes {
-                return Err(RuntimeError::InvalidConfig(format!(
-                    "memory limit {memory} bytes is above this node's maximum of {} bytes",
-                    self.inner.config.max_memory_bytes
-                )));
-            }
-        }
-        for mount in &config.mounts {
-            if !mount.host_path.is_dir() {
-                return Err(RuntimeError::InvalidConfig(format!(
-                    "mount source {} is not a directory",
-                    mount.host_path.display()
-                )));
-            }
-        }
-        let blob = self.inner.images.blob_path(&config.image.digest);
-        if !blob.exists() {
-            return Err(RuntimeError::ImagePull {
-                image: config.image.reference.clone(),
-                reason: "the image is not on this node; pull it first".into(),
+    fn list_pod_sandboxes<'a>(
+        &'a self,
+        filter: &'a crate::SandboxFilter,
+    ) -> RuntimeFuture<'a, Vec<PodSandboxStatus>> {
+        Box::pin(async move {
+            let ids: Option<Vec<SandboxId>> = filter.pod.as_ref().map(|pod| {
+                lock(&self.inner.pod_index)
+                    .get(pod)
+                    .cloned()
+                    .unwrap_or_default()
             });
-        }
-        let compiled = self
-            .inner
-            .engine
-            .prepare(&config.image.reference, &config.image.digest, &blob)
-            .await?;
-        let log_path = log_directory
-            .join(&config.name)
-            .join(format!("{}.log", config.attempt));
-        let log = ContainerLog::open(
-            &log_path,
-            config.log_max_bytes.max(1024),
-            config.log_max_files,
-        )
-        .map_err(|e| RuntimeError::Io(format!("cannot open {}: {e}", log_path.display())))?;
-        let id = self.new_id("container");
-        let status = ContainerStatus {
-            id: id.clone(),
-            sandbox_id: sandbox.clone(),
-            name: config.name.clone(),
-            attempt: config.attempt,
-            image: config.image.clone(),
-            state: ContainerState::Created,
-            created_at: SystemTime::now(),
-            started_at: None,
-            log_path,
-        };
-        lock(&self.inner.sandbox_index)
-            .entry(sandbox.clone())
-            .or_default()
-            .push(id.clone());
-        lock(&self.inner.containers).insert(
-            id.clone(),
-            ContainerRecord {
-                status,
-                config: config.clone(),
-                compiled,
-                log,
-                cancel: None,
-                done: None,
-            },
-        );
-        Ok(id)
+            let sandboxes = lock(&self.inner.sandboxes);
+            let selected: Vec<(&SandboxId, &SandboxRecord)> = match &ids {
+                Some(ids) => ids
+                    .iter()
+                    .filter_map(|id| sandboxes.get_key_value(id))
+                    .collect(),
+                None => sandboxes.iter().collect(),
+            };
+            Ok(selected
+                .into_iter()
+                .map(|(id, s)| PodSandboxStatus {
+                    id: id.clone(),
+                    config: s.config.clone(),
+                    state: s.state,
+                    created_at: s.created_at,
+                    network: None,
+                })
+                .collect())
+        })
     }
 
-    async fn start_container(&self, id: &ContainerId) -> Result<(), RuntimeError> {
-        if self.running_count() >= self.inner.config.max_instances as usize {
-            return Err(RuntimeError::Exhausted(format!(
-                "{} guests are running, the most this node allows",
-                self.inner.config.max_instances
-            )));
-        }
-        let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
-        let (done_tx, done_rx) = watch::channel(false);
-        let (compiled, spec) = {
-            let mut containers = lock(&self.inner.containers);
-            let record = containers
-                .get_mut(id)
+    fn create_container<'a>(
+        &'a self,
+        sandbox: &'a SandboxId,
+        config: &'a ContainerConfig,
+    ) -> RuntimeFuture<'a, ContainerId> {
+        Box::pin(async move {
+            let log_directory = lock(&self.inner.sandboxes)
+                .get(sandbox)
+                .map(|s| s.config.log_directory.clone())
                 .ok_or_else(|| RuntimeError::NotFound {
-                    kind: "container",
-                    id: id.clone(),
+                    kind: "sandbox",
+                    id: sandbox.clone(),
                 })?;
-            if record.status.state != ContainerState::Created {
-                return Err(RuntimeError::InvalidState {
-                    id: id.clone(),
-                    state: record.status.state.name().into(),
-                    action: "start",
+            if let Some(memory) = config.limits.memory_bytes {
+                if memory > self.inner.config.max_memory_bytes {
+                    return Err(RuntimeError::InvalidConfig(format!(
+                        "memory limit {memory} bytes is above this node's maximum of {} bytes",
+                        self.inner.config.max_memory_bytes
+                    )));
+                }
+            }
+            for mount in &config.mounts {
+                if !mount.host_path.is_dir() {
+                    return Err(RuntimeError::InvalidConfig(format!(
+                        "mount source {} is not a directory",
+                        mount.host_path.display()
+                    )));
+                }
+            }
+            let blob = self.inner.images.blob_path(&config.image.digest);
+            if !blob.exists() {
+                return Err(RuntimeError::ImagePull {
+                    image: config.image.reference.clone(),
+                    reason: "the image is not on this node; pull it first".into(),
                 });
             }
-            record.status.state = ContainerState::Running;
-            self.inner.running.fetch_add(1, Ordering::AcqRel);
-            record.status.started_at = Some(SystemTime::now());
-            record.cancel = Some(cancel_tx);
-            record.done = Some(done_rx);
-            let mut argv = vec![record.config.name.clone()];
-            argv.extend(record.config.args.iter().cloned());
-            let spec = guest::GuestSpec {
-                argv,
-                env: record.config.env.clone(),
-                memory_limit_bytes: record
-                    .config
-                    .limits
-                    .memory_bytes
-                    .unwrap_or(self.inner.config.default_memory_limit_bytes),
-                cpu_millis: record.config.limits.cpu_millis,
-                epoch_tick: self.inner.config.epoch_tick,
-                stdout: record.log.stream("stdout"),
-                stderr: record.log.stream("stderr"),
-                mounts: record.config.mounts.clone(),
+            let compiled = self
+                .inner
+                .engine
+                .prepare(&config.image.reference, &config.image.digest, &blob)
+                .await?;
+            let log_path = log_directory
+                .join(&config.name)
+                .join(format!("{}.log", config.attempt));
+            let log = ContainerLog::open(
+                &log_path,
+                config.log_max_bytes.max(1024),
+                config.log_max_files,
+                self.inner.config.clock.clone(),
+            )
+            .map_err(|e| RuntimeError::Io(format!("cannot open {}: {e}", log_path.display())))?;
+            let id = self.new_id("container");
+            let status = ContainerStatus {
+                runtime_name: RUNTIME_NAME,
+                id: id.clone(),
+                sandbox_id: sandbox.clone(),
+                name: config.name.clone(),
+                attempt: config.attempt,
+                image: config.image.clone(),
+                state: ContainerState::Created,
+                created_at: self.inner.config.clock.system_time(),
+                started_at: None,
+                log_path,
             };
-            (record.compiled.clone(), spec)
-        };
-        if let Ok(status) = self.container_status(id).await {
-            publish(&self.inner, &status, crate::ContainerEventKind::Started);
-        }
-        let inner = self.inner.clone();
-        let id = id.clone();
-        let guests = self
-            .inner
-            .guests
-            .as_ref()
-            .ok_or_else(|| RuntimeError::Io("the runtime is shutting down".into()))?;
-        guests.spawn(async move {
-            let engine = inner.engine.engine.clone();
-            let outcome = tokio::select! {
-                outcome = guest::run(&engine, &compiled, spec) => outcome,
-                // Fired by stop, or dropped when the container is removed.
-                _ = cancel_rx => guest::Outcome {
-                    exit_code: 137,
-                    reason: ExitReason::Error,
-                    message: "stopped by the runtime".into(),
+            lock(&self.inner.sandbox_index)
+                .entry(sandbox.clone())
+                .or_default()
+                .push(id.clone());
+            lock(&self.inner.containers).insert(
+                id.clone(),
+                ContainerRecord {
+                    status,
+                    config: config.clone(),
+                    compiled,
+                    log,
+                    cancel: None,
+                    done: None,
                 },
-            };
-            record_exit(&inner, &id, outcome);
-            inner.running.fetch_sub(1, Ordering::AcqRel);
-            let _ = done_tx.send(true);
-        });
-        Ok(())
+            );
+            Ok(id)
+        })
     }
 
-    async fn stop_container(&self, id: &ContainerId, _grace: Duration) -> Result<(), RuntimeError> {
-        let (cancel, done) = {
-            let mut containers = lock(&self.inner.containers);
-            let record = containers
-                .get_mut(id)
+    fn start_container<'a>(&'a self, id: &'a ContainerId) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move {
+            if self.running_count() >= self.inner.config.max_instances as usize {
+                return Err(RuntimeError::Exhausted(format!(
+                    "{} guests are running, the most this node allows",
+                    self.inner.config.max_instances
+                )));
+            }
+            let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
+            let (done_tx, done_rx) = watch::channel(false);
+            let (compiled, spec) = {
+                let mut containers = lock(&self.inner.containers);
+                let record = containers
+                    .get_mut(id)
+                    .ok_or_else(|| RuntimeError::NotFound {
+                        kind: "container",
+                        id: id.clone(),
+                    })?;
+                if record.status.state != ContainerState::Created {
+                    return Err(RuntimeError::InvalidState {
+                        id: id.clone(),
+                        state: record.status.state.name().into(),
+                        action: "start",
+                    });
+                }
+                record.status.state = ContainerState::Running;
+                self.inner.running.fetch_add(1, Ordering::AcqRel);
+                record.status.started_at = Some(self.inner.config.clock.system_time());
+                record.cancel = Some(cancel_tx);
+                record.done = Some(done_rx);
+                let mut argv = vec![record.config.name.clone()];
+                argv.extend(record.config.args.iter().cloned());
+                let spec = guest::GuestSpec {
+                    argv,
+                    env: record.config.env.clone(),
+                    memory_limit_bytes: record
+                        .config
+                        .limits
+                        .memory_bytes
+                        .unwrap_or(self.inner.config.default_memory_limit_bytes),
+                    cpu_millis: record.config.limits.cpu_millis,
+                    epoch_tick: self.inner.config.epoch_tick,
+                    stdout: record.log.stream("stdout"),
+                    stderr: record.log.stream("stderr"),
+                    mounts: record.config.mounts.clone(),
+                };
+                (record.compiled.clone(), spec)
+            };
+            if let Ok(status) = self.container_status(id).await {
+                publish(&self.inner, &status, crate::ContainerEventKind::Started);
+            }
+            let inner = self.inner.clone();
+            let id = id.clone();
+            let guests = self
+                .inner
+                .guests
+                .as_ref()
+                .ok_or_else(|| RuntimeError::Io("the runtime is shutting down".into()))?;
+            guests.spawn(async move {
+                let engine = inner.engine.engine.clone();
+                let outcome = tokio::select! {
+                    outcome = guest::run(&engine, &compiled, spec) => outcome,
+                    // Fired by stop, or dropped when the container is removed.
+                    _ = cancel_rx => guest::Outcome {
+                        exit_code: 137,
+                        reason: ExitReason::Error,
+                        message: "stopped by the runtime".into(),
+                    },
+                };
+                record_exit(&inner, &id, outcome);
+                inner.running.fetch_sub(1, Ordering::AcqRel);
+                let _ = done_tx.send(true);
+            });
+            Ok(())
+        })
+    }
+
+    fn stop_container<'a>(
+        &'a self,
+        id: &'a ContainerId,
+        _grace: Duration,
+    ) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move {
+            let (cancel, done) = {
+                let mut containers = lock(&self.inner.containers);
+                let record = containers
+                    .get_mut(id)
+                    .ok_or_else(|| RuntimeError::NotFound {
+                        kind: "container",
+                        id: id.clone(),
+                    })?;
+                if record.status.state == ContainerState::Created {
+                    // Never started: it ends here without running.
+                    record.status.state = ContainerState::Exited {
+                        exit_code: 137,
+                        reason: ExitReason::Error,
+                        message: "stopped before it started".into(),
+                        finished_at: self.inner.config.clock.system_time(),
+                    };
+                    return Ok(());
+                }
+                (record.cancel.take(), record.done.clone())
+            };
+            if let Some(cancel) = cancel {
+                let _ = cancel.send(());
+            }
+            if let Some(mut done) = done {
+                let _ = done.wait_for(|finished| *finished).await;
+            }
+            Ok(())
+        })
+    }
+
+    fn remove_container<'a>(&'a self, id: &'a ContainerId) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move {
+            self.stop_container(id, Duration::ZERO)
+                .await
+                .or_else(|e| match e {
+                    RuntimeError::NotFound { .. } => Ok(()),
+                    other => Err(other),
+                })?;
+            if let Some(record) = lock(&self.inner.containers).remove(id) {
+                if let Some(ids) =
+                    lock(&self.inner.sandbox_index).get_mut(&record.status.sandbox_id)
+                {
+                    ids.retain(|c| c != id);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn container_status<'a>(&'a self, id: &'a ContainerId) -> RuntimeFuture<'a, ContainerStatus> {
+        Box::pin(async move {
+            lock(&self.inner.containers)
+                .get(id)
+                .map(|c| c.status.clone())
                 .ok_or_else(|| RuntimeError::NotFound {
                     kind: "container",
                     id: id.clone(),
-                })?;
-            if record.status.state == ContainerState::Created {
-                // Never started: it ends here without running.
-                record.status.state = ContainerState::Exited {
-                    exit_code: 137,
-                    reason: ExitReason::Error,
-                    message: "stopped before it started".into(),
-                    finished_at: SystemTime::now(),
-                };
-                return Ok(());
-            }
-            (record.cancel.take(), record.done.clone())
-        };
-        if let Some(cancel) = cancel {
-            let _ = cancel.send(());
-        }
-        if let Some(mut done) = done {
-            let _ = done.wait_for(|finished| *finished).await;
-        }
-        Ok(())
+                })
+        })
     }
 
-    async fn remove_container(&self, id: &ContainerId) -> Result<(), RuntimeError> {
-        self.stop_container(id, Duration::ZERO)
-            .await
-            .or_else(|e| match e {
-                RuntimeError::NotFound { .. } => Ok(()),
-                other => Err(other),
-            })?;
-        if let Some(record) = lock(&self.inner.containers).remove(id) {
-            if let Some(ids) = lock(&self.inner.sandbox_index).get_mut(&record.status.sandbox_id) {
-                ids.retain(|c| c != id);
-            }
-        }
-        Ok(())
-    }
-
-    async fn container_status(&self, id: &ContainerId) -> Result<ContainerStatus, RuntimeError> {
-        lock(&self.inner.containers)
-            .get(id)
-            .map(|c| c.status.clone())
-            .ok_or_else(|| RuntimeError::NotFound {
-                kind: "container",
-                id: id.clone(),
+    fn list_containers<'a>(
+        &'a self,
+        filter: &'a crate::ContainerFilter,
+    ) -> RuntimeFuture<'a, Vec<ContainerStatus>> {
+        Box::pin(async move {
+            let ids = filter.sandbox_id.as_ref().map(|s| self.containers_of(s));
+            let containers = lock(&self.inner.containers);
+            Ok(match ids {
+                Some(ids) => ids
+                    .iter()
+                    .filter_map(|id| containers.get(id))
+                    .map(|c| c.status.clone())
+                    .collect(),
+                None => containers.values().map(|c| c.status.clone()).collect(),
             })
-    }
-
-    async fn list_containers(
-        &self,
-        filter: &crate::ContainerFilter,
-    ) -> Result<Vec<ContainerStatus>, RuntimeError> {
-        let ids = filter.sandbox_id.as_ref().map(|s| self.containers_of(s));
-        let containers = lock(&self.inner.containers);
-        Ok(match ids {
-            Some(ids) => ids
-                .iter()
-                .filter_map(|id| containers.get(id))
-                .map(|c| c.status.clone())
-                .collect(),
-            None => containers.values().map(|c| c.status.clone()).collect(),
         })
     }
 }
 
 impl<S: ImageSource> ImageService for WasmRuntime<S> {
-    async fn pull_image(&self, reference: &str) -> Result<ImageRef, RuntimeError> {
-        self.inner.images.pull(reference).await
+    fn pull_image<'a>(&'a self, reference: &'a str) -> RuntimeFuture<'a, ImageRef> {
+        Box::pin(async move { self.inner.images.pull(reference).await })
     }
 
-    async fn image_status(&self, reference: &str) -> Result<Option<ImageStatus>, RuntimeError> {
-        Ok(self.inner.images.status(reference))
+    fn image_status<'a>(&'a self, reference: &'a str) -> RuntimeFuture<'a, Option<ImageStatus>> {
+        Box::pin(async move { Ok(self.inner.images.status(reference)) })
     }
 
-    async fn remove_image(&self, reference: &str) -> Result<(), RuntimeError> {
-        self.inner.images.remove(reference)
+    fn remove_image<'a>(&'a self, reference: &'a str) -> RuntimeFuture<'a, ()> {
+        Box::pin(async move { self.inner.images.remove(reference) })
     }
 
-    async fn list_images(&self) -> Result<Vec<ImageStatus>, RuntimeError> {
-        Ok(self.inner.images.list())
+    fn list_images<'a>(&'a self) -> RuntimeFuture<'a, Vec<ImageStatus>> {
+        Box::pin(async move { Ok(self.inner.images.list()) })
     }
 }
 

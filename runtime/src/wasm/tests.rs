@@ -293,3 +293,49 @@ async fn bad_images_are_classified() {
     .unwrap_err();
     assert!(matches!(err, RuntimeError::InvalidConfig(_)), "{err:?}");
 }
+
+/// Regression: concurrent compiles of one digest wrote the same temporary path before
+/// renaming it into the cache, so one could load a file another was still writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_loads_of_one_uncompiled_module_compile_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("compiled");
+    let engine = engine::NodeEngine::new(&EngineConfig {
+        max_instances: 16,
+        max_memory_bytes: 64 * 1024 * 1024,
+        epoch_tick: Duration::from_millis(10),
+        max_concurrent_compiles: 8,
+        cache_dir: cache_dir.clone(),
+    })
+    .unwrap();
+    let module = example("wasm32-wasip2", "hello");
+    let path = std::path::PathBuf::from(module.trim_start_matches("file://"));
+    let digest = images::digest_of(&std::fs::read(&path).unwrap());
+    let loads: Vec<_> = (0..8)
+        .map(|_| {
+            let (engine, module, digest, path) =
+                (engine.clone(), module.clone(), digest.clone(), path.clone());
+            tokio::spawn(async move { engine.prepare(&module, &digest, &path).await })
+        })
+        .collect();
+    let mut compiled = Vec::new();
+    for load in loads {
+        compiled.push(load.await.unwrap().expect("every load succeeds"));
+    }
+    assert!(
+        compiled.iter().all(|c| Arc::ptr_eq(c, &compiled[0])),
+        "one compile serves every caller"
+    );
+    assert_eq!(engine.compile_runs(), 1, "the module was compiled once");
+    // One artifact, no temporary files left: <cache>/<engine hash>/<digest>.cwasm.
+    let files: Vec<String> = std::fs::read_dir(&cache_dir)
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        files,
+        vec![format!("{}.cwasm", digest.replace(':', "-"))],
+        "{files:?}"
+    );
+}
