@@ -440,7 +440,8 @@ mod tests {
             Err(PatchError::TooLarge(_))
         ));
         // A handful of small copies is fine.
-        let ok = json!([{"op": "copy", "from": "/metadata/labels", "path": "/metadata/annotations"}]);
+        let ok =
+            json!([{"op": "copy", "from": "/metadata/labels", "path": "/metadata/annotations"}]);
         let out = apply_patch(PatchType::Json, &orig, &ok).unwrap();
         assert_eq!(out["metadata"]["annotations"], json!({"a": "1"}));
     }
@@ -448,7 +449,8 @@ mod tests {
     #[test]
     fn json_patch_with_too_many_operations_is_refused() {
         let orig = json!({"a": 1});
-        let ops = vec![json!({"op": "test", "path": "/a", "value": 1}); MAX_JSON_PATCH_OPERATIONS + 1];
+        let ops =
+            vec![json!({"op": "test", "path": "/a", "value": 1}); MAX_JSON_PATCH_OPERATIONS + 1];
         assert!(matches!(
             apply_patch(PatchType::Json, &orig, &Value::Array(ops)),
             Err(PatchError::TooLarge(_))

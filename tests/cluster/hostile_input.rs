@@ -146,12 +146,18 @@ impl Sweep {
         }
         self.sent += 1;
         if self.trace {
-            eprintln!("hostile probe {}: [{}] {} {:.160}", self.sent, probe.label, probe.method, probe.path);
+            eprintln!(
+                "hostile probe {}: [{}] {} {:.160}",
+                self.sent, probe.label, probe.method, probe.path
+            );
         }
         let panics_before = self.panics.count();
         let mut request = self
             .http
-            .request(probe.method.clone(), format!("{}{}", self.server, probe.path))
+            .request(
+                probe.method.clone(),
+                format!("{}{}", self.server, probe.path),
+            )
             .timeout(REQUEST_TIMEOUT)
             .body(probe.body.clone());
         if let Some(ct) = &probe.content_type {
@@ -424,7 +430,9 @@ fn deep_objects(depth: usize) -> String {
 }
 
 fn billion_laughs() -> String {
-    let mut yaml = String::from("a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    let mut yaml = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
     let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
     for pair in names.windows(2) {
         let refs = vec![format!("*{}", pair[0]); 9].join(",");
@@ -696,7 +704,8 @@ fn hostile_json_patches() -> Vec<(String, String)> {
     let add_bomb: Vec<String> = (0..40)
         .map(|i| format!("{{\"op\":\"copy\",\"from\":\"\",\"path\":\"/x{i}\"}}"))
         .collect();
-    let many_tests = vec!["{\"op\":\"test\",\"path\":\"/metadata/name\",\"value\":\"nope\"}"; 20_000];
+    let many_tests =
+        vec!["{\"op\":\"test\",\"path\":\"/metadata/name\",\"value\":\"nope\"}"; 20_000];
     vec![
         ("add past the end".into(), r#"[{"op":"add","path":"/metadata/finalizers/99","value":"f"}]"#.into()),
         ("index -1".into(), r#"[{"op":"add","path":"/metadata/finalizers/-1","value":"f"}]"#.into()),
@@ -729,38 +738,111 @@ fn hostile_merge_patches() -> Vec<(String, String)> {
         ("array".into(), "[1]".into()),
         ("string".into(), "\"x\"".into()),
         ("null".into(), "null".into()),
-        ("name of the wrong type".into(), r#"{"metadata":{"name":5}}"#.into()),
-        ("labels of the wrong type".into(), r#"{"metadata":{"labels":[1]}}"#.into()),
-        ("deep".into(), format!("{{\"metadata\":{{\"annotations\":{}}}}}", deep_objects(10_000))),
-        ("kind changed".into(), r#"{"kind":"Namespace","apiVersion":"v1"}"#.into()),
-        ("stale resourceVersion".into(), r#"{"metadata":{"resourceVersion":"1","labels":{"x":"y"}}}"#.into()),
-        ("garbage resourceVersion".into(), r#"{"metadata":{"resourceVersion":"-1","labels":{"x":"y"}}}"#.into()),
-        ("uid changed".into(), r#"{"metadata":{"uid":"not-the-uid"}}"#.into()),
+        (
+            "name of the wrong type".into(),
+            r#"{"metadata":{"name":5}}"#.into(),
+        ),
+        (
+            "labels of the wrong type".into(),
+            r#"{"metadata":{"labels":[1]}}"#.into(),
+        ),
+        (
+            "deep".into(),
+            format!(
+                "{{\"metadata\":{{\"annotations\":{}}}}}",
+                deep_objects(10_000)
+            ),
+        ),
+        (
+            "kind changed".into(),
+            r#"{"kind":"Namespace","apiVersion":"v1"}"#.into(),
+        ),
+        (
+            "stale resourceVersion".into(),
+            r#"{"metadata":{"resourceVersion":"1","labels":{"x":"y"}}}"#.into(),
+        ),
+        (
+            "garbage resourceVersion".into(),
+            r#"{"metadata":{"resourceVersion":"-1","labels":{"x":"y"}}}"#.into(),
+        ),
+        (
+            "uid changed".into(),
+            r#"{"metadata":{"uid":"not-the-uid"}}"#.into(),
+        ),
     ]
 }
 
 fn hostile_strategic_patches() -> Vec<(String, String)> {
     vec![
-        ("$patch delete at the root".into(), r#"{"$patch":"delete"}"#.into()),
+        (
+            "$patch delete at the root".into(),
+            r#"{"$patch":"delete"}"#.into(),
+        ),
         ("$patch of the wrong type".into(), r#"{"$patch":5}"#.into()),
-        ("unknown $patch".into(), r#"{"metadata":{"$patch":"nonsense"}}"#.into()),
-        ("$patch delete of metadata".into(), r#"{"metadata":{"$patch":"delete"}}"#.into()),
-        ("$retainKeys a string".into(), r#"{"$retainKeys":"x"}"#.into()),
-        ("$retainKeys an object".into(), r#"{"spec":{"$retainKeys":{}}}"#.into()),
-        ("$retainKeys of numbers".into(), r#"{"metadata":{"$retainKeys":[1,{},null]}}"#.into()),
-        ("$setElementOrder a string".into(), r#"{"spec":{"$setElementOrder/containers":"x"}}"#.into()),
-        ("$setElementOrder garbage".into(), r#"{"metadata":{"$setElementOrder/finalizers":[{},[],null,5]}}"#.into()),
-        ("$deleteFromPrimitiveList a number".into(), r#"{"metadata":{"$deleteFromPrimitiveList/finalizers":5}}"#.into()),
-        ("merge list of primitives".into(), r#"{"spec":{"containers":[5,"x",null,[]]}}"#.into()),
-        ("list item $patch delete without key".into(), r#"{"spec":{"containers":[{"$patch":"delete"}]}}"#.into()),
-        ("list item $patch replace".into(), r#"{"metadata":{"ownerReferences":[{"$patch":"replace"},{"uid":5}]}}"#.into()),
-        ("name of the wrong type".into(), r#"{"metadata":{"name":{"a":1}}}"#.into()),
-        ("deep".into(), format!("{{\"metadata\":{{\"annotations\":{}}}}}", deep_objects(10_000))),
+        (
+            "unknown $patch".into(),
+            r#"{"metadata":{"$patch":"nonsense"}}"#.into(),
+        ),
+        (
+            "$patch delete of metadata".into(),
+            r#"{"metadata":{"$patch":"delete"}}"#.into(),
+        ),
+        (
+            "$retainKeys a string".into(),
+            r#"{"$retainKeys":"x"}"#.into(),
+        ),
+        (
+            "$retainKeys an object".into(),
+            r#"{"spec":{"$retainKeys":{}}}"#.into(),
+        ),
+        (
+            "$retainKeys of numbers".into(),
+            r#"{"metadata":{"$retainKeys":[1,{},null]}}"#.into(),
+        ),
+        (
+            "$setElementOrder a string".into(),
+            r#"{"spec":{"$setElementOrder/containers":"x"}}"#.into(),
+        ),
+        (
+            "$setElementOrder garbage".into(),
+            r#"{"metadata":{"$setElementOrder/finalizers":[{},[],null,5]}}"#.into(),
+        ),
+        (
+            "$deleteFromPrimitiveList a number".into(),
+            r#"{"metadata":{"$deleteFromPrimitiveList/finalizers":5}}"#.into(),
+        ),
+        (
+            "merge list of primitives".into(),
+            r#"{"spec":{"containers":[5,"x",null,[]]}}"#.into(),
+        ),
+        (
+            "list item $patch delete without key".into(),
+            r#"{"spec":{"containers":[{"$patch":"delete"}]}}"#.into(),
+        ),
+        (
+            "list item $patch replace".into(),
+            r#"{"metadata":{"ownerReferences":[{"$patch":"replace"},{"uid":5}]}}"#.into(),
+        ),
+        (
+            "name of the wrong type".into(),
+            r#"{"metadata":{"name":{"a":1}}}"#.into(),
+        ),
+        (
+            "deep".into(),
+            format!(
+                "{{\"metadata\":{{\"annotations\":{}}}}}",
+                deep_objects(10_000)
+            ),
+        ),
     ]
 }
 
 fn hostile_apply_patches(resource: &ResourceInfo) -> Vec<(String, String)> {
-    let other = if resource.kind == "Service" { "Pod" } else { "Service" };
+    let other = if resource.kind == "Service" {
+        "Pod"
+    } else {
+        "Service"
+    };
     vec![
         ("wrong kind".into(), format!("{{\"apiVersion\":\"v1\",\"kind\":\"{other}\",\"metadata\":{{\"name\":\"hostile-{}\"}}}}", resource.singular)),
         ("unknown apiVersion".into(), format!("{{\"apiVersion\":\"nope/v9\",\"kind\":\"{}\"}}", resource.kind)),
@@ -784,7 +866,11 @@ fn methods() -> [reqwest::Method; 4] {
 }
 
 /// The sweep itself, resource by resource.
-async fn sweep_resource(sweep: &mut Sweep, index: usize, resource: &'static ResourceInfo) -> Result<()> {
+async fn sweep_resource(
+    sweep: &mut Sweep,
+    index: usize,
+    resource: &'static ResourceInfo,
+) -> Result<()> {
     use reqwest::Method;
     let kind = resource.kind;
     let collection = collection_path(resource);
@@ -822,27 +908,62 @@ async fn sweep_resource(sweep: &mut Sweep, index: usize, resource: &'static Reso
         ("create".into(), Method::POST, collection.clone(), None),
         ("update".into(), Method::PUT, item.clone(), None),
         // A body the schema allows would really delete; dryRun keeps the object.
-        ("delete".into(), Method::DELETE, format!("{item}?dryRun=All"), None),
-        ("deletecollection".into(), Method::DELETE, format!("{collection}?dryRun=All&labelSelector=nothing%3Dmatches"), None),
+        (
+            "delete".into(),
+            Method::DELETE,
+            format!("{item}?dryRun=All"),
+            None,
+        ),
+        (
+            "deletecollection".into(),
+            Method::DELETE,
+            format!("{collection}?dryRun=All&labelSelector=nothing%3Dmatches"),
+            None,
+        ),
     ];
     for patch_type in PATCH_TYPES {
-        endpoints.push((format!("patch {patch_type}"), Method::PATCH, item.clone(), Some(patch_type)));
+        endpoints.push((
+            format!("patch {patch_type}"),
+            Method::PATCH,
+            item.clone(),
+            Some(patch_type),
+        ));
     }
     for sub in resource.subresources {
         let path = format!("{item}/{}", sub.name);
         if sub.verbs.contains(&"update") {
-            endpoints.push((format!("{} update", sub.name), Method::PUT, path.clone(), None));
+            endpoints.push((
+                format!("{} update", sub.name),
+                Method::PUT,
+                path.clone(),
+                None,
+            ));
         }
         if sub.verbs.contains(&"patch") {
             let patch_type = *sweep.pick(PATCH_TYPES);
-            endpoints.push((format!("{} patch", sub.name), Method::PATCH, path.clone(), Some(patch_type)));
+            endpoints.push((
+                format!("{} patch", sub.name),
+                Method::PATCH,
+                path.clone(),
+                Some(patch_type),
+            ));
         }
         if sub.verbs.contains(&"create") {
-            endpoints.push((format!("{} create", sub.name), Method::POST, path.clone(), None));
+            endpoints.push((
+                format!("{} create", sub.name),
+                Method::POST,
+                path.clone(),
+                None,
+            ));
         }
     }
     if kind == "Namespace" {
-        endpoints.push(("finalize".into(), Method::PUT, format!("{item}/finalize"), None));
+        endpoints.push((
+            "finalize".into(),
+            Method::PUT,
+            format!("{item}/finalize"),
+            None,
+        ));
     }
     let bodies = hostile_bodies(&mut sweep.rng, resource);
     for (b, (what, content_type, body)) in bodies.iter().enumerate() {
@@ -850,7 +971,9 @@ async fn sweep_resource(sweep: &mut Sweep, index: usize, resource: &'static Reso
             if (b + e + index) % 4 != 0 {
                 continue;
             }
-            let ct = patch_type.map(str::to_string).unwrap_or(content_type.clone());
+            let ct = patch_type
+                .map(str::to_string)
+                .unwrap_or(content_type.clone());
             let probe = Probe::new(format!("{kind} {endpoint}, {what}"), method.clone(), path)
                 .body(&ct, body.clone())
                 .touching(&item);
@@ -860,7 +983,11 @@ async fn sweep_resource(sweep: &mut Sweep, index: usize, resource: &'static Reso
 
     // Patches, each of its own type and through the subresources that take patches.
     let mut patch_paths = vec![item.clone()];
-    for sub in resource.subresources.iter().filter(|s| s.verbs.contains(&"patch")) {
+    for sub in resource
+        .subresources
+        .iter()
+        .filter(|s| s.verbs.contains(&"patch"))
+    {
         patch_paths.push(format!("{item}/{}", sub.name));
     }
     let families = [
@@ -876,9 +1003,13 @@ async fn sweep_resource(sweep: &mut Sweep, index: usize, resource: &'static Reso
                 continue;
             }
             let path = sweep.pick(&patch_paths).clone();
-            let probe = Probe::new(format!("{kind} patch {patch_type}, {what}"), Method::PATCH, path)
-                .body(patch_type, body)
-                .touching(&item);
+            let probe = Probe::new(
+                format!("{kind} patch {patch_type}, {what}"),
+                Method::PATCH,
+                path,
+            )
+            .body(patch_type, body)
+            .touching(&item);
             sweep.send(probe).await?;
         }
     }
@@ -889,9 +1020,13 @@ async fn sweep_resource(sweep: &mut Sweep, index: usize, resource: &'static Reso
         "propagationPolicy": "Background", "preconditions": {"uid": "not-the-uid", "resourceVersion": "1"},
         "dryRun": ["All"], "orphanDependents": false});
     for (what, body) in type_mutations(&mut sweep.rng, &delete_options, 6, false) {
-        let probe = Probe::new(format!("{kind} delete options, {what}"), Method::DELETE, &item)
-            .body("application/json", body.to_string())
-            .touching(&item);
+        let probe = Probe::new(
+            format!("{kind} delete options, {what}"),
+            Method::DELETE,
+            &item,
+        )
+        .body("application/json", body.to_string())
+        .touching(&item);
         sweep.send(probe).await?;
     }
 
@@ -911,7 +1046,11 @@ async fn sweep_resource(sweep: &mut Sweep, index: usize, resource: &'static Reso
             } else {
                 "application/json"
             };
-            let mut probe = Probe::new(format!("{kind} {method} name {:.40}", name), method.clone(), path);
+            let mut probe = Probe::new(
+                format!("{kind} {method} name {:.40}", name),
+                method.clone(),
+                path,
+            );
             if method != Method::GET {
                 probe = probe.body(ct, body.to_string());
             }
@@ -923,42 +1062,81 @@ async fn sweep_resource(sweep: &mut Sweep, index: usize, resource: &'static Reso
                 resource.group_version_path(),
                 resource.plural
             );
-            let probe = Probe::new(format!("{kind} create in namespace {:.40}", name), Method::POST, path)
-                .body("application/json", valid.to_string());
+            let probe = Probe::new(
+                format!("{kind} create in namespace {:.40}", name),
+                Method::POST,
+                path,
+            )
+            .body("application/json", valid.to_string());
             sweep.send(probe).await?;
         }
     }
     if resource.namespaced {
-        let probe = Probe::new(format!("{kind} cluster-scoped item path"), Method::GET, format!(
-            "{}/{}/hostile-{}", resource.group_version_path(), resource.plural, resource.singular));
+        let probe = Probe::new(
+            format!("{kind} cluster-scoped item path"),
+            Method::GET,
+            format!(
+                "{}/{}/hostile-{}",
+                resource.group_version_path(),
+                resource.plural,
+                resource.singular
+            ),
+        );
         sweep.send(probe).await?;
     }
 
     // Selectors and query parameters on list, watch and deletecollection.
     for selector in BAD_LABEL_SELECTORS {
-        let watch = if sweep.rng.gen_bool(0.5) { "watch=true&timeoutSeconds=1&" } else { "" };
+        let watch = if sweep.rng.gen_bool(0.5) {
+            "watch=true&timeoutSeconds=1&"
+        } else {
+            ""
+        };
         let path = format!("{collection}?{watch}labelSelector={selector}");
-        sweep.send(Probe::new(format!("{kind} list, label selector"), Method::GET, path)).await?;
+        sweep
+            .send(Probe::new(
+                format!("{kind} list, label selector"),
+                Method::GET,
+                path,
+            ))
+            .await?;
     }
     for selector in BAD_FIELD_SELECTORS {
         let path = format!("{collection}?fieldSelector={selector}");
-        sweep.send(Probe::new(format!("{kind} list, field selector"), Method::GET, path)).await?;
+        sweep
+            .send(Probe::new(
+                format!("{kind} list, field selector"),
+                Method::GET,
+                path,
+            ))
+            .await?;
     }
-    let deletecollection_selector = format!(
-        "labelSelector={}",
-        sweep.pick(BAD_LABEL_SELECTORS)
-    );
+    let deletecollection_selector = format!("labelSelector={}", sweep.pick(BAD_LABEL_SELECTORS));
     sweep
         .send(
-            Probe::new(format!("{kind} deletecollection, bad selector"), Method::DELETE, format!("{collection}?dryRun=All&{deletecollection_selector}"))
-                .touching(&item),
+            Probe::new(
+                format!("{kind} deletecollection, bad selector"),
+                Method::DELETE,
+                format!("{collection}?dryRun=All&{deletecollection_selector}"),
+            )
+            .touching(&item),
         )
         .await?;
     for _ in 0..4 {
         let garbage = random_selector(&mut sweep.rng);
-        let watch = if sweep.rng.gen_bool(0.5) { "watch=1&timeoutSeconds=1&" } else { "" };
+        let watch = if sweep.rng.gen_bool(0.5) {
+            "watch=1&timeoutSeconds=1&"
+        } else {
+            ""
+        };
         let path = format!("{collection}?{watch}labelSelector={garbage}&fieldSelector={garbage}");
-        sweep.send(Probe::new(format!("{kind} list, random selector {garbage}"), Method::GET, path)).await?;
+        sweep
+            .send(Probe::new(
+                format!("{kind} list, random selector {garbage}"),
+                Method::GET,
+                path,
+            ))
+            .await?;
     }
     for query in GARBAGE_QUERIES {
         let watch = match sweep.rng.gen_range(0..3) {
@@ -974,7 +1152,11 @@ async fn sweep_resource(sweep: &mut Sweep, index: usize, resource: &'static Reso
         }
         sweep.send(probe).await?;
         if sweep.rng.gen_bool(0.3) {
-            let probe = Probe::new(format!("{kind} get ?{query}"), Method::GET, format!("{item}?{query}"));
+            let probe = Probe::new(
+                format!("{kind} get ?{query}"),
+                Method::GET,
+                format!("{item}?{query}"),
+            );
             sweep.send(probe).await?;
         }
     }
@@ -991,12 +1173,24 @@ async fn sweep_resource(sweep: &mut Sweep, index: usize, resource: &'static Reso
         } else {
             ""
         };
-        let probe = Probe::new(format!("{kind} {method} ?{query}"), method, format!("{path}?{query}{dry}"))
-            .body("application/json", body);
+        let probe = Probe::new(
+            format!("{kind} {method} ?{query}"),
+            method,
+            format!("{path}?{query}{dry}"),
+        )
+        .body("application/json", body);
         sweep.send(probe.touching(&item)).await?;
     }
-    for accept in ["application/vnd.kubernetes.protobuf", "a/b/c;;;;=", "application/json;as=Table;g=meta.k8s.io;v=v1"] {
-        let mut probe = Probe::new(format!("{kind} list, Accept {accept}"), Method::GET, format!("{collection}?includeObject=%FF"));
+    for accept in [
+        "application/vnd.kubernetes.protobuf",
+        "a/b/c;;;;=",
+        "application/json;as=Table;g=meta.k8s.io;v=v1",
+    ] {
+        let mut probe = Probe::new(
+            format!("{kind} list, Accept {accept}"),
+            Method::GET,
+            format!("{collection}?includeObject=%FF"),
+        );
         probe.accept = Some(accept.into());
         sweep.send(probe).await?;
     }
@@ -1005,13 +1199,22 @@ async fn sweep_resource(sweep: &mut Sweep, index: usize, resource: &'static Reso
     for method in ["OPTIONS", "TRACE", "CONNECT", "PROPFIND"] {
         let method = Method::from_bytes(method.as_bytes())?;
         let path = sweep.pick(&[collection.clone(), item.clone()]).clone();
-        sweep.send(Probe::new(format!("{kind} method {method}"), method, path)).await?;
+        sweep
+            .send(Probe::new(format!("{kind} method {method}"), method, path))
+            .await?;
     }
     for sub in ["eviction", "exec", "proxy", "status%2F..", "scale/extra"] {
         let method = sweep.pick(&[Method::GET, Method::POST]).clone();
-        let probe = Probe::new(format!("{kind} {method} {sub}"), method, format!("{item}/{sub}"))
-            .body("application/json", r#"{"apiVersion":"policy/v1","kind":"Eviction"}"#)
-            .touching(&item);
+        let probe = Probe::new(
+            format!("{kind} {method} {sub}"),
+            method,
+            format!("{item}/{sub}"),
+        )
+        .body(
+            "application/json",
+            r#"{"apiVersion":"policy/v1","kind":"Eviction"}"#,
+        )
+        .touching(&item);
         sweep.send(probe).await?;
     }
 
@@ -1028,7 +1231,12 @@ async fn sweep_resource(sweep: &mut Sweep, index: usize, resource: &'static Reso
                 raw
             }
         };
-        let (method, path) = sweep.pick(&[(Method::POST, collection.clone()), (Method::PUT, item.clone())]).clone();
+        let (method, path) = sweep
+            .pick(&[
+                (Method::POST, collection.clone()),
+                (Method::PUT, item.clone()),
+            ])
+            .clone();
         let probe = Probe::new(format!("{kind} {method} protobuf"), method, path)
             .body("application/vnd.kubernetes.protobuf", body)
             .touching(&item);
@@ -1047,15 +1255,27 @@ async fn subresource_probes(sweep: &mut Sweep, resource: &ResourceInfo, item: &s
             "metadata": {"name": format!("hostile-{}", resource.singular), "resourceVersion": "1"},
             "spec": {"replicas": 0}});
         for (what, body) in type_mutations(&mut sweep.rng, &scale, 8, false) {
-            let probe = Probe::new(format!("{kind} scale update, {what}"), Method::PUT, format!("{item}/scale"))
-                .body("application/json", body.to_string())
-                .touching(item);
+            let probe = Probe::new(
+                format!("{kind} scale update, {what}"),
+                Method::PUT,
+                format!("{item}/scale"),
+            )
+            .body("application/json", body.to_string())
+            .touching(item);
             sweep.send(probe).await?;
         }
-        for body in [r#"{"spec":{"replicas":-1}}"#, r#"{"spec":{"replicas":4294967296}}"#, r#"{"spec":{"replicas":"3"}}"#] {
-            let probe = Probe::new(format!("{kind} scale merge patch {body}"), Method::PATCH, format!("{item}/scale"))
-                .body("application/merge-patch+json", body)
-                .touching(item);
+        for body in [
+            r#"{"spec":{"replicas":-1}}"#,
+            r#"{"spec":{"replicas":4294967296}}"#,
+            r#"{"spec":{"replicas":"3"}}"#,
+        ] {
+            let probe = Probe::new(
+                format!("{kind} scale merge patch {body}"),
+                Method::PATCH,
+                format!("{item}/scale"),
+            )
+            .body("application/merge-patch+json", body)
+            .touching(item);
             sweep.send(probe).await?;
         }
     }
@@ -1064,15 +1284,29 @@ async fn subresource_probes(sweep: &mut Sweep, resource: &ResourceInfo, item: &s
             "metadata": {"name": format!("hostile-{}", resource.singular)},
             "target": {"apiVersion": "v1", "kind": "Node", "name": "no-such-node"}});
         for (what, body) in type_mutations(&mut sweep.rng, &binding, 8, false) {
-            let probe = Probe::new(format!("{kind} binding, {what}"), Method::POST, format!("{item}/binding"))
-                .body("application/json", body.to_string())
-                .touching(item);
+            let probe = Probe::new(
+                format!("{kind} binding, {what}"),
+                Method::POST,
+                format!("{item}/binding"),
+            )
+            .body("application/json", body.to_string())
+            .touching(item);
             sweep.send(probe).await?;
         }
     }
     if resource.subresource("log").is_some() {
-        for query in ["container=%2E%2E%2F%2E%2E", "tailLines=-1", "follow=true&limitBytes=-5", "sinceSeconds=1e9", "container=c&previous=%FF"] {
-            let probe = Probe::new(format!("{kind} log ?{query}"), Method::GET, format!("{item}/log?{query}"));
+        for query in [
+            "container=%2E%2E%2F%2E%2E",
+            "tailLines=-1",
+            "follow=true&limitBytes=-5",
+            "sinceSeconds=1e9",
+            "container=c&previous=%FF",
+        ] {
+            let probe = Probe::new(
+                format!("{kind} log ?{query}"),
+                Method::GET,
+                format!("{item}/log?{query}"),
+            );
             sweep.send(probe).await?;
         }
     }
@@ -1082,11 +1316,34 @@ async fn subresource_probes(sweep: &mut Sweep, resource: &ResourceInfo, item: &s
 /// A label/field selector of random selector characters, percent-encoded.
 fn random_selector(rng: &mut StdRng) -> String {
     const PIECES: &[&str] = &[
-        "a", "b", "%3D", "%21", "%28", "%29", "%2C", "%20in%20", "%20notin%20", "%3D%3D", "%21%3D", "%2F", ".", "-",
-        "%00", "%FF", "%C3%BC", "metadata.name", "spec.nodeName", "status.phase", "%3E", "%3C", "~",
+        "a",
+        "b",
+        "%3D",
+        "%21",
+        "%28",
+        "%29",
+        "%2C",
+        "%20in%20",
+        "%20notin%20",
+        "%3D%3D",
+        "%21%3D",
+        "%2F",
+        ".",
+        "-",
+        "%00",
+        "%FF",
+        "%C3%BC",
+        "metadata.name",
+        "spec.nodeName",
+        "status.phase",
+        "%3E",
+        "%3C",
+        "~",
     ];
     let n = rng.gen_range(1..12);
-    (0..n).map(|_| PIECES[rng.gen_range(0..PIECES.len())]).collect()
+    (0..n)
+        .map(|_| PIECES[rng.gen_range(0..PIECES.len())])
+        .collect()
 }
 
 #[tokio::test]
@@ -1111,7 +1368,10 @@ async fn hostile_input_gets_a_status_never_a_panic_and_changes_nothing() -> Resu
         let code = response.status();
         let text = response.text().await?;
         if !code.is_success() {
-            bail!("setup: creating a {} answered {code}: {text}", resource.kind);
+            bail!(
+                "setup: creating a {} answered {code}: {text}",
+                resource.kind
+            );
         }
         let item = item_path(resource);
         let stored = http
@@ -1145,7 +1405,12 @@ async fn hostile_input_gets_a_status_never_a_panic_and_changes_nothing() -> Resu
     // Every setup object is byte for byte as the last accepted request left it.
     if !sweep.dead {
         for (item, before) in &sweep.baseline.clone() {
-            let after = http.get(format!("{}{item}", cluster.server)).send().await?.bytes().await?;
+            let after = http
+                .get(format!("{}{item}", cluster.server))
+                .send()
+                .await?
+                .bytes()
+                .await?;
             if after.as_ref() != before.as_slice() {
                 sweep.failures.push(format!(
                     "{item} changed by a rejected request:\n  before {}\n  after  {}",

@@ -1133,7 +1133,11 @@ mod tests {
             let e = delete_options(&query(bad), &headers, b"").unwrap_err();
             assert_eq!(e.code, 400, "dryRun={bad:?}");
         }
-        assert!(delete_options(&query("All"), &headers, b"").unwrap().dry_run);
+        assert!(
+            delete_options(&query("All"), &headers, b"")
+                .unwrap()
+                .dry_run
+        );
         assert!(!delete_options(&query(""), &headers, b"").unwrap().dry_run);
     }
 
