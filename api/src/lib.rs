@@ -17,6 +17,9 @@ pub mod status;
 pub mod table;
 pub mod validation;
 
+#[cfg(test)]
+mod hostile_tests;
+
 pub use k8s_openapi;
 pub use resource::{ResourceInfo, RESOURCES};
 pub use status::ApiError;

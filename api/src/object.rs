@@ -35,9 +35,54 @@ pub fn parse_body(body: &[u8]) -> Result<Value, DecodeError> {
             if text.trim_start().starts_with(['{', '[']) {
                 return Err(DecodeError::Syntax(json_error.to_string()));
             }
+            check_yaml_flow_depth(text)?;
             serde_yaml::from_str::<Value>(text).map_err(|e| DecodeError::Syntax(e.to_string()))
         }
     }
+}
+
+/// serde_yaml refuses nesting deeper than 128, but only after libyaml has scanned the
+/// whole nest, in time quadratic in its depth: `a: [[[[…` of a 3 MiB body would pin a core
+/// for hours. This counts flow brackets outside quotes and comments and refuses such a
+/// body before the parser sees it.
+const MAX_YAML_FLOW_DEPTH: usize = 128;
+
+fn check_yaml_flow_depth(text: &str) -> Result<(), DecodeError> {
+    let mut depth = 0usize;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut comment = false;
+    let mut previous = '\n';
+    for c in text.chars() {
+        if comment {
+            comment = c != '\n';
+        } else if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if q == '"' && c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+        } else {
+            match c {
+                '"' | '\'' => quote = Some(c),
+                '#' if previous.is_whitespace() => comment = true,
+                '[' | '{' => {
+                    depth += 1;
+                    if depth > MAX_YAML_FLOW_DEPTH {
+                        return Err(DecodeError::Syntax(format!(
+                            "the YAML body nests deeper than {MAX_YAML_FLOW_DEPTH} levels"
+                        )));
+                    }
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        previous = c;
+    }
+    Ok(())
 }
 
 /// Fills in `apiVersion` and `kind` from the URL when the body leaves them out, and
@@ -239,6 +284,24 @@ mod tests {
         let v = parse_body(b"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n").unwrap();
         assert_eq!(v["metadata"]["name"], "a");
         assert!(parse_body(b"{\"a\":").is_err());
+    }
+
+    #[test]
+    fn deeply_nested_yaml_flow_sequences_are_refused_quickly() {
+        let started = std::time::Instant::now();
+        let body = format!("metadata: {}", "[".repeat(1_000_000));
+        assert!(matches!(
+            parse_body(body.as_bytes()),
+            Err(DecodeError::Syntax(_))
+        ));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // Brackets in quotes, comments and shallow flow collections are ordinary YAML.
+        let fine = format!(
+            "data:\n  a: '{0}'\n  b: \"{0}\\\"\"\n  # {0}\n  c: [[1], {{d: [2]}}]\n",
+            "[".repeat(500)
+        );
+        let v = parse_body(fine.as_bytes()).unwrap();
+        assert_eq!(v["data"]["c"][1]["d"][0], 2);
     }
 }
 

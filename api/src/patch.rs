@@ -40,7 +40,17 @@ pub enum PatchError {
     JsonPatchFailed(String),
     #[error("invalid strategic merge patch directive at {path}: {reason}")]
     InvalidDirective { path: String, reason: String },
+    #[error("the JSON patch is too large: {0}")]
+    TooLarge(String),
 }
+
+/// Kubernetes' `maxJSONPatchOperations`.
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+
+/// How many bytes the `copy` operations of one JSON patch may duplicate in total. A
+/// patch of a few kilobytes can otherwise double the object forty times over and
+/// exhaust memory (Kubernetes bounds this the same way, with `AccumulatedCopySizeLimit`).
+pub const MAX_JSON_PATCH_COPY_BYTES: usize = 3 * 1024 * 1024;
 
 /// Applies a patch of `patch_type` to `original`.
 pub fn apply_patch(
@@ -49,14 +59,7 @@ pub fn apply_patch(
     patch: &Value,
 ) -> Result<Value, PatchError> {
     match patch_type {
-        PatchType::Json => {
-            let ops: json_patch::Patch = serde_json::from_value(patch.clone())
-                .map_err(|e| PatchError::InvalidJsonPatch(e.to_string()))?;
-            let mut doc = original.clone();
-            json_patch::patch(&mut doc, &ops)
-                .map_err(|e| PatchError::JsonPatchFailed(e.to_string()))?;
-            Ok(doc)
-        }
+        PatchType::Json => json_patch_bounded(original, patch),
         PatchType::Merge => {
             if !patch.is_object() {
                 return Err(PatchError::NotAnObject);
@@ -67,6 +70,40 @@ pub fn apply_patch(
         }
         PatchType::StrategicMerge | PatchType::Apply => strategic_merge(original, patch),
     }
+}
+
+/// Applies an RFC 6902 patch with Kubernetes' bounds on its operations and on what its
+/// `copy` operations duplicate.
+fn json_patch_bounded(original: &Value, patch: &Value) -> Result<Value, PatchError> {
+    let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+        .map_err(|e| PatchError::InvalidJsonPatch(e.to_string()))?;
+    if ops.0.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(PatchError::TooLarge(format!(
+            "the allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}",
+            ops.0.len()
+        )));
+    }
+    // The document is a copy, so a failure half-way leaves nothing behind and the
+    // library's undo log is not needed.
+    let mut doc = original.clone();
+    let mut copied = 0usize;
+    for (index, op) in ops.0.iter().enumerate() {
+        if let json_patch::PatchOperation::Copy(copy) = op {
+            let size = doc
+                .pointer(copy.from.as_str())
+                .map(|v| serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX))
+                .unwrap_or(0);
+            copied = copied.saturating_add(size);
+            if copied > MAX_JSON_PATCH_COPY_BYTES {
+                return Err(PatchError::TooLarge(format!(
+                    "operation {index} would make the patch's copies exceed {MAX_JSON_PATCH_COPY_BYTES} bytes"
+                )));
+            }
+        }
+        json_patch::patch_unsafe(&mut doc, std::slice::from_ref(op))
+            .map_err(|e| PatchError::JsonPatchFailed(format!("operation {index}: {e}")))?;
+    }
+    Ok(doc)
 }
 
 /// Applies a strategic merge patch.
@@ -390,5 +427,33 @@ mod tests {
         )
         .is_err());
         assert!(apply_patch(PatchType::Merge, &orig, &json!([1])).is_err());
+    }
+
+    #[test]
+    fn json_patch_copies_that_double_the_object_are_refused_not_an_oom() {
+        let orig = json!({"metadata": {"name": "x", "labels": {"a": "1"}}});
+        let bomb: Vec<Value> = (0..40)
+            .map(|i| json!({"op": "copy", "from": "", "path": format!("/c{i}")}))
+            .collect();
+        assert!(matches!(
+            apply_patch(PatchType::Json, &orig, &Value::Array(bomb)),
+            Err(PatchError::TooLarge(_))
+        ));
+        // A handful of small copies is fine.
+        let ok =
+            json!([{"op": "copy", "from": "/metadata/labels", "path": "/metadata/annotations"}]);
+        let out = apply_patch(PatchType::Json, &orig, &ok).unwrap();
+        assert_eq!(out["metadata"]["annotations"], json!({"a": "1"}));
+    }
+
+    #[test]
+    fn json_patch_with_too_many_operations_is_refused() {
+        let orig = json!({"a": 1});
+        let ops =
+            vec![json!({"op": "test", "path": "/a", "value": 1}); MAX_JSON_PATCH_OPERATIONS + 1];
+        assert!(matches!(
+            apply_patch(PatchType::Json, &orig, &Value::Array(ops)),
+            Err(PatchError::TooLarge(_))
+        ));
     }
 }

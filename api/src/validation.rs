@@ -46,6 +46,14 @@ impl FieldCause {
         }
     }
 
+    pub fn too_long(field: impl Into<String>, max: usize) -> Self {
+        FieldCause {
+            reason: "FieldValueTooLong",
+            field: field.into(),
+            message: format!("Too long: must have at most {max} bytes"),
+        }
+    }
+
     pub fn duplicate(field: impl Into<String>, value: &Value) -> Self {
         FieldCause {
             reason: "FieldValueDuplicate",
@@ -61,6 +69,8 @@ impl FieldCause {
 }
 
 const DNS1123_LABEL_MAX: usize = 63;
+/// Kubernetes' `TotalAnnotationSizeLimitB`: keys and values of all annotations together.
+pub const TOTAL_ANNOTATION_SIZE_LIMIT: usize = 256 * 1024;
 const DNS1123_SUBDOMAIN_MAX: usize = 253;
 
 /// Returns why `name` is not a DNS-1123 label, if it is not.
@@ -265,7 +275,8 @@ fn validate_metadata(resource: &ResourceInfo, object: &Value) -> Vec<FieldCause>
         .pointer("/metadata/annotations")
         .and_then(Value::as_object)
     {
-        for key in annotations.keys() {
+        let mut total = 0usize;
+        for (key, value) in annotations {
             if let Some(e) = qualified_name_errors(key) {
                 causes.push(FieldCause::invalid(
                     "metadata.annotations",
@@ -273,6 +284,14 @@ fn validate_metadata(resource: &ResourceInfo, object: &Value) -> Vec<FieldCause>
                     e,
                 ));
             }
+            let value_len = value.as_str().map(str::len).unwrap_or_default();
+            total = total.saturating_add(key.len()).saturating_add(value_len);
+        }
+        if total > TOTAL_ANNOTATION_SIZE_LIMIT {
+            causes.push(FieldCause::too_long(
+                "metadata.annotations",
+                TOTAL_ANNOTATION_SIZE_LIMIT,
+            ));
         }
     }
     causes
@@ -743,6 +762,23 @@ fn validate_data_keys(object: &Value, causes: &mut Vec<FieldCause>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn annotations_over_256_kib_in_total_are_too_long() {
+        let cm = &crate::resource::CONFIG_MAPS;
+        let with = |value: String| {
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "a", "namespace": "default", "annotations": {"k": value}}})
+        };
+        let causes = validate_object(cm, &with("x".repeat(2 << 20)));
+        assert!(
+            causes
+                .iter()
+                .any(|c| c.field == "metadata.annotations" && c.reason == "FieldValueTooLong"),
+            "{causes:?}"
+        );
+        assert!(validate_object(cm, &with("x".repeat(1000))).is_empty());
+    }
 
     #[test]
     fn names() {

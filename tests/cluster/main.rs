@@ -9,6 +9,7 @@ mod controllers;
 mod crash;
 mod group_deletes;
 mod harness;
+mod hostile_input;
 mod kubectl;
 mod quantities;
 mod runtimeclass;

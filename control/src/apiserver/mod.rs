@@ -490,16 +490,19 @@ fn decode_object_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiErro
     Ok(value)
 }
 
+/// `?dryRun=`: `All` or nothing; anything else is refused rather than read as "not dry".
+fn dry_run(query: &HashMap<String, String>) -> Result<bool, ApiError> {
+    match query.get("dryRun").map(String::as_str) {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "invalid dryRun {other:?}: only \"All\" is supported"
+        ))),
+    }
+}
+
 fn write_options(query: &HashMap<String, String>) -> Result<WriteOptions, ApiError> {
-    let dry_run = match query.get("dryRun").map(String::as_str) {
-        None | Some("") => false,
-        Some("All") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "invalid dryRun {other:?}: only \"All\" is supported"
-            )))
-        }
-    };
+    let dry_run = dry_run(query)?;
     let field_validation = match query.get("fieldValidation").map(String::as_str) {
         None | Some("") | Some("Ignore") => FieldValidation::Ignore,
         Some("Warn") => FieldValidation::Warn,
@@ -1062,7 +1065,7 @@ fn delete_options(
     {
         options.propagation_policy = Some("Orphan".into());
     }
-    if query.get("dryRun").map(String::as_str) == Some("All") {
+    if dry_run(query)? {
         options.dry_run = true;
     }
     Ok(options)
@@ -1120,6 +1123,22 @@ mod tests {
             "nodes None Some(\"n1\") Some(\"status\")"
         );
         assert_eq!(t("/apis/widgets.example/v1/things"), "error 404");
+    }
+
+    #[test]
+    fn delete_with_an_unknown_dry_run_value_is_refused_not_run_for_real() {
+        let query = |v: &str| HashMap::from([("dryRun".to_string(), v.to_string())]);
+        let headers = HeaderMap::new();
+        for bad in ["Some", "\0", "all", "All,All"] {
+            let e = delete_options(&query(bad), &headers, b"").unwrap_err();
+            assert_eq!(e.code, 400, "dryRun={bad:?}");
+        }
+        assert!(
+            delete_options(&query("All"), &headers, b"")
+                .unwrap()
+                .dry_run
+        );
+        assert!(!delete_options(&query(""), &headers, b"").unwrap().dry_run);
     }
 
     #[test]

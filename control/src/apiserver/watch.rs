@@ -164,7 +164,7 @@ pub fn watch(state: &ApiState, request: WatchRequest) -> Result<Response, ApiErr
     let initial = watch.initial.take();
     let mut events = EventStream::new(store, &sender.request.prefix, watch, start);
     tokio::spawn(async move {
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let deadline = watch_deadline(tokio::time::Instant::now(), timeout);
         let mut bookmarks = tokio::time::interval_at(
             tokio::time::Instant::now() + bookmark_interval,
             bookmark_interval,
@@ -222,6 +222,16 @@ pub fn watch(state: &ApiState, request: WatchRequest) -> Result<Response, ApiErr
         .expect("static headers are valid"))
 }
 
+/// When a watch with `timeout` started at `now` ends; `None` (never) when the deadline
+/// lies beyond what an `Instant` holds (`timeoutSeconds=18446744073709551615`), which
+/// `now + timeout` would turn into a panic.
+fn watch_deadline(
+    now: tokio::time::Instant,
+    timeout: Option<Duration>,
+) -> Option<tokio::time::Instant> {
+    timeout.and_then(|t| now.checked_add(t))
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -238,4 +248,25 @@ pub fn parse_timeout(value: Option<&str>) -> Result<Option<Duration>, ApiError> 
                 .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {v:?}")))
         })
         .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_timeout_seconds_does_not_overflow_the_watch_deadline() {
+        let now = tokio::time::Instant::now();
+        for huge in ["18446744073709551615", "9223372036854775807"] {
+            let timeout = parse_timeout(Some(huge)).unwrap();
+            assert_eq!(watch_deadline(now, timeout), None);
+        }
+        let timeout = parse_timeout(Some("5")).unwrap();
+        assert_eq!(
+            watch_deadline(now, timeout),
+            Some(now + Duration::from_secs(5))
+        );
+        assert!(parse_timeout(Some("1e9")).is_err());
+        assert!(parse_timeout(Some("-1")).is_err());
+    }
 }

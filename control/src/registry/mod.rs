@@ -544,6 +544,9 @@ impl Registry {
                 skiff_api::patch::PatchError::JsonPatchFailed(m) => {
                     ApiError::new(422, "Invalid", m)
                 }
+                skiff_api::patch::PatchError::TooLarge(m) => {
+                    ApiError::new(413, "RequestEntityTooLarge", m)
+                }
                 other => ApiError::bad_request(other.to_string()),
             })?;
             let mut warnings = Vec::new();
