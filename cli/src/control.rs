@@ -212,7 +212,10 @@ mod tests {
     #[test]
     fn network_flags_default_to_k3s_ranges() {
         let config = parse(&[]).unwrap().allocation().unwrap();
-        assert_eq!(config, skiff_control::allocator::AllocationConfig::default());
+        assert_eq!(
+            config,
+            skiff_control::allocator::AllocationConfig::default()
+        );
     }
 
     #[test]
@@ -259,8 +262,18 @@ mod tests {
         }
         // Each value parses, but together they do not fit.
         for args in [
-            ["--cluster-cidr", "10.42.0.0/16", "--node-cidr-mask-size", "8"],
-            ["--service-cidr", "10.43.0.0/30", "--node-cidr-mask-size", "24"],
+            [
+                "--cluster-cidr",
+                "10.42.0.0/16",
+                "--node-cidr-mask-size",
+                "8",
+            ],
+            [
+                "--service-cidr",
+                "10.43.0.0/30",
+                "--node-cidr-mask-size",
+                "24",
+            ],
         ] {
             let error = parse(&args).unwrap().allocation().unwrap_err().to_string();
             assert!(error.starts_with("invalid network settings"), "{error}");

@@ -224,9 +224,8 @@ where
 }
 
 fn typed<T: DeserializeOwned>(resource: &ResourceInfo, stored: Value) -> Result<T, ApiError> {
-    serde_json::from_value(stored).map_err(|e| {
-        ApiError::internal(format!("the stored {} is unreadable: {e}", resource.kind))
-    })
+    serde_json::from_value(stored)
+        .map_err(|e| ApiError::internal(format!("the stored {} is unreadable: {e}", resource.kind)))
 }
 
 #[cfg(test)]
@@ -285,19 +284,15 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(moved, (Outcome::Updated, Outcome::Updated));
-        let (_, service) = registry
-            .get(&SERVICES, Some(NAMESPACE), NAME)
-            .unwrap();
+        let (_, service) = registry.get(&SERVICES, Some(NAMESPACE), NAME).unwrap();
         let service: Service = serde_json::from_value(service).unwrap();
         assert_eq!(
             service.spec.unwrap().cluster_ip.as_deref(),
             Some("10.43.0.1")
         );
         // The address is claimed: nobody else can ask for it.
-        let claim = crate::allocator::Claim::new(
-            crate::allocator::RangeKind::ServiceIps,
-            "10.43.0.1",
-        );
+        let claim =
+            crate::allocator::Claim::new(crate::allocator::RangeKind::ServiceIps, "10.43.0.1");
         assert!(registry.store.get(&claim.key()).is_some());
     }
 }

@@ -68,7 +68,10 @@ impl Default for ControlConfig {
 
 /// The address clients outside the control plane reach it at: the configured one, else
 /// the bound one, else (bound to every address) loopback, the one address surely served.
-fn advertised_ip(configured: Option<std::net::IpAddr>, bound: std::net::SocketAddr) -> std::net::IpAddr {
+fn advertised_ip(
+    configured: Option<std::net::IpAddr>,
+    bound: std::net::SocketAddr,
+) -> std::net::IpAddr {
     configured
         .filter(|ip| !ip.is_unspecified())
         .unwrap_or_else(|| {

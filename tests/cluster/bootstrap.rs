@@ -58,11 +58,19 @@ impl Server {
     async fn kubernetes(&self) -> Result<(Service, Endpoints)> {
         let service = self
             .client
-            .get(&skiff_api::resource::SERVICES, Some("default"), "kubernetes")
+            .get(
+                &skiff_api::resource::SERVICES,
+                Some("default"),
+                "kubernetes",
+            )
             .await?;
         let endpoints = self
             .client
-            .get(&skiff_api::resource::ENDPOINTS, Some("default"), "kubernetes")
+            .get(
+                &skiff_api::resource::ENDPOINTS,
+                Some("default"),
+                "kubernetes",
+            )
             .await?;
         Ok((
             serde_json::from_value(service)?,
@@ -133,7 +141,10 @@ async fn the_kubernetes_service_exists_at_start_and_follows_the_api_server_acros
         )
         .await;
     ensure!(
-        matches!(&taken, Err(skiff_client::ClientError::Api { code: 422, .. })),
+        matches!(
+            &taken,
+            Err(skiff_client::ClientError::Api { code: 422, .. })
+        ),
         "{taken:?}"
     );
     let uid = service.metadata.uid.clone();

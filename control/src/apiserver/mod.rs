@@ -203,11 +203,7 @@ fn error_response(error: &ApiError) -> Response {
 
 fn written_response(code: StatusCode, written: Written) -> Response {
     let mut response = match &written.encoded {
-        Some(stored) => bytes_response(
-            code,
-            "application/json",
-            Bytes::copy_from_slice(stored),
-        ),
+        Some(stored) => bytes_response(code, "application/json", Bytes::copy_from_slice(stored)),
         None => json_response(code, &written.object),
     };
     for warning in written.warnings {
