@@ -2,7 +2,8 @@
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use std::net::SocketAddr;
+use skiff_control::allocator::Ipv4Cidr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -19,6 +20,70 @@ pub struct ControlArgs {
     watch_history: usize,
     #[command(flatten)]
     pub controllers: ControllerArgs,
+    #[command(flatten)]
+    pub network: NetworkArgs,
+}
+
+/// The cluster's address ranges and the API server's advertised address, named as k3s
+/// names them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NetworkArgs {
+    /// The range Service cluster IPs come from; its first address is the `kubernetes`
+    /// Service's.
+    #[arg(long, default_value = "10.43.0.0/16", value_parser = parse_cidr)]
+    service_cidr: Ipv4Cidr,
+    /// The range pod addresses come from, split into one subnet per node.
+    #[arg(long, default_value = "10.42.0.0/16", value_parser = parse_cidr)]
+    cluster_cidr: Ipv4Cidr,
+    /// The prefix length of each node's pod subnet.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(0..=32))]
+    node_cidr_mask_size: u8,
+    /// The ports NodePort Services get, inclusive (FIRST-LAST).
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    service_node_port_range: (u16, u16),
+    /// The address the `default/kubernetes` Endpoints give for the API server (default:
+    /// the listen address, or loopback when listening on every address).
+    #[arg(long)]
+    advertise_address: Option<IpAddr>,
+}
+
+impl NetworkArgs {
+    /// The allocation ranges, checked together (a node subnet must fit the cluster CIDR).
+    pub fn allocation(&self) -> Result<skiff_control::allocator::AllocationConfig> {
+        let config = skiff_control::allocator::AllocationConfig {
+            service_cidr: self.service_cidr,
+            cluster_cidr: self.cluster_cidr,
+            node_cidr_prefix: self.node_cidr_mask_size,
+            node_ports: self.service_node_port_range,
+        };
+        config
+            .ranges()
+            .map_err(|e| anyhow::anyhow!("invalid network settings: {e}"))?;
+        Ok(config)
+    }
+
+    pub fn advertise_address(&self) -> Option<IpAddr> {
+        self.advertise_address
+    }
+
+    /// `skiff up`'s default advertised address is the node's (k3s: `--node-ip`).
+    pub fn advertise_address_or(&self, node: IpAddr) -> Option<IpAddr> {
+        self.advertise_address.or(Some(node))
+    }
+}
+
+fn parse_cidr(s: &str) -> Result<Ipv4Cidr, String> {
+    s.parse::<Ipv4Cidr>().map_err(|e| e.to_string())
+}
+
+/// `FIRST-LAST`, as `--service-node-port-range` takes it.
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let invalid = || format!("invalid port range {s:?}: expected FIRST-LAST such as 30000-32767");
+    let (first, last) = s.split_once('-').ok_or_else(invalid)?;
+    let first: u16 = first.trim().parse().map_err(|_| invalid())?;
+    let last: u16 = last.trim().parse().map_err(|_| invalid())?;
+    skiff_control::allocator::Range::ports(first, last).map_err(|e| e.to_string())?;
+    Ok((first, last))
 }
 
 /// Node lifecycle timers of the controller manager.
@@ -51,6 +116,8 @@ impl ControllerArgs {
 }
 
 pub async fn run(args: ControlArgs) -> Result<ExitCode> {
+    // Checked before anything is bound or written: a bad range is a usage error.
+    let allocation = args.network.allocation()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -69,6 +136,8 @@ pub async fn run(args: ControlArgs) -> Result<ExitCode> {
             history_capacity: args.watch_history,
         },
         controllers: args.controllers.config(),
+        allocation,
+        advertise_address: args.network.advertise_address(),
         ..Default::default()
     };
     eprintln!("skiff control: serving the API at {server}");
@@ -120,4 +189,95 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        network: NetworkArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<NetworkArgs, String> {
+        let argv = std::iter::once("skiff").chain(args.iter().copied());
+        Flags::try_parse_from(argv)
+            .map(|f| f.network)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn network_flags_default_to_k3s_ranges() {
+        let config = parse(&[]).unwrap().allocation().unwrap();
+        assert_eq!(
+            config,
+            skiff_control::allocator::AllocationConfig::default()
+        );
+    }
+
+    #[test]
+    fn network_flags_parse() {
+        let network = parse(&[
+            "--service-cidr",
+            "10.96.0.0/12",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--node-cidr-mask-size",
+            "26",
+            "--service-node-port-range",
+            "31000-31999",
+            "--advertise-address",
+            "192.168.1.5",
+        ])
+        .unwrap();
+        let config = network.allocation().unwrap();
+        assert_eq!(config.service_cidr.to_string(), "10.96.0.0/12");
+        assert_eq!(config.cluster_cidr.to_string(), "10.244.0.0/16");
+        assert_eq!(config.node_cidr_prefix, 26);
+        assert_eq!(config.node_ports, (31000, 31999));
+        assert_eq!(
+            network.advertise_address(),
+            Some(IpAddr::from([192, 168, 1, 5]))
+        );
+    }
+
+    #[test]
+    fn bad_network_flags_are_refused() {
+        for (flag, value) in [
+            ("--service-cidr", "10.43.0.0"),
+            ("--service-cidr", "10.43.0.0/33"),
+            ("--cluster-cidr", "fd00::/8"),
+            ("--node-cidr-mask-size", "33"),
+            ("--node-cidr-mask-size", "x"),
+            ("--service-node-port-range", "32767-30000"),
+            ("--service-node-port-range", "0-100"),
+            ("--service-node-port-range", "30000"),
+            ("--service-node-port-range", "30000-70000"),
+        ] {
+            let error = parse(&[flag, value]).expect_err(value);
+            assert!(error.contains(flag), "{flag} {value}: {error}");
+        }
+        // Each value parses, but together they do not fit.
+        for args in [
+            [
+                "--cluster-cidr",
+                "10.42.0.0/16",
+                "--node-cidr-mask-size",
+                "8",
+            ],
+            [
+                "--service-cidr",
+                "10.43.0.0/30",
+                "--node-cidr-mask-size",
+                "24",
+            ],
+        ] {
+            let error = parse(&args).unwrap().allocation().unwrap_err().to_string();
+            assert!(error.starts_with("invalid network settings"), "{error}");
+            assert!(!error.contains('\n'), "{error}");
+        }
+    }
 }

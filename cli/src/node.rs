@@ -68,6 +68,8 @@ pub struct UpArgs {
     #[command(flatten)]
     controllers: crate::control::ControllerArgs,
     #[command(flatten)]
+    network: crate::control::NetworkArgs,
+    #[command(flatten)]
     agent: AgentArgs,
 }
 
@@ -195,6 +197,8 @@ async fn example_pod(client: &skiff_client::Client, examples: &Path) -> Option<V
 }
 
 pub async fn up(args: UpArgs) -> Result<ExitCode> {
+    // Checked before anything is bound or written: a bad range is a usage error.
+    let allocation = args.network.allocation()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -213,6 +217,8 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     let control_config = skiff_control::ControlConfig {
         store_dir: args.data_dir.join("store"),
         controllers: args.controllers.config(),
+        allocation,
+        advertise_address: args.network.advertise_address_or(args.agent.address),
         ..Default::default()
     };
     let control = tokio::spawn(skiff_control::run(

@@ -334,6 +334,14 @@ pub struct Ranges {
 }
 
 impl Ranges {
+    /// The cluster IP of the `kubernetes` Service: the first address of the service range.
+    pub fn kubernetes_service_ip(&self) -> Option<Ipv4Addr> {
+        match &self.service_ips {
+            Range::Addresses { cidr, .. } => cidr.address(KUBERNETES_SERVICE_OFFSET),
+            _ => None,
+        }
+    }
+
     pub fn get(&self, kind: RangeKind) -> &Range {
         match kind {
             RangeKind::ServiceIps => &self.service_ips,

@@ -4,6 +4,7 @@
 
 pub mod allocator;
 pub mod apiserver;
+pub mod bootstrap;
 pub mod defaults;
 pub mod images;
 pub mod metrics;
@@ -47,6 +48,9 @@ pub struct ControlConfig {
     pub run_controllers: bool,
     /// The service CIDR, cluster CIDR and node port range allocations come from.
     pub allocation: allocator::AllocationConfig,
+    /// The address the `default/kubernetes` Endpoints name (`--advertise-address`); by
+    /// default the listen address, or loopback when that is unspecified.
+    pub advertise_address: Option<std::net::IpAddr>,
 }
 
 impl Default for ControlConfig {
@@ -58,8 +62,26 @@ impl Default for ControlConfig {
             controllers: controllers::ControllerConfig::default(),
             run_controllers: true,
             allocation: allocator::AllocationConfig::default(),
+            advertise_address: None,
         }
     }
+}
+
+/// The address clients outside the control plane reach it at: the configured one, else
+/// the bound one, else (bound to every address) loopback, the one address surely served.
+fn advertised_ip(
+    configured: Option<std::net::IpAddr>,
+    bound: std::net::SocketAddr,
+) -> std::net::IpAddr {
+    configured
+        .filter(|ip| !ip.is_unspecified())
+        .unwrap_or_else(|| {
+            if bound.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                bound.ip()
+            }
+        })
 }
 
 /// Runs the control plane on a bound listener until `shutdown` completes.
@@ -83,6 +105,14 @@ pub async fn run(
     defaults::ensure_default_runtime_class(&registry)
         .await
         .map_err(ControlError::Bootstrap)?;
+    let bound = listener.local_addr()?;
+    let endpoint = bootstrap::ApiEndpoint {
+        address: advertised_ip(config.advertise_address, bound),
+        port: bound.port(),
+    };
+    bootstrap::ensure_kubernetes_service(&registry, endpoint)
+        .await
+        .map_err(ControlError::Bootstrap)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let namespace_deleted = Arc::new(tokio::sync::Notify::new());
     let finalizer = tokio::spawn(namespaces::run_finalizer(
@@ -90,7 +120,6 @@ pub async fn run(
         namespace_deleted.clone(),
         stopped.clone(),
     ));
-    let bound = listener.local_addr()?;
     let advertise_address = bound.to_string();
     // Controllers are clients of the API like any other: they reach it over loopback.
     let loopback = if bound.ip().is_unspecified() {

@@ -96,6 +96,54 @@ pub struct Event {
     /// The value before this change, if there was one (selectors need it to turn a
     /// change that leaves a selection into DELETED).
     pub previous: Option<Arc<[u8]>>,
+    /// What watches derive from this event, made by the first watch that needs it.
+    pub derived: Derived,
+}
+
+/// Memos of what watches derive from one event, shared by all of them: with N watches of
+/// a collection an event is parsed once and each watch line rendered once, not N times.
+#[derive(Debug, Default)]
+pub struct Derived {
+    value: std::sync::OnceLock<Option<serde_json::Value>>,
+    previous: std::sync::OnceLock<Option<serde_json::Value>>,
+    /// Rendered lines, one per event type a watch may report this event as.
+    lines: [std::sync::OnceLock<Option<bytes::Bytes>>; 3],
+}
+
+impl Event {
+    /// The new value as JSON, if it is JSON.
+    pub fn parsed(&self) -> Option<&serde_json::Value> {
+        self.derived
+            .value
+            .get_or_init(|| serde_json::from_slice(&self.value).ok())
+            .as_ref()
+    }
+
+    /// The previous value as JSON, if there was one and it is JSON.
+    pub fn parsed_previous(&self) -> Option<&serde_json::Value> {
+        self.derived
+            .previous
+            .get_or_init(|| {
+                self.previous
+                    .as_ref()
+                    .and_then(|p| serde_json::from_slice(p).ok())
+            })
+            .as_ref()
+    }
+
+    /// `render(event_type)` for this event, computed once per event type.
+    pub fn rendered(
+        &self,
+        event_type: EventType,
+        render: impl FnOnce() -> Option<bytes::Bytes>,
+    ) -> Option<bytes::Bytes> {
+        let slot = match event_type {
+            EventType::Added => &self.derived.lines[0],
+            EventType::Modified => &self.derived.lines[1],
+            EventType::Deleted => &self.derived.lines[2],
+        };
+        slot.get_or_init(render).clone()
+    }
 }
 
 impl Event {
@@ -732,6 +780,7 @@ fn commit_group(db: &sled::Db, shared: &Shared, group: Vec<WriteRequest>) {
                         event_type: op.event_type,
                         value: op.entry.value.clone(),
                         previous: op.previous,
+                        derived: Derived::default(),
                     }));
                     entries.push(op.entry);
                 }
@@ -1191,6 +1240,34 @@ mod tests {
             }
             assert_eq!(winners, 1, "round {round}");
         }
+    }
+
+    #[test]
+    fn an_event_is_parsed_and_rendered_once_for_all_watches() {
+        let event = Event {
+            revision: 7,
+            index: 0,
+            last_of_transaction: true,
+            key: "/registry/pods/default/a".into(),
+            event_type: EventType::Modified,
+            value: Arc::from(&br#"{"metadata":{"name":"a"}}"#[..]),
+            previous: Some(Arc::from(&br#"{"metadata":{"name":"a","labels":{}}}"#[..])),
+            derived: Derived::default(),
+        };
+        let first = event.parsed().unwrap() as *const serde_json::Value;
+        assert_eq!(event.parsed().unwrap() as *const _, first);
+        assert!(event.parsed_previous().unwrap()["metadata"]["labels"].is_object());
+        let mut renders = 0;
+        let mut render = || {
+            renders += 1;
+            Some(bytes::Bytes::from_static(b"line"))
+        };
+        let a = event.rendered(EventType::Modified, &mut render).unwrap();
+        let b = event.rendered(EventType::Modified, &mut render).unwrap();
+        // One render, and every watch sends the same buffer.
+        assert_eq!(a.as_ptr(), b.as_ptr());
+        let _ = event.rendered(EventType::Deleted, &mut render);
+        assert_eq!(renders, 2);
     }
 
     #[tokio::test]

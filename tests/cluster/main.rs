@@ -4,6 +4,7 @@
 
 mod allocations;
 mod api;
+mod bootstrap;
 mod cli;
 mod controllers;
 mod crash;

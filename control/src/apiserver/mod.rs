@@ -202,7 +202,10 @@ fn error_response(error: &ApiError) -> Response {
 }
 
 fn written_response(code: StatusCode, written: Written) -> Response {
-    let mut response = json_response(code, &written.object);
+    let mut response = match &written.encoded {
+        Some(stored) => bytes_response(code, "application/json", Bytes::copy_from_slice(stored)),
+        None => json_response(code, &written.object),
+    };
     for warning in written.warnings {
         if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{}\"", warning.replace('"', "'"))) {
             response.headers_mut().append("Warning", v);

@@ -57,37 +57,55 @@ impl Sender {
 
     /// Renders one event line; `object` is the raw stored JSON.
     fn line(&mut self, event_type: &str, object: &[u8]) -> Option<Bytes> {
-        let mut out = Vec::with_capacity(object.len() + 32);
+        if !self.request.as_table {
+            return Some(plain_line(event_type, object));
+        }
+        let value: Value = serde_json::from_slice(object).ok()?;
+        let rv = value
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let table = skiff_api::table::table(
+            self.request.resource,
+            std::slice::from_ref(&value),
+            &rv,
+            !self.sent_columns,
+            self.request.include_object,
+            self.clock.now(),
+        );
+        self.sent_columns = true;
+        let mut out = Vec::with_capacity(object.len() + 64);
         out.extend_from_slice(b"{\"type\":\"");
         out.extend_from_slice(event_type.as_bytes());
         out.extend_from_slice(b"\",\"object\":");
-        if self.request.as_table {
-            let value: Value = serde_json::from_slice(object).ok()?;
-            let rv = value
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let table = skiff_api::table::table(
-                self.request.resource,
-                std::slice::from_ref(&value),
-                &rv,
-                !self.sent_columns,
-                self.request.include_object,
-                self.clock.now(),
-            );
-            self.sent_columns = true;
-            out.extend_from_slice(&serde_json::to_vec(&table).ok()?);
-        } else {
-            out.extend_from_slice(object);
-        }
+        out.extend_from_slice(&serde_json::to_vec(&table).ok()?);
         out.extend_from_slice(b"}\n");
         Some(Bytes::from(out))
     }
 
     async fn send(&mut self, event_type: &str, object: &[u8]) -> bool {
         match self.line(event_type, object) {
-            Some(line) => self.channel.send(Ok(line)).await.is_ok(),
+            Some(line) => self.send_line(line).await,
+            None => true,
+        }
+    }
+
+    async fn send_line(&mut self, line: Bytes) -> bool {
+        self.channel.send(Ok(line)).await.is_ok()
+    }
+
+    /// Sends `event` as `event_type`: plain lines are rendered once per event and shared
+    /// by every watch that sends them (a `Bytes` clone), tables per watch.
+    async fn send_as(&mut self, event_type: EventType, event: &Event) -> bool {
+        if self.request.as_table {
+            return self.send(event_type_name(event_type), &event.value).await;
+        }
+        let line = event.rendered(event_type, || {
+            Some(plain_line(event_type_name(event_type), &event.value))
+        });
+        match line {
+            Some(line) => self.send_line(line).await,
             None => true,
         }
     }
@@ -98,26 +116,20 @@ impl Sender {
             return true;
         }
         if !self.filtered() {
-            return self
-                .send(event_type_name(event.event_type), &event.value)
-                .await;
+            return self.send_as(event.event_type, event).await;
         }
-        let now: Option<Value> = serde_json::from_slice(&event.value).ok();
-        let before: Option<Value> = event
-            .previous
-            .as_ref()
-            .and_then(|p| serde_json::from_slice(p).ok());
-        let now_selected = now.as_ref().is_some_and(|o| self.selects(o));
-        let before_selected = before.as_ref().is_some_and(|o| self.selects(o));
+        // Parsed once per event, whichever watches select on it.
+        let now_selected = event.parsed().is_some_and(|o| self.selects(o));
+        let before_selected = event.parsed_previous().is_some_and(|o| self.selects(o));
         let event_type = match event.event_type {
-            EventType::Added if now_selected => "ADDED",
-            EventType::Modified if now_selected && before_selected => "MODIFIED",
-            EventType::Modified if now_selected => "ADDED",
-            EventType::Modified if before_selected => "DELETED",
-            EventType::Deleted if before_selected || now_selected => "DELETED",
+            EventType::Added if now_selected => EventType::Added,
+            EventType::Modified if now_selected && before_selected => EventType::Modified,
+            EventType::Modified if now_selected => EventType::Added,
+            EventType::Modified if before_selected => EventType::Deleted,
+            EventType::Deleted if before_selected || now_selected => EventType::Deleted,
             _ => return true,
         };
-        self.send(event_type, &event.value).await
+        self.send_as(event_type, event).await
     }
 
     /// Tells the client it has seen everything up to `revision`, so it can resume from
@@ -137,6 +149,17 @@ impl Sender {
         let line = format!("{{\"type\":\"ERROR\",\"object\":{status}}}\n");
         let _ = self.channel.send(Ok(Bytes::from(line))).await;
     }
+}
+
+/// `{"type":TYPE,"object":OBJECT}` and a newline: one line of a JSON watch stream.
+fn plain_line(event_type: &str, object: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(object.len() + 32);
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(event_type.as_bytes());
+    out.extend_from_slice(b"\",\"object\":");
+    out.extend_from_slice(object);
+    out.extend_from_slice(b"}\n");
+    Bytes::from(out)
 }
 
 /// Starts a watch and returns its streaming response.

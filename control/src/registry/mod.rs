@@ -98,6 +98,9 @@ pub struct Written {
     pub warnings: Vec<String>,
     /// For deletes: whether the object is gone (false when deletion is pending).
     pub removed: bool,
+    /// `object` exactly as stored, when this write stored it: responses send these bytes
+    /// instead of encoding the object again.
+    pub encoded: Option<Arc<[u8]>>,
 }
 
 impl Written {
@@ -107,6 +110,7 @@ impl Written {
             object,
             warnings: Vec::new(),
             removed: false,
+            encoded: None,
         }
     }
 
@@ -116,6 +120,19 @@ impl Written {
             object,
             warnings: Vec::new(),
             removed: true,
+            encoded: None,
+        }
+    }
+
+    /// `object`, just stored as `entry`, with the resourceVersion the store gave it: what
+    /// decoding the entry would give, without parsing it back.
+    fn stored(mut object: Value, entry: &Entry, removed: bool) -> Self {
+        set_resource_version(&mut object, entry.revision);
+        Written {
+            object,
+            warnings: Vec::new(),
+            removed,
+            encoded: Some(entry.value.clone()),
         }
     }
 }
@@ -184,10 +201,15 @@ fn store_error(resource: &ResourceInfo, name: &str, e: StoreError) -> ApiError {
 /// An encoder that writes `object` with `metadata.resourceVersion` set to the revision.
 fn encoder(mut object: Value) -> crate::store::Encoder {
     Box::new(move |revision| {
-        metadata_mut(&mut object)
-            .insert("resourceVersion".into(), Value::from(revision.to_string()));
+        set_resource_version(&mut object, revision);
         serde_json::to_vec(&object).unwrap_or_default()
     })
+}
+
+/// The one way `metadata.resourceVersion` is set, so an object kept by a writer equals
+/// the one its encoder stored.
+fn set_resource_version(object: &mut Value, revision: Revision) {
+    metadata_mut(object).insert("resourceVersion".into(), Value::from(revision.to_string()));
 }
 
 fn timestamp(t: DateTime<Utc>) -> Value {
@@ -416,6 +438,7 @@ impl Registry {
                     object: allocated,
                     warnings,
                     removed: false,
+                    encoded: None,
                 });
             }
             // The object and the claims of its allocated values are one transaction:
@@ -434,11 +457,9 @@ impl Registry {
                     let entry = entries
                         .first()
                         .ok_or_else(|| ApiError::internal("the store wrote no object"))?;
-                    return Ok(Written {
-                        object: decode_entry(entry)?,
-                        warnings,
-                        removed: false,
-                    });
+                    let mut written = Written::stored(allocated, entry, false);
+                    written.warnings = warnings;
+                    return Ok(written);
                 }
                 // Another write claimed a value between the choice and the commit: choose
                 // again (a requested value is then refused as already allocated).
@@ -736,7 +757,7 @@ impl Registry {
             let mut ops = vec![WriteOp::Delete {
                 key,
                 expected: Some(entry.revision),
-                encode: encoder(new),
+                encode: encoder(new.clone()),
             }];
             ops.extend(allocations::release_ops(&self.store, &held, &uid));
             (ops, true)
@@ -747,7 +768,7 @@ impl Registry {
             let mut ops = vec![WriteOp::Update {
                 key: key.clone(),
                 expected: Some(entry.revision),
-                encode: encoder(new),
+                encode: encoder(new.clone()),
             }];
             let gained: BTreeSet<Claim> = holds.difference(&held).cloned().collect();
             let dropped: BTreeSet<Claim> = held.difference(&holds).cloned().collect();
@@ -770,30 +791,19 @@ impl Registry {
         let entry = entries
             .first()
             .ok_or_else(|| ApiError::internal("the store wrote no object"))?;
-        let object = decode_entry(entry)?;
-        Ok(if removed {
-            Written::removed(object)
-        } else {
-            Written::kept(object)
-        })
+        // A clone of the object kept costs less than parsing the stored bytes back.
+        Ok(Written::stored(new, entry, removed))
     }
 
     /// Binds a pod to a node (`pods/{name}/binding`).
     pub async fn bind(&self, namespace: &str, name: &str, binding: Value) -> Result<(), ApiError> {
         let pods = &skiff_api::resource::PODS;
-        let mut warnings = Vec::new();
-        let binding = decode_request_object(
-            "v1",
-            "Binding",
-            binding,
-            FieldValidation::Ignore,
-            &mut warnings,
-        )?;
-        let target = binding
-            .pointer("/target/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let mut binding = binding;
+        object::check_type_meta(&mut binding, "v1", "Binding").map_err(decode_error)?;
+        // Straight into the typed struct: the binding is read, never stored.
+        let binding: k8s_openapi::api::core::v1::Binding = serde_json::from_value(binding)
+            .map_err(|e| ApiError::bad_request(format!("invalid Binding: {e}")))?;
+        let target = binding.target.name.unwrap_or_default();
         if target.is_empty() {
             return Err(ApiError::invalid(
                 pods,

@@ -1,0 +1,298 @@
+//! The `default/kubernetes` Service and its Endpoints, as Kubernetes' bootstrap
+//! controller makes them at API server start: pods reach the API server at the first
+//! address of the service range, port 443, whatever address the server really has.
+//! The desired objects and the reconcile decisions are pure; [`ensure_kubernetes_service`]
+//! does the IO through the registry, so the objects get the usual defaults and claims.
+
+use crate::registry::{Registry, WriteOptions};
+use k8s_openapi::api::core::v1::{
+    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Service, ServicePort, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use skiff_api::resource::{ResourceInfo, ENDPOINTS, SERVICES};
+use skiff_api::status::ApiError;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// The Service's (and the Endpoints') name and namespace.
+pub const NAME: &str = "kubernetes";
+pub const NAMESPACE: &str = "default";
+/// The port pods connect to, and its name.
+const SERVICE_PORT: i32 = 443;
+const PORT_NAME: &str = "https";
+
+/// Where the API server is reached from outside the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiEndpoint {
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+fn service_ports(endpoint: ApiEndpoint) -> Vec<ServicePort> {
+    vec![ServicePort {
+        name: Some(PORT_NAME.into()),
+        port: SERVICE_PORT,
+        protocol: Some("TCP".into()),
+        target_port: Some(IntOrString::Int(i32::from(endpoint.port))),
+        ..Default::default()
+    }]
+}
+
+/// The Service as the bootstrap controller creates it.
+pub fn desired_service(cluster_ip: Ipv4Addr, endpoint: ApiEndpoint) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(NAME.into()),
+            namespace: Some(NAMESPACE.into()),
+            labels: labels(&[("component", "apiserver"), ("provider", "kubernetes")]),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            cluster_ip: Some(cluster_ip.to_string()),
+            cluster_ips: Some(vec![cluster_ip.to_string()]),
+            session_affinity: Some("None".into()),
+            ports: Some(service_ports(endpoint)),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The Endpoints naming the one API server. Kubernetes marks them so the EndpointSlice
+/// mirroring controller leaves them alone (it writes the slice itself).
+pub fn desired_endpoints(endpoint: ApiEndpoint) -> Endpoints {
+    Endpoints {
+        metadata: ObjectMeta {
+            name: Some(NAME.into()),
+            namespace: Some(NAMESPACE.into()),
+            labels: labels(&[("endpointslice.kubernetes.io/skip-mirror", "true")]),
+            ..Default::default()
+        },
+        subsets: Some(endpoint_subsets(endpoint)),
+    }
+}
+
+fn endpoint_subsets(endpoint: ApiEndpoint) -> Vec<EndpointSubset> {
+    vec![EndpointSubset {
+        addresses: Some(vec![EndpointAddress {
+            ip: endpoint.address.to_string(),
+            ..Default::default()
+        }]),
+        ports: Some(vec![EndpointPort {
+            name: Some(PORT_NAME.into()),
+            port: i32::from(endpoint.port),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        not_ready_addresses: None,
+    }]
+}
+
+/// The stored Service changed so its ports and type are the bootstrap ones again (the
+/// API server's port may differ after a restart), or `None` when it needs no change.
+/// Its cluster IP stays: it is immutable, and clients may have cached it.
+pub fn reconciled_service(existing: &Service, endpoint: ApiEndpoint) -> Option<Service> {
+    let spec = existing.spec.clone().unwrap_or_default();
+    let ports = service_ports(endpoint);
+    let same_ports = spec.ports.as_ref().is_some_and(|have| {
+        have.len() == ports.len()
+            && have.iter().zip(&ports).all(|(h, w)| {
+                h.name == w.name
+                    && h.port == w.port
+                    && h.protocol == w.protocol
+                    && h.target_port == w.target_port
+            })
+    });
+    if same_ports && spec.type_.as_deref() == Some("ClusterIP") {
+        return None;
+    }
+    let mut service = existing.clone();
+    let spec = service.spec.get_or_insert_with(Default::default);
+    spec.ports = Some(ports);
+    spec.type_ = Some("ClusterIP".into());
+    Some(service)
+}
+
+/// The stored Endpoints changed to name exactly this API server, or `None` when they do.
+pub fn reconciled_endpoints(existing: &Endpoints, endpoint: ApiEndpoint) -> Option<Endpoints> {
+    let subsets = endpoint_subsets(endpoint);
+    if existing.subsets.as_ref() == Some(&subsets) {
+        return None;
+    }
+    let mut endpoints = existing.clone();
+    endpoints.subsets = Some(subsets);
+    Some(endpoints)
+}
+
+/// What a reconcile of one object did, for the log and the tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// Creates the `kubernetes` Service and Endpoints if absent and brings them in line with
+/// `endpoint` if present. The Service is written first, so its cluster IP is claimed
+/// before anything names it.
+pub async fn ensure_kubernetes_service(
+    registry: &Registry,
+    endpoint: ApiEndpoint,
+) -> Result<(Outcome, Outcome), ApiError> {
+    let cluster_ip = registry
+        .ranges
+        .kubernetes_service_ip()
+        .ok_or_else(|| ApiError::internal("the service range has no first address"))?;
+    let service = ensure(
+        registry,
+        &SERVICES,
+        &desired_service(cluster_ip, endpoint),
+        |s: &Service| reconciled_service(s, endpoint),
+    )
+    .await?;
+    let endpoints = ensure(
+        registry,
+        &ENDPOINTS,
+        &desired_endpoints(endpoint),
+        |e: &Endpoints| reconciled_endpoints(e, endpoint),
+    )
+    .await?;
+    Ok((service, endpoints))
+}
+
+/// Creates `desired` if absent; otherwise writes `reconcile`'s change of the stored one.
+async fn ensure<T>(
+    registry: &Registry,
+    resource: &ResourceInfo,
+    desired: &T,
+    reconcile: impl Fn(&T) -> Option<T>,
+) -> Result<Outcome, ApiError>
+where
+    T: serde::Serialize + DeserializeOwned,
+{
+    let options = WriteOptions::default();
+    let encode = |object: &T| {
+        serde_json::to_value(object)
+            .map_err(|e| ApiError::internal(format!("cannot encode {}: {e}", resource.kind)))
+    };
+    match registry.get(resource, Some(NAMESPACE), NAME) {
+        Err(e) if e.code == 404 => {
+            match registry
+                .create(resource, Some(NAMESPACE), encode(desired)?, &options)
+                .await
+            {
+                Ok(_) => Ok(Outcome::Created),
+                // Another API server of the same store made it first.
+                Err(e) if e.reason == "AlreadyExists" => Ok(Outcome::Unchanged),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+        Ok((_, stored)) => {
+            let existing: T = typed(resource, stored)?;
+            let Some(changed) = reconcile(&existing) else {
+                return Ok(Outcome::Unchanged);
+            };
+            // The body keeps the stored resourceVersion: a concurrent change is a conflict,
+            // not something this overwrites.
+            registry
+                .update(
+                    resource,
+                    Some(NAMESPACE),
+                    NAME,
+                    encode(&changed)?,
+                    None,
+                    &options,
+                )
+                .await?;
+            Ok(Outcome::Updated)
+        }
+    }
+}
+
+fn typed<T: DeserializeOwned>(resource: &ResourceInfo, stored: Value) -> Result<T, ApiError> {
+    serde_json::from_value(stored)
+        .map_err(|e| ApiError::internal(format!("the stored {} is unreadable: {e}", resource.kind)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allocator::AllocationConfig;
+
+    fn endpoint(port: u16) -> ApiEndpoint {
+        ApiEndpoint {
+            address: IpAddr::from([192, 168, 1, 5]),
+            port,
+        }
+    }
+
+    #[test]
+    fn the_service_is_reconciled_only_when_its_ports_differ() {
+        let ip = Ipv4Addr::new(10, 43, 0, 1);
+        let service = desired_service(ip, endpoint(6443));
+        assert_eq!(reconciled_service(&service, endpoint(6443)), None);
+        let moved = reconciled_service(&service, endpoint(7443)).unwrap();
+        let spec = moved.spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("10.43.0.1"));
+        let ports = spec.ports.unwrap();
+        assert_eq!(ports[0].port, 443);
+        assert_eq!(ports[0].target_port, Some(IntOrString::Int(7443)));
+    }
+
+    #[test]
+    fn the_endpoints_follow_the_advertised_address() {
+        let endpoints = desired_endpoints(endpoint(6443));
+        assert_eq!(reconciled_endpoints(&endpoints, endpoint(6443)), None);
+        let moved = ApiEndpoint {
+            address: IpAddr::from([10, 0, 0, 9]),
+            port: 6443,
+        };
+        let changed = reconciled_endpoints(&endpoints, moved).unwrap();
+        let subset = &changed.subsets.unwrap()[0];
+        assert_eq!(subset.addresses.as_ref().unwrap()[0].ip, "10.0.0.9");
+        assert_eq!(subset.ports.as_ref().unwrap()[0].port, 6443);
+    }
+
+    #[tokio::test]
+    async fn bootstrap_creates_then_keeps_then_follows_a_new_endpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry =
+            crate::registry::test_registry(dir.path(), AllocationConfig::default()).await;
+        let first = ensure_kubernetes_service(&registry, endpoint(6443))
+            .await
+            .unwrap();
+        assert_eq!(first, (Outcome::Created, Outcome::Created));
+        let again = ensure_kubernetes_service(&registry, endpoint(6443))
+            .await
+            .unwrap();
+        assert_eq!(again, (Outcome::Unchanged, Outcome::Unchanged));
+        let moved = ensure_kubernetes_service(&registry, endpoint(7443))
+            .await
+            .unwrap();
+        assert_eq!(moved, (Outcome::Updated, Outcome::Updated));
+        let (_, service) = registry.get(&SERVICES, Some(NAMESPACE), NAME).unwrap();
+        let service: Service = serde_json::from_value(service).unwrap();
+        assert_eq!(
+            service.spec.unwrap().cluster_ip.as_deref(),
+            Some("10.43.0.1")
+        );
+        // The address is claimed: nobody else can ask for it.
+        let claim =
+            crate::allocator::Claim::new(crate::allocator::RangeKind::ServiceIps, "10.43.0.1");
+        assert!(registry.store.get(&claim.key()).is_some());
+    }
+}
