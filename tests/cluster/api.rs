@@ -367,6 +367,53 @@ async fn bad_input_gets_a_status_and_changes_nothing() -> Result<()> {
             400,
             "BadRequest",
         ),
+        // List options are checked as apimachinery checks them: decoding errors are
+        // 400, ValidateListOptions' rules a 422 on ListOptions.
+        case(
+            "list with a non-numeric limit",
+            "GET",
+            "/api/v1/namespaces/default/pods?limit=ten",
+            None,
+            "",
+            400,
+            "BadRequest",
+        ),
+        case(
+            "list with a non-numeric resourceVersion",
+            "GET",
+            "/api/v1/namespaces/default/pods?resourceVersion=latest",
+            None,
+            "",
+            400,
+            "BadRequest",
+        ),
+        case(
+            "list with resourceVersionMatch but no resourceVersion",
+            "GET",
+            "/api/v1/pods?resourceVersionMatch=NotOlderThan",
+            None,
+            "",
+            422,
+            "Invalid",
+        ),
+        case(
+            "list with an unknown resourceVersionMatch",
+            "GET",
+            "/api/v1/pods?resourceVersion=1&resourceVersionMatch=Newest",
+            None,
+            "",
+            422,
+            "Invalid",
+        ),
+        case(
+            "deletecollection with resourceVersionMatch but no resourceVersion",
+            "DELETE",
+            "/api/v1/namespaces/default/configmaps?resourceVersionMatch=Exact",
+            None,
+            "",
+            422,
+            "Invalid",
+        ),
     ];
     let before = revision(&http, &cluster.server).await?;
     let stored_before = client.get(deployments, Some("default"), "web").await?;

@@ -5,6 +5,7 @@
 //! Every error is a `kind: Status` body with a matching reason and code.
 
 mod discovery;
+mod list_options;
 mod watch;
 
 use crate::metrics::RequestMetrics;
@@ -598,6 +599,7 @@ async fn handle_resource(
                 };
                 return watch::watch(state, request);
             }
+            list_options::validate(&query)?;
             let table = accept.table.then(|| include_object(&query)).transpose()?;
             list(state, resource, ns, &labels, &fields, table)
         }
@@ -738,6 +740,8 @@ async fn handle_resource(
             let (headers, body) = read_body(request).await?;
             let options = delete_options(&query, &headers, &body)?;
             let (labels, fields) = selectors(resource, &query)?;
+            // DeleteCollection validates its ListOptions as a list does.
+            list_options::validate(&query)?;
             let (revision, entries) = registry.store.list(&collection_prefix(resource, ns));
             let mut selected = Vec::new();
             for (_, entry) in entries {
