@@ -405,6 +405,35 @@ async fn bad_input_gets_a_status_and_changes_nothing() -> Result<()> {
             422,
             "Invalid",
         ),
+        // Emptying metadata leaves no name; upstream's checkName refuses it, where
+        // refilling the name would drop the stored labels silently.
+        case(
+            "strategic patch deleting metadata",
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/deployments/web",
+            Some("application/strategic-merge-patch+json"),
+            r#"{"metadata":{"$patch":"delete"}}"#,
+            400,
+            "BadRequest",
+        ),
+        case(
+            "merge patch nulling metadata",
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/deployments/web",
+            Some("application/merge-patch+json"),
+            r#"{"metadata":null}"#,
+            400,
+            "BadRequest",
+        ),
+        case(
+            "merge patch renaming the object",
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/deployments/web",
+            Some("application/merge-patch+json"),
+            r#"{"metadata":{"name":"other"}}"#,
+            400,
+            "BadRequest",
+        ),
         case(
             "delete with a body of another kind",
             "DELETE",
