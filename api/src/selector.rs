@@ -365,7 +365,8 @@ mod tests {
     /// not refused: `a in ()` selects objects whose label `a` is present and empty.
     #[test]
     fn empty_value_set_means_the_empty_value_as_in_kubernetes() {
-        let cases: &[(&str, &[(&str, &str)], bool)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
+        let cases: &[Case] = &[
             ("a in ()", &[("a", "")], true),
             ("a in ()", &[("a", "x")], false),
             ("a in ()", &[], false),
