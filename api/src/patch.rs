@@ -112,9 +112,7 @@ pub fn strategic_merge(original: &Value, patch: &Value) -> Result<Value, PatchEr
         return Err(PatchError::NotAnObject);
     };
     let mut path = Vec::new();
-    Ok(merge_map(orig, patch, &mut path)?
-        .map(Value::Object)
-        .unwrap_or(Value::Null))
+    Ok(Value::Object(merge_map(orig, patch, &mut path)?))
 }
 
 #[derive(Debug, PartialEq)]
@@ -170,16 +168,23 @@ fn directive_error(path: &[String], reason: &str) -> PatchError {
     }
 }
 
-/// Merges `patch` into `orig`; `None` means the map itself is deleted (`$patch: delete`).
+/// Merges `patch` into `orig`.
+///
+/// `$patch: delete` on a map that is not a list element yields the empty map, not a
+/// removed field, as upstream's `handleDirectiveInMergeMap` does: so
+/// `{"metadata":{"$patch":"delete"}}` leaves a metadata without a name, which the
+/// registry then refuses as a name mismatch, rather than a field the registry would
+/// quietly refill while dropping the labels. (List elements with `$patch: delete` are
+/// removed by [`merge_list`].)
 fn merge_map(
     orig: &Map<String, Value>,
     patch: &Map<String, Value>,
     path: &mut Vec<String>,
-) -> Result<Option<Map<String, Value>>, PatchError> {
+) -> Result<Map<String, Value>, PatchError> {
     match patch.get("$patch").map(|v| v.as_str()) {
         None => {}
-        Some(Some("replace")) => return Ok(Some(strip_directives(patch))),
-        Some(Some("delete")) => return Ok(None),
+        Some(Some("replace")) => return Ok(strip_directives(patch)),
+        Some(Some("delete")) => return Ok(Map::new()),
         Some(Some("merge")) => {}
         Some(_) => {
             return Err(directive_error(
@@ -199,29 +204,22 @@ fn merge_map(
         }
         path.push(key.clone());
         let merged = match (result.get(key), value) {
-            (Some(Value::Object(o)), Value::Object(p)) => merge_map(o, p, path)?.map(Value::Object),
+            (Some(Value::Object(o)), Value::Object(p)) => Value::Object(merge_map(o, p, path)?),
             (_, Value::Object(p)) => {
                 let empty = Map::new();
-                merge_map(&empty, p, path)?.map(Value::Object)
+                Value::Object(merge_map(&empty, p, path)?)
             }
             (existing, Value::Array(p)) => {
                 let orig_list = existing
                     .and_then(Value::as_array)
                     .cloned()
                     .unwrap_or_default();
-                Some(Value::Array(merge_list(&orig_list, p, path)?))
+                Value::Array(merge_list(&orig_list, p, path)?)
             }
-            (_, other) => Some(other.clone()),
+            (_, other) => other.clone(),
         };
         path.pop();
-        match merged {
-            Some(v) => {
-                result.insert(key.clone(), v);
-            }
-            None => {
-                result.remove(key);
-            }
-        }
+        result.insert(key.clone(), merged);
     }
     for (key, value) in patch {
         if let Some(field) = key.strip_prefix("$deleteFromPrimitiveList/") {
@@ -253,7 +251,7 @@ fn merge_map(
         let keys: Vec<&str> = keys.iter().filter_map(Value::as_str).collect();
         result.retain(|k, _| keys.contains(&k.as_str()));
     }
-    Ok(Some(result))
+    Ok(result)
 }
 
 fn merge_list(
@@ -301,11 +299,8 @@ fn merge_list(
                 match position {
                     Some(i) => {
                         let existing = result[i].as_object().cloned().unwrap_or_default();
-                        match merge_map(&existing, item_map, path)? {
-                            Some(m) => result[i] = Value::Object(m),
-                            None => {
-                                result.remove(i);
-                            }
+                        if let Some(slot) = result.get_mut(i) {
+                            *slot = Value::Object(merge_map(&existing, item_map, path)?);
                         }
                     }
                     None => result.push(Value::Object(strip_directives(item_map))),
@@ -388,6 +383,26 @@ mod tests {
         assert_eq!(
             out["spec"]["template"]["spec"]["containers"],
             json!([{"name": "one", "env": [{"name": "B", "value": "2"}], "ports": [{"containerPort": 81}]}])
+        );
+    }
+
+    /// Upstream's `$patch: delete` on a map empties it (the field stays, as `{}`); it
+    /// used to remove the field, which let the registry refill the name and silently
+    /// drop every label and annotation.
+    #[test]
+    fn patch_delete_on_a_map_empties_it_instead_of_removing_the_field() {
+        let original = json!({"metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {"template": {"metadata": {"labels": {"app": "web"}}}}});
+        let patched =
+            strategic_merge(&original, &json!({"metadata": {"$patch": "delete"}})).unwrap();
+        assert_eq!(patched["metadata"], json!({}));
+        let nested = json!({"spec": {"template": {"metadata": {"$patch": "delete"}}}});
+        let patched = strategic_merge(&original, &nested).unwrap();
+        assert_eq!(patched["spec"]["template"]["metadata"], json!({}));
+        assert_eq!(patched["metadata"]["labels"]["app"], "web");
+        assert_eq!(
+            strategic_merge(&original, &json!({"$patch": "delete"})).unwrap(),
+            json!({})
         );
     }
 

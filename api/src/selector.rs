@@ -360,6 +360,26 @@ mod tests {
         }
     }
 
+    /// Kubernetes' parser reads `()` as the set holding only the empty value (its
+    /// `parseValues` returns `sets.NewString("")`), so `in ()` / `notin ()` are accepted,
+    /// not refused: `a in ()` selects objects whose label `a` is present and empty.
+    #[test]
+    fn empty_value_set_means_the_empty_value_as_in_kubernetes() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
+        let cases: &[Case] = &[
+            ("a in ()", &[("a", "")], true),
+            ("a in ()", &[("a", "x")], false),
+            ("a in ()", &[], false),
+            ("a notin ()", &[("a", "")], false),
+            ("a notin ()", &[("a", "x")], true),
+            ("a notin ()", &[], true),
+        ];
+        for (input, l, expected) in cases {
+            let selector = LabelSelector::parse(input).unwrap();
+            assert_eq!(selector.matches(&labels(l)), *expected, "{input} on {l:?}");
+        }
+    }
+
     #[test]
     fn structured_selector_round_trips() {
         let s = json!({"matchLabels": {"app": "web"}, "matchExpressions": [

@@ -324,6 +324,7 @@ fn valid_object(resource: &ResourceInfo) -> Value {
         "Deployment" | "ReplicaSet" => json!({"spec": {"replicas": 0,
             "selector": {"matchLabels": {"app": "hostile"}}, "template": template}}),
         "Lease" => json!({"spec": {"holderIdentity": "h", "leaseDurationSeconds": 10}}),
+        "RuntimeClass" => json!({"handler": "hostile"}),
         _ => json!({}),
     };
     object["apiVersion"] = json!(resource.api_version());
@@ -888,14 +889,14 @@ async fn sweep_resource(
     // Create: the valid object with one field of the wrong type. Its name is taken, so
     // even a mutation the schema allows ends in AlreadyExists.
     let valid = valid_object(resource);
-    for (what, body) in type_mutations(&mut sweep.rng, &valid, 16, true) {
+    for (what, body) in type_mutations(&mut sweep.rng, &valid, 11, true) {
         let probe = Probe::new(format!("{kind} create, {what}"), Method::POST, &collection)
             .body("application/json", body.to_string())
             .touching(&item);
         sweep.send(probe).await?;
     }
     // Update: the stored object with one field of the wrong type.
-    for (what, body) in type_mutations(&mut sweep.rng, &stored, 16, false) {
+    for (what, body) in type_mutations(&mut sweep.rng, &stored, 11, false) {
         let probe = Probe::new(format!("{kind} update, {what}"), Method::PUT, &item)
             .body("application/json", body.to_string())
             .touching(&item);

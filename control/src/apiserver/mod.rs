@@ -5,6 +5,7 @@
 //! Every error is a `kind: Status` body with a matching reason and code.
 
 mod discovery;
+mod list_options;
 mod watch;
 
 use crate::metrics::RequestMetrics;
@@ -601,6 +602,7 @@ async fn handle_resource(
                 };
                 return watch::watch(state, request);
             }
+            list_options::validate(&query)?;
             let table = accept.table.then(|| include_object(&query)).transpose()?;
             list(state, resource, ns, &labels, &fields, table)
         }
@@ -741,6 +743,8 @@ async fn handle_resource(
             let (headers, body) = read_body(request).await?;
             let options = delete_options(&query, &headers, &body)?;
             let (labels, fields) = selectors(resource, &query)?;
+            // DeleteCollection validates its ListOptions as a list does.
+            list_options::validate(&query)?;
             let (revision, entries) = registry.store.list(&collection_prefix(resource, ns));
             let mut selected = Vec::new();
             for (_, entry) in entries {
@@ -1027,7 +1031,7 @@ fn delete_options(
         let value = crate::registry::decode_request_object(
             "v1",
             "DeleteOptions",
-            strip_delete_type_meta(value),
+            strip_delete_type_meta(value)?,
             FieldValidation::Ignore,
             &mut warnings,
         )?;
@@ -1074,14 +1078,36 @@ fn delete_options(
     Ok(options)
 }
 
-/// DeleteOptions bodies come as `meta.k8s.io/v1` or `v1`; normalise to what the typed
-/// struct accepts.
-fn strip_delete_type_meta(mut value: Value) -> Value {
+/// The `apiVersion`s a DeleteOptions body may name: upstream registers DeleteOptions in
+/// `meta.k8s.io/v1` and `v1beta1`, and accepts the legacy `v1` that kubectl and the
+/// garbage-collection docs send.
+const DELETE_OPTIONS_VERSIONS: &[&str] = &["v1", "meta.k8s.io/v1", "meta.k8s.io/v1beta1"];
+
+/// Refuses a DeleteOptions body that names another kind or version (upstream's decoder
+/// fails on it), then drops the type meta, which the typed struct does not carry.
+fn strip_delete_type_meta(mut value: Value) -> Result<Value, ApiError> {
     if let Some(map) = value.as_object_mut() {
-        map.remove("kind");
-        map.remove("apiVersion");
+        match map.remove("kind") {
+            None => {}
+            Some(Value::String(kind)) if kind == "DeleteOptions" => {}
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "the body of a delete must be a DeleteOptions, not kind {other}"
+                )))
+            }
+        }
+        match map.remove("apiVersion") {
+            None => {}
+            Some(Value::String(v)) if DELETE_OPTIONS_VERSIONS.contains(&v.as_str()) => {}
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "no kind \"DeleteOptions\" is registered for version {other}: \
+                     use meta.k8s.io/v1"
+                )))
+            }
+        }
     }
-    value
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -1142,6 +1168,43 @@ mod tests {
                 .dry_run
         );
         assert!(!delete_options(&query(""), &headers, b"").unwrap().dry_run);
+    }
+
+    #[test]
+    fn delete_options_of_another_kind_or_version_are_a_bad_request() {
+        let headers = HeaderMap::new();
+        let none = HashMap::new();
+        for bad in [
+            r#"{"kind":"Pod","apiVersion":"v1"}"#,
+            r#"{"kind":"DeleteOptions","apiVersion":"apps/v1"}"#,
+            r#"{"kind":"DeleteOptions","apiVersion":"bogus.io/v9"}"#,
+            r#"{"kind":7}"#,
+            r#"{"apiVersion":null}"#,
+        ] {
+            let e = delete_options(&none, &headers, bad.as_bytes()).unwrap_err();
+            assert_eq!((e.code, e.reason), (400, "BadRequest"), "{bad}");
+        }
+        for good in [
+            r#"{"kind":"DeleteOptions","apiVersion":"v1","gracePeriodSeconds":3}"#,
+            r#"{"kind":"DeleteOptions","apiVersion":"meta.k8s.io/v1","gracePeriodSeconds":3}"#,
+            r#"{"apiVersion":"meta.k8s.io/v1beta1","gracePeriodSeconds":3}"#,
+            r#"{"gracePeriodSeconds":3}"#,
+        ] {
+            let options = delete_options(&none, &headers, good.as_bytes()).unwrap();
+            assert_eq!(options.grace_period_seconds, Some(3), "{good}");
+        }
+    }
+
+    /// Upstream decodes DeleteOptions with the lenient meta codec and DeleteOptions has
+    /// no `fieldValidation`, so unknown fields are dropped even with `fieldValidation=Strict`.
+    #[test]
+    fn delete_options_ignore_unknown_fields_like_kubernetes() {
+        let headers = HeaderMap::new();
+        let strict = HashMap::from([("fieldValidation".to_string(), "Strict".to_string())]);
+        let body =
+            br#"{"kind":"DeleteOptions","apiVersion":"v1","gracePeriodSeconds":0,"bogus":1}"#;
+        let options = delete_options(&strict, &headers, body).unwrap();
+        assert_eq!(options.grace_period_seconds, Some(0));
     }
 
     #[test]

@@ -283,6 +283,31 @@ pub fn decode_request_object(
     Ok(normalized)
 }
 
+/// Upstream's `checkName` on a patched object: a patch that changes or removes the name
+/// (`{"metadata":null}`, `{"metadata":{"$patch":"delete"}}`, a JSON patch removing
+/// `/metadata/name`) is refused, where refilling the name from the stored object would
+/// silently drop the labels, annotations and owner references the patch emptied.
+fn check_patched_name(
+    patched: &Value,
+    name: &str,
+    namespace: Option<&str>,
+) -> Result<(), ApiError> {
+    let patched_name = meta_str(patched, "name").unwrap_or_default();
+    if patched_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({patched_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    if let (Some(ns), Some(expected)) = (meta_str(patched, "namespace"), namespace) {
+        if !ns.is_empty() && ns != expected {
+            return Err(ApiError::bad_request(format!(
+                "the namespace of the object ({ns}) does not match the namespace on the request ({expected})"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Registry {
     pub fn new(
         store: Store,
@@ -578,6 +603,7 @@ impl Registry {
                 options.field_validation,
                 &mut warnings,
             )?;
+            check_patched_name(&new, name, namespace)?;
             let patch_rv = patch
                 .pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str)

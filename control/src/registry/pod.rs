@@ -4,7 +4,10 @@
 use crate::registry::strategy::Strategy;
 use crate::registry::typed::{retyped, with_typed};
 use k8s_openapi::api::core::v1::{PodSpec, PodStatus, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use serde_json::Value;
+use skiff_api::quantity::Quantity;
+use std::collections::BTreeMap;
 
 /// Pods (`core/v1`).
 pub struct PodStrategy;
@@ -65,38 +68,94 @@ pub fn default_pod_spec(spec: &mut PodSpec) {
             .get_or_insert_with(|| "/dev/termination-log".into());
         c.termination_message_policy
             .get_or_insert_with(|| "File".into());
-        c.resources
+        let resources = c
+            .resources
             .get_or_insert_with(ResourceRequirements::default);
+        canonicalize_quantities(resources.requests.as_mut());
+        canonicalize_quantities(resources.limits.as_mut());
         for p in c.ports.iter_mut().flatten() {
             p.protocol.get_or_insert_with(|| "TCP".into());
         }
     }
 }
 
-/// The QoS class of a pod spec (Guaranteed, Burstable or BestEffort).
+/// The resources the QoS class is computed from (`supportedQoSComputeResources`).
+const QOS_RESOURCES: [&str; 2] = ["cpu", "memory"];
+
+/// The QoS class of a pod spec, ported from Kubernetes' `ComputePodQOS`: requests and
+/// limits of cpu and memory summed over all containers and init containers as
+/// [`Quantity`] values (so `1` and `1000m` are equal), zero quantities ignored.
 fn qos_class(spec: Option<&PodSpec>) -> &'static str {
-    let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
-    let mut any = false;
-    let mut guaranteed = !containers.is_empty();
-    for c in containers {
-        let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
-        let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref());
-        any |= requests.is_some_and(|r| !r.is_empty()) || limits.is_some_and(|l| !l.is_empty());
-        let complete = ["cpu", "memory"].iter().all(|r| {
-            let limit = limits.and_then(|l| l.get(*r));
-            limit.is_some()
-                && requests
-                    .and_then(|q| q.get(*r))
-                    .is_none_or(|q| Some(q) == limit)
-        });
-        guaranteed &= complete;
+    let Some(spec) = spec else {
+        return "BestEffort";
+    };
+    let init = spec.init_containers.iter().flatten();
+    let mut requests: BTreeMap<&str, Quantity> = BTreeMap::new();
+    let mut limits: BTreeMap<&str, Quantity> = BTreeMap::new();
+    let mut guaranteed = true;
+    for c in spec.containers.iter().chain(init) {
+        let resources = c.resources.as_ref();
+        let limit_of = |name: &str| positive(resources.and_then(|r| r.limits.as_ref()), name);
+        for name in QOS_RESOURCES {
+            // Kubernetes defaults a missing request to the limit before computing QoS.
+            let request = match resources.and_then(|r| r.requests.as_ref()) {
+                Some(map) if map.contains_key(name) => positive(Some(map), name),
+                _ => limit_of(name),
+            };
+            if let Some(q) = request {
+                if !add_to(&mut requests, name, q) {
+                    return "Burstable";
+                }
+            }
+            match limit_of(name) {
+                Some(q) => {
+                    if !add_to(&mut limits, name, q) {
+                        return "Burstable";
+                    }
+                }
+                None => guaranteed = false,
+            }
+        }
     }
-    if !any {
+    if requests.is_empty() && limits.is_empty() {
         "BestEffort"
-    } else if guaranteed {
+    } else if guaranteed && requests == limits {
         "Guaranteed"
     } else {
         "Burstable"
+    }
+}
+
+/// The quantity of `name` in `map` if it parses and is above zero.
+fn positive(map: Option<&BTreeMap<String, K8sQuantity>>, name: &str) -> Option<Quantity> {
+    let q = Quantity::try_from(map?.get(name)?).ok()?;
+    (q > Quantity::ZERO).then_some(q)
+}
+
+/// Adds `q` to the sum of `name`; false if the sum leaves the representable range.
+fn add_to<'a>(sums: &mut BTreeMap<&'a str, Quantity>, name: &'a str, q: Quantity) -> bool {
+    let sum = match sums.get(name) {
+        Some(total) => total.checked_add(&q),
+        None => Some(q),
+    };
+    match sum {
+        Some(total) => {
+            sums.insert(name, total);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Rewrites each quantity of `map` in Kubernetes' canonical form (`1.5` → `1500m`,
+/// `1024Mi` → `1Gi`), as the JSON round trip of `resource.Quantity` does upstream, so a
+/// stored object reads back as Kubernetes would return it. Unparsable quantities are
+/// left for validation to report.
+fn canonicalize_quantities(map: Option<&mut BTreeMap<String, K8sQuantity>>) {
+    for q in map.into_iter().flat_map(|m| m.values_mut()) {
+        if let Ok(parsed) = Quantity::try_from(&*q) {
+            q.0 = parsed.to_string();
+        }
     }
 }
 
@@ -140,6 +199,66 @@ mod tests {
             ))),
             "Burstable"
         );
+    }
+
+    fn qos_of(resources: Value) -> &'static str {
+        qos_class(Some(&spec(
+            json!({"containers": [{"name": "c", "resources": resources}]}),
+        )))
+    }
+
+    /// Requests and limits used to be compared as strings, so `1` and `1000m` made a
+    /// Burstable pod of a Guaranteed one.
+    #[test]
+    fn qos_compares_requests_and_limits_as_quantities() {
+        assert_eq!(
+            qos_of(json!({"requests": {"cpu": "1", "memory": "1Gi"},
+                "limits": {"cpu": "1000m", "memory": "1024Mi"}})),
+            "Guaranteed"
+        );
+        assert_eq!(
+            qos_of(json!({"requests": {"cpu": "999m", "memory": "1Gi"},
+                "limits": {"cpu": "1", "memory": "1Gi"}})),
+            "Burstable"
+        );
+    }
+
+    /// As upstream: only cpu and memory count, zero quantities are ignored, and init
+    /// containers take part.
+    #[test]
+    fn qos_follows_compute_pod_qos() {
+        assert_eq!(
+            qos_of(json!({"requests": {"example.com/gpu": "1"}})),
+            "BestEffort"
+        );
+        assert_eq!(qos_of(json!({"requests": {"cpu": "0"}})), "BestEffort");
+        assert_eq!(
+            qos_of(json!({"limits": {"cpu": "1", "memory": "1Gi", "example.com/gpu": "1"}})),
+            "Guaranteed"
+        );
+        let with_init = spec(json!({
+            "initContainers": [{"name": "i", "resources": {"requests": {"cpu": "1"}}}],
+            "containers": [{"name": "c", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}));
+        assert_eq!(qos_class(Some(&with_init)), "Burstable");
+    }
+
+    /// Kubernetes stores quantities in canonical form; `kubectl apply` of `cpu: 0.5`
+    /// reads back `500m` from either server.
+    #[test]
+    fn container_quantities_are_stored_in_canonical_form() {
+        let mut s = spec(json!({"containers": [{"name": "c", "resources": {
+            "requests": {"cpu": "1.5", "memory": "1024Mi"},
+            "limits": {"cpu": "0.5", "memory": "1e9", "example.com/gpu": "2"}}}],
+            "initContainers": [{"name": "i", "resources": {"requests": {"cpu": "2000m"}}}]}));
+        default_pod_spec(&mut s);
+        let v = serde_json::to_value(&s).unwrap();
+        let r = &v["containers"][0]["resources"];
+        assert_eq!(r["requests"], json!({"cpu": "1500m", "memory": "1Gi"}));
+        assert_eq!(
+            r["limits"],
+            json!({"cpu": "500m", "memory": "1e9", "example.com/gpu": "2"})
+        );
+        assert_eq!(v["initContainers"][0]["resources"]["requests"]["cpu"], "2");
     }
 
     #[test]
