@@ -6,6 +6,7 @@
 //! each key is reconciled by [`pods::PodSyncer::sync`], level-triggered against what the
 //! runtime lists.
 
+pub mod cache;
 pub mod images;
 pub mod logs;
 pub mod plan;
@@ -129,7 +130,8 @@ pub async fn run(
     });
     let pods = &skiff_api::resource::PODS;
     let handler_queue = queue.clone();
-    let informer = Arc::new(Informer::spawn(
+    // Pods are cached as compact JSON text, not `Value` trees (see `cache`).
+    let informer = Arc::new(Informer::<cache::CachedPod>::spawn(
         client.clone(),
         pods,
         None,
@@ -223,9 +225,12 @@ pub async fn run(
         spawn_workers("pods", queue.clone(), config.workers, move |key: String| {
             let (informer, syncer) = (informer.clone(), syncer.clone());
             async move {
-                let pod = informer.get(&key);
+                let pod = match informer.get(&key).map(|cached| cached.value()).transpose() {
+                    Ok(pod) => pod,
+                    Err(e) => return Err(pods::SyncError::from(e)),
+                };
                 syncer
-                    .sync(&key, pod.as_deref())
+                    .sync(&key, pod.as_ref())
                     .await
                     .map(|next| match next {
                         pods::Next::Done => Action::Done,
