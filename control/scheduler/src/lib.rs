@@ -24,8 +24,11 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Pods being scheduled (bound) at once.
-const WORKERS: usize = 8;
+/// Pods being scheduled (bound) at once. Decisions are serialised by the snapshot lock;
+/// the workers overlap the binding POSTs, which the store commits in groups, so more of
+/// them in flight means fewer fsyncs per pod (32: a 1,000-pod burst binds in ~32 groups
+/// rather than ~125).
+const WORKERS: usize = 32;
 
 /// The `schedulerName` this scheduler serves.
 pub const SCHEDULER_NAME: &str = "default-scheduler";
