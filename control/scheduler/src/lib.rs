@@ -26,8 +26,7 @@ use std::time::Duration;
 
 /// Pods being scheduled (bound) at once. Decisions are serialised by the snapshot lock;
 /// the workers overlap the binding POSTs, which the store commits in groups, so more of
-/// them in flight means fewer fsyncs per pod (32: a 1,000-pod burst binds in ~32 groups
-/// rather than ~125).
+/// them in flight lets up to 32 bindings share one fsync instead of 8.
 const WORKERS: usize = 32;
 
 /// The `schedulerName` this scheduler serves.
