@@ -84,11 +84,14 @@ pub async fn run(args: DensityArgs) -> Result<()> {
     );
     let pods = &skiff_api::resource::PODS;
     let image_for_pods = image.clone();
+    // Requests are set below the limit: a pod without requests requests its limits (as in
+    // Kubernetes), and 20,000 x 2Mi would not fit the node's memory, so the scheduler
+    // would rightly leave pods Pending.
     let make = move |name: String| {
         let image = &image_for_pods;
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"bench": "density"}},
             "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "idle", "image": image,
-                "env": [{"name": "TICK_MS", "value": "3600000"}], "resources": {"limits": {"memory": "2Mi"}}}]}})
+                "env": [{"name": "TICK_MS", "value": "3600000"}], "resources": {"requests": {"memory": "256Ki"}, "limits": {"memory": "2Mi"}}}]}})
     };
     // One pod first, so the module is compiled and cached before the baseline.
     client
