@@ -153,6 +153,7 @@ pub async fn node(context: &crate::get::Context, args: NodeArgs) -> Result<ExitC
         None => context.client()?,
     };
     let config = node_config(&args.agent, &args.data_dir)?;
+    raise_open_file_limit();
     eprintln!("skiff node {}: joining {}", config.name, client.server());
     run_agent(config, client, args.agent.log_listen, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
@@ -197,6 +198,7 @@ async fn example_pod(client: &skiff_client::Client, examples: &Path) -> Option<V
 }
 
 pub async fn up(args: UpArgs) -> Result<ExitCode> {
+    raise_open_file_limit();
     // Checked before anything is bound or written: a bad range is a usage error.
     let allocation = args.network.allocation()?;
     std::fs::create_dir_all(&args.data_dir)
@@ -296,4 +298,33 @@ async fn wait_until_ready(client: &skiff_client::Client) -> Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     bail!("the API server did not come up")
+}
+
+/// The agent keeps each running container's log file open, so tens of thousands of pods
+/// need more descriptors than a login shell's default limit. Like kubelet and containerd
+/// (`LimitNOFILE=1048576` in their units), raise the limit as far as the kernel allows:
+/// both limits up to `fs.nr_open` when permitted (root), else the soft limit to the hard
+/// one. Failing to raise it is not fatal; pods past the limit report the error.
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let wanted = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20)
+        .min(1 << 20);
+    let current = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: Some(wanted),
+        maximum: Some(wanted),
+    };
+    if current.current.is_some_and(|c| c >= wanted) {
+        return;
+    }
+    if setrlimit(Resource::Nofile, raised).is_err() {
+        let soft_to_hard = Rlimit {
+            current: current.maximum,
+            maximum: current.maximum,
+        };
+        let _ = setrlimit(Resource::Nofile, soft_to_hard);
+    }
 }
