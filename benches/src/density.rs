@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Args)]
 pub struct DensityArgs {
-    /// Idle pods to run on the node.
-    #[arg(long, default_value_t = 20_000)]
+    /// Idle pods to run on the node. The agent holds one open log file per running
+    /// container, so more than ~18,000 need an open-file limit above 20,000 (`skiff node`
+    /// raises it where the kernel allows; this machine's hard limit is 20,000).
+    #[arg(long, default_value_t = 15_000)]
     pods: usize,
     #[arg(long)]
     examples: PathBuf,
