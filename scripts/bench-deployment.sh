@@ -3,7 +3,7 @@
 # available and time for a rolling update, with the pods/s the controllers achieved.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --bench
 bash scripts/build-examples.sh
 cargo build --release --bins
 target="${CARGO_TARGET_DIR:-target}"

@@ -3,6 +3,6 @@
 # running `skiff control`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --bench
 cargo build --release --bins
 exec "${CARGO_TARGET_DIR:-target}/release/skiff-bench" scheduler "$@"

@@ -1,5 +1,10 @@
 //! A 1,000-replica Deployment of a cached wasm module on one node (`skiff up`): time to
 //! fully available, then time for a rolling update of it to complete.
+//!
+//! The peer is etcd's floor for the same job (see [`crate::etcd`]): the three durable
+//! writes Kubernetes makes per pod to get it Running (create, binding, status), of the
+//! pods this run made, from 32 concurrent clients, with no API server, scheduler,
+//! controller or kubelet work.
 
 use crate::cluster::{free_port, skiff_binary, spawn, wait_for_ready_node};
 use anyhow::{Context, Result};
@@ -18,6 +23,32 @@ pub struct DeploymentArgs {
     examples: PathBuf,
     #[arg(long)]
     skiff: Option<PathBuf>,
+    /// The etcd binary (the peer).
+    #[arg(long, default_value = "etcd")]
+    etcd: String,
+}
+
+/// The successive encodings a Kubernetes control plane stores of `pod` on its way to
+/// Running: as created (no node, no status), as bound, and as it is now.
+fn stored_versions(pod: &Value) -> Vec<Vec<u8>> {
+    let mut created = pod.clone();
+    if let Some(object) = created.as_object_mut() {
+        object.remove("status");
+    }
+    let mut bound = created.clone();
+    if let Some(spec) = created.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.remove("nodeName");
+    }
+    if let Some(object) = bound.as_object_mut() {
+        object.insert(
+            "status".into(),
+            json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}),
+        );
+    }
+    [created, bound, pod.clone()]
+        .iter()
+        .map(|v| serde_json::to_vec(v).unwrap_or_default())
+        .collect()
 }
 
 fn complete(d: &Value, replicas: i64) -> bool {
@@ -55,7 +86,7 @@ pub async fn run(args: DeploymentArgs) -> Result<()> {
     let port = free_port()?;
     let skiff = skiff_binary(args.skiff.as_deref())?;
     let max_pods = (args.replicas * 2 + 100).to_string();
-    let _up = spawn(
+    let up = spawn(
         &skiff,
         &[
             "up".into(),
@@ -151,5 +182,39 @@ pub async fn run(args: DeploymentArgs) -> Result<()> {
         n / available_after.as_secs_f64()
     );
     println!("  rolling update (25% surge / 25% unavailable) complete after {:.2} s ({:.0} pods/s replaced)", rolled_after.as_secs_f64(), n / rolled_after.as_secs_f64());
+
+    // The peer: etcd writing what Kubernetes would store for these pods.
+    let pods = client
+        .list(&skiff_api::resource::PODS, Some("default"), &ListOptions::default())
+        .await?;
+    let pods: Vec<Value> = pods["items"].as_array().cloned().unwrap_or_default();
+    drop(up);
+    let etcd = std::sync::Arc::new(crate::etcd::Etcd::start(&args.etcd, &dir.path().join("etcd")).await?);
+    let versions: Vec<Vec<Vec<u8>>> = pods.iter().map(stored_versions).collect();
+    let names: Vec<String> = pods
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let count = versions.len();
+    let floor = etcd
+        .floor(
+            count,
+            32,
+            move |i| format!("/registry/pods/default/{}", names[i]),
+            move |i| versions[i].clone(),
+        )
+        .await?;
+    let per_pod_floor = floor.as_secs_f64() / count.max(1) as f64;
+    let available_per_pod = available_after.as_secs_f64() / n;
+    println!(
+        "  etcd floor: {count} pods x 3 durable writes (create, binding, status) from 32 clients in {:.2} s",
+        floor.as_secs_f64()
+    );
+    println!(
+        "  skiff available / etcd floor, per pod: {:.2}x ({:.0} us vs {:.0} us)",
+        available_per_pod / per_pod_floor,
+        available_per_pod * 1e6,
+        per_pod_floor * 1e6
+    );
     Ok(())
 }

@@ -8,6 +8,7 @@
 mod cluster;
 mod density;
 mod deployments;
+mod etcd;
 mod pods;
 mod scheduler;
 mod store;

@@ -6,16 +6,15 @@
 //! the key the Kubernetes API server would use, through etcd's HTTP/JSON gateway
 //! (`/v3/kv/put`). Every acknowledged write is durable in both.
 
-use crate::cluster::{free_port, skiff_binary, spawn, Started};
-use anyhow::{bail, Context, Result};
-use base64::Engine;
+use crate::cluster::{free_port, skiff_binary, spawn};
+use crate::etcd::{wait_http, Etcd};
+use anyhow::{bail, Result};
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde_json::json;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Debug, Args)]
 pub struct StoreArgs {
@@ -33,25 +32,11 @@ pub struct StoreArgs {
     etcd: String,
 }
 
-async fn wait_http(url: &str, what: &str) -> Result<()> {
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(r) = http.get(url).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{what} did not come up at {url}")
-}
-
 /// One way of writing an object durably.
 #[derive(Clone)]
 enum Target {
     Skiff { url: String },
-    Etcd { url: String },
+    Etcd(Arc<Etcd>),
 }
 
 impl Target {
@@ -65,14 +50,10 @@ impl Target {
                     .send()
                     .await?
             }
-            Target::Etcd { url } => {
-                let b64 = base64::engine::general_purpose::STANDARD;
-                let key = format!("/registry/configmaps/default/{name}");
-                let body = json!({"key": b64.encode(key), "value": b64.encode(&object)});
-                http.post(format!("{url}/v3/kv/put"))
-                    .json(&body)
-                    .send()
-                    .await?
+            Target::Etcd(etcd) => {
+                return etcd
+                    .put(&format!("/registry/configmaps/default/{name}"), &object)
+                    .await;
             }
         };
         if !response.status().is_success() {
@@ -166,54 +147,20 @@ pub async fn run(args: StoreArgs) -> Result<()> {
         ],
     )?;
     let skiff_url = format!("http://127.0.0.1:{skiff_port}");
-    wait_http(&format!("{skiff_url}/readyz"), "skiff control").await?;
+    wait_http(
+        &reqwest::Client::new(),
+        &format!("{skiff_url}/readyz"),
+        "skiff control",
+    )
+    .await?;
 
-    let (client_port, peer_port) = (free_port()?, free_port()?);
-    let etcd_url = format!("http://127.0.0.1:{client_port}");
-    let etcd = Started(
-        Command::new(&args.etcd)
-            .arg("--data-dir")
-            .arg(dir.path().join("etcd"))
-            .args([
-                "--listen-client-urls",
-                &etcd_url,
-                "--advertise-client-urls",
-                &etcd_url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &format!("http://127.0.0.1:{peer_port}"),
-            ])
-            .args([
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer_port}"),
-            ])
-            .args([
-                "--initial-cluster",
-                &format!("default=http://127.0.0.1:{peer_port}"),
-            ])
-            .args([
-                "--listen-metrics-urls",
-                &format!("http://127.0.0.1:{}", free_port()?),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "cannot start {} (install the etcd-server package)",
-                    args.etcd
-                )
-            })?,
-    );
-    wait_http(&format!("{etcd_url}/health"), "etcd").await?;
-
+    let etcd = Arc::new(Etcd::start(&args.etcd, &dir.path().join("etcd")).await?);
     println!(
         "durable creates, {} sequential for latency, {} per concurrency level",
         args.latency_ops, args.throughput_ops
     );
     let skiff_results = measure(&Target::Skiff { url: skiff_url }, "s", &args).await?;
-    let etcd_results = measure(&Target::Etcd { url: etcd_url }, "e", &args).await?;
+    let etcd_results = measure(&Target::Etcd(etcd.clone()), "e", &args).await?;
     println!();
     println!(
         "{:<28} {:>12} {:>12} {:>10}",

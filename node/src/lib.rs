@@ -225,7 +225,7 @@ pub async fn run(
         spawn_workers("pods", queue.clone(), config.workers, move |key: String| {
             let (informer, syncer) = (informer.clone(), syncer.clone());
             async move {
-                let pod = match informer.get(&key).map(|cached| cached.value()).transpose() {
+                let pod = match informer.get(&key).map(|cached| cached.pod()).transpose() {
                     Ok(pod) => pod,
                     Err(e) => return Err(pods::SyncError::from(e)),
                 };

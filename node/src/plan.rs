@@ -6,7 +6,6 @@
 use crate::runtimes::Unresolved;
 use crate::status::{pod_status, ContainerView};
 use k8s_openapi::api::core::v1 as core;
-use serde_json::Value;
 use skiff_runtime::{ContainerState, ContainerStatus, PodSandboxConfig, PodSandboxStatus};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -58,7 +57,7 @@ pub enum SyncAction {
         message: String,
     },
     /// Writes the pod's status (only planned when it differs from the stored one).
-    WriteStatus(Value),
+    WriteStatus(core::PodStatus),
     /// Sync again at `until` (a back-off ends).
     WaitBackoff { until: SystemTime },
 }
@@ -96,18 +95,15 @@ pub struct StartFailure {
     pub at: SystemTime,
 }
 
-/// The pod as the plan reads it: the typed object for decisions, and the JSON it was
-/// decoded from, which the status function and the "did the status change" comparison
-/// work on (the stored form, so an unchanged pod compares equal).
+/// The pod as the plan reads it, with the look-ups the plan makes often.
 #[derive(Debug, Clone, Copy)]
 pub struct PodRef<'a> {
-    pub typed: &'a core::Pod,
-    pub json: &'a Value,
+    pub object: &'a core::Pod,
 }
 
 impl PodRef<'_> {
     fn spec(&self) -> Option<&core::PodSpec> {
-        self.typed.spec.as_ref()
+        self.object.spec.as_ref()
     }
 
     fn containers(&self) -> &[core::Container] {
@@ -115,19 +111,19 @@ impl PodRef<'_> {
     }
 
     fn uid(&self) -> &str {
-        self.typed.metadata.uid.as_deref().unwrap_or_default()
+        self.object.metadata.uid.as_deref().unwrap_or_default()
     }
 
     fn namespace(&self) -> &str {
-        self.typed.metadata.namespace.as_deref().unwrap_or_default()
+        self.object.metadata.namespace.as_deref().unwrap_or_default()
     }
 
     fn name(&self) -> &str {
-        self.typed.metadata.name.as_deref().unwrap_or_default()
+        self.object.metadata.name.as_deref().unwrap_or_default()
     }
 
     fn container_statuses(&self) -> &[core::ContainerStatus] {
-        self.typed
+        self.object
             .status
             .as_ref()
             .and_then(|s| s.container_statuses.as_deref())
@@ -202,11 +198,11 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<SyncAction> {
     for s in stale {
         remove_sandbox(&mut actions, s);
     }
-    if pod.typed.metadata.deletion_timestamp.is_some() {
+    if pod.object.metadata.deletion_timestamp.is_some() {
         plan_termination(&mut actions, pod, uid, &current);
         return actions;
     }
-    let phase = pod.typed.status.as_ref().and_then(|s| s.phase.as_deref());
+    let phase = pod.object.status.as_ref().and_then(|s| s.phase.as_deref());
     if matches!(phase, Some("Succeeded" | "Failed")) {
         // Finished pods keep their containers (and logs) until deleted; nothing to run.
         return actions;
@@ -339,8 +335,8 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<SyncAction> {
     }
     // The status is computed once the runtime has settled (the executor re-plans).
     if !actions.iter().any(SyncAction::changes_runtime) {
-        let status = pod_status(pod.json, &views, input.host_ip, input.now.into());
-        if pod.json.get("status") != Some(&status) {
+        let status = pod_status(pod.object, &views, input.host_ip, input.now.into());
+        if pod.object.status.as_ref() != Some(&status) {
             actions.push(SyncAction::WriteStatus(status));
         }
     }
@@ -369,7 +365,7 @@ fn plan_termination(
     current: &[&ObservedSandbox],
 ) {
     let grace = pod
-        .typed
+        .object
         .metadata
         .deletion_grace_period_seconds
         .map(|s| Duration::from_secs(s.max(0).unsigned_abs()))
@@ -433,8 +429,8 @@ fn plan_unresolved(
             message: format!("Failed to create pod sandbox: {}", unresolved.message),
         });
     }
-    let status = pod_status(pod.json, &views, input.host_ip, input.now.into());
-    if pod.json.get("status") != Some(&status) {
+    let status = pod_status(pod.object, &views, input.host_ip, input.now.into());
+    if pod.object.status.as_ref() != Some(&status) {
         actions.push(SyncAction::WriteStatus(status));
     }
     // The class may be created (or a backend registered) later.
@@ -474,7 +470,7 @@ fn earliest(current: Option<SystemTime>, candidate: SystemTime) -> Option<System
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
     use skiff_runtime::{ExitReason, ImageRef, SandboxState};
 
     fn t(seconds: u64) -> SystemTime {
@@ -562,10 +558,7 @@ mod tests {
                 node_name: "n1",
                 host_ip: "10.0.0.1",
                 log_root: self.log_root,
-                pod: typed
-                    .as_ref()
-                    .zip(self.pod.as_ref())
-                    .map(|(typed, json)| PodRef { typed, json }),
+                pod: typed.as_ref().map(|object| PodRef { object }),
                 sandboxes: &self.sandboxes,
                 backend: self.backend.clone(),
                 failures: &self.failures,
@@ -597,7 +590,9 @@ mod tests {
                 SyncAction::ForgetPod { uid } => format!("ForgetPod {uid}"),
                 SyncAction::DeletePod { uid } => format!("DeletePod {uid}"),
                 SyncAction::RecordEvent { reason, .. } => format!("RecordEvent {reason}"),
-                SyncAction::WriteStatus(status) => format!(
+                SyncAction::WriteStatus(status) => {
+                    let status = serde_json::to_value(status).unwrap();
+                    format!(
                     "WriteStatus {} {}",
                     status["phase"].as_str().unwrap_or_default(),
                     status["containerStatuses"]
@@ -616,7 +611,8 @@ mod tests {
                         })
                         .collect::<Vec<_>>()
                         .join(",")
-                ),
+                    )
+                }
                 SyncAction::WaitBackoff { until } => format!(
                     "WaitBackoff +{}s",
                     until.duration_since(t(0)).unwrap_or_default().as_secs()
@@ -660,7 +656,7 @@ mod tests {
         let SyncAction::WriteStatus(status) = &actions[0] else {
             unreachable!()
         };
-        case.pod.as_mut().unwrap()["status"] = status.clone();
+        case.pod.as_mut().unwrap()["status"] = serde_json::to_value(status).unwrap();
         case.now = t(500);
         assert_eq!(summary(&case.plan()), Vec::<String>::new());
     }
@@ -839,7 +835,7 @@ mod tests {
         let Some(SyncAction::WriteStatus(status)) = actions.get(1) else {
             unreachable!()
         };
-        case.pod.as_mut().unwrap()["status"] = status.clone();
+        case.pod.as_mut().unwrap()["status"] = serde_json::to_value(status).unwrap();
         assert_eq!(summary(&case.plan()), ["WaitBackoff +15s"]);
     }
 }

@@ -8,15 +8,15 @@
 use crate::plan::{plan, ObservedSandbox, PlanInput, PodRef, StartFailure, SyncAction};
 use crate::runtimes::{Backend, ClassLookup, RuntimeRegistry};
 use k8s_openapi::api::core::v1 as core;
-use serde_json::Value;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as ApiQuantity;
 use skiff_api::clock::SharedClock;
 use skiff_api::quantity::Quantity;
-use skiff_client::events::{EventType, Recorder};
+use skiff_client::events::{event_subject, EventType, Recorder};
 use skiff_client::Client;
 use skiff_runtime::{
     ContainerConfig, ContainerFilter, Mount, ResourceLimits, RuntimeError, SandboxFilter, SandboxId,
 };
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -33,7 +33,7 @@ pub enum SyncError {
     Runtime(#[from] RuntimeError),
     #[error("API: {0}")]
     Api(#[from] skiff_client::ClientError),
-    #[error("the cached pod does not decode as a Pod: {0}")]
+    #[error("the cached pod does not decode as a Pod, or its status does not encode: {0}")]
     Decode(#[from] serde_json::Error),
 }
 
@@ -48,132 +48,156 @@ pub enum Next {
 /// A memory limit (`64Mi`, `1G`, `1048576`) in bytes, read as a Kubernetes quantity.
 /// Admission refuses limits that do not parse or are negative, so `None` (no limit) is
 /// only for objects stored before that check.
-pub fn memory_limit_bytes(limit: &Value) -> Option<u64> {
-    Quantity::from_json(limit).ok().map(|q| q.value_clamped())
+pub fn memory_limit_bytes(limit: &ApiQuantity) -> Option<u64> {
+    Quantity::try_from(limit).ok().map(|q| q.value_clamped())
 }
 
 /// A CPU limit (`500m`, `1`, `0.5`) in millicores, read as a Kubernetes quantity.
-pub fn cpu_limit_millis(limit: &Value) -> Option<u64> {
-    Quantity::from_json(limit)
+pub fn cpu_limit_millis(limit: &ApiQuantity) -> Option<u64> {
+    Quantity::try_from(limit)
         .ok()
         .map(|q| q.milli_value_clamped())
 }
 
-/// The environment of a container: `env` values and references to ConfigMaps and
-/// Secrets, then `envFrom`.
+/// Where an environment value or a volume's files come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    ConfigMap,
+    Secret,
+}
+
+impl Source {
+    fn kind(self) -> &'static str {
+        match self {
+            Source::ConfigMap => "ConfigMap",
+            Source::Secret => "Secret",
+        }
+    }
+}
+
+/// Reads the ConfigMaps and Secrets a pod refers to, each once per container start.
+struct SourceReader<'a> {
+    client: &'a Client,
+    namespace: &'a str,
+}
+
+impl SourceReader<'_> {
+    /// The data of `name` as bytes per key; a ConfigMap's `binaryData` too when
+    /// `binary` (volumes have it, environment variables do not).
+    async fn data(
+        &self,
+        source: Source,
+        name: &str,
+        binary: bool,
+    ) -> Result<BTreeMap<String, Vec<u8>>, String> {
+        let failed = |e: skiff_client::ClientError| format!("{} {name:?}: {e}", source.kind());
+        let namespace = Some(self.namespace);
+        Ok(match source {
+            Source::ConfigMap => {
+                let map: core::ConfigMap = self
+                    .client
+                    .get_typed(&skiff_api::resource::CONFIG_MAPS, namespace, name)
+                    .await
+                    .map_err(failed)?;
+                let text = map.data.into_iter().flatten().map(|(k, v)| (k, v.into_bytes()));
+                let binary_data = map
+                    .binary_data
+                    .filter(|_| binary)
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k, v.0));
+                text.chain(binary_data).collect()
+            }
+            Source::Secret => {
+                let secret: core::Secret = self
+                    .client
+                    .get_typed(&skiff_api::resource::SECRETS, namespace, name)
+                    .await
+                    .map_err(failed)?;
+                secret
+                    .data
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k, v.0))
+                    .collect()
+            }
+        })
+    }
+}
+
+/// The environment of a container: `envFrom`, then `env` values and references to
+/// ConfigMaps and Secrets. Downward API references get an empty value here, filled in
+/// by [`PodSyncer::fill_downward_api`].
 async fn container_env(
     client: &Client,
     namespace: &str,
-    container: &Value,
+    container: &core::Container,
 ) -> Result<Vec<(String, String)>, String> {
-    let configmaps = &skiff_api::resource::CONFIG_MAPS;
-    let secrets = &skiff_api::resource::SECRETS;
+    let reader = SourceReader { client, namespace };
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).ok();
     let mut env = Vec::new();
-    let lookup = |kind: &'static str, name: String| async move {
-        let resource = if kind == "ConfigMap" {
-            configmaps
-        } else {
-            secrets
-        };
-        client
-            .get(resource, Some(namespace), &name)
-            .await
-            .map_err(|e| format!("{kind} {name:?}: {e}"))
-    };
-    let decode = |kind: &str, value: &Value| -> Option<String> {
-        let text = value.as_str()?;
-        if kind == "Secret" {
-            skiff_api::object::base64_decode(text).and_then(|b| String::from_utf8(b).ok())
-        } else {
-            Some(text.to_string())
-        }
-    };
-    for from in container
-        .get("envFrom")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        for (kind, field) in [("ConfigMap", "configMapRef"), ("Secret", "secretRef")] {
-            if let Some(name) = from
-                .pointer(&format!("/{field}/name"))
-                .and_then(Value::as_str)
-            {
-                let optional = from
-                    .pointer(&format!("/{field}/optional"))
-                    .and_then(Value::as_bool)
-                    == Some(true);
-                match lookup(kind, name.to_string()).await {
-                    Ok(object) => {
-                        let prefix = from
-                            .get("prefix")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default();
-                        for (k, v) in object
-                            .get("data")
-                            .and_then(Value::as_object)
-                            .into_iter()
-                            .flatten()
-                        {
-                            if let Some(text) = decode(kind, v) {
-                                env.push((format!("{prefix}{k}"), text));
-                            }
+    for from in container.env_from.iter().flatten() {
+        let references = [
+            from.config_map_ref
+                .as_ref()
+                .map(|r| (Source::ConfigMap, r.name.as_str(), r.optional)),
+            from.secret_ref
+                .as_ref()
+                .map(|r| (Source::Secret, r.name.as_str(), r.optional)),
+        ];
+        for (source, name, optional) in references.into_iter().flatten() {
+            match reader.data(source, name, false).await {
+                Ok(data) => {
+                    let prefix = from.prefix.as_deref().unwrap_or_default();
+                    for (key, value) in data {
+                        if let Some(value) = text(value) {
+                            env.push((format!("{prefix}{key}"), value));
                         }
                     }
-                    Err(_) if optional => {}
-                    Err(e) => return Err(e),
                 }
+                Err(_) if optional == Some(true) => {}
+                Err(e) => return Err(e),
             }
         }
     }
-    for var in container
-        .get("env")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let name = var
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        if let Some(value) = var.get("value").and_then(Value::as_str) {
-            env.push((name, value.to_string()));
+    for var in container.env.iter().flatten() {
+        if let Some(value) = &var.value {
+            env.push((var.name.clone(), value.clone()));
             continue;
         }
-        for (kind, field) in [("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")] {
-            if let Some(reference) = var.pointer(&format!("/valueFrom/{field}")) {
-                let object_name = reference
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                let key = reference
-                    .get("key")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let optional = reference.get("optional").and_then(Value::as_bool) == Some(true);
-                let value = match lookup(kind, object_name.clone()).await {
-                    Ok(object) => object
-                        .pointer(&format!("/data/{key}"))
-                        .and_then(|v| decode(kind, v)),
-                    Err(e) if !optional => return Err(e),
-                    Err(_) => None,
-                };
-                match value {
-                    Some(v) => env.push((name.clone(), v)),
-                    None if optional => {}
-                    None => {
-                        return Err(format!(
-                            "couldn't find key {key} in {kind} {namespace}/{object_name}"
-                        ))
-                    }
+        let Some(from) = &var.value_from else {
+            env.push((var.name.clone(), String::new()));
+            continue;
+        };
+        let references = [
+            from.config_map_key_ref
+                .as_ref()
+                .map(|r| (Source::ConfigMap, r.name.as_str(), r.key.as_str(), r.optional)),
+            from.secret_key_ref
+                .as_ref()
+                .map(|r| (Source::Secret, r.name.as_str(), r.key.as_str(), r.optional)),
+        ];
+        for (source, object_name, key, optional) in references.into_iter().flatten() {
+            let optional = optional == Some(true);
+            let value = match reader.data(source, object_name, false).await {
+                Ok(mut data) => data.remove(key).and_then(text),
+                Err(e) if !optional => return Err(e),
+                Err(_) => None,
+            };
+            match value {
+                Some(v) => env.push((var.name.clone(), v)),
+                None if optional => {}
+                None => {
+                    return Err(format!(
+                        "couldn't find key {key} in {} {namespace}/{object_name}",
+                        source.kind()
+                    ))
                 }
             }
         }
-        if var.pointer("/valueFrom/fieldRef").is_some() {
+        if from.field_ref.is_some() {
             // Downward API values the agent knows are filled in by the caller.
-            env.push((name, String::new()));
+            env.push((var.name.clone(), String::new()));
         }
     }
     Ok(env)
@@ -230,9 +254,14 @@ impl PodSyncer {
         self.failures.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn event(&self, pod: &Value, event_type: EventType, reason: &str, message: &str) {
-        self.recorder
-            .record(pod, event_type, reason, message, self.clock.now());
+    fn event(&self, pod: &core::Pod, event_type: EventType, reason: &str, message: &str) {
+        self.recorder.record(
+            &event_subject(pod),
+            event_type,
+            reason,
+            message,
+            self.clock.now(),
+        );
     }
 
     /// What every backend has for the pod `namespace/name`: its sandboxes and their
@@ -273,22 +302,13 @@ impl PodSyncer {
     /// observe and plan again, so the status written is computed from what the runtime
     /// reports after the changes (a few rounds at most: create sandbox, create
     /// containers, settle).
-    pub async fn sync(&self, key: &str, pod: Option<&Value>) -> Result<Next, SyncError> {
+    pub async fn sync(&self, key: &str, pod: Option<&core::Pod>) -> Result<Next, SyncError> {
         let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
-        // Decoded once: the API server stored it through the same typed struct.
-        let typed: Option<core::Pod> =
-            pod.map(|p| serde_json::from_value(p.clone())).transpose()?;
-        let pod_ref = typed
-            .as_ref()
-            .zip(pod)
-            .map(|(typed, json)| PodRef { typed, json });
-        let uid = typed
-            .as_ref()
+        let pod_ref = pod.map(|object| PodRef { object });
+        let uid = pod
             .and_then(|p| p.metadata.uid.as_deref())
             .unwrap_or_default();
-        let class = typed
-            .as_ref()
-            .and_then(|p| p.spec.as_ref()?.runtime_class_name.as_deref());
+        let class = pod.and_then(|p| p.spec.as_ref()?.runtime_class_name.as_deref());
         for _ in 0..MAX_PLAN_ROUNDS {
             let sandboxes = self.observe(namespace, name).await?;
             let failures: HashMap<String, StartFailure> = self
@@ -327,7 +347,7 @@ impl PodSyncer {
     /// Carries out a plan's actions in order. Returns when the pod wants syncing again.
     pub async fn execute(
         &self,
-        pod: Option<&Value>,
+        pod: Option<&core::Pod>,
         namespace: &str,
         name: &str,
         actions: Vec<SyncAction>,
@@ -438,20 +458,20 @@ impl PodSyncer {
     async fn create_and_start(
         &self,
         backend: &Backend,
-        pod: &Value,
+        pod: &core::Pod,
         sandbox: &SandboxId,
         name: &str,
         attempt: u32,
     ) {
-        let uid = str_at(pod, "/metadata/uid");
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let Some(spec) = pod
-            .pointer("/spec/containers")
-            .and_then(Value::as_array)
-            .and_then(|specs| specs.iter().find(|c| str_at(c, "/name") == name))
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.iter().find(|c| c.name == name))
         else {
             return;
         };
-        let image = str_at(spec, "/image");
+        let image = spec.image.as_deref().unwrap_or_default();
         let failure_key = (uid.to_string(), name.to_string());
         let now = self.clock.system_time();
         let fail = |reason: &'static str, message: String| {
@@ -467,32 +487,27 @@ impl PodSyncer {
             entry.message = message;
             entry.at = now;
         };
+        let failed = |message: &str| {
+            self.event(
+                pod,
+                EventType::Warning,
+                "Failed",
+                &format!("Error: {message}"),
+            )
+        };
         let pulled = match backend.images.pull_image(image).await {
             Ok(p) => p,
             Err(e) => {
                 let message = e.to_string();
-                self.event(
-                    pod,
-                    EventType::Warning,
-                    "Failed",
-                    &format!("Error: {message}"),
-                );
+                failed(&message);
                 return fail("ErrImagePull", message);
             }
         };
-        let namespace = pod
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or("default");
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let mut env = match container_env(&self.client, namespace, spec).await {
             Ok(env) => env,
             Err(message) => {
-                self.event(
-                    pod,
-                    EventType::Warning,
-                    "Failed",
-                    &format!("Error: {message}"),
-                );
+                failed(&message);
                 return fail("CreateContainerConfigError", message);
             }
         };
@@ -504,25 +519,22 @@ impl PodSyncer {
                 return fail("CreateContainerConfigError", message);
             }
         };
-        let limits = ResourceLimits {
-            memory_bytes: spec
-                .pointer("/resources/limits/memory")
-                .and_then(memory_limit_bytes),
-            cpu_millis: spec
-                .pointer("/resources/limits/cpu")
-                .and_then(cpu_limit_millis),
+        let limit = |resource: &str| {
+            spec.resources
+                .as_ref()
+                .and_then(|r| r.limits.as_ref()?.get(resource))
         };
-        let mut args: Vec<String> = Vec::new();
-        for field in ["command", "args"] {
-            for a in spec
-                .get(field)
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                args.push(a.as_str().unwrap_or_default().to_string());
-            }
-        }
+        let limits = ResourceLimits {
+            memory_bytes: limit("memory").and_then(memory_limit_bytes),
+            cpu_millis: limit("cpu").and_then(cpu_limit_millis),
+        };
+        let args: Vec<String> = spec
+            .command
+            .iter()
+            .flatten()
+            .chain(spec.args.iter().flatten())
+            .cloned()
+            .collect();
         let config = ContainerConfig {
             name: name.to_string(),
             image: pulled,
@@ -543,24 +555,14 @@ impl PodSyncer {
                     _ => "CreateContainerError",
                 };
                 let message = e.to_string();
-                self.event(
-                    pod,
-                    EventType::Warning,
-                    "Failed",
-                    &format!("Error: {message}"),
-                );
+                failed(&message);
                 return fail(reason, message);
             }
         };
         if let Err(e) = backend.runtime.start_container(&id).await {
             let message = e.to_string();
             let _ = backend.runtime.remove_container(&id).await;
-            self.event(
-                pod,
-                EventType::Warning,
-                "Failed",
-                &format!("Error: {message}"),
-            );
+            failed(&message);
             return fail("RunContainerError", message);
         }
         self.failures().remove(&failure_key);
@@ -573,12 +575,13 @@ impl PodSyncer {
     }
 
     /// The container's `volumeMounts` as runtime mounts.
-    async fn mounts_for(&self, pod: &Value, uid: &str, spec: &Value) -> Result<Vec<Mount>, String> {
-        let volume_mounts = spec
-            .get("volumeMounts")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+    async fn mounts_for(
+        &self,
+        pod: &core::Pod,
+        uid: &str,
+        spec: &core::Container,
+    ) -> Result<Vec<Mount>, String> {
+        let volume_mounts = spec.volume_mounts.as_deref().unwrap_or_default();
         if volume_mounts.is_empty() {
             return Ok(Vec::new());
         }
@@ -586,19 +589,25 @@ impl PodSyncer {
         volume_mounts
             .iter()
             .map(|m| {
-                let name = m.get("name").and_then(Value::as_str).unwrap_or_default();
-                let mut host_path = volumes.get(name).cloned().ok_or_else(|| format!("volumeMount {name:?} names no volume of the pod"))?;
-                if let Some(sub) = m.get("subPath").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+                let name = &m.name;
+                let mut host_path = volumes
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| format!("volumeMount {name:?} names no volume of the pod"))?;
+                if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
                     if sub.split('/').any(|part| part == "..") || sub.starts_with('/') {
-                        return Err(format!("volumeMount {name:?}: subPath {sub:?} must be a relative path without '..'"));
+                        return Err(format!(
+                            "volumeMount {name:?}: subPath {sub:?} must be a relative path without '..'"
+                        ));
                     }
                     host_path = host_path.join(sub);
-                    std::fs::create_dir_all(&host_path).map_err(|e| format!("volumeMount {name:?}: {e}"))?;
+                    std::fs::create_dir_all(&host_path)
+                        .map_err(|e| format!("volumeMount {name:?}: {e}"))?;
                 }
                 Ok(Mount {
                     host_path,
-                    container_path: m.get("mountPath").and_then(Value::as_str).unwrap_or_default().to_string(),
-                    read_only: m.get("readOnly").and_then(Value::as_bool) == Some(true),
+                    container_path: m.mount_path.clone(),
+                    read_only: m.read_only == Some(true),
                 })
             })
             .collect()
@@ -616,34 +625,35 @@ impl PodSyncer {
     /// volumes are written out as one file per key.
     async fn prepare_volumes(
         &self,
-        pod: &Value,
+        pod: &core::Pod,
         uid: &str,
     ) -> Result<HashMap<String, PathBuf>, String> {
-        let namespace = pod
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or("default");
+        let reader = SourceReader {
+            client: &self.client,
+            namespace: pod.metadata.namespace.as_deref().unwrap_or("default"),
+        };
         let mut dirs = HashMap::new();
-        for volume in pod
-            .pointer("/spec/volumes")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let name = volume
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
+        let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_deref());
+        for volume in volumes.unwrap_or_default() {
+            let name = volume.name.clone();
             let own_dir = self.volume_root.join(uid).join(&name);
             let io = |e: std::io::Error| format!("volume {name}: {e}");
-            let dir = if volume.get("emptyDir").is_some() {
+            let files = volume
+                .config_map
+                .as_ref()
+                .map(|c| (Source::ConfigMap, c.name.as_str(), c.optional))
+                .or_else(|| {
+                    volume.secret.as_ref().map(|s| {
+                        let name = s.secret_name.as_deref().unwrap_or_default();
+                        (Source::Secret, name, s.optional)
+                    })
+                });
+            let dir = if volume.empty_dir.is_some() {
                 std::fs::create_dir_all(&own_dir).map_err(io)?;
                 own_dir
-            } else if let Some(host) = volume.get("hostPath") {
-                let path =
-                    PathBuf::from(host.get("path").and_then(Value::as_str).unwrap_or_default());
-                if host.get("type").and_then(Value::as_str) == Some("DirectoryOrCreate") {
+            } else if let Some(host) = &volume.host_path {
+                let path = PathBuf::from(&host.path);
+                if host.type_.as_deref() == Some("DirectoryOrCreate") {
                     std::fs::create_dir_all(&path).map_err(io)?;
                 }
                 if !path.is_dir() {
@@ -653,47 +663,14 @@ impl PodSyncer {
                     ));
                 }
                 path
-            } else if let Some((kind, source)) = volume
-                .get("configMap")
-                .map(|c| ("ConfigMap", c))
-                .or_else(|| volume.get("secret").map(|c| ("Secret", c)))
-            {
-                let object_name = source
-                    .get(if kind == "Secret" {
-                        "secretName"
-                    } else {
-                        "name"
-                    })
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let resource = if kind == "Secret" {
-                    &skiff_api::resource::SECRETS
-                } else {
-                    &skiff_api::resource::CONFIG_MAPS
-                };
-                let optional = source.get("optional").and_then(Value::as_bool) == Some(true);
-                let object = match self
-                    .client
-                    .get(resource, Some(namespace), object_name)
-                    .await
-                {
-                    Ok(o) => o,
-                    Err(_) if optional => Value::Null,
-                    Err(e) => return Err(format!("volume {name}: {kind} {object_name:?}: {e}")),
+            } else if let Some((source, object_name, optional)) = files {
+                let data = match reader.data(source, object_name, true).await {
+                    Ok(data) => data,
+                    Err(_) if optional == Some(true) => BTreeMap::new(),
+                    Err(e) => return Err(format!("volume {name}: {e}")),
                 };
                 std::fs::create_dir_all(&own_dir).map_err(io)?;
-                for (key, value) in object
-                    .get("data")
-                    .and_then(Value::as_object)
-                    .into_iter()
-                    .flatten()
-                {
-                    let text = value.as_str().unwrap_or_default();
-                    let bytes = if kind == "Secret" {
-                        skiff_api::object::base64_decode(text).unwrap_or_default()
-                    } else {
-                        text.as_bytes().to_vec()
-                    };
+                for (key, bytes) in data {
                     // Keys are validated as file names by the API (no `/`, no `..`).
                     std::fs::write(own_dir.join(key), bytes).map_err(io)?;
                 }
@@ -706,58 +683,49 @@ impl PodSyncer {
         Ok(dirs)
     }
 
-    fn fill_downward_api(&self, pod: &Value, spec: &Value, env: &mut [(String, String)]) {
-        for var in spec
-            .get("env")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+    fn fill_downward_api(
+        &self,
+        pod: &core::Pod,
+        spec: &core::Container,
+        env: &mut [(String, String)],
+    ) {
+        for var in spec.env.iter().flatten() {
             let Some(path) = var
-                .pointer("/valueFrom/fieldRef/fieldPath")
-                .and_then(Value::as_str)
+                .value_from
+                .as_ref()
+                .and_then(|f| f.field_ref.as_ref())
+                .map(|f| f.field_path.as_str())
             else {
                 continue;
             };
-            let name = var.get("name").and_then(Value::as_str).unwrap_or_default();
+            let meta = &pod.metadata;
             let value = match path {
-                "metadata.name" => pod
-                    .pointer("/metadata/name")
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
-                "metadata.namespace" => pod
-                    .pointer("/metadata/namespace")
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
-                "metadata.uid" => pod
-                    .pointer("/metadata/uid")
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
+                "metadata.name" => meta.name.clone(),
+                "metadata.namespace" => meta.namespace.clone(),
+                "metadata.uid" => meta.uid.clone(),
                 "spec.nodeName" => Some(self.node_name.clone()),
                 "status.hostIP" | "status.podIP" => Some(self.host_ip.clone()),
                 _ => None,
             };
-            if let (Some(v), Some(slot)) = (value, env.iter_mut().find(|(k, _)| k == name)) {
+            if let (Some(v), Some(slot)) = (value, env.iter_mut().find(|(k, _)| *k == var.name)) {
                 slot.1 = v;
             }
         }
     }
 
-    async fn write_status(&self, pod: &Value, status: Value) -> Result<(), SyncError> {
+    async fn write_status(&self, pod: &core::Pod, status: core::PodStatus) -> Result<(), SyncError> {
         let pods = &skiff_api::resource::PODS;
         let mut updated = pod.clone();
-        updated["status"] = status;
+        updated.status = Some(status);
+        let mut body = serde_json::to_value(&updated)?;
+        if let Some(object) = body.as_object_mut() {
+            object.insert("apiVersion".into(), pods.api_version().into());
+            object.insert("kind".into(), pods.kind.into());
+        }
         // A stale copy is rewritten when the newer one reaches the informer.
-        self.client.update_status_from_cache(pods, &updated).await?;
+        self.client.update_status_from_cache(pods, &body).await?;
         Ok(())
     }
-}
-
-fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
-    value
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -788,18 +756,18 @@ mod tests {
         (syncer, fake, clock)
     }
 
-    fn pod() -> Value {
-        serde_json::json!({
+    fn pod() -> core::Pod {
+        serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web", "namespace": "default", "uid": "u1"},
             "spec": {"nodeName": "n1", "containers": [
                 {"name": "a", "image": "a.wasm", "args": ["x"]}, {"name": "b", "image": "b.wasm"}]},
-        })
+        }))
+        .unwrap()
     }
 
     /// Plans against what the fake runtime reports now, leaving out API writes.
-    async fn runtime_plan(syncer: &PodSyncer, pod: &Value) -> Vec<SyncAction> {
+    async fn runtime_plan(syncer: &PodSyncer, pod: &core::Pod) -> Vec<SyncAction> {
         let sandboxes = syncer.observe("default", "web").await.unwrap();
-        let typed: core::Pod = serde_json::from_value(pod.clone()).unwrap();
         let failures: HashMap<String, StartFailure> = syncer
             .failures()
             .iter()
@@ -809,10 +777,7 @@ mod tests {
             node_name: "n1",
             host_ip: "10.0.0.1",
             log_root: &syncer.log_root,
-            pod: Some(PodRef {
-                typed: &typed,
-                json: pod,
-            }),
+            pod: Some(PodRef { object: pod }),
             sandboxes: &sandboxes,
             backend: Ok("wasmtime".into()),
             failures: &failures,
@@ -947,7 +912,9 @@ mod tests {
             .execute(Some(&pod), "default", "web", actions)
             .await
             .unwrap();
-        pod["metadata"]["deletionTimestamp"] = serde_json::json!("2027-01-01T00:00:00Z");
+        pod.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+        ));
         let actions = runtime_plan(&syncer, &pod).await;
         syncer
             .execute(Some(&pod), "default", "web", actions)
@@ -980,19 +947,18 @@ mod tests {
 
     #[test]
     fn quantities() {
-        use serde_json::json;
-        assert_eq!(memory_limit_bytes(&json!("64Mi")), Some(64 * 1024 * 1024));
-        assert_eq!(memory_limit_bytes(&json!("1G")), Some(1_000_000_000));
-        assert_eq!(memory_limit_bytes(&json!("1000")), Some(1000));
-        assert_eq!(memory_limit_bytes(&json!(1000)), Some(1000));
-        assert_eq!(memory_limit_bytes(&json!("1e3")), Some(1000));
-        assert_eq!(memory_limit_bytes(&json!("8Ei")), None);
-        assert_eq!(memory_limit_bytes(&json!("lots")), None);
-        assert_eq!(cpu_limit_millis(&json!("500m")), Some(500));
-        assert_eq!(cpu_limit_millis(&json!("2")), Some(2000));
-        assert_eq!(cpu_limit_millis(&json!("0.25")), Some(250));
+        let q = |text: &str| ApiQuantity(text.to_string());
+        assert_eq!(memory_limit_bytes(&q("64Mi")), Some(64 * 1024 * 1024));
+        assert_eq!(memory_limit_bytes(&q("1G")), Some(1_000_000_000));
+        assert_eq!(memory_limit_bytes(&q("1000")), Some(1000));
+        assert_eq!(memory_limit_bytes(&q("1e3")), Some(1000));
+        assert_eq!(memory_limit_bytes(&q("8Ei")), None);
+        assert_eq!(memory_limit_bytes(&q("lots")), None);
+        assert_eq!(cpu_limit_millis(&q("500m")), Some(500));
+        assert_eq!(cpu_limit_millis(&q("2")), Some(2000));
+        assert_eq!(cpu_limit_millis(&q("0.25")), Some(250));
         // The old parsers disagreed on these: the agent read `1k` cores as no limit.
-        assert_eq!(cpu_limit_millis(&json!("1k")), Some(1_000_000));
-        assert_eq!(cpu_limit_millis(&json!(1.5)), Some(1500));
+        assert_eq!(cpu_limit_millis(&q("1k")), Some(1_000_000));
+        assert_eq!(cpu_limit_millis(&q("1.5")), Some(1500));
     }
 }

@@ -3,8 +3,9 @@
 //! the previous status, so recomputing an unchanged pod gives an identical status and
 //! the agent writes nothing.
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{json, Value};
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use skiff_runtime::{ContainerState, ContainerStatus};
 use std::time::SystemTime;
 
@@ -30,43 +31,61 @@ pub fn timestamp(t: SystemTime) -> String {
     DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-fn terminated(status: &ContainerStatus) -> Option<Value> {
+/// A status time, whole seconds as the API stores it: a status computed again from the
+/// same runtime report must equal the stored one.
+fn time(t: impl Into<DateTime<Utc>>) -> Time {
+    Time(t.into().trunc_subsecs(0))
+}
+
+fn terminated(status: &ContainerStatus) -> Option<core::ContainerStateTerminated> {
     match &status.state {
         ContainerState::Exited {
             exit_code,
             reason,
             message,
             finished_at,
-        } => {
-            let mut t = json!({
-                "exitCode": exit_code,
-                "reason": reason.as_str(),
-                "startedAt": status.started_at.map(timestamp),
-                "finishedAt": timestamp(*finished_at),
-                "containerID": status.uri(),
-            });
-            if !message.is_empty() {
-                t["message"] = json!(message);
-            }
-            Some(t)
-        }
+        } => Some(core::ContainerStateTerminated {
+            exit_code: *exit_code,
+            reason: Some(reason.as_str().to_string()),
+            message: Some(message.clone()).filter(|m| !m.is_empty()),
+            started_at: status.started_at.map(time),
+            finished_at: Some(time(*finished_at)),
+            container_id: Some(status.uri()),
+            signal: None,
+        }),
         _ => None,
     }
 }
 
-fn container_status(view: &ContainerView) -> Value {
+fn waiting(reason: &str, message: Option<&str>) -> core::ContainerState {
+    core::ContainerState {
+        waiting: Some(core::ContainerStateWaiting {
+            reason: Some(reason.to_string()),
+            message: message.map(str::to_string),
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_status(view: &ContainerView) -> core::ContainerStatus {
     let latest = view.latest.as_ref();
     let running = latest.is_some_and(|l| l.state == ContainerState::Running);
     let state = match (&view.waiting, latest) {
-        (Some((reason, message)), _) => json!({"waiting": {"reason": reason, "message": message}}),
+        (Some((reason, message)), _) => waiting(reason, Some(message)),
         (None, Some(l)) => match &l.state {
-            ContainerState::Running => {
-                json!({"running": {"startedAt": l.started_at.map(timestamp)}})
-            }
-            ContainerState::Exited { .. } => json!({"terminated": terminated(l)}),
-            ContainerState::Created => json!({"waiting": {"reason": "ContainerCreating"}}),
+            ContainerState::Running => core::ContainerState {
+                running: Some(core::ContainerStateRunning {
+                    started_at: l.started_at.map(time),
+                }),
+                ..Default::default()
+            },
+            ContainerState::Exited { .. } => core::ContainerState {
+                terminated: terminated(l),
+                ..Default::default()
+            },
+            ContainerState::Created => waiting("ContainerCreating", None),
         },
-        (None, None) => json!({"waiting": {"reason": "ContainerCreating"}}),
+        (None, None) => waiting("ContainerCreating", None),
     };
     // While waiting to restart, the last run is the latest attempt.
     let last_run = if view.waiting.is_some() {
@@ -74,35 +93,31 @@ fn container_status(view: &ContainerView) -> Value {
     } else {
         view.previous.as_ref()
     };
-    let last_state = last_run
-        .and_then(terminated)
-        .map(|t| json!({"terminated": t}))
-        .unwrap_or(json!({}));
-    let mut status = json!({
-        "name": view.name,
-        "image": view.image,
-        "imageID": latest.map(|l| l.image.digest.clone()).unwrap_or_default(),
-        "ready": running,
-        "started": running,
-        "restartCount": view.restart_count,
-        "state": state,
-        "lastState": last_state,
-    });
-    if let Some(l) = latest {
-        status["containerID"] = json!(l.uri());
+    core::ContainerStatus {
+        name: view.name.clone(),
+        image: view.image.clone(),
+        image_id: latest.map(|l| l.image.digest.clone()).unwrap_or_default(),
+        ready: running,
+        started: Some(running),
+        restart_count: i32::try_from(view.restart_count).unwrap_or(i32::MAX),
+        state: Some(state),
+        last_state: Some(core::ContainerState {
+            terminated: last_run.and_then(terminated),
+            ..Default::default()
+        }),
+        container_id: latest.map(ContainerStatus::uri),
+        ..Default::default()
     }
-    status
 }
 
 /// Computes the pod's status.
 pub fn pod_status(
-    pod: &Value,
+    pod: &core::Pod,
     views: &[ContainerView],
     host_ip: &str,
     now: DateTime<Utc>,
-) -> Value {
-    let old = pod.get("status").cloned().unwrap_or(json!({}));
-    let now_text = now.to_rfc3339_opts(SecondsFormat::Secs, true);
+) -> core::PodStatus {
+    let old = pod.status.clone().unwrap_or_default();
     let all_finished = !views.is_empty() && views.iter().all(|v| v.finished);
     let any_running = views.iter().any(|v| {
         v.latest
@@ -138,22 +153,22 @@ pub fn pod_status(
     let condition = |kind: &str, ok: bool, reason: Option<&str>| {
         let status = if ok { "True" } else { "False" };
         let previous = old
-            .get("conditions")
-            .and_then(Value::as_array)
-            .and_then(|c| {
-                c.iter()
-                    .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
-            });
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == kind);
         // Keep the transition time unless the condition actually changed.
         let since = previous
-            .filter(|p| p.get("status").and_then(Value::as_str) == Some(status))
-            .and_then(|p| p.get("lastTransitionTime").cloned())
-            .unwrap_or(json!(now_text));
-        let mut c = json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
-        if let Some(r) = reason {
-            c["reason"] = json!(r);
+            .filter(|p| p.status == status)
+            .and_then(|p| p.last_transition_time.clone())
+            .unwrap_or_else(|| time(now));
+        core::PodCondition {
+            type_: kind.to_string(),
+            status: status.to_string(),
+            last_transition_time: Some(since),
+            reason: reason.map(str::to_string),
+            ..Default::default()
         }
-        c
     };
     let not_ready_reason = if phase == "Succeeded" || phase == "Failed" {
         Some("PodCompleted")
@@ -173,27 +188,38 @@ pub fn pod_status(
         condition("ContainersReady", all_ready, not_ready_reason),
         condition("PodScheduled", true, None),
     ];
-    let mut status = json!({
-        "phase": phase,
-        "conditions": conditions,
-        "hostIP": host_ip,
-        "hostIPs": [{"ip": host_ip}],
-        "startTime": old.get("startTime").cloned().unwrap_or(json!(now_text)),
-        "qosClass": old.get("qosClass").cloned().unwrap_or(json!("BestEffort")),
-        "containerStatuses": views.iter().map(container_status).collect::<Vec<_>>(),
-    });
-    for keep in ["podIP", "podIPs", "nominatedNodeName"] {
-        if let Some(v) = old.get(keep) {
-            status[keep] = v.clone();
-        }
+    core::PodStatus {
+        phase: Some(phase.to_string()),
+        conditions: Some(conditions),
+        host_ip: Some(host_ip.to_string()),
+        host_ips: Some(vec![core::HostIP {
+            ip: host_ip.to_string(),
+        }]),
+        start_time: old.start_time.or_else(|| Some(time(now))),
+        qos_class: old.qos_class.or_else(|| Some("BestEffort".to_string())),
+        container_statuses: Some(views.iter().map(container_status).collect()),
+        // Addresses and nominations are not the agent's to decide.
+        pod_ip: old.pod_ip,
+        pod_ips: old.pod_ips,
+        nominated_node_name: old.nominated_node_name,
+        ..Default::default()
     }
-    status
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
     use skiff_runtime::{ExitReason, ImageRef};
+
+    fn typed(pod: Value) -> core::Pod {
+        serde_json::from_value(pod).unwrap()
+    }
+
+    /// The status as the API would store it, for assertions by field name.
+    fn stored(status: core::PodStatus) -> Value {
+        serde_json::to_value(status).unwrap()
+    }
     use std::time::Duration;
 
     fn runtime_status(state: ContainerState, attempt: u32) -> ContainerStatus {
@@ -245,11 +271,11 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2027-01-15T08:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        let pod = json!({"metadata": {"name": "p"}, "spec": {}});
+        let pod = typed(json!({"metadata": {"name": "p"}, "spec": {}}));
         for runtime_name in ["wasm", "containerd"] {
             let mut latest = runtime_status(ContainerState::Running, 0);
             latest.runtime_name = runtime_name;
-            let status = pod_status(&pod, &[view(Some(latest), None, false)], "10.0.0.1", now);
+            let status = stored(pod_status(&pod, &[view(Some(latest), None, false)], "10.0.0.1", now));
             assert_eq!(
                 status["containerStatuses"][0]["containerID"],
                 json!(format!("{runtime_name}://c0"))
@@ -259,7 +285,7 @@ mod tests {
 
     #[test]
     fn phases_follow_container_states() {
-        let pod = json!({"metadata": {"name": "p"}, "status": {"phase": "Pending"}});
+        let pod = typed(json!({"metadata": {"name": "p"}, "status": {"phase": "Pending"}}));
         let now: DateTime<Utc> = "2027-01-01T00:00:00Z".parse().unwrap();
         let cases = [
             (
@@ -305,7 +331,7 @@ mod tests {
             ),
         ];
         for (v, phase, ready) in cases {
-            let status = pod_status(&pod, std::slice::from_ref(&v), "10.0.0.1", now);
+            let status = stored(pod_status(&pod, std::slice::from_ref(&v), "10.0.0.1", now));
             assert_eq!(status["phase"], phase, "{status}");
             let ready_condition = status["conditions"]
                 .as_array()
@@ -330,14 +356,15 @@ mod tests {
             false,
         );
         let first = pod_status(
-            &json!({"metadata": {}}),
+            &typed(json!({"metadata": {}})),
             std::slice::from_ref(&v),
             "10.0.0.1",
             now,
         );
-        let pod = json!({"metadata": {}, "status": first});
+        // Through the stored JSON, as the agent's cache gives it back.
+        let pod = typed(json!({"metadata": {}, "status": stored(first)}));
         let second = pod_status(&pod, std::slice::from_ref(&v), "10.0.0.1", later);
-        assert_eq!(pod["status"], second);
+        assert_eq!(pod.status, Some(second));
     }
 
     #[test]
@@ -352,7 +379,7 @@ mod tests {
             false,
         );
         v.restart_count = 1;
-        let status = pod_status(&json!({}), &[v], "10.0.0.1", now);
+        let status = stored(pod_status(&typed(json!({})), &[v], "10.0.0.1", now));
         let c = &status["containerStatuses"][0];
         assert_eq!(c["state"]["waiting"]["reason"], "CrashLoopBackOff");
         assert_eq!(c["lastState"]["terminated"]["reason"], "OOMKilled");

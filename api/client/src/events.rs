@@ -7,7 +7,25 @@
 //! one's `count` and `lastTimestamp` are bumped (Kubernetes' event aggregation).
 
 use crate::Client;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::{Metadata, Resource};
 use serde_json::{json, Value};
+
+/// What an Event names as its subject: a typed object's type and identifying metadata
+/// (the recorder reads nothing else), for [`Recorder::record`].
+pub fn event_subject<K: Resource + Metadata<Ty = ObjectMeta>>(object: &K) -> Value {
+    let meta = object.metadata();
+    json!({
+        "apiVersion": K::API_VERSION,
+        "kind": K::KIND,
+        "metadata": {
+            "name": meta.name,
+            "namespace": meta.namespace,
+            "uid": meta.uid,
+            "resourceVersion": meta.resource_version,
+        },
+    })
+}
 
 /// Events waiting to be sent before new ones are dropped.
 const QUEUE: usize = 4096;

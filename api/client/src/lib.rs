@@ -235,6 +235,19 @@ impl Client {
         .await
     }
 
+    /// Gets one object decoded as `K` (a `k8s-openapi` kind).
+    pub async fn get_typed<K: serde::de::DeserializeOwned>(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<K, ClientError> {
+        let object = self.get(resource, namespace, name).await?;
+        serde_json::from_value(object).map_err(|e| {
+            ClientError::Decode(format!("{} {name:?}: {e}", resource.kind))
+        })
+    }
+
     /// Gets one object as a server-side Table.
     pub async fn get_table(
         &self,

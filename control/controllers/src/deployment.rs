@@ -10,6 +10,7 @@
 //! and [`execute`], which carries the plan out through a [`ControllerApi`].
 
 use super::api::ControllerApi;
+use super::harness::ControllerLoop;
 use super::replicaset::{Events, RecorderEvents};
 use super::{
     condition_times, controller_uid, event_subject, is_deleting, labels_of, name_of, namespace_of,
@@ -24,8 +25,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Value};
 use skiff_api::clock::SharedClock;
-use skiff_client::controller::{run_until_shutdown, wait_for_sync, Action};
-use skiff_client::events::Recorder;
+use skiff_client::controller::Action;
 use skiff_client::factory::SharedInformerFactory;
 use skiff_client::informer::{Handler, Informer};
 use skiff_client::queue::WorkQueue;
@@ -928,39 +928,30 @@ pub async fn run(
     );
     deployments.add_handler(deployment_handler);
     replicasets.add_handler(rs_handler);
-    factory.start();
-    tokio::pin!(shutdown);
-    if !wait_for_sync(&[&deployments, &replicasets], shutdown.as_mut()).await {
-        return;
-    }
-    let client = factory.client().clone();
-    let events = RecorderEvents {
-        recorder: Recorder::new(client.clone(), "deployment-controller", None),
+    let controller = ControllerLoop {
+        name: "deployment",
+        component: "deployment-controller",
+        workers: config.workers,
+        resync: Duration::from_secs(30),
         clock: clock.clone(),
     };
-    let context = Arc::new(Context {
-        client,
-        deployments,
-        replicasets,
-        events,
-        clock,
-    });
-    let keys = {
-        let context = context.clone();
-        move || context.deployments.keys()
-    };
-    run_until_shutdown(
-        "deployment",
-        queue,
-        config.workers,
-        Some((Duration::from_secs(30), keys)),
-        move |key: String| {
-            let context = context.clone();
-            async move { reconcile(&context, &key).await }
-        },
-        shutdown,
-    )
-    .await;
+    controller
+        .run(
+            &factory,
+            queue,
+            vec![deployments.clone(), replicasets.clone()],
+            |client, events| Context {
+                client,
+                deployments,
+                replicasets,
+                events,
+                clock,
+            },
+            |context: &Context| context.deployments.keys(),
+            |context: Arc<Context>, key: String| async move { reconcile(&context, &key).await },
+            shutdown,
+        )
+        .await;
 }
 
 async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> {

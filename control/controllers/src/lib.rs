@@ -8,6 +8,7 @@ pub mod api;
 pub mod deployment;
 pub mod events;
 pub mod gc;
+pub mod harness;
 pub mod nodelifecycle;
 pub mod replicaset;
 
@@ -17,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, ObjectMeta, OwnerReference, Time,
 };
 use k8s_openapi::{Metadata, Resource};
-use serde_json::{json, Value};
+
 use skiff_api::clock::SharedClock;
 use skiff_client::factory::SharedInformerFactory;
 use std::collections::BTreeMap;
@@ -139,21 +140,7 @@ pub fn owner_reference<K: Resource + Metadata<Ty = ObjectMeta>>(owner: &K) -> Ow
     }
 }
 
-/// What an Event names as its subject: the object's type and identifying metadata
-/// (the recorder reads nothing else).
-pub fn event_subject<K: Resource + Metadata<Ty = ObjectMeta>>(object: &K) -> Value {
-    let meta = object.metadata();
-    json!({
-        "apiVersion": K::API_VERSION,
-        "kind": K::KIND,
-        "metadata": {
-            "name": meta.name,
-            "namespace": meta.namespace,
-            "uid": meta.uid,
-            "resourceVersion": meta.resource_version,
-        },
-    })
-}
+pub use skiff_client::events::event_subject;
 
 pub fn name_of(meta: &ObjectMeta) -> &str {
     meta.name.as_deref().unwrap_or_default()

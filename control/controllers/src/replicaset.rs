@@ -8,6 +8,7 @@
 //! and [`execute`], which carries the plan out through a [`ControllerApi`].
 
 use super::api::ControllerApi;
+use super::harness::ControllerLoop;
 use super::{
     controller_uid, event_subject, is_deleting, key_of, labels_of, name_of, namespace_of,
     owner_reference, pod_is_active, pod_is_available, ready_since, selector_of, uid_of,
@@ -20,7 +21,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{json, Value};
 use skiff_api::clock::SharedClock;
-use skiff_client::controller::{run_until_shutdown, wait_for_sync, Action};
+use skiff_client::controller::Action;
 use skiff_client::events::{EventType, Recorder};
 use skiff_client::factory::SharedInformerFactory;
 use skiff_client::informer::{Handler, Informer};
@@ -623,40 +624,31 @@ pub async fn run(
         factory.informer(&skiff_api::resource::PODS, None, ListOptions::default());
     replicasets.add_handler(rs_handler);
     pods.add_handler(pod_handler);
-    factory.start();
-    tokio::pin!(shutdown);
-    if !wait_for_sync(&[&replicasets, &pods], shutdown.as_mut()).await {
-        return;
-    }
-    let client = factory.client().clone();
-    let events = RecorderEvents {
-        recorder: Recorder::new(client.clone(), "replicaset-controller", None),
+    let controller = ControllerLoop {
+        name: "replicaset",
+        component: "replicaset-controller",
+        workers: config.workers,
+        resync: Duration::from_secs(30),
         clock: clock.clone(),
     };
-    let context = Arc::new(Context {
-        client,
-        replicasets,
-        pods,
-        expectations,
-        events,
-        clock,
-    });
-    let keys = {
-        let context = context.clone();
-        move || context.replicasets.keys()
-    };
-    run_until_shutdown(
-        "replicaset",
-        queue,
-        config.workers,
-        Some((Duration::from_secs(30), keys)),
-        move |key: String| {
-            let context = context.clone();
-            async move { reconcile(&context, &key).await }
-        },
-        shutdown,
-    )
-    .await;
+    controller
+        .run(
+            &factory,
+            queue,
+            vec![replicasets.clone(), pods.clone()],
+            |client, events| Context {
+                client,
+                replicasets,
+                pods,
+                expectations,
+                events,
+                clock,
+            },
+            |context: &Context| context.replicasets.keys(),
+            |context: Arc<Context>, key: String| async move { reconcile(&context, &key).await },
+            shutdown,
+        )
+        .await;
 }
 
 async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> {

@@ -23,7 +23,7 @@ use crate::{
 };
 use engine::{Compiled, NodeEngine};
 use images::ImageStore;
-use logs::ContainerLog;
+use logs::{ContainerLog, LogFiles};
 use skiff_api::clock::SharedClock;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -55,6 +55,9 @@ pub struct WasmRuntimeConfig {
     pub max_concurrent_compiles: usize,
     /// Threads that run guests, apart from the agent's own.
     pub guest_threads: usize,
+    /// Container log files held open at once; the least recently written is closed to
+    /// open another (see [`logs::LogFiles`]).
+    pub max_open_log_files: usize,
     /// Where the times of sandbox and container records come from.
     pub clock: SharedClock,
 }
@@ -69,6 +72,7 @@ impl WasmRuntimeConfig {
             epoch_tick: Duration::from_millis(10),
             max_concurrent_compiles: 2,
             guest_threads: 2,
+            max_open_log_files: 1024,
             clock: skiff_api::clock::system(),
         }
     }
@@ -107,6 +111,7 @@ struct Inner<S> {
     sandbox_index: Mutex<HashMap<SandboxId, Vec<ContainerId>>>,
     /// Guests running now (bounded by `max_instances`).
     running: std::sync::atomic::AtomicUsize,
+    log_files: Arc<LogFiles>,
 }
 
 impl<S> Drop for Inner<S> {
@@ -160,8 +165,10 @@ impl<S: ImageSource> WasmRuntime<S> {
             .enable_all()
             .build()
             .map_err(|e| RuntimeError::Io(format!("cannot start guest threads: {e}")))?;
+        let log_files = LogFiles::new(config.max_open_log_files);
         Ok(WasmRuntime {
             inner: Arc::new(Inner {
+                log_files,
                 config,
                 engine,
                 images,
@@ -400,6 +407,7 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                 .join(&config.name)
                 .join(format!("{}.log", config.attempt));
             let log = ContainerLog::open(
+                &self.inner.log_files,
                 &log_path,
                 config.log_max_bytes.max(1024),
                 config.log_max_files,
