@@ -79,6 +79,23 @@ impl LabelSelector {
         Self::parse(&structured_to_string(selector))
     }
 
+    /// As [`LabelSelector::from_structured`], from the typed object: the same rendering
+    /// and parsing, so both forms accept and refuse the same selectors.
+    pub fn from_typed(
+        selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    ) -> Result<Self, SelectorError> {
+        let labels = selector
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        let expressions = selector.match_expressions.iter().flatten().map(|e| {
+            let values = e.values.iter().flatten().map(String::as_str).collect();
+            (e.key.as_str(), e.operator.as_str(), values)
+        });
+        Self::parse(&render_structured(labels, expressions))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.requirements.is_empty()
     }
@@ -103,31 +120,47 @@ impl LabelSelector {
 /// Renders a structured `metav1.LabelSelector` as the string form (`app=web,tier in (a,b)`),
 /// as the `Scale` subresource and kubectl print it.
 pub fn structured_to_string(selector: &Value) -> String {
-    let mut parts = Vec::new();
-    if let Some(labels) = selector.get("matchLabels").and_then(Value::as_object) {
-        for (k, v) in labels {
-            parts.push(format!("{k}={}", v.as_str().unwrap_or_default()));
-        }
-    }
-    if let Some(exprs) = selector.get("matchExpressions").and_then(Value::as_array) {
-        for e in exprs {
+    let labels = selector
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or_default()));
+    let expressions = selector
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|e| {
             let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
+            let operator = e
+                .get("operator")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             let values: Vec<&str> = e
                 .get("values")
                 .and_then(Value::as_array)
                 .map(|v| v.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
-            match e
-                .get("operator")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-            {
-                "In" => parts.push(format!("{key} in ({})", values.join(","))),
-                "NotIn" => parts.push(format!("{key} notin ({})", values.join(","))),
-                "Exists" => parts.push(key.to_string()),
-                "DoesNotExist" => parts.push(format!("!{key}")),
-                _ => {}
-            }
+            (key, operator, values)
+        });
+    render_structured(labels, expressions)
+}
+
+/// The string form of `matchLabels` and `matchExpressions` (key, operator, values);
+/// expressions with an unknown operator are left out.
+fn render_structured<'a>(
+    labels: impl Iterator<Item = (&'a str, &'a str)>,
+    expressions: impl Iterator<Item = (&'a str, &'a str, Vec<&'a str>)>,
+) -> String {
+    let mut parts: Vec<String> = labels.map(|(k, v)| format!("{k}={v}")).collect();
+    for (key, operator, values) in expressions {
+        match operator {
+            "In" => parts.push(format!("{key} in ({})", values.join(","))),
+            "NotIn" => parts.push(format!("{key} notin ({})", values.join(","))),
+            "Exists" => parts.push(key.to_string()),
+            "DoesNotExist" => parts.push(format!("!{key}")),
+            _ => {}
         }
     }
     parts.join(",")
@@ -387,6 +420,28 @@ mod tests {
         assert_eq!(structured_to_string(&s), "app=web,tier in (a,b)");
         let sel = LabelSelector::from_structured(&s).unwrap();
         assert!(sel.matches(&labels(&[("app", "web"), ("tier", "a")])));
+    }
+
+    #[test]
+    fn typed_selectors_read_as_the_structured_ones() {
+        type Typed = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+        let cases = [
+            json!({"matchLabels": {"app": "web"}, "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["a", "b"]},
+                {"key": "gone", "operator": "DoesNotExist"}]}),
+            json!({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": []}]}),
+            json!({"matchExpressions": [{"key": "tier", "operator": "Sometimes"}]}),
+            json!({"matchLabels": {"app": "not valid"}}),
+            json!({}),
+        ];
+        for case in cases {
+            let typed: Typed = serde_json::from_value(case.clone()).unwrap();
+            assert_eq!(
+                LabelSelector::from_typed(&typed),
+                LabelSelector::from_structured(&case),
+                "{case}"
+            );
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use futures::StreamExt;
 use serde_json::{json, Value};
+use skiff_api::k8s_openapi::api::core::v1::{Node, Pod};
 use skiff_client::{Client, ListOptions};
 use skiff_scheduler::core::{
     feasible_nodes_to_find, node_info, pod_info, pod_requests, schedule_index,
@@ -67,10 +68,17 @@ fn unowned(mut pod: Value) -> Value {
 
 pub async fn run(args: SchedulerArgs) -> Result<()> {
     // In memory: the decision the scheduler makes, with its sampling, over 5,000 nodes.
-    let mut nodes: Vec<_> = (0..args.nodes).map(|i| node_info(&node(i))).collect();
+    // Nodes and pods are typed objects, as the scheduler's informers hold them.
+    let mut nodes: Vec<_> = (0..args.nodes)
+        .map(|i| serde_json::from_value::<Node>(node(i)).map(|n| node_info(&n)))
+        .collect::<Result<_, _>>()
+        .context("decoding the simulated nodes")?;
     let limit = feasible_nodes_to_find(nodes.len());
     // The pods exist before the clock starts, as they do in the scheduler's cache.
-    let pending: Vec<Value> = (0..args.memory_pods).map(pod).collect();
+    let pending: Vec<Pod> = (0..args.memory_pods)
+        .map(|i| serde_json::from_value(pod(i)))
+        .collect::<Result<_, _>>()
+        .context("decoding the simulated pods")?;
     let started = Instant::now();
     for (i, p) in pending.iter().enumerate() {
         let chosen = schedule_index(p, &nodes, i % nodes.len(), limit)

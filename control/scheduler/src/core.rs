@@ -1,8 +1,13 @@
 //! The scheduler's decision as a pure function: filter the nodes a pod can run on, score
 //! the rest, pick the best. No IO and no clock, so every rule is tested with data.
 
-use serde_json::Value;
+use k8s_openapi::api::core::v1::{
+    Container, Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodAffinityTerm, Taint,
+    Toleration,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as KubeQuantity;
 use skiff_api::quantity::Quantity;
+use skiff_api::selector::LabelSelector;
 use std::collections::{BTreeMap, HashMap};
 
 /// Resource amounts the scheduler counts: CPU in millicores, memory in bytes, pods.
@@ -46,7 +51,7 @@ fn fits(requested: u64, extra: u64, allocatable: u64) -> bool {
 pub struct NodeInfo {
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    pub taints: Vec<Value>,
+    pub taints: Vec<Taint>,
     pub ready: bool,
     pub unschedulable: bool,
     pub allocatable: Resources,
@@ -76,43 +81,50 @@ pub struct Unschedulable {
 /// do not parse, so only objects stored before that check can carry one: it counts as
 /// `unreadable`, which callers choose so that the error errs on the safe side (a request
 /// that cannot be read fits nowhere; capacity that cannot be read holds nothing).
-fn quantity(value: Option<&Value>, units: fn(&Quantity) -> u64, unreadable: u64) -> u64 {
-    match value.map(Quantity::from_json) {
+fn quantity(value: Option<&KubeQuantity>, units: fn(&Quantity) -> u64, unreadable: u64) -> u64 {
+    match value.map(Quantity::try_from) {
         None => 0,
         Some(Ok(q)) => units(&q),
         Some(Err(_)) => unreadable,
     }
 }
 
+/// Requests summed over `containers`, and the largest single container's:
+/// `(cpu, memory, max cpu, max memory)`.
+fn container_requests(containers: &[Container]) -> (u64, u64, u64, u64) {
+    let mut total = (0, 0, 0, 0);
+    for c in containers {
+        let resources = c.resources.as_ref();
+        let req = |r: &str, units: fn(&Quantity) -> u64| {
+            // A limit without a request means a request of the same size.
+            let request = resources
+                .and_then(|x| x.requests.as_ref())
+                .and_then(|m| m.get(r));
+            let limit = resources
+                .and_then(|x| x.limits.as_ref())
+                .and_then(|m| m.get(r));
+            quantity(request.or(limit), units, u64::MAX)
+        };
+        let cpu = req("cpu", Quantity::milli_value_clamped);
+        let memory = req("memory", Quantity::value_clamped);
+        // Saturating: two containers asking for `cpu: 1e28` each must not wrap.
+        total.0 = u64::saturating_add(total.0, cpu);
+        total.1 = u64::saturating_add(total.1, memory);
+        total.2 = total.2.max(cpu);
+        total.3 = total.3.max(memory);
+    }
+    total
+}
+
 /// The requests of a pod: the sum over its containers, or the largest init container if
 /// that is more, plus one pod slot.
-pub fn pod_requests(pod: &Value) -> Resources {
-    let sum = |list: &str| -> (u64, u64, u64, u64) {
-        let mut total = (0, 0, 0, 0);
-        for c in pod
-            .pointer(&format!("/spec/{list}"))
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let req = |r: &str, units: fn(&Quantity) -> u64| {
-                // A limit without a request means a request of the same size.
-                let request = c.pointer(&format!("/resources/requests/{r}"));
-                let limit = c.pointer(&format!("/resources/limits/{r}"));
-                quantity(request.or(limit), units, u64::MAX)
-            };
-            let cpu = req("cpu", Quantity::milli_value_clamped);
-            let memory = req("memory", Quantity::value_clamped);
-            // Saturating: two containers asking for `cpu: 1e28` each must not wrap.
-            total.0 = u64::saturating_add(total.0, cpu);
-            total.1 = u64::saturating_add(total.1, memory);
-            total.2 = total.2.max(cpu);
-            total.3 = total.3.max(memory);
-        }
-        total
-    };
-    let app = sum("containers");
-    let init = sum("initContainers");
+pub fn pod_requests(pod: &Pod) -> Resources {
+    let spec = pod.spec.as_ref();
+    let app = container_requests(spec.map(|s| s.containers.as_slice()).unwrap_or_default());
+    let init = container_requests(
+        spec.and_then(|s| s.init_containers.as_deref())
+            .unwrap_or_default(),
+    );
     Resources {
         cpu_millis: app.0.max(init.2),
         memory_bytes: app.1.max(init.3),
@@ -121,34 +133,22 @@ pub fn pod_requests(pod: &Value) -> Resources {
 }
 
 /// Reads a node object into what the scheduler needs (requests are added by the caller).
-pub fn node_info(node: &Value) -> NodeInfo {
-    let labels = skiff_api::selector::labels_of(node);
-    let ready = node
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .and_then(|c| {
-            c.iter()
-                .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
-        })
-        .and_then(|c| c.get("status").and_then(Value::as_str))
-        == Some("True");
+pub fn node_info(node: &Node) -> NodeInfo {
+    let (spec, status) = (node.spec.as_ref(), node.status.as_ref());
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True");
+    let allocatable = status.and_then(|s| s.allocatable.as_ref());
     let alloc = |r: &str, units: fn(&Quantity) -> u64| {
-        quantity(node.pointer(&format!("/status/allocatable/{r}")), units, 0)
+        quantity(allocatable.and_then(|a| a.get(r)), units, 0)
     };
     NodeInfo {
-        name: node
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
-        labels,
-        taints: node
-            .pointer("/spec/taints")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default(),
+        name: node.metadata.name.clone().unwrap_or_default(),
+        labels: node.metadata.labels.clone().unwrap_or_default(),
+        taints: spec.and_then(|s| s.taints.clone()).unwrap_or_default(),
         ready,
-        unschedulable: node.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true),
+        unschedulable: spec.and_then(|s| s.unschedulable) == Some(true),
         allocatable: Resources {
             cpu_millis: alloc("cpu", Quantity::milli_value_clamped),
             memory_bytes: alloc("memory", Quantity::value_clamped),
@@ -160,111 +160,76 @@ pub fn node_info(node: &Value) -> NodeInfo {
 }
 
 /// The controller owner UID of a pod.
-pub fn controller_of(pod: &Value) -> Option<String> {
-    pod.pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)?
+pub fn controller_of(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .owner_references
         .iter()
-        .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
-        .and_then(|r| r.get("uid").and_then(Value::as_str))
-        .map(str::to_string)
+        .flatten()
+        .find(|r| r.controller == Some(true))
+        .map(|r| r.uid.as_str())
 }
 
-pub fn pod_info(pod: &Value) -> PodInfo {
+/// What spreading and affinity need of a placed pod.
+pub fn pod_info(pod: &Pod) -> PodInfo {
     PodInfo {
-        namespace: pod
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
-        labels: skiff_api::selector::labels_of(pod),
-        owner: controller_of(pod),
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        owner: controller_of(pod).map(str::to_string),
     }
 }
 
-fn tolerates(tolerations: &[Value], taint: &Value) -> bool {
-    let key = taint.get("key").and_then(Value::as_str).unwrap_or_default();
-    let value = taint
-        .get("value")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let effect = taint
-        .get("effect")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
+    let value = taint.value.as_deref().unwrap_or_default();
     tolerations.iter().any(|t| {
-        let t_effect = t.get("effect").and_then(Value::as_str).unwrap_or_default();
-        let t_key = t.get("key").and_then(Value::as_str).unwrap_or_default();
-        let operator = t.get("operator").and_then(Value::as_str).unwrap_or("Equal");
-        let effect_ok = t_effect.is_empty() || t_effect == effect;
-        let key_ok = t_key.is_empty() && operator == "Exists" || t_key == key;
-        let value_ok = operator == "Exists"
-            || t.get("value").and_then(Value::as_str).unwrap_or_default() == value;
+        let t_effect = t.effect.as_deref().unwrap_or_default();
+        let t_key = t.key.as_deref().unwrap_or_default();
+        let operator = t.operator.as_deref().unwrap_or("Equal");
+        let effect_ok = t_effect.is_empty() || t_effect == taint.effect;
+        let key_ok = t_key.is_empty() && operator == "Exists" || t_key == taint.key;
+        let value_ok = operator == "Exists" || t.value.as_deref().unwrap_or_default() == value;
         effect_ok && key_ok && value_ok
     })
 }
 
-fn match_expression(labels: &BTreeMap<String, String>, expr: &Value) -> bool {
-    let key = expr.get("key").and_then(Value::as_str).unwrap_or_default();
-    match_value(labels.get(key), expr)
+fn match_expression(labels: &BTreeMap<String, String>, expr: &NodeSelectorRequirement) -> bool {
+    match_value(labels.get(&expr.key), expr)
 }
 
 /// Applies a node selector requirement's operator and values to one actual value.
-fn match_value(actual: Option<&String>, expr: &Value) -> bool {
-    let values = || -> Vec<&str> {
-        expr.get("values")
-            .and_then(Value::as_array)
-            .map(|v| v.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default()
-    };
+fn match_value(actual: Option<&String>, expr: &NodeSelectorRequirement) -> bool {
+    let values = expr.values.as_deref().unwrap_or_default();
     let number = |v: &str| v.parse::<i64>().ok();
-    match expr
-        .get("operator")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-    {
-        "In" => actual.is_some_and(|a| values().contains(&a.as_str())),
-        "NotIn" => actual.is_none_or(|a| !values().contains(&a.as_str())),
+    let compared = || {
+        actual
+            .and_then(|a| number(a))
+            .zip(values.first().and_then(|v| number(v)))
+    };
+    match expr.operator.as_str() {
+        "In" => actual.is_some_and(|a| values.contains(a)),
+        "NotIn" => actual.is_none_or(|a| !values.contains(a)),
         "Exists" => actual.is_some(),
         "DoesNotExist" => actual.is_none(),
-        "Gt" => actual
-            .and_then(|a| number(a))
-            .zip(values().first().and_then(|v| number(v)))
-            .is_some_and(|(a, v)| a > v),
-        "Lt" => actual
-            .and_then(|a| number(a))
-            .zip(values().first().and_then(|v| number(v)))
-            .is_some_and(|(a, v)| a < v),
+        "Gt" => compared().is_some_and(|(a, v)| a > v),
+        "Lt" => compared().is_some_and(|(a, v)| a < v),
         _ => false,
     }
 }
 
-fn matches_node_affinity(terms: Option<&Vec<Value>>, node: &NodeInfo) -> bool {
+fn matches_node_affinity(terms: Option<&[NodeSelectorTerm]>, node: &NodeInfo) -> bool {
     let Some(terms) = terms else {
         return true;
     };
-    let empty = Vec::new();
     // Terms are ORed; expressions within a term are ANDed.
     terms.iter().any(|term| {
-        let exprs = term
-            .get("matchExpressions")
-            .and_then(Value::as_array)
-            .unwrap_or(&empty);
-        let fields = term
-            .get("matchFields")
-            .and_then(Value::as_array)
-            .unwrap_or(&empty);
+        let exprs = term.match_expressions.as_deref().unwrap_or_default();
+        let fields = term.match_fields.as_deref().unwrap_or_default();
         (!exprs.is_empty() || !fields.is_empty())
             && exprs.iter().all(|e| match_expression(&node.labels, e))
             && fields.iter().all(|e| {
                 // The only field Kubernetes allows here is metadata.name.
-                e.get("key").and_then(Value::as_str) == Some("metadata.name")
-                    && match_value(Some(&node.name), e)
+                e.key == "metadata.name" && match_value(Some(&node.name), e)
             })
     })
-}
-
-fn selector_matches(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
-    skiff_api::selector::LabelSelector::from_structured(selector).is_ok_and(|s| s.matches(labels))
 }
 
 /// Topology value of a node for `key` (`kubernetes.io/hostname` defaults to the name).
@@ -275,77 +240,110 @@ fn topology(node: &NodeInfo, key: &str) -> Option<String> {
         .or_else(|| (key == "kubernetes.io/hostname").then(|| node.name.clone()))
 }
 
-/// Whether a term (`labelSelector`, `namespaces`, `topologyKey`) is satisfied by some pod
-/// in the same topology domain as `node`.
-fn term_satisfied(term: &Value, pod_namespace: &str, node: &NodeInfo, nodes: &[NodeInfo]) -> bool {
-    let key = term
-        .get("topologyKey")
-        .and_then(Value::as_str)
-        .unwrap_or("kubernetes.io/hostname");
-    let Some(domain) = topology(node, key) else {
-        return false;
-    };
-    let selector = term.get("labelSelector").cloned().unwrap_or(Value::Null);
-    let namespaces: Vec<&str> = term
-        .get("namespaces")
-        .and_then(Value::as_array)
-        .map(|n| n.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    nodes
-        .iter()
-        .filter(|n| topology(n, key).as_deref() == Some(domain.as_str()))
-        .any(|n| {
-            n.pods.iter().any(|p| {
-                let ns_ok = if namespaces.is_empty() {
-                    p.namespace == pod_namespace
-                } else {
-                    namespaces.contains(&p.namespace.as_str())
-                };
-                ns_ok && !selector.is_null() && selector_matches(&selector, &p.labels)
+/// A required pod (anti-)affinity term, its selector parsed once per decision rather
+/// than once per pod looked at.
+struct AffinityTerm<'a> {
+    /// The typed term holds an absent `topologyKey` as empty (validation refuses both),
+    /// which names no domain.
+    topology_key: &'a str,
+    /// `None` for a term without a selector or with one that does not parse: such a term
+    /// matches no pod.
+    selector: Option<LabelSelector>,
+    namespaces: &'a [String],
+}
+
+impl<'a> AffinityTerm<'a> {
+    fn new(term: &'a PodAffinityTerm) -> Self {
+        AffinityTerm {
+            topology_key: &term.topology_key,
+            selector: term
+                .label_selector
+                .as_ref()
+                .and_then(|s| LabelSelector::from_typed(s).ok()),
+            namespaces: term.namespaces.as_deref().unwrap_or_default(),
+        }
+    }
+
+    /// Whether the term (`labelSelector`, `namespaces`, `topologyKey`) is satisfied by
+    /// some pod in the same topology domain as `node`.
+    fn satisfied(&self, pod_namespace: &str, node: &NodeInfo, nodes: &[NodeInfo]) -> bool {
+        let key = self.topology_key;
+        let Some(domain) = topology(node, key) else {
+            return false;
+        };
+        let Some(selector) = &self.selector else {
+            return false;
+        };
+        nodes
+            .iter()
+            .filter(|n| topology(n, key).as_deref() == Some(domain.as_str()))
+            .any(|n| {
+                n.pods.iter().any(|p| {
+                    let ns_ok = if self.namespaces.is_empty() {
+                        p.namespace == pod_namespace
+                    } else {
+                        self.namespaces.contains(&p.namespace)
+                    };
+                    ns_ok && selector.matches(&p.labels)
+                })
             })
-        })
+    }
 }
 
-fn required_terms<'a>(pod: &'a Value, kind: &str) -> Vec<&'a Value> {
-    pod.get("spec")
-        .and_then(|s| s.get("affinity"))
-        .and_then(|a| a.get(kind))
-        .and_then(|k| k.get("requiredDuringSchedulingIgnoredDuringExecution"))
-        .and_then(Value::as_array)
-        .map(|t| t.iter().collect())
-        .unwrap_or_default()
-}
-
-/// What the filters and scores need from a pod, read from its JSON once per decision
-/// rather than once per node.
+/// What the filters and scores need from a pod, read from it once per decision rather
+/// than once per node.
 pub struct PodQuery<'a> {
     pub requests: Resources,
-    tolerations: &'a [Value],
-    node_selector: Vec<(&'a str, &'a str)>,
-    node_affinity: Option<&'a Vec<Value>>,
-    pod_affinity: Vec<&'a Value>,
-    pod_anti_affinity: Vec<&'a Value>,
+    tolerations: &'a [Toleration],
+    node_selector: Option<&'a BTreeMap<String, String>>,
+    node_affinity: Option<&'a [NodeSelectorTerm]>,
+    pod_affinity: Vec<AffinityTerm<'a>>,
+    pod_anti_affinity: Vec<AffinityTerm<'a>>,
     namespace: &'a str,
-    owner: Option<String>,
+    owner: Option<&'a str>,
 }
 
 impl<'a> PodQuery<'a> {
-    pub fn new(pod: &'a Value) -> Self {
-        let spec = pod.get("spec");
+    pub fn new(pod: &'a Pod) -> Self {
+        let spec = pod.spec.as_ref();
+        let affinity = spec.and_then(|s| s.affinity.as_ref());
+        let terms = |required: Option<&'a Vec<PodAffinityTerm>>| -> Vec<AffinityTerm<'a>> {
+            required
+                .into_iter()
+                .flatten()
+                .map(AffinityTerm::new)
+                .collect()
+        };
         PodQuery {
             requests: pod_requests(pod),
-            tolerations: spec.and_then(|s| s.get("tolerations")).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]),
-            node_selector: spec
-                .and_then(|s| s.get("nodeSelector"))
-                .and_then(Value::as_object)
-                .map(|m| m.iter().map(|(k, v)| (k.as_str(), v.as_str().unwrap_or_default())).collect())
+            tolerations: spec
+                .and_then(|s| s.tolerations.as_deref())
                 .unwrap_or_default(),
-            node_affinity: spec
-                .and_then(|s| s.pointer("/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms"))
-                .and_then(Value::as_array),
-            pod_affinity: required_terms(pod, "podAffinity"),
-            pod_anti_affinity: required_terms(pod, "podAntiAffinity"),
-            namespace: pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default"),
+            node_selector: spec.and_then(|s| s.node_selector.as_ref()),
+            node_affinity: affinity
+                .and_then(|a| a.node_affinity.as_ref())
+                .and_then(|a| {
+                    a.required_during_scheduling_ignored_during_execution
+                        .as_ref()
+                })
+                .map(|s| s.node_selector_terms.as_slice()),
+            pod_affinity: terms(
+                affinity
+                    .and_then(|a| a.pod_affinity.as_ref())
+                    .and_then(|a| {
+                        a.required_during_scheduling_ignored_during_execution
+                            .as_ref()
+                    }),
+            ),
+            pod_anti_affinity: terms(
+                affinity
+                    .and_then(|a| a.pod_anti_affinity.as_ref())
+                    .and_then(|a| {
+                        a.required_during_scheduling_ignored_during_execution
+                            .as_ref()
+                    }),
+            ),
+            namespace: pod.metadata.namespace.as_deref().unwrap_or("default"),
             owner: controller_of(pod),
         }
     }
@@ -359,18 +357,17 @@ impl<'a> PodQuery<'a> {
             return Err("node(s) were unschedulable");
         }
         for taint in &node.taints {
-            let effect = taint
-                .get("effect")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            if matches!(effect, "NoSchedule" | "NoExecute") && !tolerates(self.tolerations, taint) {
+            if matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute")
+                && !tolerates(self.tolerations, taint)
+            {
                 return Err("node(s) had untolerated taint");
             }
         }
         if !self
             .node_selector
-            .iter()
-            .all(|(k, v)| node.labels.get(*k).map(String::as_str) == Some(*v))
+            .into_iter()
+            .flatten()
+            .all(|(k, v)| node.labels.get(k) == Some(v))
         {
             return Err("node(s) didn't match Pod's node affinity/selector");
         }
@@ -397,12 +394,12 @@ impl<'a> PodQuery<'a> {
             return Err("Insufficient memory");
         }
         for term in &self.pod_affinity {
-            if !term_satisfied(term, self.namespace, node, nodes) {
+            if !term.satisfied(self.namespace, node, nodes) {
                 return Err("node(s) didn't match pod affinity rules");
             }
         }
         for term in &self.pod_anti_affinity {
-            if term_satisfied(term, self.namespace, node, nodes) {
+            if term.satisfied(self.namespace, node, nodes) {
                 return Err("node(s) didn't match pod anti-affinity rules");
             }
         }
@@ -430,7 +427,7 @@ impl<'a> PodQuery<'a> {
             self.requests.memory_bytes,
             node.allocatable.memory_bytes,
         )) / 2;
-        let same_owner = self.owner.as_deref().map_or(0, |o| {
+        let same_owner = self.owner.map_or(0, |o| {
             node.pods
                 .iter()
                 .filter(|p| p.owner.as_deref() == Some(o))
@@ -443,18 +440,18 @@ impl<'a> PodQuery<'a> {
 }
 
 /// The first filter a node fails for `pod` (see [`PodQuery::filter`]).
-pub fn filter(pod: &Value, node: &NodeInfo, nodes: &[NodeInfo]) -> Result<(), &'static str> {
+pub fn filter(pod: &Pod, node: &NodeInfo, nodes: &[NodeInfo]) -> Result<(), &'static str> {
     PodQuery::new(pod).filter(node, nodes)
 }
 
 /// The score of a node for `pod` (see [`PodQuery::score`]).
-pub fn score(pod: &Value, node: &NodeInfo) -> i64 {
+pub fn score(pod: &Pod, node: &NodeInfo) -> i64 {
     PodQuery::new(pod).score(node)
 }
 
 /// Picks the node for `pod`, or says why none fits. Ties go to the node whose name
 /// sorts first, so decisions are reproducible.
-pub fn schedule(pod: &Value, nodes: &[NodeInfo]) -> Result<String, Unschedulable> {
+pub fn schedule(pod: &Pod, nodes: &[NodeInfo]) -> Result<String, Unschedulable> {
     schedule_sampled(pod, nodes, 0, usize::MAX)
 }
 
@@ -472,7 +469,7 @@ pub fn feasible_nodes_to_find(total: usize) -> usize {
 /// As [`schedule`], looking at nodes from `start` round the list and stopping once
 /// `limit` feasible nodes were found (so large clusters cost what a sample costs).
 pub fn schedule_sampled(
-    pod: &Value,
+    pod: &Pod,
     nodes: &[NodeInfo],
     start: usize,
     limit: usize,
@@ -482,7 +479,7 @@ pub fn schedule_sampled(
 
 /// As [`schedule_sampled`], returning the chosen node's index in `nodes`.
 pub fn schedule_index(
-    pod: &Value,
+    pod: &Pod,
     nodes: &[NodeInfo],
     start: usize,
     limit: usize,
@@ -534,7 +531,12 @@ pub fn schedule_index(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    /// A typed object from JSON, so the tables below stay readable.
+    fn typed<T: serde::de::DeserializeOwned>(value: Value) -> T {
+        serde_json::from_value(value).unwrap()
+    }
 
     fn node(name: &str, labels: &[(&str, &str)]) -> NodeInfo {
         NodeInfo {
@@ -553,14 +555,18 @@ mod tests {
         }
     }
 
-    fn pod(spec: Value) -> Value {
-        json!({"metadata": {"name": "p", "namespace": "default", "labels": {"app": "web"}}, "spec": spec})
+    fn pod(spec: Value) -> Pod {
+        typed(
+            json!({"metadata": {"name": "p", "namespace": "default", "labels": {"app": "web"}}, "spec": spec}),
+        )
     }
 
     #[test]
     fn data_driven_filters() {
         let mut tainted = node("tainted", &[]);
-        tainted.taints = vec![json!({"key": "dedicated", "value": "edge", "effect": "NoSchedule"})];
+        tainted.taints = vec![typed(
+            json!({"key": "dedicated", "value": "edge", "effect": "NoSchedule"}),
+        )];
         let mut full = node("full", &[]);
         full.requested = Resources {
             cpu_millis: 1900,
@@ -635,12 +641,16 @@ mod tests {
     #[test]
     fn replicas_spread_and_anti_affinity_separates() {
         let owner = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "rs-1", "controller": true}]);
-        let replica = json!({"metadata": {"name": "r", "namespace": "default", "labels": {"app": "web"}, "ownerReferences": owner}, "spec": {"containers": []}});
+        let replica: Pod = typed(
+            json!({"metadata": {"name": "r", "namespace": "default", "labels": {"app": "web"}, "ownerReferences": owner}, "spec": {"containers": []}}),
+        );
         let mut a = node("a", &[]);
         a.pods.push(pod_info(&replica));
         let b = node("b", &[]);
         assert_eq!(schedule(&replica, &[a.clone(), b.clone()]).unwrap(), "b");
-        let anti = json!({"metadata": {"name": "x", "namespace": "default", "labels": {"app": "web"}}, "spec": {"containers": [], "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}]}}}});
+        let anti: Pod = typed(
+            json!({"metadata": {"name": "x", "namespace": "default", "labels": {"app": "web"}}, "spec": {"containers": [], "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}]}}}}),
+        );
         let mut b_busy = b.clone();
         b_busy.pods.push(pod_info(&replica));
         let err = schedule(&anti, &[a.clone(), b_busy]).unwrap_err();
@@ -650,7 +660,9 @@ mod tests {
             "{}",
             err.message
         );
-        let with = json!({"metadata": {"name": "y", "namespace": "default"}, "spec": {"containers": [], "affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}]}}}});
+        let with: Pod = typed(
+            json!({"metadata": {"name": "y", "namespace": "default"}, "spec": {"containers": [], "affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}]}}}}),
+        );
         assert_eq!(schedule(&with, &[a, b]).unwrap(), "a");
     }
 
@@ -718,7 +730,9 @@ mod tests {
         "initContainers": [{"name": "i", "resources": {"requests": {"cpu": "3", "memory": "1Gi"}}}],
         "containers": [
             {"name": "a", "resources": {"requests": {"cpu": "1.5", "memory": "64Mi"}}},
-            {"name": "b", "resources": {"limits": {"cpu": 0.25, "memory": "1e3"}}},
+            // A bare `0.25` is stored as this string by the API server (see
+            // `skiff_api::object`); the typed object holds quantities as text.
+            {"name": "b", "resources": {"limits": {"cpu": "0.25", "memory": "1e3"}}},
             {"name": "c", "resources": {"requests": {"cpu": "0", "memory": "-1"}}},
         ]})));
         assert_eq!(
@@ -738,8 +752,8 @@ mod tests {
             json!({"containers": [{"name": "a", "resources": {"requests": {"cpu": "abc"}}}]}),
         ));
         assert_eq!(unreadable.cpu_millis, u64::MAX);
-        let info = node_info(&json!({"metadata": {"name": "n"},
-            "status": {"allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110"}}}));
+        let info = node_info(&typed(json!({"metadata": {"name": "n"},
+            "status": {"allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110"}}})));
         assert_eq!(
             info.allocatable,
             Resources {

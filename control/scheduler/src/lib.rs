@@ -82,9 +82,7 @@ impl Snapshot {
     }
 
     fn upsert_node(&mut self, node: &Node) {
-        // The decision reads nodes as JSON; nodes change rarely, so converting each
-        // change once is cheap.
-        let mut info = node_info(&serde_json::to_value(node).unwrap_or_default());
+        let mut info = node_info(node);
         match self.index.get(&info.name) {
             Some(&i) => {
                 info.requested = self.nodes[i].requested;
@@ -151,29 +149,13 @@ fn needs_scheduling(pod: &Pod) -> bool {
         && !is_terminal(pod)
 }
 
-/// What spreading and affinity need of a placed pod, read from the typed object.
-fn typed_pod_info(pod: &Pod) -> PodInfo {
-    PodInfo {
-        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
-        owner: pod
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|r| r.controller == Some(true))
-            .map(|r| r.uid.clone()),
-    }
-}
-
-/// A pod's placement on `node`. Requests are read through the decision's JSON form;
-/// callers do this once per pod and placement, not on every status change.
+/// A pod's placement on `node`. Callers do this once per pod and placement, not on
+/// every status change.
 fn placement(pod: &Pod, node: String) -> Placement {
-    let value = serde_json::to_value(pod).unwrap_or_default();
     Placement {
         node,
-        requests: pod_requests(&value),
-        info: typed_pod_info(pod),
+        requests: pod_requests(pod),
+        info: pod_info(pod),
     }
 }
 
@@ -309,25 +291,16 @@ impl Scheduling<'_> {
             // Bound by this scheduler already; the cache has not caught up yet.
             return Ok(());
         }
-        // The decision reads the pod as JSON: one conversion per decision.
-        let pod_value = serde_json::to_value(&*pod).unwrap_or_default();
         let decision = {
             let mut s = lock(self.snapshot);
             let total = s.nodes.len();
             let start = s.next_start;
             s.next_start = if total == 0 { 0 } else { (start + 1) % total };
             let limit = feasible_nodes_to_find(total);
-            let decision = schedule_sampled(&pod_value, &s.nodes, start, limit);
+            let decision = schedule_sampled(&pod, &s.nodes, start, limit);
             if let Ok(node) = &decision {
                 // Count the pod on its node now, so the next decision sees it.
-                s.add_placement(
-                    key,
-                    Placement {
-                        node: node.clone(),
-                        requests: pod_requests(&pod_value),
-                        info: pod_info(&pod_value),
-                    },
-                );
+                s.add_placement(key, placement(&pod, node.clone()));
             }
             decision
         };
