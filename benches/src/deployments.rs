@@ -185,15 +185,25 @@ pub async fn run(args: DeploymentArgs) -> Result<()> {
 
     // The peer: etcd writing what Kubernetes would store for these pods.
     let pods = client
-        .list(&skiff_api::resource::PODS, Some("default"), &ListOptions::default())
+        .list(
+            &skiff_api::resource::PODS,
+            Some("default"),
+            &ListOptions::default(),
+        )
         .await?;
     let pods: Vec<Value> = pods["items"].as_array().cloned().unwrap_or_default();
     drop(up);
-    let etcd = std::sync::Arc::new(crate::etcd::Etcd::start(&args.etcd, &dir.path().join("etcd")).await?);
+    let etcd =
+        std::sync::Arc::new(crate::etcd::Etcd::start(&args.etcd, &dir.path().join("etcd")).await?);
     let versions: Vec<Vec<Vec<u8>>> = pods.iter().map(stored_versions).collect();
     let names: Vec<String> = pods
         .iter()
-        .map(|p| p["metadata"]["name"].as_str().unwrap_or_default().to_string())
+        .map(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
         .collect();
     let count = versions.len();
     let floor = etcd

@@ -34,7 +34,12 @@ impl Etcd {
             Command::new(binary)
                 .arg("--data-dir")
                 .arg(data_dir)
-                .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+                .args([
+                    "--listen-client-urls",
+                    &url,
+                    "--advertise-client-urls",
+                    &url,
+                ])
                 .args(["--listen-peer-urls", &peer])
                 .args(["--initial-advertise-peer-urls", &peer])
                 .args(["--initial-cluster", &format!("default={peer}")])

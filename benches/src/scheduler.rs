@@ -211,10 +211,14 @@ pub async fn run(args: SchedulerArgs) -> Result<()> {
             }
             let name = bound["metadata"]["name"].as_str().unwrap_or_default();
             let encode = |v: &Value| serde_json::to_vec(v).unwrap_or_default();
-            (format!("/registry/pods/default/{name}"), vec![encode(&created), encode(bound)])
+            (
+                format!("/registry/pods/default/{name}"),
+                vec![encode(&created), encode(bound)],
+            )
         })
         .collect();
-    let etcd = std::sync::Arc::new(crate::etcd::Etcd::start(&args.etcd, &dir.path().join("etcd")).await?);
+    let etcd =
+        std::sync::Arc::new(crate::etcd::Etcd::start(&args.etcd, &dir.path().join("etcd")).await?);
     let count = versions.len();
     let versions = std::sync::Arc::new(versions);
     let keys = versions.clone();

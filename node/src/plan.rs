@@ -57,7 +57,7 @@ pub enum SyncAction {
         message: String,
     },
     /// Writes the pod's status (only planned when it differs from the stored one).
-    WriteStatus(core::PodStatus),
+    WriteStatus(Box<core::PodStatus>),
     /// Sync again at `until` (a back-off ends).
     WaitBackoff { until: SystemTime },
 }
@@ -115,7 +115,11 @@ impl PodRef<'_> {
     }
 
     fn namespace(&self) -> &str {
-        self.object.metadata.namespace.as_deref().unwrap_or_default()
+        self.object
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or_default()
     }
 
     fn name(&self) -> &str {
@@ -337,7 +341,7 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<SyncAction> {
     if !actions.iter().any(SyncAction::changes_runtime) {
         let status = pod_status(pod.object, &views, input.host_ip, input.now.into());
         if pod.object.status.as_ref() != Some(&status) {
-            actions.push(SyncAction::WriteStatus(status));
+            actions.push(SyncAction::WriteStatus(Box::new(status)));
         }
     }
     if let Some(until) = wake {
@@ -431,7 +435,7 @@ fn plan_unresolved(
     }
     let status = pod_status(pod.object, &views, input.host_ip, input.now.into());
     if pod.object.status.as_ref() != Some(&status) {
-        actions.push(SyncAction::WriteStatus(status));
+        actions.push(SyncAction::WriteStatus(Box::new(status)));
     }
     // The class may be created (or a backend registered) later.
     actions.push(SyncAction::WaitBackoff {
@@ -593,24 +597,24 @@ mod tests {
                 SyncAction::WriteStatus(status) => {
                     let status = serde_json::to_value(status).unwrap();
                     format!(
-                    "WriteStatus {} {}",
-                    status["phase"].as_str().unwrap_or_default(),
-                    status["containerStatuses"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|c| {
-                            let state = c["state"].as_object().and_then(|s| s.iter().next());
-                            match state {
-                                Some((k, v)) => match v["reason"].as_str() {
-                                    Some(r) => format!("{k}:{r}"),
-                                    None => k.clone(),
-                                },
-                                None => "?".into(),
-                            }
-                        })
-                        .collect::<Vec<_>>()
-                        .join(",")
+                        "WriteStatus {} {}",
+                        status["phase"].as_str().unwrap_or_default(),
+                        status["containerStatuses"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|c| {
+                                let state = c["state"].as_object().and_then(|s| s.iter().next());
+                                match state {
+                                    Some((k, v)) => match v["reason"].as_str() {
+                                        Some(r) => format!("{k}:{r}"),
+                                        None => k.clone(),
+                                    },
+                                    None => "?".into(),
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                            .join(",")
                     )
                 }
                 SyncAction::WaitBackoff { until } => format!(

@@ -99,7 +99,11 @@ impl SourceReader<'_> {
                     .get_typed(&skiff_api::resource::CONFIG_MAPS, namespace, name)
                     .await
                     .map_err(failed)?;
-                let text = map.data.into_iter().flatten().map(|(k, v)| (k, v.into_bytes()));
+                let text = map
+                    .data
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k, v.into_bytes()));
                 let binary_data = map
                     .binary_data
                     .filter(|_| binary)
@@ -170,9 +174,14 @@ async fn container_env(
             continue;
         };
         let references = [
-            from.config_map_key_ref
-                .as_ref()
-                .map(|r| (Source::ConfigMap, r.name.as_str(), r.key.as_str(), r.optional)),
+            from.config_map_key_ref.as_ref().map(|r| {
+                (
+                    Source::ConfigMap,
+                    r.name.as_str(),
+                    r.key.as_str(),
+                    r.optional,
+                )
+            }),
             from.secret_key_ref
                 .as_ref()
                 .map(|r| (Source::Secret, r.name.as_str(), r.key.as_str(), r.optional)),
@@ -424,7 +433,7 @@ impl PodSyncer {
                 }
                 SyncAction::WriteStatus(status) => {
                     if let Some(pod) = pod {
-                        self.write_status(pod, status).await?;
+                        self.write_status(pod, *status).await?;
                     }
                 }
                 SyncAction::WaitBackoff { until } => {
@@ -713,7 +722,11 @@ impl PodSyncer {
         }
     }
 
-    async fn write_status(&self, pod: &core::Pod, status: core::PodStatus) -> Result<(), SyncError> {
+    async fn write_status(
+        &self,
+        pod: &core::Pod,
+        status: core::PodStatus,
+    ) -> Result<(), SyncError> {
         let pods = &skiff_api::resource::PODS;
         let mut updated = pod.clone();
         updated.status = Some(status);
@@ -912,9 +925,10 @@ mod tests {
             .execute(Some(&pod), "default", "web", actions)
             .await
             .unwrap();
-        pod.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
-        ));
+        pod.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+            ));
         let actions = runtime_plan(&syncer, &pod).await;
         syncer
             .execute(Some(&pod), "default", "web", actions)

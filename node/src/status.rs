@@ -152,11 +152,7 @@ pub fn pod_status(
         });
     let condition = |kind: &str, ok: bool, reason: Option<&str>| {
         let status = if ok { "True" } else { "False" };
-        let previous = old
-            .conditions
-            .iter()
-            .flatten()
-            .find(|c| c.type_ == kind);
+        let previous = old.conditions.iter().flatten().find(|c| c.type_ == kind);
         // Keep the transition time unless the condition actually changed.
         let since = previous
             .filter(|p| p.status == status)
@@ -275,7 +271,12 @@ mod tests {
         for runtime_name in ["wasm", "containerd"] {
             let mut latest = runtime_status(ContainerState::Running, 0);
             latest.runtime_name = runtime_name;
-            let status = stored(pod_status(&pod, &[view(Some(latest), None, false)], "10.0.0.1", now));
+            let status = stored(pod_status(
+                &pod,
+                &[view(Some(latest), None, false)],
+                "10.0.0.1",
+                now,
+            ));
             assert_eq!(
                 status["containerStatuses"][0]["containerID"],
                 json!(format!("{runtime_name}://c0"))

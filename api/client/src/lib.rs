@@ -243,9 +243,8 @@ impl Client {
         name: &str,
     ) -> Result<K, ClientError> {
         let object = self.get(resource, namespace, name).await?;
-        serde_json::from_value(object).map_err(|e| {
-            ClientError::Decode(format!("{} {name:?}: {e}", resource.kind))
-        })
+        serde_json::from_value(object)
+            .map_err(|e| ClientError::Decode(format!("{} {name:?}: {e}", resource.kind)))
     }
 
     /// Gets one object as a server-side Table.

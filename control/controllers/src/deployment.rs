@@ -929,6 +929,8 @@ pub async fn run(
     deployments.add_handler(deployment_handler);
     replicasets.add_handler(rs_handler);
     let controller = ControllerLoop {
+        factory: &factory,
+        queue,
         name: "deployment",
         component: "deployment-controller",
         workers: config.workers,
@@ -937,8 +939,6 @@ pub async fn run(
     };
     controller
         .run(
-            &factory,
-            queue,
             vec![deployments.clone(), replicasets.clone()],
             |client, events| Context {
                 client,

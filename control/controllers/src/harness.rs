@@ -14,8 +14,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// One controller's loop settings.
-pub struct ControllerLoop {
+/// One controller's loop: where its caches come from, its queue and its settings.
+pub struct ControllerLoop<'a> {
+    pub factory: &'a SharedInformerFactory,
+    pub queue: WorkQueue,
     /// The loop's name in logs (`deployment`).
     pub name: &'static str,
     /// The component its Events are reported by (`deployment-controller`).
@@ -26,14 +28,12 @@ pub struct ControllerLoop {
     pub clock: SharedClock,
 }
 
-impl ControllerLoop {
+impl ControllerLoop<'_> {
     /// Runs the loop: `synced` are the caches that must be loaded before the first
     /// reconcile; `context` is built once they are; `keys` lists what a resync queues;
     /// `reconcile` handles one key. Returns when `shutdown` completes.
     pub async fn run<C, K, R, Fut>(
         self,
-        factory: &SharedInformerFactory,
-        queue: WorkQueue,
         synced: Vec<Arc<dyn Syncable>>,
         context: impl FnOnce(Client, RecorderEvents) -> C,
         keys: K,
@@ -45,13 +45,13 @@ impl ControllerLoop {
         R: Fn(Arc<C>, String) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<Action, ClientError>> + Send,
     {
-        factory.start();
+        self.factory.start();
         tokio::pin!(shutdown);
         let synced: Vec<&dyn Syncable> = synced.iter().map(|s| s as &dyn Syncable).collect();
         if !wait_for_sync(&synced, shutdown.as_mut()).await {
             return;
         }
-        let client = factory.client().clone();
+        let client = self.factory.client().clone();
         let events = RecorderEvents {
             recorder: Recorder::new(client.clone(), self.component, None),
             clock: self.clock.clone(),
@@ -63,7 +63,7 @@ impl ControllerLoop {
         };
         run_until_shutdown(
             self.name,
-            queue,
+            self.queue,
             self.workers,
             Some((self.resync, resync_keys)),
             move |key: String| reconcile(context.clone(), key),

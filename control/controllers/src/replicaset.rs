@@ -625,6 +625,8 @@ pub async fn run(
     replicasets.add_handler(rs_handler);
     pods.add_handler(pod_handler);
     let controller = ControllerLoop {
+        factory: &factory,
+        queue,
         name: "replicaset",
         component: "replicaset-controller",
         workers: config.workers,
@@ -633,8 +635,6 @@ pub async fn run(
     };
     controller
         .run(
-            &factory,
-            queue,
             vec![replicasets.clone(), pods.clone()],
             |client, events| Context {
                 client,

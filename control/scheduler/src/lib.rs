@@ -11,10 +11,10 @@ use self::core::{
     Resources,
 };
 use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
-use serde_json::{json, Value};
+use serde_json::json;
 use skiff_api::clock::SharedClock;
 use skiff_client::controller::{run_until_shutdown, wait_for_sync, Action, NoResync};
-use skiff_client::events::{EventType, Recorder};
+use skiff_client::events::{event_subject, EventType, Recorder};
 use skiff_client::factory::SharedInformerFactory;
 use skiff_client::informer::{Handler, Informer};
 use skiff_client::queue::{Backoff, WorkQueue};
@@ -417,18 +417,4 @@ impl Scheduling<'_> {
         );
         Ok(())
     }
-}
-
-/// What an Event names as its subject.
-fn event_subject(pod: &Pod) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": pod.metadata.name,
-            "namespace": pod.metadata.namespace,
-            "uid": pod.metadata.uid,
-            "resourceVersion": pod.metadata.resource_version,
-        },
-    })
 }

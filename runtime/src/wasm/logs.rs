@@ -10,9 +10,9 @@
 //! recently written one to open another; a container that logs steadily keeps its file.
 
 use skiff_api::clock::SharedClock;
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
