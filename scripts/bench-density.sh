@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Idle wasm pods on one node (default 15,000; --pods N for more where the open-file
-# limit allows): the node agent's resident memory per pod,
+# Idle wasm pods on one node (default 20,000; --pods N for another count): the node
+# agent's resident memory per pod,
 # against the memory per idle container of containerd + runc (shim + container process),
 # measured in the same run.
 set -euo pipefail

@@ -16,7 +16,7 @@ pub struct DensityArgs {
     /// Idle pods to run on the node. The agent holds one open log file per running
     /// container, so more than ~18,000 need an open-file limit above 20,000 (`skiff node`
     /// raises it where the kernel allows; this machine's hard limit is 20,000).
-    #[arg(long, default_value_t = 15_000)]
+    #[arg(long, default_value_t = 20_000)]
     pods: usize,
     #[arg(long)]
     examples: PathBuf,
@@ -51,16 +51,13 @@ pub async fn run(args: DensityArgs) -> Result<()> {
         ],
     )?;
     let client = Client::new(&server)?;
-    for _ in 0..200 {
-        if client
-            .request(skiff_client::Method::Get, "/readyz", None, None)
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // `/readyz` answers plain text, not an API object: checked by status alone.
+    crate::cluster::wait_http(
+        &reqwest::Client::new(),
+        &format!("{server}/readyz"),
+        "skiff control",
+    )
+    .await?;
     let node = spawn(
         &skiff,
         &[

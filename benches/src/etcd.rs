@@ -8,7 +8,7 @@
 //! scheduler or kubelet work at all. A ratio to that floor says how much of etcd's bare
 //! write cost skiff spends on the whole job.
 
-use crate::cluster::{free_port, Started};
+use crate::cluster::{free_port, wait_http, Started};
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use serde_json::json;
@@ -116,18 +116,4 @@ impl Etcd {
         }
         Ok(started.elapsed())
     }
-}
-
-/// Waits until `url` answers with a success status.
-pub async fn wait_http(http: &reqwest::Client, url: &str, what: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(r) = http.get(url).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{what} did not come up at {url}")
 }

@@ -109,16 +109,13 @@ pub async fn run(args: SchedulerArgs) -> Result<()> {
         ],
     )?;
     let client = Client::new(&format!("http://127.0.0.1:{port}"))?;
-    for _ in 0..200 {
-        if client
-            .request(skiff_client::Method::Get, "/readyz", None, None)
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // `/readyz` answers plain text, not an API object: checked by status alone.
+    crate::cluster::wait_http(
+        &reqwest::Client::new(),
+        &format!("http://127.0.0.1:{port}/readyz"),
+        "skiff control",
+    )
+    .await?;
     let node_resource = &skiff_api::resource::NODES;
     let creators: Vec<_> = (0..32)
         .map(|c| {

@@ -6,8 +6,8 @@
 //! the key the Kubernetes API server would use, through etcd's HTTP/JSON gateway
 //! (`/v3/kv/put`). Every acknowledged write is durable in both.
 
-use crate::cluster::{free_port, skiff_binary, spawn};
-use crate::etcd::{wait_http, Etcd};
+use crate::cluster::{free_port, skiff_binary, spawn, wait_http};
+use crate::etcd::Etcd;
 use anyhow::{bail, Result};
 use clap::Args;
 use hdrhistogram::Histogram;
