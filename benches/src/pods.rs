@@ -168,6 +168,7 @@ pub async fn run(args: PodsArgs) -> Result<()> {
         .await?
         .context("warm-up pod")?;
 
+    let metrics_before = server_means(&client).await?;
     let mut running = running_watch(&client, "latency").await?;
     let mut latencies = Vec::with_capacity(args.pods);
     let mut to_bound: Vec<Duration> = Vec::with_capacity(args.pods);
@@ -192,6 +193,7 @@ pub async fn run(args: PodsArgs) -> Result<()> {
     }
     latencies.sort();
     to_bound.sort();
+    let metrics_after = server_means(&client).await?;
     delete_labelled(&client, "latency").await?;
 
     let mut burst_running = running_watch(&client, "burst").await?;
@@ -242,6 +244,19 @@ pub async fn run(args: PodsArgs) -> Result<()> {
         "  of which create -> bound (scheduler): p50 {:.2} ms",
         ms(percentile(&to_bound, 50.0))
     );
+    println!("  server side, mean per call over the sequential pods (where the time goes):");
+    for (series, (sum, count)) in &metrics_after {
+        let (before_sum, before_count) = metrics_before.get(series).copied().unwrap_or_default();
+        let calls = count - before_count;
+        // Only the calls each pod start makes (create, binding, status, events, flushes).
+        if calls * 2.0 >= args.pods as f64 {
+            println!(
+                "    {series:<58} {:>8.0} us x {:.1} per pod",
+                (sum - before_sum) / calls * 1e6,
+                calls / args.pods as f64
+            );
+        }
+    }
     println!(
         "burst: {} pods created by 64 clients in {:.2} s; all Running after {:.2} s",
         args.burst,
@@ -267,6 +282,35 @@ pub async fn run(args: PodsArgs) -> Result<()> {
         None => println!("peer: skipped (no --ctr-socket)"),
     }
     Ok(())
+}
+
+/// The API server's latency histograms (`/metrics`) as (sum seconds, count) per series.
+async fn server_means(
+    client: &Client,
+) -> Result<std::collections::BTreeMap<String, (f64, f64)>> {
+    let text = reqwest::get(format!("{}/metrics", client.server()))
+        .await?
+        .text()
+        .await?;
+    let mut series: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let labels = |suffix: &str| {
+            name.split_once(suffix)
+                .map(|(metric, labels)| format!("{metric}{labels}"))
+        };
+        if let Some(key) = labels("_sum") {
+            series.entry(key).or_default().0 = value;
+        } else if let Some(key) = labels("_count") {
+            series.entry(key).or_default().1 = value;
+        }
+    }
+    Ok(series)
 }
 
 fn ms(d: Duration) -> f64 {
