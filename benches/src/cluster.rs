@@ -118,3 +118,52 @@ pub async fn wait_http(http: &reqwest::Client, url: &str, what: &str) -> Result<
     }
     bail!("{what} did not come up at {url}")
 }
+
+/// The API server's latency histograms (`/metrics`) as (sum seconds, count) per series.
+pub async fn server_means(
+    client: &skiff_client::Client,
+) -> Result<std::collections::BTreeMap<String, (f64, f64)>> {
+    let text = reqwest::get(format!("{}/metrics", client.server()))
+        .await?
+        .text()
+        .await?;
+    let mut series: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let labels = |suffix: &str| {
+            name.split_once(suffix)
+                .map(|(metric, labels)| format!("{metric}{labels}"))
+        };
+        if let Some(key) = labels("_sum") {
+            series.entry(key).or_default().0 = value;
+        } else if let Some(key) = labels("_count") {
+            series.entry(key).or_default().1 = value;
+        }
+    }
+    Ok(series)
+}
+
+/// Prints, per series that `pods` pods used at least every other pod, its mean latency
+/// between the two scrapes and how many calls per pod it served.
+pub fn print_server_means(
+    before: &std::collections::BTreeMap<String, (f64, f64)>,
+    after: &std::collections::BTreeMap<String, (f64, f64)>,
+    pods: usize,
+) {
+    for (series, (sum, count)) in after {
+        let (before_sum, before_count) = before.get(series).copied().unwrap_or_default();
+        let calls = count - before_count;
+        if calls * 2.0 >= pods as f64 {
+            println!(
+                "    {series:<58} {:>8.0} us x {:.1} per pod",
+                (sum - before_sum) / calls * 1e6,
+                calls / pods as f64
+            );
+        }
+    }
+}

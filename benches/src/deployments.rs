@@ -131,6 +131,7 @@ pub async fn run(args: DeploymentArgs) -> Result<()> {
         1,
     )
     .await?;
+    let metrics_before = crate::cluster::server_means(&client).await?;
     let scale_to = json!({"spec": {"replicas": args.replicas}});
     let started = Instant::now();
     let scaled = client
@@ -151,6 +152,7 @@ pub async fn run(args: DeploymentArgs) -> Result<()> {
     )
     .await?;
     let available_after = started.elapsed();
+    let metrics_after = crate::cluster::server_means(&client).await?;
     let update = json!({"spec": {"template": {"spec": {"containers": [{"name": "idle", "image": image, "env": [{"name": "TICK_MS", "value": "3599999"}]}]}}}});
     let started = Instant::now();
     let updated = client
@@ -181,6 +183,8 @@ pub async fn run(args: DeploymentArgs) -> Result<()> {
         available_after.as_secs_f64(),
         n / available_after.as_secs_f64()
     );
+    println!("  server side while scaling up, mean per call (where the time goes):");
+    crate::cluster::print_server_means(&metrics_before, &metrics_after, args.replicas as usize);
     println!("  rolling update (25% surge / 25% unavailable) complete after {:.2} s ({:.0} pods/s replaced)", rolled_after.as_secs_f64(), n / rolled_after.as_secs_f64());
 
     // The peer: etcd writing what Kubernetes would store for these pods.

@@ -2,7 +2,10 @@
 //! other, module cached), and the wall time of a burst of pods created at once, on
 //! `skiff up`; in the same run, `ctr run --rm` of a busybox image on containerd + runc.
 
-use crate::cluster::{free_port, percentile, phase, skiff_binary, spawn, wait_for_ready_node};
+use crate::cluster::{
+    free_port, percentile, phase, print_server_means, server_means, skiff_binary, spawn,
+    wait_for_ready_node,
+};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use futures::StreamExt;
@@ -245,18 +248,7 @@ pub async fn run(args: PodsArgs) -> Result<()> {
         ms(percentile(&to_bound, 50.0))
     );
     println!("  server side, mean per call over the sequential pods (where the time goes):");
-    for (series, (sum, count)) in &metrics_after {
-        let (before_sum, before_count) = metrics_before.get(series).copied().unwrap_or_default();
-        let calls = count - before_count;
-        // Only the calls each pod start makes (create, binding, status, events, flushes).
-        if calls * 2.0 >= args.pods as f64 {
-            println!(
-                "    {series:<58} {:>8.0} us x {:.1} per pod",
-                (sum - before_sum) / calls * 1e6,
-                calls / args.pods as f64
-            );
-        }
-    }
+    print_server_means(&metrics_before, &metrics_after, args.pods);
     println!(
         "burst: {} pods created by 64 clients in {:.2} s; all Running after {:.2} s",
         args.burst,
@@ -282,35 +274,6 @@ pub async fn run(args: PodsArgs) -> Result<()> {
         None => println!("peer: skipped (no --ctr-socket)"),
     }
     Ok(())
-}
-
-/// The API server's latency histograms (`/metrics`) as (sum seconds, count) per series.
-async fn server_means(
-    client: &Client,
-) -> Result<std::collections::BTreeMap<String, (f64, f64)>> {
-    let text = reqwest::get(format!("{}/metrics", client.server()))
-        .await?
-        .text()
-        .await?;
-    let mut series: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((name, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(value) = value.parse::<f64>() else {
-            continue;
-        };
-        let labels = |suffix: &str| {
-            name.split_once(suffix)
-                .map(|(metric, labels)| format!("{metric}{labels}"))
-        };
-        if let Some(key) = labels("_sum") {
-            series.entry(key).or_default().0 = value;
-        } else if let Some(key) = labels("_count") {
-            series.entry(key).or_default().1 = value;
-        }
-    }
-    Ok(series)
 }
 
 fn ms(d: Duration) -> f64 {
