@@ -6,6 +6,7 @@
 //! every field it has in Kubernetes. skiff's own additions live in annotations, labels and
 //! `runtimeClassName`; see ARCHITECTURE.md.
 
+pub mod cidr;
 pub mod clock;
 pub mod object;
 pub mod patch;

@@ -48,6 +48,9 @@ pub async fn run(args: DensityArgs) -> Result<()> {
             dir.path().join("control").display().to_string(),
             "--listen".into(),
             format!("127.0.0.1:{port}"),
+            // One node holds every pod: it gets the whole cluster CIDR as its pod range.
+            "--node-cidr-mask-size".into(),
+            "16".into(),
         ],
     )?;
     let client = Client::new(&server)?;

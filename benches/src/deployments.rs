@@ -95,6 +95,9 @@ pub async fn run(args: DeploymentArgs) -> Result<()> {
             "--listen".into(),
             format!("127.0.0.1:{port}"),
             "--no-example".into(),
+            // Room for every pod's address on the one node (a /24 holds 253).
+            "--node-cidr-mask-size".into(),
+            "20".into(),
             "--max-pods".into(),
             max_pods,
         ],

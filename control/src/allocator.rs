@@ -7,7 +7,6 @@
 
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 
 /// The key prefix under which all claims live.
 pub const CLAIMS_PREFIX: &str = "/registry/allocations/";
@@ -21,86 +20,15 @@ const DNS_SERVICE_OFFSET: u64 = 10;
 /// Errors of allocation settings and requests.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AllocatorError {
-    #[error("invalid CIDR {0:?}: expected an IPv4 network such as 10.43.0.0/16")]
-    InvalidCidr(String),
+    #[error(transparent)]
+    InvalidCidr(#[from] skiff_api::cidr::CidrError),
     #[error("CIDR {cidr} is too small: it needs room for at least one /{subnet_prefix}")]
     TooSmall { cidr: String, subnet_prefix: u8 },
     #[error("invalid port range {first}-{last}")]
     InvalidPortRange { first: u16, last: u16 },
 }
 
-/// An IPv4 network: its address with the host bits cleared, and its prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Cidr {
-    network: u32,
-    prefix: u8,
-}
-
-impl Ipv4Cidr {
-    pub fn new(address: Ipv4Addr, prefix: u8) -> Result<Self, AllocatorError> {
-        if prefix > 32 {
-            return Err(AllocatorError::InvalidCidr(format!("{address}/{prefix}")));
-        }
-        let mask = mask(prefix);
-        Ok(Ipv4Cidr {
-            network: u32::from(address) & mask,
-            prefix,
-        })
-    }
-
-    /// How many addresses the network spans.
-    pub fn size(&self) -> u64 {
-        1u64 << (32 - u32::from(self.prefix))
-    }
-
-    pub fn prefix(&self) -> u8 {
-        self.prefix
-    }
-
-    pub fn network(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.network)
-    }
-
-    /// The offset of `address` from the network address, if it is inside.
-    fn offset_of(&self, address: Ipv4Addr) -> Option<u64> {
-        let address = u32::from(address);
-        (address & mask(self.prefix) == self.network).then(|| u64::from(address - self.network))
-    }
-
-    /// The address at `offset` (below [`Ipv4Cidr::size`]).
-    fn address(&self, offset: u64) -> Option<Ipv4Addr> {
-        if offset >= self.size() {
-            return None;
-        }
-        let offset = u32::try_from(offset).ok()?;
-        Some(Ipv4Addr::from(self.network.checked_add(offset)?))
-    }
-}
-
-impl FromStr for Ipv4Cidr {
-    type Err = AllocatorError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let invalid = || AllocatorError::InvalidCidr(s.to_string());
-        let (address, prefix) = s.split_once('/').ok_or_else(invalid)?;
-        let address: Ipv4Addr = address.parse().map_err(|_| invalid())?;
-        let prefix: u8 = prefix.parse().map_err(|_| invalid())?;
-        Ipv4Cidr::new(address, prefix).map_err(|_| invalid())
-    }
-}
-
-impl std::fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.network(), self.prefix)
-    }
-}
-
-fn mask(prefix: u8) -> u32 {
-    match prefix {
-        0 => 0,
-        p => u32::MAX << (32 - u32::from(p.min(32))),
-    }
-}
+pub use skiff_api::cidr::Ipv4Cidr;
 
 /// Which range a claim belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -367,14 +295,8 @@ pub struct AllocationConfig {
 impl Default for AllocationConfig {
     fn default() -> Self {
         AllocationConfig {
-            service_cidr: Ipv4Cidr {
-                network: u32::from(Ipv4Addr::new(10, 43, 0, 0)),
-                prefix: 16,
-            },
-            cluster_cidr: Ipv4Cidr {
-                network: u32::from(Ipv4Addr::new(10, 42, 0, 0)),
-                prefix: 16,
-            },
+            service_cidr: Ipv4Cidr::masked(Ipv4Addr::new(10, 43, 0, 0), 16),
+            cluster_cidr: Ipv4Cidr::masked(Ipv4Addr::new(10, 42, 0, 0), 16),
             node_cidr_prefix: 24,
             node_ports: (30000, 32767),
         }
@@ -408,8 +330,6 @@ mod tests {
         for bad in ["10.43.0.0", "10.43.0.0/33", "x/16", "10.43.0/16"] {
             assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad}");
         }
-        assert_eq!(mask(0), 0);
-        assert_eq!(mask(32), u32::MAX);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! each key is reconciled by [`pods::PodSyncer::sync`], level-triggered against what the
 //! runtime lists.
 
+pub mod addresses;
 pub mod cache;
 pub mod images;
 pub mod logs;
@@ -41,6 +42,8 @@ pub enum NodeError {
     },
     #[error("the log endpoint could not start: {0}")]
     Listen(#[from] std::io::Error),
+    #[error(transparent)]
+    Addresses(#[from] addresses::AddressError),
 }
 
 /// Settings of one node agent.
@@ -108,12 +111,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), NodeError> {
     let log_port = log_listener.local_addr()?.port();
-    registration::register(&client, &config, log_port, clock.as_ref())
+    let pod_cidr = registration::register(&client, &config, log_port, clock.as_ref())
         .await
         .map_err(|source| NodeError::Register {
             node: config.name.clone(),
             source,
         })?;
+    if pod_cidr.is_none() {
+        tracing::warn!(node = %config.name, "the node has no pod CIDR: its pods cannot get addresses");
+    }
+    let addresses = Arc::new(addresses::PodAddresses::open(
+        &config.data_dir.join("pod-addresses"),
+        pod_cidr,
+    )?);
     let heartbeats = tokio::spawn(registration::run_heartbeats(
         client.clone(),
         config.clone(),
@@ -172,6 +182,7 @@ pub async fn run(
         config.data_dir.clone(),
         recorder,
         clock.clone(),
+        addresses.clone(),
     ));
     tokio::pin!(shutdown);
     let synced = tokio::select! {
@@ -183,6 +194,24 @@ pub async fn run(
         let _ = stop_logs.send(());
         return Ok(());
     }
+    // Addresses of pods gone while the agent was down (and never run again here) go
+    // back; pods the runtime still runs keep theirs until their sync cleans them up.
+    let mut live: std::collections::HashSet<String> = informer
+        .keys()
+        .iter()
+        .filter_map(|key| informer.get(key))
+        .map(|cached| cached.uid().to_string())
+        .collect();
+    for backend in runtimes.backends() {
+        if let Ok(sandboxes) = backend
+            .runtime
+            .list_pod_sandboxes(&Default::default())
+            .await
+        {
+            live.extend(sandboxes.into_iter().map(|s| s.config.pod_uid));
+        }
+    }
+    addresses.retain(&|uid| live.contains(uid));
     // Pods the runtime runs but the API no longer binds here (deleted while the agent
     // was down) are reconciled too, so they get cleaned up.
     for backend in runtimes.backends() {

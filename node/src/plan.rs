@@ -232,6 +232,8 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<SyncAction> {
                 name: name.to_string(),
                 log_directory: input.log_root.join(format!("{namespace}_{name}_{uid}")),
                 labels: Default::default(),
+                // Given by the executor from the node's pod addresses (IO).
+                addresses: Vec::new(),
             },
         });
     }
@@ -339,7 +341,8 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<SyncAction> {
     }
     // The status is computed once the runtime has settled (the executor re-plans).
     if !actions.iter().any(SyncAction::changes_runtime) {
-        let status = pod_status(pod.object, &views, input.host_ip, input.now.into());
+        let network = sandbox.and_then(|s| s.sandbox.network.as_ref());
+        let status = pod_status(pod.object, &views, input.host_ip, network, input.now.into());
         if pod.object.status.as_ref() != Some(&status) {
             actions.push(SyncAction::WriteStatus(Box::new(status)));
         }
@@ -433,7 +436,7 @@ fn plan_unresolved(
             message: format!("Failed to create pod sandbox: {}", unresolved.message),
         });
     }
-    let status = pod_status(pod.object, &views, input.host_ip, input.now.into());
+    let status = pod_status(pod.object, &views, input.host_ip, None, input.now.into());
     if pod.object.status.as_ref() != Some(&status) {
         actions.push(SyncAction::WriteStatus(Box::new(status)));
     }

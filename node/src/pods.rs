@@ -5,6 +5,7 @@
 //! memory is needed for correctness: after a restart the runtime is empty and pods are
 //! started again, with restart counts continued from their status.
 
+use crate::addresses::PodAddresses;
 use crate::plan::{plan, ObservedSandbox, PlanInput, PodRef, StartFailure, SyncAction};
 use crate::runtimes::{Backend, ClassLookup, RuntimeRegistry};
 use k8s_openapi::api::core::v1 as core;
@@ -17,8 +18,9 @@ use skiff_runtime::{
     ContainerConfig, ContainerFilter, Mount, ResourceLimits, RuntimeError, SandboxFilter, SandboxId,
 };
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use crate::plan::{crash_backoff, restarts, BACKOFF_RESET, INITIAL_BACKOFF, MAX_BACKOFF};
@@ -229,6 +231,8 @@ pub struct PodSyncer {
     pub log_max_files: u32,
     /// (pod uid, container) -> why it could not be started, for back-off and status.
     failures: Mutex<HashMap<(String, String), StartFailure>>,
+    /// The node's pod addresses (given to sandboxes, released with their pods).
+    pub addresses: Arc<PodAddresses>,
 }
 
 impl PodSyncer {
@@ -242,8 +246,10 @@ impl PodSyncer {
         data_dir: PathBuf,
         recorder: Recorder,
         clock: SharedClock,
+        addresses: Arc<PodAddresses>,
     ) -> Self {
         PodSyncer {
+            addresses,
             client,
             runtimes,
             runtime_classes,
@@ -366,8 +372,27 @@ impl PodSyncer {
         let mut created_sandbox: Option<SandboxId> = None;
         for action in actions {
             match action {
-                SyncAction::CreateSandbox { handler, config } => {
+                SyncAction::CreateSandbox {
+                    handler,
+                    mut config,
+                } => {
                     let backend = self.backend(&handler)?;
+                    match self.addresses.assign(&config.pod_uid) {
+                        Ok(address) => config.addresses = vec![IpAddr::V4(address)],
+                        Err(e) => {
+                            // Pending with an Event, as a failed CNI ADD leaves a pod.
+                            if let Some(pod) = pod {
+                                let message = format!("Failed to create pod sandbox: {e}");
+                                self.event(
+                                    pod,
+                                    EventType::Warning,
+                                    "FailedCreatePodSandBox",
+                                    &message,
+                                );
+                            }
+                            return Ok(Next::After(INITIAL_BACKOFF));
+                        }
+                    }
                     created_sandbox = Some(backend.runtime.run_pod_sandbox(&config).await?);
                 }
                 SyncAction::CreateContainer {
@@ -408,6 +433,7 @@ impl PodSyncer {
                 }
                 SyncAction::ForgetPod { uid } => {
                     self.remove_volumes(&uid);
+                    self.addresses.release(&uid);
                     self.failures().retain(|(u, _), _| u != &uid);
                 }
                 SyncAction::DeletePod { uid } => {
@@ -713,7 +739,12 @@ impl PodSyncer {
                 "metadata.namespace" => meta.namespace.clone(),
                 "metadata.uid" => meta.uid.clone(),
                 "spec.nodeName" => Some(self.node_name.clone()),
-                "status.hostIP" | "status.podIP" => Some(self.host_ip.clone()),
+                "status.hostIP" => Some(self.host_ip.clone()),
+                "status.podIP" => meta
+                    .uid
+                    .as_deref()
+                    .and_then(|uid| self.addresses.get(uid))
+                    .map(|ip| ip.to_string()),
                 _ => None,
             };
             if let (Some(v), Some(slot)) = (value, env.iter_mut().find(|(k, _)| *k == var.name)) {
@@ -747,7 +778,6 @@ mod tests {
     use skiff_api::clock::ManualClock;
     use skiff_runtime::fake::FakeRuntime;
     use skiff_runtime::{ContainerState, ExitReason, RuntimeService as _};
-    use std::sync::Arc;
 
     /// A syncer over a FakeRuntime and a manual clock. Its API client points at a port
     /// nothing listens on: these tests execute runtime actions only.
@@ -765,6 +795,13 @@ mod tests {
             dir.to_path_buf(),
             recorder,
             Arc::new(clock.clone()),
+            Arc::new(
+                PodAddresses::open(
+                    &dir.join("pod-addresses"),
+                    Some("10.42.0.0/24".parse().unwrap()),
+                )
+                .unwrap(),
+            ),
         );
         (syncer, fake, clock)
     }

@@ -4,6 +4,7 @@
 
 use crate::NodeConfig;
 use serde_json::{json, Value};
+use skiff_api::cidr::Ipv4Cidr;
 use skiff_api::clock::Clock;
 use skiff_client::{Client, ClientError};
 use std::time::Duration;
@@ -113,12 +114,14 @@ pub fn node_object(config: &NodeConfig, log_port: u16, now: &str) -> Value {
 }
 
 /// Creates the Node, or brings an existing one up to date (labels, taints, status).
+/// Returns the pod CIDR the API server gave the node, if any; the node's pod capacity
+/// is at most the addresses it holds.
 pub async fn register(
     client: &Client,
     config: &NodeConfig,
     log_port: u16,
     clock: &dyn Clock,
-) -> Result<(), ClientError> {
+) -> Result<Option<Ipv4Cidr>, ClientError> {
     let nodes = &skiff_api::resource::NODES;
     let now = crate::status::timestamp(clock.system_time());
     let desired = node_object(config, log_port, &now);
@@ -134,9 +137,20 @@ pub async fn register(
         }
     }
     let mut current = client.get(nodes, None, &config.name).await?;
-    current["status"] = desired["status"].clone();
+    let pod_cidr: Option<Ipv4Cidr> = current
+        .pointer("/spec/podCIDR")
+        .and_then(Value::as_str)
+        .and_then(|c| c.parse().ok());
+    let mut status = desired["status"].clone();
+    let pods = pod_cidr.map_or(0, |cidr| {
+        u64::from(config.max_pods).min(crate::addresses::capacity(&cidr))
+    });
+    for field in ["capacity", "allocatable"] {
+        status[field]["pods"] = json!(pods.to_string());
+    }
+    current["status"] = status;
     client.replace_status(nodes, &current).await?;
-    Ok(())
+    Ok(pod_cidr)
 }
 
 /// Renews the node's Lease (creating it if needed) and refreshes the Ready heartbeat.

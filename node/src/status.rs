@@ -6,7 +6,7 @@
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use skiff_runtime::{ContainerState, ContainerStatus};
+use skiff_runtime::{ContainerState, ContainerStatus, PodSandboxNetworkStatus};
 use std::time::SystemTime;
 
 /// What the agent knows about one container of the spec.
@@ -110,11 +110,13 @@ fn container_status(view: &ContainerView) -> core::ContainerStatus {
     }
 }
 
-/// Computes the pod's status.
+/// Computes the pod's status. `network` is what the pod's sandbox reports; without a
+/// sandbox the addresses already in the status stay.
 pub fn pod_status(
     pod: &core::Pod,
     views: &[ContainerView],
     host_ip: &str,
+    network: Option<&PodSandboxNetworkStatus>,
     now: DateTime<Utc>,
 ) -> core::PodStatus {
     let old = pod.status.clone().unwrap_or_default();
@@ -194,9 +196,16 @@ pub fn pod_status(
         start_time: old.start_time.or_else(|| Some(time(now))),
         qos_class: old.qos_class.or_else(|| Some("BestEffort".to_string())),
         container_statuses: Some(views.iter().map(container_status).collect()),
-        // Addresses and nominations are not the agent's to decide.
-        pod_ip: old.pod_ip,
-        pod_ips: old.pod_ips,
+        pod_ip: network.map(|n| n.ip.to_string()).or(old.pod_ip),
+        pod_ips: network
+            .map(|n| {
+                std::iter::once(&n.ip)
+                    .chain(&n.additional_ips)
+                    .map(|ip| core::PodIP { ip: ip.to_string() })
+                    .collect()
+            })
+            .or(old.pod_ips),
+        // Nominations are the scheduler's.
         nominated_node_name: old.nominated_node_name,
         ..Default::default()
     }
@@ -275,6 +284,7 @@ mod tests {
                 &pod,
                 &[view(Some(latest), None, false)],
                 "10.0.0.1",
+                None,
                 now,
             ));
             assert_eq!(
@@ -332,7 +342,13 @@ mod tests {
             ),
         ];
         for (v, phase, ready) in cases {
-            let status = stored(pod_status(&pod, std::slice::from_ref(&v), "10.0.0.1", now));
+            let status = stored(pod_status(
+                &pod,
+                std::slice::from_ref(&v),
+                "10.0.0.1",
+                None,
+                now,
+            ));
             assert_eq!(status["phase"], phase, "{status}");
             let ready_condition = status["conditions"]
                 .as_array()
@@ -360,11 +376,12 @@ mod tests {
             &typed(json!({"metadata": {}})),
             std::slice::from_ref(&v),
             "10.0.0.1",
+            None,
             now,
         );
         // Through the stored JSON, as the agent's cache gives it back.
         let pod = typed(json!({"metadata": {}, "status": stored(first)}));
-        let second = pod_status(&pod, std::slice::from_ref(&v), "10.0.0.1", later);
+        let second = pod_status(&pod, std::slice::from_ref(&v), "10.0.0.1", None, later);
         assert_eq!(pod.status, Some(second));
     }
 
@@ -380,11 +397,44 @@ mod tests {
             false,
         );
         v.restart_count = 1;
-        let status = stored(pod_status(&typed(json!({})), &[v], "10.0.0.1", now));
+        let status = stored(pod_status(&typed(json!({})), &[v], "10.0.0.1", None, now));
         let c = &status["containerStatuses"][0];
         assert_eq!(c["state"]["waiting"]["reason"], "CrashLoopBackOff");
         assert_eq!(c["lastState"]["terminated"]["reason"], "OOMKilled");
         assert_eq!(c["lastState"]["terminated"]["exitCode"], 137);
         assert_eq!(c["restartCount"], 1);
+    }
+
+    #[test]
+    fn the_sandbox_addresses_are_the_pod_ips_and_stay_without_a_sandbox() {
+        let now: DateTime<Utc> = "2027-01-01T00:00:00Z".parse().unwrap();
+        let v = view(
+            Some(runtime_status(ContainerState::Running, 0)),
+            None,
+            false,
+        );
+        let network = PodSandboxNetworkStatus {
+            ip: "10.42.0.7".parse().unwrap(),
+            additional_ips: vec!["fd00::7".parse().unwrap()],
+        };
+        let pod = typed(json!({"metadata": {"name": "p"}}));
+        let status = pod_status(
+            &pod,
+            std::slice::from_ref(&v),
+            "10.0.0.1",
+            Some(&network),
+            now,
+        );
+        let stored_status = stored(status.clone());
+        assert_eq!(stored_status["podIP"], "10.42.0.7");
+        assert_eq!(
+            stored_status["podIPs"],
+            json!([{"ip": "10.42.0.7"}, {"ip": "fd00::7"}])
+        );
+        assert_eq!(stored_status["hostIP"], "10.0.0.1");
+        let pod = typed(json!({"metadata": {"name": "p"}, "status": stored_status}));
+        let again = pod_status(&pod, std::slice::from_ref(&v), "10.0.0.1", None, now);
+        assert_eq!(again.pod_ip.as_deref(), Some("10.42.0.7"));
+        assert_eq!(again, status);
     }
 }

@@ -121,7 +121,7 @@ impl RuntimeService for FakeRuntime {
                     config: config.clone(),
                     state: SandboxState::Ready,
                     created_at: self.now(),
-                    network: None,
+                    network: config.network_status(),
                 },
             );
             Ok(id)

@@ -75,6 +75,21 @@ pub struct PodSandboxConfig {
     /// Where the sandbox's container logs go (`<dir>/<container>/<attempt>.log`).
     pub log_directory: PathBuf,
     pub labels: BTreeMap<String, String>,
+    /// The pod's addresses, from the node's pod address range (the agent's IPAM, as a
+    /// CNI result is to CRI): the backend makes them reach the pod and reports them as
+    /// the sandbox's network status, the first as the pod IP.
+    pub addresses: Vec<IpAddr>,
+}
+
+impl PodSandboxConfig {
+    /// The network status a backend reports for these addresses.
+    pub fn network_status(&self) -> Option<PodSandboxNetworkStatus> {
+        let (ip, rest) = self.addresses.split_first()?;
+        Some(PodSandboxNetworkStatus {
+            ip: *ip,
+            additional_ips: rest.to_vec(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -143,6 +143,92 @@ async fn hello_succeeds_and_its_logs_are_readable() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_get_distinct_addresses_from_their_nodes_pod_cidr() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let pods = &skiff_api::resource::PODS;
+    let node = cluster
+        .client
+        .get(&skiff_api::resource::NODES, None, "n1")
+        .await?;
+    let cidr: skiff_api::cidr::Ipv4Cidr = node["spec"]["podCIDR"]
+        .as_str()
+        .context("the node has a pod CIDR")?
+        .parse()?;
+    ensure!(
+        node["spec"]["podCIDRs"] == json!([cidr.to_string()]),
+        "podCIDRs: {node}"
+    );
+    let names = ["addr-a", "addr-b", "addr-c"];
+    for name in names {
+        let mut c = container(&example_image("wasm32-wasip1", "hello")?);
+        c["env"] =
+            json!([{"name": "GREETING", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]);
+        cluster
+            .create_pod(name, json!({"restartPolicy": "Never", "containers": [c]}))
+            .await?;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for name in names {
+        let pod = cluster
+            .wait_pod(
+                name,
+                "Succeeded with an address",
+                Duration::from_secs(60),
+                |p| phase(p) == "Succeeded" && p["status"]["podIP"].is_string(),
+            )
+            .await?;
+        let ip: std::net::Ipv4Addr = pod["status"]["podIP"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()?;
+        ensure!(
+            cidr.offset_of(ip).is_some_and(|o| o >= 2),
+            "{ip} is not a pod address of {cidr}"
+        );
+        ensure!(
+            pod["status"]["podIPs"] == json!([{"ip": ip.to_string()}]),
+            "{pod}"
+        );
+        ensure!(pod["status"]["hostIP"].is_string(), "{pod}");
+        ensure!(seen.insert(ip), "{ip} was given to two pods");
+        // The downward API gives the container the same address.
+        let log = pod_log(&cluster.client, name, None).await?;
+        ensure!(
+            log.contains(&format!("{ip} from skiff")),
+            "log of {name}: {log}"
+        );
+    }
+    // A deleted pod's address goes back to the node.
+    let address_files = || {
+        std::fs::read_dir(cluster.dir.path().join("n1").join("pod-addresses"))
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .parse::<std::net::Ipv4Addr>()
+                            .is_ok()
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    ensure!(address_files() == 3, "{} address files", address_files());
+    cluster
+        .client
+        .delete(pods, Some("default"), "addr-a", "Background", Some(0))
+        .await?;
+    eventually(
+        Duration::from_secs(30),
+        "addr-a's address released",
+        || async { (cluster.pod("addr-a").await.is_none() && address_files() == 2).then_some(()) },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashes_restart_with_backoff_and_memory_hogs_are_oom_killed() -> Result<()> {
     let cluster = Cluster::start().await?;
     cluster
@@ -361,6 +447,13 @@ async fn an_agent_killed_with_sigkill_brings_its_pods_back_once() -> Result<()> 
     ensure!(
         after["metadata"]["uid"] == before["metadata"]["uid"],
         "the pod was replaced"
+    );
+    ensure!(
+        before["status"]["podIP"].is_string()
+            && after["status"]["podIP"] == before["status"]["podIP"],
+        "the pod's address changed across the agent restart: {} -> {}",
+        before["status"]["podIP"],
+        after["status"]["podIP"]
     );
     ensure!(
         restart_count(&after) == 1,

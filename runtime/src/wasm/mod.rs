@@ -356,7 +356,9 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                     config: s.config.clone(),
                     state: s.state,
                     created_at: s.created_at,
-                    network: None,
+                    // In-process guests use the pod's addresses as their own; making
+                    // them reach the agent is the node's service side (pod networking).
+                    network: s.config.network_status(),
                 })
                 .collect())
         })

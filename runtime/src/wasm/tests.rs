@@ -41,6 +41,7 @@ async fn sandbox(rt: &WasmRuntime, dir: &Path, name: &str) -> SandboxId {
         name: name.into(),
         log_directory: dir.join("logs").join(name),
         labels: Default::default(),
+        addresses: vec![std::net::IpAddr::from([10, 42, 0, 2])],
     };
     rt.run_pod_sandbox(&config).await.expect("sandbox")
 }
