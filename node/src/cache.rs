@@ -18,7 +18,6 @@ use skiff_client::informer::{key_of, CacheObject};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedPod {
     key: String,
-    uid: Box<str>,
     resource_version: Option<String>,
     /// The complete object (kind and apiVersion included), as compact JSON.
     json: Box<str>,
@@ -38,23 +37,12 @@ impl CachedPod {
             .pointer("/metadata/resourceVersion")
             .and_then(Value::as_str)
             .map(str::to_string);
-        let uid = pod
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .into();
         CachedPod {
             key: key_of(&pod),
-            uid,
             resource_version,
             // Serializing a `Value` cannot fail (its keys are strings).
             json: serde_json::to_string(&pod).unwrap_or_default().into(),
         }
-    }
-
-    /// The pod's UID.
-    pub fn uid(&self) -> &str {
-        &self.uid
     }
 
     /// The pod, for a sync.
@@ -99,7 +87,6 @@ mod tests {
         let cached: CachedPod = serde_json::from_value(item.clone()).unwrap();
         assert_eq!(cached.cache_key(), "ns/a");
         assert_eq!(cached.resource_version(), Some("7"));
-        assert_eq!(cached.uid(), "u1");
         let mut expected = item;
         expected["kind"] = json!("Pod");
         expected["apiVersion"] = json!("v1");

@@ -42,8 +42,6 @@ pub enum NodeError {
     },
     #[error("the log endpoint could not start: {0}")]
     Listen(#[from] std::io::Error),
-    #[error(transparent)]
-    Addresses(#[from] addresses::AddressError),
 }
 
 /// Settings of one node agent.
@@ -120,10 +118,7 @@ pub async fn run(
     if pod_cidr.is_none() {
         tracing::warn!(node = %config.name, "the node has no pod CIDR: its pods cannot get addresses");
     }
-    let addresses = Arc::new(addresses::PodAddresses::open(
-        &config.data_dir.join("pod-addresses"),
-        pod_cidr,
-    )?);
+    let addresses = Arc::new(addresses::PodAddresses::new(pod_cidr));
     let heartbeats = tokio::spawn(registration::run_heartbeats(
         client.clone(),
         config.clone(),
@@ -194,24 +189,31 @@ pub async fn run(
         let _ = stop_logs.send(());
         return Ok(());
     }
-    // Addresses of pods gone while the agent was down (and never run again here) go
-    // back; pods the runtime still runs keep theirs until their sync cleans them up.
-    let mut live: std::collections::HashSet<String> = informer
-        .keys()
-        .iter()
-        .filter_map(|key| informer.get(key))
-        .map(|cached| cached.uid().to_string())
-        .collect();
+    // Addresses in use: first what the runtimes' sandboxes hold, then what the pods
+    // bound here report (their sandboxes died with an in-process runtime; each keeps its
+    // address when it is started again).
     for backend in runtimes.backends() {
         if let Ok(sandboxes) = backend
             .runtime
             .list_pod_sandboxes(&Default::default())
             .await
         {
-            live.extend(sandboxes.into_iter().map(|s| s.config.pod_uid));
+            for sandbox in sandboxes {
+                if let Some(std::net::IpAddr::V4(ip)) = sandbox.network.map(|n| n.ip) {
+                    addresses.reserve(&sandbox.config.pod_uid, ip);
+                }
+            }
         }
     }
-    addresses.retain(&|uid| live.contains(uid));
+    for key in informer.keys() {
+        let Some(pod) = informer.get(&key).and_then(|cached| cached.pod().ok()) else {
+            continue;
+        };
+        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref());
+        if let (Some(uid), Some(Ok(ip))) = (pod.metadata.uid.as_deref(), ip.map(str::parse)) {
+            addresses.reserve(uid, ip);
+        }
+    }
     // Pods the runtime runs but the API no longer binds here (deleted while the agent
     // was down) are reconciled too, so they get cleaned up.
     for backend in runtimes.backends() {

@@ -795,13 +795,7 @@ mod tests {
             dir.to_path_buf(),
             recorder,
             Arc::new(clock.clone()),
-            Arc::new(
-                PodAddresses::open(
-                    &dir.join("pod-addresses"),
-                    Some("10.42.0.0/24".parse().unwrap()),
-                )
-                .unwrap(),
-            ),
+            Arc::new(PodAddresses::new(Some("10.42.0.0/24".parse().unwrap()))),
         );
         (syncer, fake, clock)
     }
