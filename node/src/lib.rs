@@ -189,9 +189,9 @@ pub async fn run(
         let _ = stop_logs.send(());
         return Ok(());
     }
-    // Addresses in use: first what the runtimes' sandboxes hold, then what the pods
-    // bound here report (their sandboxes died with an in-process runtime; each keeps its
-    // address when it is started again).
+    // What the runtimes run now: those sandboxes' addresses are in use, and their pods
+    // are reconciled even if the API no longer binds them here (deleted while the agent
+    // was down), so they get cleaned up.
     for backend in runtimes.backends() {
         if let Ok(sandboxes) = backend
             .runtime
@@ -202,9 +202,15 @@ pub async fn run(
                 if let Some(std::net::IpAddr::V4(ip)) = sandbox.network.map(|n| n.ip) {
                     addresses.reserve(&sandbox.config.pod_uid, ip);
                 }
+                queue.add(&format!(
+                    "{}/{}",
+                    sandbox.config.namespace, sandbox.config.name
+                ));
             }
         }
     }
+    // Then what the pods bound here report: their sandboxes died with an in-process
+    // runtime, and each keeps its address when it is started again.
     for key in informer.keys() {
         let Some(pod) = informer.get(&key).and_then(|cached| cached.pod().ok()) else {
             continue;
@@ -212,19 +218,6 @@ pub async fn run(
         let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref());
         if let (Some(uid), Some(Ok(ip))) = (pod.metadata.uid.as_deref(), ip.map(str::parse)) {
             addresses.reserve(uid, ip);
-        }
-    }
-    // Pods the runtime runs but the API no longer binds here (deleted while the agent
-    // was down) are reconciled too, so they get cleaned up.
-    for backend in runtimes.backends() {
-        if let Ok(sandboxes) = backend
-            .runtime
-            .list_pod_sandboxes(&Default::default())
-            .await
-        {
-            for s in sandboxes {
-                queue.add(&format!("{}/{}", s.config.namespace, s.config.name));
-            }
         }
     }
     // Container exits reach the agent as runtime events (the evented PLEG), so a
