@@ -201,6 +201,131 @@ async fn pods_get_distinct_addresses_from_their_nodes_pod_cidr() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_endpoints_follow_its_ready_pods() -> Result<()> {
+    let cluster = Cluster::start().await?;
+    let (pods, services, endpoints) = (
+        &skiff_api::resource::PODS,
+        &skiff_api::resource::SERVICES,
+        &skiff_api::resource::ENDPOINTS,
+    );
+    let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}});
+    cluster
+        .client
+        .create(services, Some("default"), &service)
+        .await?;
+    let mut ticker = container(&example_image("wasm32-wasip1", "ticker")?);
+    ticker["env"] = json!([{"name": "TICK_MS", "value": "3600000"}]);
+    ticker["ports"] = json!([{"name": "http", "containerPort": 8080}]);
+    for name in ["web-1", "web-2"] {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app": "web"}}, "spec": {"containers": [ticker]}});
+        cluster.client.create(pods, Some("default"), &pod).await?;
+    }
+    // A pod the Service does not select.
+    let other = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db", "labels": {"app": "db"}},
+        "spec": {"containers": [ticker]}});
+    cluster.client.create(pods, Some("default"), &other).await?;
+    let mut ips = Vec::new();
+    for name in ["web-1", "web-2", "db"] {
+        let pod = cluster
+            .wait_pod(
+                name,
+                "Running with an address",
+                Duration::from_secs(60),
+                |p| phase(p) == "Running" && p["status"]["podIP"].is_string(),
+            )
+            .await?;
+        ips.push(
+            pod["status"]["podIP"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    let listed = |e: &Value| -> Vec<String> {
+        let mut found: Vec<String> = e["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["addresses"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a["ip"].as_str().map(str::to_string))
+            .collect();
+        found.sort();
+        found
+    };
+    let mut expected = vec![ips[0].clone(), ips[1].clone()];
+    expected.sort();
+    let current = eventually(
+        Duration::from_secs(30),
+        "Endpoints list both web pods",
+        || async {
+            let e = cluster
+                .client
+                .get(endpoints, Some("default"), "web")
+                .await
+                .ok()?;
+            (listed(&e) == expected).then_some(e)
+        },
+    )
+    .await?;
+    ensure!(
+        current["subsets"][0]["ports"]
+            == json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+        "ports: {current}"
+    );
+    // kubectl shows them.
+    let mut kubectl = std::process::Command::new("kubectl");
+    kubectl.arg("--kubeconfig").arg(cluster.kubeconfig()).args([
+        "get",
+        "endpoints",
+        "web",
+        "-o",
+        "jsonpath={.subsets[*].addresses[*].ip}",
+    ]);
+    let (ok, out, err) = command_output(kubectl).await?;
+    ensure!(
+        ok && out.contains(&ips[0]) && out.contains(&ips[1]),
+        "kubectl: {out}{err}"
+    );
+    // A deleted pod leaves them.
+    cluster
+        .client
+        .delete(pods, Some("default"), "web-1", "Background", Some(0))
+        .await?;
+    eventually(
+        Duration::from_secs(30),
+        "Endpoints list web-2 only",
+        || async {
+            let e = cluster
+                .client
+                .get(endpoints, Some("default"), "web")
+                .await
+                .ok()?;
+            (listed(&e) == [ips[1].clone()]).then_some(())
+        },
+    )
+    .await?;
+    // Deleting the Service deletes its Endpoints.
+    cluster
+        .client
+        .delete(services, Some("default"), "web", "Background", None)
+        .await?;
+    eventually(
+        Duration::from_secs(30),
+        "Endpoints gone with the Service",
+        || async {
+            match cluster.client.get(endpoints, Some("default"), "web").await {
+                Err(e) if e.is_not_found() => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashes_restart_with_backoff_and_memory_hogs_are_oom_killed() -> Result<()> {
     let cluster = Cluster::start().await?;
     cluster

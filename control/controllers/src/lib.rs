@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod deployment;
+pub mod endpoints;
 pub mod events;
 pub mod gc;
 pub mod harness;
@@ -89,6 +90,12 @@ pub async fn run(
         tokio::spawn(deployment::run(
             factory.clone(),
             config.clone(),
+            clock.clone(),
+            wait(stopped.clone()),
+        )),
+        tokio::spawn(endpoints::run(
+            factory.clone(),
+            config.workers,
             clock.clone(),
             wait(stopped.clone()),
         )),
