@@ -194,6 +194,9 @@ pub fn normalize_kind(kind: &str, mut object: Value) -> Result<Value, DecodeErro
         "Node" => round_trip::<core::Node>(kind, object),
         "Service" => round_trip::<core::Service>(kind, object),
         "Endpoints" => round_trip::<core::Endpoints>(kind, object),
+        "EndpointSlice" => {
+            round_trip::<k8s_openapi::api::discovery::v1::EndpointSlice>(kind, object)
+        }
         "Event" => round_trip::<core::Event>(kind, object),
         "ConfigMap" => round_trip::<core::ConfigMap>(kind, object),
         "Secret" => round_trip::<core::Secret>(kind, object),

@@ -151,6 +151,20 @@ pub const ENDPOINTS: ResourceInfo = ResourceInfo {
     has_generation: false,
 };
 
+/// `EndpointSlice` (discovery.k8s.io): a Service's endpoints, at most 100 per slice.
+pub const ENDPOINT_SLICES: ResourceInfo = ResourceInfo {
+    group: "discovery.k8s.io",
+    version: "v1",
+    kind: "EndpointSlice",
+    plural: "endpointslices",
+    singular: "endpointslice",
+    namespaced: true,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+    has_generation: false,
+};
+
 /// `Event` (core).
 pub const EVENTS: ResourceInfo = ResourceInfo {
     group: "",
@@ -257,6 +271,7 @@ pub const RESOURCES: &[ResourceInfo] = &[
     NODES,
     SERVICES,
     ENDPOINTS,
+    ENDPOINT_SLICES,
     EVENTS,
     CONFIG_MAPS,
     SECRETS,

@@ -103,6 +103,13 @@ pub fn columns(resource: &ResourceInfo) -> Vec<Column> {
             AGE,
         ],
         "Endpoints" => vec![NAME, col("Endpoints", "string", 0), AGE],
+        "EndpointSlice" => vec![
+            NAME,
+            col("AddressType", "string", 0),
+            col("Ports", "string", 0),
+            col("Endpoints", "string", 0),
+            AGE,
+        ],
         "Lease" => vec![NAME, col("Holder", "string", 0), AGE],
         "RuntimeClass" => vec![NAME, col("Handler", "string", 0), AGE],
         _ => vec![NAME, AGE],
@@ -370,6 +377,42 @@ pub fn row_cells(resource: &ResourceInfo, object: &Value, now: DateTime<Utc>) ->
                 endpoints.join(",")
             };
             vec![name, json!(cell), age_cell]
+        }
+        "EndpointSlice" => {
+            // As kubectl prints them: ports and the first addresses, "+ N more..." after.
+            let list = |items: Vec<String>| match items.len() {
+                0 => "<unset>".to_string(),
+                n if n > 3 => format!("{} + {} more...", items[..3].join(","), n - 3),
+                _ => items.join(","),
+            };
+            let ports: Vec<String> = object
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.get("port").and_then(Value::as_i64))
+                .map(|p| p.to_string())
+                .collect();
+            let addresses: Vec<String> = object
+                .get("endpoints")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|e| {
+                    e.get("addresses")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect();
+            vec![
+                name,
+                json!(s("/addressType")),
+                json!(list(ports)),
+                json!(list(addresses)),
+                age_cell,
+            ]
         }
         "Lease" => vec![name, json!(s("/spec/holderIdentity")), age_cell],
         "RuntimeClass" => vec![name, json!(s("/handler")), age_cell],

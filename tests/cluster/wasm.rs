@@ -201,7 +201,7 @@ async fn pods_get_distinct_addresses_from_their_nodes_pod_cidr() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_services_endpoints_follow_its_ready_pods() -> Result<()> {
+async fn a_services_endpoints_and_slices_follow_its_ready_pods() -> Result<()> {
     let cluster = Cluster::start().await?;
     let (pods, services, endpoints) = (
         &skiff_api::resource::PODS,
@@ -287,6 +287,54 @@ async fn a_services_endpoints_follow_its_ready_pods() -> Result<()> {
     ensure!(
         ok && out.contains(&ips[0]) && out.contains(&ips[1]),
         "kubectl: {out}{err}"
+    );
+    // The same pods as an EndpointSlice, which kubectl finds through discovery.
+    let slices = &skiff_api::resource::ENDPOINT_SLICES;
+    let slice = eventually(
+        Duration::from_secs(30),
+        "an EndpointSlice with both web pods",
+        || async {
+            let list = cluster
+                .client
+                .list(
+                    slices,
+                    Some("default"),
+                    &skiff_client::ListOptions {
+                        label_selector: Some("kubernetes.io/service-name=web".into()),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .ok()?;
+            let item = list["items"].as_array()?.first()?.clone();
+            let mut found: Vec<String> = item["endpoints"]
+                .as_array()?
+                .iter()
+                .filter(|e| e["conditions"]["ready"] == true)
+                .filter_map(|e| e["addresses"][0].as_str().map(str::to_string))
+                .collect();
+            found.sort();
+            (found == expected).then_some(item)
+        },
+    )
+    .await?;
+    ensure!(
+        slice["ports"] == json!([{"name": "http", "port": 8080, "protocol": "TCP"}])
+            && slice["addressType"] == "IPv4"
+            && slice["metadata"]["ownerReferences"][0]["kind"] == "Service",
+        "slice: {slice}"
+    );
+    let mut kubectl = std::process::Command::new("kubectl");
+    kubectl.arg("--kubeconfig").arg(cluster.kubeconfig()).args([
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web",
+    ]);
+    let (ok, out, err) = command_output(kubectl).await?;
+    ensure!(
+        ok && out.contains("IPv4") && out.contains("8080") && out.contains(&ips[0]),
+        "kubectl get endpointslices: {out}{err}"
     );
     // A deleted pod leaves them.
     cluster

@@ -108,6 +108,7 @@ typed_cache_objects!(
     k8s_openapi::api::core::v1::Namespace,
     k8s_openapi::api::core::v1::Service,
     k8s_openapi::api::core::v1::Endpoints,
+    k8s_openapi::api::discovery::v1::EndpointSlice,
     k8s_openapi::api::core::v1::Event,
     k8s_openapi::api::core::v1::ConfigMap,
     k8s_openapi::api::core::v1::Secret,
