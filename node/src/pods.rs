@@ -214,6 +214,10 @@ async fn container_env(
     Ok(env)
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Syncs pods of one node against one runtime.
 pub struct PodSyncer {
     pub client: Client,
@@ -233,6 +237,11 @@ pub struct PodSyncer {
     failures: Mutex<HashMap<(String, String), StartFailure>>,
     /// The node's pod addresses (given to sandboxes, released with their pods).
     pub addresses: Arc<PodAddresses>,
+    /// Pod UID -> the resourceVersion of this agent's last status write, while the
+    /// informer has not caught up with it (kubelet's status manager keeps the same): a
+    /// sync that runs on an older cached copy meanwhile does not write again (it could
+    /// only get a 409); the write's own watch event syncs the pod once more.
+    written: Mutex<HashMap<String, u64>>,
 }
 
 impl PodSyncer {
@@ -250,6 +259,7 @@ impl PodSyncer {
     ) -> Self {
         PodSyncer {
             addresses,
+            written: Mutex::new(HashMap::new()),
             client,
             runtimes,
             runtime_classes,
@@ -266,7 +276,7 @@ impl PodSyncer {
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), StartFailure>> {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.failures)
     }
 
     fn event(&self, pod: &core::Pod, event_type: EventType, reason: &str, message: &str) {
@@ -433,6 +443,7 @@ impl PodSyncer {
                 }
                 SyncAction::ForgetPod { uid } => {
                     self.remove_volumes(&uid);
+                    lock(&self.written).remove(&uid);
                     self.addresses.release(&uid);
                     self.failures().retain(|(u, _), _| u != &uid);
                 }
@@ -458,7 +469,7 @@ impl PodSyncer {
                     }
                 }
                 SyncAction::WriteStatus(status) => {
-                    if let Some(pod) = pod {
+                    if let Some(pod) = pod.filter(|p| !self.cache_behind_own_write(p)) {
                         self.write_status(pod, *status).await?;
                     }
                 }
@@ -766,9 +777,43 @@ impl PodSyncer {
             object.insert("apiVersion".into(), pods.api_version().into());
             object.insert("kind".into(), pods.kind.into());
         }
-        // A stale copy is rewritten when the newer one reaches the informer.
-        self.client.update_status_from_cache(pods, &body).await?;
-        Ok(())
+        match self.client.replace_status(pods, &body).await {
+            Ok(written) => {
+                let version = written
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(serde_json::Value::as_str)
+                    .and_then(|v| v.parse::<u64>().ok());
+                if let (Some(uid), Some(version)) = (pod.metadata.uid.clone(), version) {
+                    lock(&self.written).insert(uid, version);
+                }
+                Ok(())
+            }
+            // A stale copy: rewritten when the newer one reaches the informer.
+            Err(e) if e.code() == Some(409) || e.is_not_found() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether `pod` (the cached copy a sync runs on) is older than this agent's last
+    /// status write of it; forgets the write once the cache has caught up.
+    fn cache_behind_own_write(&self, pod: &core::Pod) -> bool {
+        let Some(uid) = pod.metadata.uid.as_deref() else {
+            return false;
+        };
+        let cached = pod
+            .metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok());
+        let mut written = lock(&self.written);
+        match (written.get(uid), cached) {
+            (Some(own), Some(cached)) if cached < *own => true,
+            (Some(_), _) => {
+                written.remove(uid);
+                false
+            }
+            (None, _) => false,
+        }
     }
 }
 
@@ -971,6 +1016,23 @@ mod tests {
             ["stop_pod_sandbox sandbox-1", "remove_pod_sandbox sandbox-1"]
         );
         assert!(syncer.observe("default", "web").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_sync_on_a_copy_older_than_its_own_status_write_does_not_write_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (syncer, _, _) = syncer(dir.path());
+        let at = |version: &str| {
+            let mut pod = pod();
+            pod.metadata.resource_version = Some(version.into());
+            pod
+        };
+        assert!(!syncer.cache_behind_own_write(&at("5")), "nothing written yet");
+        lock(&syncer.written).insert("u1".into(), 7);
+        assert!(syncer.cache_behind_own_write(&at("6")));
+        assert!(!syncer.cache_behind_own_write(&at("7")), "caught up");
+        assert!(lock(&syncer.written).is_empty(), "forgotten once caught up");
+        assert!(!syncer.cache_behind_own_write(&at("6")));
     }
 
     #[test]
