@@ -1027,7 +1027,10 @@ mod tests {
             pod.metadata.resource_version = Some(version.into());
             pod
         };
-        assert!(!syncer.cache_behind_own_write(&at("5")), "nothing written yet");
+        assert!(
+            !syncer.cache_behind_own_write(&at("5")),
+            "nothing written yet"
+        );
         lock(&syncer.written).insert("u1".into(), 7);
         assert!(syncer.cache_behind_own_write(&at("6")));
         assert!(!syncer.cache_behind_own_write(&at("7")), "caught up");
