@@ -33,6 +33,16 @@ impl Cluster {
         self.dir.path().join("control").join("kubeconfig")
     }
 
+    /// Runs the real `kubectl` against the cluster: (succeeded, stdout, stderr).
+    async fn kubectl(&self, args: &[&str]) -> Result<(bool, String, String)> {
+        let mut kubectl = std::process::Command::new("kubectl");
+        kubectl
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args);
+        command_output(kubectl).await
+    }
+
     async fn create_pod(&self, name: &str, spec: Value) -> Result<()> {
         let pods = &skiff_api::resource::PODS;
         let pod =
@@ -128,12 +138,7 @@ async fn hello_succeeds_and_its_logs_are_readable() -> Result<()> {
             ok && out.contains("hi from skiff") && out.contains(&format!("args: from {name}")),
             "skiff logs: {out}{err}"
         );
-        let mut kubectl = std::process::Command::new("kubectl");
-        kubectl
-            .arg("--kubeconfig")
-            .arg(cluster.kubeconfig())
-            .args(["logs", name]);
-        let (ok, out, err) = command_output(kubectl).await?;
+        let (ok, out, err) = cluster.kubectl(&["logs", name]).await?;
         ensure!(
             ok && out.contains("hi from skiff"),
             "kubectl logs: {out}{err}"
@@ -275,15 +280,15 @@ async fn a_services_endpoints_and_slices_follow_its_ready_pods() -> Result<()> {
         "ports: {current}"
     );
     // kubectl shows them.
-    let mut kubectl = std::process::Command::new("kubectl");
-    kubectl.arg("--kubeconfig").arg(cluster.kubeconfig()).args([
-        "get",
-        "endpoints",
-        "web",
-        "-o",
-        "jsonpath={.subsets[*].addresses[*].ip}",
-    ]);
-    let (ok, out, err) = command_output(kubectl).await?;
+    let (ok, out, err) = cluster
+        .kubectl(&[
+            "get",
+            "endpoints",
+            "web",
+            "-o",
+            "jsonpath={.subsets[*].addresses[*].ip}",
+        ])
+        .await?;
     ensure!(
         ok && out.contains(&ips[0]) && out.contains(&ips[1]),
         "kubectl: {out}{err}"
@@ -324,14 +329,14 @@ async fn a_services_endpoints_and_slices_follow_its_ready_pods() -> Result<()> {
             && slice["metadata"]["ownerReferences"][0]["kind"] == "Service",
         "slice: {slice}"
     );
-    let mut kubectl = std::process::Command::new("kubectl");
-    kubectl.arg("--kubeconfig").arg(cluster.kubeconfig()).args([
-        "get",
-        "endpointslices",
-        "-l",
-        "kubernetes.io/service-name=web",
-    ]);
-    let (ok, out, err) = command_output(kubectl).await?;
+    let (ok, out, err) = cluster
+        .kubectl(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+        ])
+        .await?;
     ensure!(
         ok && out.contains("IPv4") && out.contains("8080") && out.contains(&ips[0]),
         "kubectl get endpointslices: {out}{err}"
