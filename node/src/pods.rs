@@ -15,7 +15,8 @@ use skiff_api::quantity::Quantity;
 use skiff_client::events::{event_subject, EventType, Recorder};
 use skiff_client::Client;
 use skiff_runtime::{
-    ContainerConfig, ContainerFilter, Mount, ResourceLimits, RuntimeError, SandboxFilter, SandboxId,
+    ContainerConfig, ContainerFilter, Mount, ResourceLimits, RuntimeError, SandboxFilter,
+    SandboxId, ServingLimits,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -581,6 +582,13 @@ impl PodSyncer {
             .chain(spec.args.iter().flatten())
             .cloned()
             .collect();
+        let serving = match serving_limits(pod) {
+            Ok(s) => s,
+            Err(message) => {
+                failed(&message);
+                return fail("CreateContainerConfigError", message);
+            }
+        };
         let config = ContainerConfig {
             name: name.to_string(),
             image: pulled,
@@ -591,6 +599,8 @@ impl PodSyncer {
             log_max_bytes: self.log_max_bytes,
             log_max_files: self.log_max_files,
             mounts,
+            tcp_ports: tcp_ports(spec),
+            serving,
         };
         let id = match backend.runtime.create_container(sandbox, &config).await {
             Ok(id) => id,
@@ -815,6 +825,50 @@ impl PodSyncer {
             (None, _) => false,
         }
     }
+}
+
+/// Annotation: requests a serving container handles at once (default 1000).
+pub const MAX_CONCURRENT_REQUESTS_ANNOTATION: &str = "skiff.dev/max-concurrent-requests";
+/// Annotation: seconds a request to a serving container may take (default 30).
+pub const REQUEST_TIMEOUT_ANNOTATION: &str = "skiff.dev/request-timeout-seconds";
+
+/// A container's declared TCP ports (`containerPort`, protocol TCP or unset).
+fn tcp_ports(container: &core::Container) -> Vec<u16> {
+    container
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().is_none_or(|proto| proto == "TCP"))
+        .filter_map(|p| u16::try_from(p.container_port).ok())
+        .filter(|port| *port != 0)
+        .collect()
+}
+
+/// The pod's serving limits from its `skiff.dev/*` annotations.
+fn serving_limits(pod: &core::Pod) -> Result<ServingLimits, String> {
+    let mut limits = ServingLimits::default();
+    let annotations = pod.metadata.annotations.as_ref();
+    let value = |key: &str| annotations.and_then(|a| a.get(key));
+    if let Some(text) = value(MAX_CONCURRENT_REQUESTS_ANNOTATION) {
+        limits.max_concurrent_requests = text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                format!("annotation {MAX_CONCURRENT_REQUESTS_ANNOTATION}={text:?} is not a positive integer")
+            })?;
+    }
+    if let Some(text) = value(REQUEST_TIMEOUT_ANNOTATION) {
+        let seconds = text
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+            .ok_or_else(|| {
+                format!("annotation {REQUEST_TIMEOUT_ANNOTATION}={text:?} is not a number of seconds in (0, 86400]")
+            })?;
+        limits.request_timeout = Duration::from_secs_f64(seconds);
+    }
+    Ok(limits)
 }
 
 #[cfg(test)]

@@ -144,6 +144,93 @@ pub struct ContainerConfig {
     pub log_max_files: u32,
     /// Directories of the node made visible to the container.
     pub mounts: Vec<Mount>,
+    /// The TCP ports the container declares (`ports[].containerPort`): where a serving
+    /// container (a wasi:http component) listens on each of the pod's addresses.
+    pub tcp_ports: Vec<u16>,
+    /// Limits of a serving container's request handling.
+    pub serving: ServingLimits,
+}
+
+/// How a serving container handles requests (from the pod's `skiff.dev/*` annotations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServingLimits {
+    /// Requests handled at once; more wait for a slot (up to the timeout), then get 503.
+    pub max_concurrent_requests: u32,
+    /// Longest a request may take, response body included; then it is cut off (504).
+    pub request_timeout: Duration,
+}
+
+impl Default for ServingLimits {
+    fn default() -> Self {
+        ServingLimits {
+            max_concurrent_requests: 1000,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The port a serving container listens on when it declares none (as `wasmtime serve`).
+pub const DEFAULT_SERVING_PORT: u16 = 8080;
+
+/// Who makes an outgoing request: the calling pod, for name resolution (its namespace's
+/// search path) and policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerPod {
+    pub namespace: String,
+    pub name: String,
+    /// The caller's pod IP, if it has one.
+    pub ip: Option<IpAddr>,
+}
+
+/// Where an outgoing request of a pod goes, as the node decides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpRoute {
+    /// A ready endpoint (pod IP and port) of the Service the authority names, or the pod
+    /// address it names itself.
+    Endpoint(std::net::SocketAddr),
+    /// A Service that exists but has no ready endpoint: refused at once.
+    NoEndpoints(String),
+    /// No Service or pod answers to this name.
+    NotFound,
+    /// The egress policy does not allow the destination.
+    Denied(String),
+}
+
+/// Decides where pods' outgoing HTTP requests go. Implemented by the node's service
+/// proxy (it knows Services and endpoints); backends carry the decision out and know no
+/// Service. `host` is the authority's host (a name or an IP literal), `port` its port
+/// (80 when the URI gives none).
+pub trait HttpRouter: Send + Sync + 'static {
+    fn route(&self, caller: &CallerPod, host: &str, port: u16) -> HttpRoute;
+}
+
+/// The router of a backend no node has configured: every destination is denied.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DenyAllRouter;
+
+impl HttpRouter for DenyAllRouter {
+    fn route(&self, _caller: &CallerPod, _host: &str, _port: u16) -> HttpRoute {
+        HttpRoute::Denied("no egress is configured on this node".into())
+    }
+}
+
+/// An HTTP GET a backend answers in-process for a probe (kubelet's `httpGet` probe).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpProbe {
+    pub port: u16,
+    /// Path and query.
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+/// How an in-process probe went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeResult {
+    /// The response's status code.
+    Status(u16),
+    /// No answer: nothing serves that port, the guest failed, or the timeout passed.
+    Failed(String),
 }
 
 /// A host directory visible to a container at `container_path`.
@@ -312,6 +399,17 @@ pub trait RuntimeService: Send + Sync + 'static {
         &'a self,
         filter: &'a ContainerFilter,
     ) -> RuntimeFuture<'a, Vec<ContainerStatus>>;
+
+    /// Answers an HTTP probe of a running container without a socket, where the backend
+    /// can (the wasm backend calls the guest's handler directly). `None`: the agent
+    /// probes over the network instead.
+    fn probe_http<'a>(
+        &'a self,
+        _container: &'a ContainerId,
+        _probe: &'a HttpProbe,
+    ) -> Option<RuntimeFuture<'a, ProbeResult>> {
+        None
+    }
 }
 
 /// Images (CRI `ImageService`). Object-safe, like [`RuntimeService`].

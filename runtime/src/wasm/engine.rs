@@ -3,7 +3,7 @@
 //! image is compiled once per node, kept on disk by content digest, and pre-instantiated
 //! (`InstancePre`) once per process.
 
-use super::guest::{CommandState, ModuleState};
+use super::guest::{ComponentState, ModuleState};
 use crate::RuntimeError;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -37,14 +37,17 @@ pub enum Compiled {
     /// A WASI preview 1 core module, run through `_start`.
     Module(wasmtime::InstancePre<ModuleState>),
     /// A WASI preview 2 component exporting `wasi:cli/run`.
-    Component(wasmtime_wasi::p2::bindings::CommandPre<CommandState>),
+    Component(wasmtime_wasi::p2::bindings::CommandPre<ComponentState>),
+    /// A WASI preview 2 component exporting `wasi:http/incoming-handler`: a serving
+    /// container, instantiated once per request.
+    Proxy(wasmtime_wasi_http::p2::bindings::ProxyPre<ComponentState>),
 }
 
 /// The engine and what goes with it.
 pub struct NodeEngine {
     pub engine: Engine,
     module_linker: Linker<ModuleState>,
-    component_linker: ComponentLinker<CommandState>,
+    component_linker: ComponentLinker<ComponentState>,
     compiled: Mutex<HashMap<String, Arc<Compiled>>>,
     /// Digest -> the lock its one compile runs under (single-flight); removed when done.
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -102,8 +105,13 @@ impl NodeEngine {
         })
         .map_err(|e| RuntimeError::Io(format!("cannot link WASI preview 1: {e}")))?;
         let mut component_linker = ComponentLinker::new(&engine);
+        // The whole of WASI preview 2 plus wasi:http, for commands and servers alike:
+        // Rust's std imports wasi:cli even in a proxy-world component, and a command may
+        // make outgoing requests (which go through the pod's egress hooks).
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)
             .map_err(|e| RuntimeError::Io(format!("cannot link WASI preview 2: {e}")))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut component_linker)
+            .map_err(|e| RuntimeError::Io(format!("cannot link wasi:http: {e}")))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {
             let engine = engine.clone();
@@ -263,12 +271,20 @@ impl NodeEngine {
                     .component_linker
                     .instantiate_pre(&component)
                     .map_err(|e| invalid(format!("unsupported imports: {e}")))?;
-                let command = wasmtime_wasi::p2::bindings::CommandPre::new(pre).map_err(|e| {
-                    invalid(format!(
-                        "the component does not export wasi:cli/run (unsupported world): {e}"
-                    ))
-                })?;
-                Compiled::Component(command)
+                // A serving component if it exports the incoming handler, else a command.
+                match wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre.clone()) {
+                    Ok(proxy) => Compiled::Proxy(proxy),
+                    Err(_) => {
+                        let command =
+                            wasmtime_wasi::p2::bindings::CommandPre::new(pre).map_err(|e| {
+                                invalid(format!(
+                                    "the component exports neither wasi:cli/run nor \
+                                     wasi:http/incoming-handler (unsupported world): {e}"
+                                ))
+                            })?;
+                        Compiled::Component(command)
+                    }
+                }
             }
         };
         Ok(compiled)

@@ -8,22 +8,27 @@
 //! task at the next tick or host call. WASI guests receive no signals, so there is no
 //! graceful phase to wait for: a stop always completes within the grace period.
 
+mod egress;
 mod engine;
 mod guest;
 pub mod images;
 pub mod logs;
+mod serve;
 
 pub use engine::EngineConfig;
 pub use images::NoImageSource;
 
 use crate::{
-    ContainerConfig, ContainerId, ContainerState, ContainerStatus, ExitReason, ImageRef,
-    ImageService, ImageSource, ImageStatus, PodSandboxConfig, PodSandboxStatus, RuntimeError,
-    RuntimeFuture, RuntimeService, SandboxId, SandboxState,
+    CallerPod, ContainerConfig, ContainerId, ContainerState, ContainerStatus, ExitReason,
+    HttpProbe, HttpRouter, ImageRef, ImageService, ImageSource, ImageStatus, PodSandboxConfig,
+    PodSandboxStatus, ProbeResult, RuntimeError, RuntimeFuture, RuntimeService, SandboxId,
+    SandboxState,
 };
+use egress::{Egress, PodHooks};
 use engine::{Compiled, NodeEngine};
 use images::ImageStore;
 use logs::{ContainerLog, LogFiles};
+use serve::HttpServer;
 use skiff_api::clock::SharedClock;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -89,10 +94,12 @@ struct ContainerRecord {
     config: ContainerConfig,
     compiled: Arc<Compiled>,
     log: ContainerLog,
-    /// Set while the guest runs: dropping or firing `cancel` stops it; `done` flips when
-    /// it has ended and its state is recorded.
-    cancel: Option<oneshot::Sender<()>>,
+    /// Set while the guest runs: dropping or firing `cancel` (with the grace period)
+    /// stops it; `done` flips when it has ended and its state is recorded.
+    cancel: Option<oneshot::Sender<Duration>>,
     done: Option<watch::Receiver<bool>>,
+    /// A serving container's request handler, while it serves.
+    server: Option<Arc<HttpServer>>,
 }
 
 struct Inner<S> {
@@ -112,6 +119,8 @@ struct Inner<S> {
     /// Guests running now (bounded by `max_instances`).
     running: std::sync::atomic::AtomicUsize,
     log_files: Arc<LogFiles>,
+    /// Where guests' outgoing HTTP goes, and the serving containers by address.
+    egress: Arc<Egress>,
 }
 
 impl<S> Drop for Inner<S> {
@@ -180,8 +189,15 @@ impl<S: ImageSource> WasmRuntime<S> {
                 pod_index: Mutex::new(HashMap::new()),
                 sandbox_index: Mutex::new(HashMap::new()),
                 running: std::sync::atomic::AtomicUsize::new(0),
+                egress: Arc::new(Egress::default()),
             }),
         })
+    }
+
+    /// Sets where pods' outgoing HTTP requests go (the node's service proxy); until
+    /// then every destination is denied.
+    pub fn set_http_router(&self, router: Arc<dyn HttpRouter>) {
+        self.inner.egress.set_router(router);
     }
 
     fn new_id(&self, prefix: &str) -> String {
@@ -196,12 +212,49 @@ impl<S: ImageSource> WasmRuntime<S> {
         self.inner.running.load(Ordering::Acquire)
     }
 
+    /// What a run (or each request) of the container's guest is made with.
+    fn guest_spec(&self, record: &ContainerRecord) -> guest::GuestSpec {
+        let mut argv = vec![record.config.name.clone()];
+        argv.extend(record.config.args.iter().cloned());
+        guest::GuestSpec {
+            argv,
+            env: record.config.env.clone(),
+            memory_limit_bytes: record
+                .config
+                .limits
+                .memory_bytes
+                .unwrap_or(self.inner.config.default_memory_limit_bytes),
+            cpu_millis: record.config.limits.cpu_millis,
+            epoch_tick: self.inner.config.epoch_tick,
+            stdout: record.log.stream("stdout"),
+            stderr: record.log.stream("stderr"),
+            mounts: record.config.mounts.clone(),
+        }
+    }
+
     fn containers_of(&self, sandbox: &SandboxId) -> Vec<ContainerId> {
         lock(&self.inner.sandbox_index)
             .get(sandbox)
             .cloned()
             .unwrap_or_default()
     }
+}
+
+/// The ports a serving container listens on: its declared TCP ports, else the default.
+fn serving_ports(config: &ContainerConfig) -> Vec<u16> {
+    let mut ports = config.tcp_ports.clone();
+    if ports.is_empty() {
+        ports.push(crate::DEFAULT_SERVING_PORT);
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// What a started container does: serve requests, or run once to its end.
+enum Work {
+    Serve(Arc<HttpServer>, Vec<std::net::SocketAddr>),
+    Run(Arc<Compiled>, guest::GuestSpec, PodHooks),
 }
 
 /// Tells subscribers about a container's change.
@@ -249,6 +302,7 @@ fn record_exit_state<S>(
             finished_at: inner.config.clock.system_time(),
         };
         record.cancel = None;
+        record.server = None;
     }
     Some(record.status.clone())
 }
@@ -442,6 +496,7 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                     log,
                     cancel: None,
                     done: None,
+                    server: None,
                 },
             );
             Ok(id)
@@ -456,9 +511,37 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                     self.inner.config.max_instances
                 )));
             }
-            let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
+            let guests = self
+                .inner
+                .guests
+                .as_ref()
+                .ok_or_else(|| RuntimeError::Io("the runtime is shutting down".into()))?
+                .handle()
+                .clone();
+            let (cancel_tx, cancel_rx) = oneshot::channel::<Duration>();
             let (done_tx, done_rx) = watch::channel(false);
-            let (compiled, spec) = {
+            let sandbox_id = lock(&self.inner.containers)
+                .get(id)
+                .map(|r| r.status.sandbox_id.clone())
+                .ok_or_else(|| RuntimeError::NotFound {
+                    kind: "container",
+                    id: id.clone(),
+                })?;
+            let (caller, addresses) = lock(&self.inner.sandboxes)
+                .get(&sandbox_id)
+                .map(|s| {
+                    let caller = CallerPod {
+                        namespace: s.config.namespace.clone(),
+                        name: s.config.name.clone(),
+                        ip: s.config.addresses.first().copied(),
+                    };
+                    (Arc::new(caller), s.config.addresses.clone())
+                })
+                .ok_or_else(|| RuntimeError::NotFound {
+                    kind: "sandbox",
+                    id: sandbox_id.clone(),
+                })?;
+            let work = {
                 let mut containers = lock(&self.inner.containers);
                 let record = containers
                     .get_mut(id)
@@ -478,44 +561,59 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                 record.status.started_at = Some(self.inner.config.clock.system_time());
                 record.cancel = Some(cancel_tx);
                 record.done = Some(done_rx);
-                let mut argv = vec![record.config.name.clone()];
-                argv.extend(record.config.args.iter().cloned());
-                let spec = guest::GuestSpec {
-                    argv,
-                    env: record.config.env.clone(),
-                    memory_limit_bytes: record
-                        .config
-                        .limits
-                        .memory_bytes
-                        .unwrap_or(self.inner.config.default_memory_limit_bytes),
-                    cpu_millis: record.config.limits.cpu_millis,
-                    epoch_tick: self.inner.config.epoch_tick,
-                    stdout: record.log.stream("stdout"),
-                    stderr: record.log.stream("stderr"),
-                    mounts: record.config.mounts.clone(),
-                };
-                (record.compiled.clone(), spec)
+                let spec = self.guest_spec(record);
+                match &*record.compiled {
+                    Compiled::Proxy(pre) => {
+                        let server = HttpServer::new(
+                            self.inner.engine.engine.clone(),
+                            pre.clone(),
+                            spec,
+                            caller,
+                            self.inner.egress.clone(),
+                            record.config.serving,
+                            record.log.clone(),
+                            guests.clone(),
+                            serving_ports(&record.config),
+                        );
+                        record.server = Some(server.clone());
+                        let addrs = addresses
+                            .iter()
+                            .flat_map(|ip| {
+                                server
+                                    .ports()
+                                    .iter()
+                                    .map(|port| std::net::SocketAddr::new(*ip, *port))
+                            })
+                            .collect();
+                        Work::Serve(server, addrs)
+                    }
+                    _ => Work::Run(
+                        record.compiled.clone(),
+                        spec,
+                        PodHooks::new(caller, self.inner.egress.clone()),
+                    ),
+                }
             };
             if let Ok(status) = self.container_status(id).await {
                 publish(&self.inner, &status, crate::ContainerEventKind::Started);
             }
             let inner = self.inner.clone();
             let id = id.clone();
-            let guests = self
-                .inner
-                .guests
-                .as_ref()
-                .ok_or_else(|| RuntimeError::Io("the runtime is shutting down".into()))?;
             guests.spawn(async move {
-                let engine = inner.engine.engine.clone();
-                let outcome = tokio::select! {
-                    outcome = guest::run(&engine, &compiled, spec) => outcome,
-                    // Fired by stop, or dropped when the container is removed.
-                    _ = cancel_rx => guest::Outcome {
-                        exit_code: 137,
-                        reason: ExitReason::Error,
-                        message: "stopped by the runtime".into(),
-                    },
+                let outcome = match work {
+                    Work::Serve(server, addrs) => serve::run(server, addrs, cancel_rx).await,
+                    Work::Run(compiled, spec, hooks) => {
+                        let engine = inner.engine.engine.clone();
+                        tokio::select! {
+                            outcome = guest::run(&engine, &compiled, spec, hooks) => outcome,
+                            // Fired by stop, or dropped when the container is removed.
+                            _ = cancel_rx => guest::Outcome {
+                                exit_code: 137,
+                                reason: ExitReason::Error,
+                                message: "stopped by the runtime".into(),
+                            },
+                        }
+                    }
                 };
                 record_exit(&inner, &id, outcome);
                 inner.running.fetch_sub(1, Ordering::AcqRel);
@@ -525,11 +623,7 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
         })
     }
 
-    fn stop_container<'a>(
-        &'a self,
-        id: &'a ContainerId,
-        _grace: Duration,
-    ) -> RuntimeFuture<'a, ()> {
+    fn stop_container<'a>(&'a self, id: &'a ContainerId, grace: Duration) -> RuntimeFuture<'a, ()> {
         Box::pin(async move {
             let (cancel, done) = {
                 let mut containers = lock(&self.inner.containers);
@@ -552,7 +646,7 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                 (record.cancel.take(), record.done.clone())
             };
             if let Some(cancel) = cancel {
-                let _ = cancel.send(());
+                let _ = cancel.send(grace);
             }
             if let Some(mut done) = done {
                 let _ = done.wait_for(|finished| *finished).await;
@@ -608,6 +702,44 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                 None => containers.values().map(|c| c.status.clone()).collect(),
             })
         })
+    }
+
+    fn probe_http<'a>(
+        &'a self,
+        container: &'a ContainerId,
+        probe: &'a HttpProbe,
+    ) -> Option<RuntimeFuture<'a, ProbeResult>> {
+        let server = lock(&self.inner.containers)
+            .get(container)
+            .and_then(|c| c.server.clone())?;
+        if !server.serves_port(probe.port) {
+            return None;
+        }
+        Some(Box::pin(async move {
+            let mut request = http::Request::get(probe.path.as_str());
+            for (name, value) in &probe.headers {
+                request = request.header(name.as_str(), value.as_str());
+            }
+            let request = match request
+                .header(http::header::HOST, format!("localhost:{}", probe.port))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+            {
+                Ok(r) => r,
+                Err(e) => return Ok(ProbeResult::Failed(format!("bad probe request: {e}"))),
+            };
+            let answer = tokio::time::timeout(probe.timeout, async {
+                let response = server.handle(request).await;
+                let status = response.status().as_u16();
+                // Read the body so the instance can finish and free its slot.
+                let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+                status
+            })
+            .await;
+            Ok(match answer {
+                Ok(status) => ProbeResult::Status(status),
+                Err(_) => ProbeResult::Failed(format!("timeout after {:?}", probe.timeout)),
+            })
+        }))
     }
 }
 
