@@ -277,6 +277,11 @@ pub async fn run(
     for w in workers {
         let _ = w.await;
     }
+    for backend in runtimes.backends() {
+        if let Err(e) = backend.runtime.shutdown().await {
+            tracing::warn!(error = %e, "a runtime did not shut down cleanly");
+        }
+    }
     let _ = stop_logs.send(());
     let _ = log_server.await;
     Ok(())

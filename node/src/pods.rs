@@ -382,6 +382,7 @@ impl PodSyncer {
         // The sandbox a CreateSandbox of this plan made, for its CreateContainers.
         let mut created_sandbox: Option<SandboxId> = None;
         for action in actions {
+            tracing::debug!(pod = %name, namespace, ?action, "executing");
             match action {
                 SyncAction::CreateSandbox {
                     handler,

@@ -23,6 +23,7 @@
 //! [`fake`] records calls for unit tests of the logic above the runtime.
 
 pub mod fake;
+pub mod net;
 pub mod wasm;
 
 use futures::future::BoxFuture;
@@ -399,6 +400,13 @@ pub trait RuntimeService: Send + Sync + 'static {
         &'a self,
         filter: &'a ContainerFilter,
     ) -> RuntimeFuture<'a, Vec<ContainerStatus>>;
+
+    /// Called when the agent stops: a backend whose containers live in the agent's
+    /// process stops them and removes what it set up on the node (routes); one whose
+    /// containers outlive the agent leaves them running.
+    fn shutdown(&self) -> RuntimeFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// Answers an HTTP probe of a running container without a socket, where the backend
     /// can (the wasm backend calls the guest's handler directly). `None`: the agent

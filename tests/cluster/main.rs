@@ -1,6 +1,7 @@
 //! Cluster-level integration tests, in one test binary: the real API server on a
 //! loopback port with sled on a temp dir, real HTTP, the real `skiff` binary and the real
-//! `kubectl` on PATH.
+//! `kubectl` on PATH. Tests whose clusters run pods (and so hand out pod and Service
+//! addresses) run inside network namespaces of their own (`netns`).
 
 mod allocations;
 mod api;
@@ -12,6 +13,7 @@ mod group_deletes;
 mod harness;
 mod hostile_input;
 mod kubectl;
+mod netns;
 mod quantities;
 mod runtimeclass;
 mod wasm;

@@ -3,6 +3,7 @@
 //! node cannot run reported on the pod, and `kubectl` listing the classes.
 
 use crate::harness::{eventually, example_image, ControlProcess, NodeProcess};
+use crate::netns::isolated;
 use anyhow::{ensure, Result};
 use serde_json::{json, Value};
 use skiff_client::Client;
@@ -91,117 +92,119 @@ fn waiting_reason(pod: &Value) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runtime_classes_select_the_backend_and_unknown_ones_keep_the_pod_pending() -> Result<()> {
-    let cluster = Cluster::start().await?;
-    let classes = &skiff_api::resource::RUNTIME_CLASSES;
+#[test]
+fn runtime_classes_select_the_backend_and_unknown_ones_keep_the_pod_pending() -> Result<()> {
+    isolated(async {
+        let cluster = Cluster::start().await?;
+        let classes = &skiff_api::resource::RUNTIME_CLASSES;
 
-    // The control plane created the default class.
-    let wasm = cluster.client.get(classes, None, "wasm").await?;
-    ensure!(wasm["handler"] == "wasmtime", "{wasm}");
+        // The control plane created the default class.
+        let wasm = cluster.client.get(classes, None, "wasm").await?;
+        ensure!(wasm["handler"] == "wasmtime", "{wasm}");
 
-    // Named explicitly, the default class runs the pod; its container ID names the backend.
-    cluster.create_pod("explicit", Some("wasm")).await?;
-    let pod = cluster.wait_pod("explicit", "Running", running).await?;
-    let id = pod
-        .pointer("/status/containerStatuses/0/containerID")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    ensure!(id.starts_with("wasm://"), "{pod}");
+        // Named explicitly, the default class runs the pod; its container ID names the backend.
+        cluster.create_pod("explicit", Some("wasm")).await?;
+        let pod = cluster.wait_pod("explicit", "Running", running).await?;
+        let id = pod
+            .pointer("/status/containerStatuses/0/containerID")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        ensure!(id.starts_with("wasm://"), "{pod}");
 
-    // A class that does not exist: Pending, a clear reason, and an event.
-    cluster.create_pod("unknown", Some("nope")).await?;
-    let pod = cluster
-        .wait_pod("unknown", "RuntimeClassNotFound", |p| {
-            waiting_reason(p) == Some("RuntimeClassNotFound")
-        })
+        // A class that does not exist: Pending, a clear reason, and an event.
+        cluster.create_pod("unknown", Some("nope")).await?;
+        let pod = cluster
+            .wait_pod("unknown", "RuntimeClassNotFound", |p| {
+                waiting_reason(p) == Some("RuntimeClassNotFound")
+            })
+            .await?;
+        ensure!(
+            pod.pointer("/status/phase") == Some(&json!("Pending")),
+            "{pod}"
+        );
+        let events = &skiff_api::resource::EVENTS;
+        eventually(
+            Duration::from_secs(30),
+            "a FailedCreatePodSandBox event",
+            || async {
+                let list = cluster
+                    .client
+                    .list(events, Some("default"), &Default::default())
+                    .await
+                    .ok()?;
+                list["items"]
+                    .as_array()?
+                    .iter()
+                    .find(|e| {
+                        e["reason"] == "FailedCreatePodSandBox"
+                            && e["involvedObject"]["name"] == "unknown"
+                    })
+                    .cloned()
+            },
+        )
         .await?;
-    ensure!(
-        pod.pointer("/status/phase") == Some(&json!("Pending")),
-        "{pod}"
-    );
-    let events = &skiff_api::resource::EVENTS;
-    eventually(
-        Duration::from_secs(30),
-        "a FailedCreatePodSandBox event",
-        || async {
-            let list = cluster
-                .client
-                .list(events, Some("default"), &Default::default())
-                .await
-                .ok()?;
-            list["items"]
-                .as_array()?
-                .iter()
-                .find(|e| {
-                    e["reason"] == "FailedCreatePodSandBox"
-                        && e["involvedObject"]["name"] == "unknown"
-                })
-                .cloned()
-        },
-    )
-    .await?;
 
-    // A class whose handler this node lacks is reported the same way.
-    let class = |name: &str, handler: &str| {
-        json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+        // A class whose handler this node lacks is reported the same way.
+        let class = |name: &str, handler: &str| {
+            json!({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
             "metadata": {"name": name}, "handler": handler})
-    };
-    cluster
-        .client
-        .create(classes, None, &class("gvisor", "runsc"))
-        .await?;
-    cluster.create_pod("no-handler", Some("gvisor")).await?;
-    let pod = cluster
-        .wait_pod("no-handler", "RuntimeHandlerNotFound", |p| {
-            waiting_reason(p) == Some("RuntimeHandlerNotFound")
-        })
-        .await?;
-    ensure!(!running(&pod), "{pod}");
+        };
+        cluster
+            .client
+            .create(classes, None, &class("gvisor", "runsc"))
+            .await?;
+        cluster.create_pod("no-handler", Some("gvisor")).await?;
+        let pod = cluster
+            .wait_pod("no-handler", "RuntimeHandlerNotFound", |p| {
+                waiting_reason(p) == Some("RuntimeHandlerNotFound")
+            })
+            .await?;
+        ensure!(!running(&pod), "{pod}");
 
-    // A custom class with the wasmtime handler runs on the wasm backend.
-    cluster
-        .client
-        .create(classes, None, &class("fast", "wasmtime"))
-        .await?;
-    cluster.create_pod("fast", Some("fast")).await?;
-    cluster.wait_pod("fast", "Running", running).await?;
+        // A custom class with the wasmtime handler runs on the wasm backend.
+        cluster
+            .client
+            .create(classes, None, &class("fast", "wasmtime"))
+            .await?;
+        cluster.create_pod("fast", Some("fast")).await?;
+        cluster.wait_pod("fast", "Running", running).await?;
 
-    // The handler is immutable; an invalid one is refused.
-    let mut changed = cluster.client.get(classes, None, "fast").await?;
-    changed["handler"] = json!("containerd");
-    let refused = cluster
-        .client
-        .replace(classes, None, "fast", &changed)
-        .await;
-    ensure!(
-        refused.is_err_and(|e| e.code() == Some(422)),
-        "handler change accepted"
-    );
-    let refused = cluster
-        .client
-        .create(classes, None, &class("bad", "Not_A_Label"))
-        .await;
-    ensure!(
-        refused.is_err_and(|e| e.code() == Some(422)),
-        "bad handler accepted"
-    );
+        // The handler is immutable; an invalid one is refused.
+        let mut changed = cluster.client.get(classes, None, "fast").await?;
+        changed["handler"] = json!("containerd");
+        let refused = cluster
+            .client
+            .replace(classes, None, "fast", &changed)
+            .await;
+        ensure!(
+            refused.is_err_and(|e| e.code() == Some(422)),
+            "handler change accepted"
+        );
+        let refused = cluster
+            .client
+            .create(classes, None, &class("bad", "Not_A_Label"))
+            .await;
+        ensure!(
+            refused.is_err_and(|e| e.code() == Some(422)),
+            "bad handler accepted"
+        );
 
-    // kubectl sees the kind in discovery and prints the handler column.
-    let resources = cluster.kubectl(&["api-resources"]).await?;
-    ensure!(
-        resources
-            .lines()
-            .any(|l| l.starts_with("runtimeclasses") && l.contains("node.k8s.io/v1")),
-        "{resources}"
-    );
-    let table = cluster.kubectl(&["get", "runtimeclass"]).await?;
-    ensure!(
-        table.lines().any(|l| {
-            let cells: Vec<&str> = l.split_whitespace().collect();
-            cells.starts_with(&["wasm", "wasmtime"])
-        }),
-        "{table}"
-    );
-    Ok(())
+        // kubectl sees the kind in discovery and prints the handler column.
+        let resources = cluster.kubectl(&["api-resources"]).await?;
+        ensure!(
+            resources
+                .lines()
+                .any(|l| l.starts_with("runtimeclasses") && l.contains("node.k8s.io/v1")),
+            "{resources}"
+        );
+        let table = cluster.kubectl(&["get", "runtimeclass"]).await?;
+        ensure!(
+            table.lines().any(|l| {
+                let cells: Vec<&str> = l.split_whitespace().collect();
+                cells.starts_with(&["wasm", "wasmtime"])
+            }),
+            "{table}"
+        );
+        Ok(())
+    })
 }

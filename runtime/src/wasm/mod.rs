@@ -65,6 +65,10 @@ pub struct WasmRuntimeConfig {
     pub max_open_log_files: usize,
     /// Where the times of sandbox and container records come from.
     pub clock: SharedClock,
+    /// Makes each pod address a local /32 route (`ip route add local <ip>/32 dev lo`),
+    /// so traffic to `podIP:port` reaches the pod's listeners. Off only in unit tests
+    /// that run in the host's network namespace.
+    pub local_routes: bool,
 }
 
 impl WasmRuntimeConfig {
@@ -79,6 +83,7 @@ impl WasmRuntimeConfig {
             guest_threads: 2,
             max_open_log_files: 1024,
             clock: skiff_api::clock::system(),
+            local_routes: true,
         }
     }
 }
@@ -121,10 +126,70 @@ struct Inner<S> {
     log_files: Arc<LogFiles>,
     /// Where guests' outgoing HTTP goes, and the serving containers by address.
     egress: Arc<Egress>,
+    /// The pod addresses' local routes (`None` when `local_routes` is off).
+    routes: Option<PodRoutes>,
+}
+
+/// The local /32 routes of this runtime's pods. Routes are owned by the runtime's data
+/// directory, so a restarted agent removes what a killed one left, and two agents on
+/// one host never touch each other's.
+struct PodRoutes {
+    routes: crate::net::LocalRoutes,
+    /// Warned once that routes cannot be made (not root): pods still run and serve
+    /// in-process callers, but their IPs are not reachable.
+    warned: std::sync::atomic::AtomicBool,
+}
+
+impl PodRoutes {
+    fn new(data_dir: &std::path::Path) -> PodRoutes {
+        let routes =
+            crate::net::LocalRoutes::new(crate::net::owner_id(&data_dir.to_string_lossy()));
+        let pod_routes = PodRoutes {
+            routes,
+            warned: Default::default(),
+        };
+        // An in-process runtime starts with no sandboxes: every route it owns is stale.
+        match pod_routes.routes.remove_all() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(routes = n, "removed pod routes left by an earlier agent"),
+            Err(e) => pod_routes.warn(&e),
+        }
+        pod_routes
+    }
+
+    fn warn(&self, error: &crate::net::NetError) {
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(%error, "pod addresses cannot be made local: pods are not reachable by IP");
+        }
+    }
+
+    fn add(&self, addresses: &[std::net::IpAddr]) {
+        for ip in addresses {
+            if let std::net::IpAddr::V4(v4) = ip {
+                if let Err(e) = self.routes.add(*v4, 32) {
+                    self.warn(&e);
+                }
+            }
+        }
+    }
+
+    fn remove(&self, addresses: &[std::net::IpAddr]) {
+        for ip in addresses {
+            if let std::net::IpAddr::V4(v4) = ip {
+                if let Err(e) = self.routes.remove(*v4, 32) {
+                    self.warn(&e);
+                }
+            }
+        }
+    }
 }
 
 impl<S> Drop for Inner<S> {
     fn drop(&mut self) {
+        if let Some(routes) = &self.routes {
+            // The pods end with the runtime; so do their addresses.
+            let _ = routes.routes.remove_all();
+        }
         if let Some(guests) = self.guests.take() {
             // Dropping a runtime from async code would block; let its threads wind down.
             guests.shutdown_background();
@@ -175,6 +240,9 @@ impl<S: ImageSource> WasmRuntime<S> {
             .build()
             .map_err(|e| RuntimeError::Io(format!("cannot start guest threads: {e}")))?;
         let log_files = LogFiles::new(config.max_open_log_files);
+        let routes = config
+            .local_routes
+            .then(|| PodRoutes::new(&config.data_dir));
         Ok(WasmRuntime {
             inner: Arc::new(Inner {
                 log_files,
@@ -190,6 +258,7 @@ impl<S: ImageSource> WasmRuntime<S> {
                 sandbox_index: Mutex::new(HashMap::new()),
                 running: std::sync::atomic::AtomicUsize::new(0),
                 egress: Arc::new(Egress::default()),
+                routes,
             }),
         })
     }
@@ -324,6 +393,9 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                     config.log_directory.display()
                 ))
             })?;
+            if let Some(routes) = &self.inner.routes {
+                routes.add(&config.addresses);
+            }
             let id = self.new_id("sandbox");
             lock(&self.inner.pod_index)
                 .entry((config.namespace.clone(), config.name.clone()))
@@ -365,19 +437,42 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                     containers.remove(c);
                 }
             }
-            if let Some(sandbox) = lock(&self.inner.sandboxes).remove(id) {
+            // Taken out first: the guard of an `if let` scrutinee lives for its whole body.
+            let removed = lock(&self.inner.sandboxes).remove(id);
+            if let Some(sandbox) = removed {
                 let key = (
                     sandbox.config.namespace.clone(),
                     sandbox.config.name.clone(),
                 );
                 let mut index = lock(&self.inner.pod_index);
+                let mut others = Vec::new();
                 if let Some(ids) = index.get_mut(&key) {
                     ids.retain(|s| s != id);
+                    others = ids.clone();
                     if ids.is_empty() {
                         index.remove(&key);
                     }
                 }
                 drop(index);
+                if let Some(routes) = &self.inner.routes {
+                    // The address goes unless another sandbox of the pod still has it.
+                    let sandboxes = lock(&self.inner.sandboxes);
+                    let unused: Vec<_> = sandbox
+                        .config
+                        .addresses
+                        .iter()
+                        .copied()
+                        .filter(|ip| {
+                            !others.iter().any(|o| {
+                                sandboxes
+                                    .get(o)
+                                    .is_some_and(|s| s.config.addresses.contains(ip))
+                            })
+                        })
+                        .collect();
+                    drop(sandboxes);
+                    routes.remove(&unused);
+                }
                 let _ = std::fs::remove_dir_all(&sandbox.config.log_directory);
             }
             Ok(())
@@ -701,6 +796,21 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                     .collect(),
                 None => containers.values().map(|c| c.status.clone()).collect(),
             })
+        })
+    }
+
+    fn shutdown(&self) -> RuntimeFuture<'_, ()> {
+        Box::pin(async move {
+            let sandboxes: Vec<SandboxId> = lock(&self.inner.sandboxes).keys().cloned().collect();
+            for id in sandboxes {
+                self.remove_pod_sandbox(&id).await?;
+            }
+            if let Some(routes) = &self.inner.routes {
+                if let Err(e) = routes.routes.remove_all() {
+                    routes.warn(&e);
+                }
+            }
+            Ok(())
         })
     }
 

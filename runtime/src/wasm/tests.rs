@@ -31,6 +31,8 @@ const TARGETS: [&str; 2] = ["wasm32-wasip1", "wasm32-wasip2"];
 fn runtime(dir: &Path) -> WasmRuntime {
     let mut config = WasmRuntimeConfig::new(dir.to_path_buf());
     config.max_instances = 16;
+    // These tests run in the host's network namespace: no routes.
+    config.local_routes = false;
     WasmRuntime::new(config, NoImageSource).expect("runtime")
 }
 
