@@ -67,12 +67,17 @@ impl NetworkArgs {
     }
 
     /// `skiff up`'s default advertised address is the node's (k3s: `--node-ip`).
+    /// The service CIDR, which the node's service proxy routes locally.
+    pub fn service_cidr(&self) -> Ipv4Cidr {
+        self.service_cidr
+    }
+
     pub fn advertise_address_or(&self, node: IpAddr) -> Option<IpAddr> {
         self.advertise_address.or(Some(node))
     }
 }
 
-fn parse_cidr(s: &str) -> Result<Ipv4Cidr, String> {
+pub(crate) fn parse_cidr(s: &str) -> Result<Ipv4Cidr, String> {
     s.parse::<Ipv4Cidr>().map_err(|e| e.to_string())
 }
 

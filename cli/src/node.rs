@@ -49,6 +49,10 @@ pub struct NodeArgs {
     server: Option<String>,
     #[arg(long)]
     data_dir: PathBuf,
+    /// The cluster's Service range (as the control plane's `--service-cidr`): the node
+    /// routes it locally so ClusterIPs reach the service proxy.
+    #[arg(long, default_value = "10.43.0.0/16", value_parser = crate::control::parse_cidr)]
+    service_cidr: skiff_api::cidr::Ipv4Cidr,
     #[command(flatten)]
     agent: AgentArgs,
 }
@@ -152,7 +156,8 @@ pub async fn node(context: &crate::get::Context, args: NodeArgs) -> Result<ExitC
         Some(server) => skiff_client::Client::new(server)?,
         None => context.client()?,
     };
-    let config = node_config(&args.agent, &args.data_dir)?;
+    let mut config = node_config(&args.agent, &args.data_dir)?;
+    config.service_cidr = Some(args.service_cidr);
     raise_open_file_limit();
     eprintln!("skiff node {}: joining {}", config.name, client.server());
     run_agent(config, client, args.agent.log_listen, shutdown_signal()).await?;
@@ -231,6 +236,7 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     let client = skiff_client::Client::new(&server)?;
     wait_until_ready(&client).await?;
     let mut config = node_config(&args.agent, &args.data_dir.join("node"))?;
+    config.service_cidr = Some(args.network.service_cidr());
     // The agent beside the control plane renews its lease well within the grace period
     // the control plane was given (the fast profile's is 4 s).
     let grace = control_grace(&args.controllers);

@@ -12,6 +12,7 @@ pub mod images;
 pub mod logs;
 pub mod plan;
 pub mod pods;
+pub mod proxy;
 pub mod registration;
 pub mod runtimes;
 pub mod status;
@@ -63,6 +64,10 @@ pub struct NodeConfig {
     pub workers: usize,
     /// How often every pod is reconciled even without a change.
     pub resync: Duration,
+    /// The cluster's Service range, routed locally for the service proxy.
+    pub service_cidr: Option<skiff_api::cidr::Ipv4Cidr>,
+    /// Whether the service proxy programs nftables.
+    pub nftables: bool,
 }
 
 impl NodeConfig {
@@ -82,6 +87,11 @@ impl NodeConfig {
             renew_interval: Duration::from_secs(10),
             workers: 8,
             resync: Duration::from_secs(60),
+            service_cidr: Some(skiff_api::cidr::Ipv4Cidr::masked(
+                std::net::Ipv4Addr::new(10, 43, 0, 0),
+                16,
+            )),
+            nftables: true,
         }
     }
 }
@@ -119,6 +129,30 @@ pub async fn run(
         tracing::warn!(node = %config.name, "the node has no pod CIDR: its pods cannot get addresses");
     }
     let addresses = Arc::new(addresses::PodAddresses::new(pod_cidr));
+    // The service proxy: nftables rules for the node, and the router pods' outgoing
+    // HTTP goes through.
+    let router = Arc::new(proxy::ProxyRouter::default());
+    for backend in runtimes.backends() {
+        backend.runtime.set_http_router(router.clone());
+    }
+    let (stop_proxy, proxy_stopped) = tokio::sync::oneshot::channel::<()>();
+    let service_proxy = tokio::spawn(proxy::run(
+        client.clone(),
+        proxy::ProxyConfig {
+            node: config.name.clone(),
+            node_ips: match config.address {
+                IpAddr::V4(v4) => vec![v4],
+                IpAddr::V6(_) => Vec::new(),
+            },
+            service_cidr: config.service_cidr,
+            owner: format!("{}/proxy", config.data_dir.display()),
+            nftables: config.nftables,
+        },
+        router,
+        async move {
+            let _ = proxy_stopped.await;
+        },
+    ));
     let heartbeats = tokio::spawn(registration::run_heartbeats(
         client.clone(),
         config.clone(),
@@ -187,6 +221,8 @@ pub async fn run(
     if !synced {
         heartbeats.abort();
         let _ = stop_logs.send(());
+        let _ = stop_proxy.send(());
+        let _ = service_proxy.await;
         return Ok(());
     }
     // What the runtimes run now: those sandboxes' addresses are in use, and their pods
@@ -282,6 +318,8 @@ pub async fn run(
             tracing::warn!(error = %e, "a runtime did not shut down cleanly");
         }
     }
+    let _ = stop_proxy.send(());
+    let _ = service_proxy.await;
     let _ = stop_logs.send(());
     let _ = log_server.await;
     Ok(())

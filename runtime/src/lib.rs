@@ -401,6 +401,10 @@ pub trait RuntimeService: Send + Sync + 'static {
         filter: &'a ContainerFilter,
     ) -> RuntimeFuture<'a, Vec<ContainerStatus>>;
 
+    /// Sets where the pods' outgoing HTTP requests go (the node's service proxy), for a
+    /// backend that carries them out itself (the wasm backend's `wasi:http` calls).
+    fn set_http_router(&self, _router: std::sync::Arc<dyn HttpRouter>) {}
+
     /// Called when the agent stops: a backend whose containers live in the agent's
     /// process stops them and removes what it set up on the node (routes); one whose
     /// containers outlive the agent leaves them running.

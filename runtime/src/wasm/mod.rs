@@ -263,12 +263,6 @@ impl<S: ImageSource> WasmRuntime<S> {
         })
     }
 
-    /// Sets where pods' outgoing HTTP requests go (the node's service proxy); until
-    /// then every destination is denied.
-    pub fn set_http_router(&self, router: Arc<dyn HttpRouter>) {
-        self.inner.egress.set_router(router);
-    }
-
     fn new_id(&self, prefix: &str) -> String {
         format!(
             "{prefix}-{:x}-{:x}",
@@ -797,6 +791,11 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                 None => containers.values().map(|c| c.status.clone()).collect(),
             })
         })
+    }
+
+    /// Until it is set, every destination is denied.
+    fn set_http_router(&self, router: Arc<dyn HttpRouter>) {
+        self.inner.egress.set_router(router);
     }
 
     fn shutdown(&self) -> RuntimeFuture<'_, ()> {

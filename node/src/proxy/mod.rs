@@ -1,0 +1,160 @@
+//! The service proxy (kube-proxy's role) on every node: Services and EndpointSlices from
+//! the API into a [`ServiceTable`], kept two ways.
+//!
+//! - In the kernel, as nftables DNAT rules ([`nft`]): traffic to `ClusterIP:port`,
+//!   `nodeIP:nodePort` and load-balancer IPs, from the node's own sockets and from other
+//!   namespaces or nodes, reaches a ready endpoint. The service CIDR is a local route on
+//!   the node, so a VIP is routable on a node without a default route, and a VIP port
+//!   with no rule is refused by the kernel at once.
+//! - In process, as the [`HttpRouter`] the runtimes use for pods' outgoing HTTP: a wasm
+//!   caller's request to a Service name or ClusterIP goes straight to an endpoint, served
+//!   in-process when the endpoint is a wasm pod of this node.
+//!
+//! Changes are batched for [`SYNC_DELAY`] and applied whole: the router's table is
+//! swapped, and the rules are rendered and loaded only if their text changed. Everything
+//! is removed when the agent stops, and replaced (never added to) when it starts.
+
+pub mod nft;
+pub mod table;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use skiff_api::cidr::Ipv4Cidr;
+use skiff_client::informer::Informer;
+use skiff_client::{Client, ListOptions};
+use skiff_runtime::net::{owner_id, LocalRoutes};
+use skiff_runtime::{CallerPod, HttpRoute, HttpRouter};
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+pub use table::ServiceTable;
+
+/// How long changes are gathered before the table is rebuilt (kube-proxy's
+/// `minSyncPeriod` is 1 s; endpoint changes must be applied within one).
+pub const SYNC_DELAY: Duration = Duration::from_millis(50);
+
+/// Settings of the proxy.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub node: String,
+    /// Addresses NodePorts answer on.
+    pub node_ips: Vec<Ipv4Addr>,
+    /// Made a local route on the node; `None` leaves routing alone.
+    pub service_cidr: Option<Ipv4Cidr>,
+    /// Names the proxy's routes (an owner of its own beside the runtime's).
+    pub owner: String,
+    /// Whether to program nftables (off where `nft` or the privilege is missing: the
+    /// in-process router still works).
+    pub nftables: bool,
+}
+
+/// The in-process router: reads the current table.
+#[derive(Debug, Default)]
+pub struct ProxyRouter {
+    table: RwLock<Arc<ServiceTable>>,
+}
+
+impl ProxyRouter {
+    pub fn table(&self) -> Arc<ServiceTable> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn replace(&self, table: ServiceTable) {
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+    }
+}
+
+impl HttpRouter for ProxyRouter {
+    fn route(&self, caller: &CallerPod, host: &str, port: u16) -> HttpRoute {
+        self.table().route(caller, host, port)
+    }
+}
+
+/// An informer handler that only marks the table out of date.
+fn mark_dirty<K: Send + Sync + 'static>(
+    dirty: &Arc<tokio::sync::Notify>,
+) -> skiff_client::informer::Handler<K> {
+    let dirty = dirty.clone();
+    Arc::new(move |_: &str, _: Option<&Arc<K>>, _: Option<&Arc<K>>| dirty.notify_one())
+}
+
+/// Runs the proxy until `shutdown`, keeping `router` and the node's rules current.
+pub async fn run(
+    client: Client,
+    config: ProxyConfig,
+    router: Arc<ProxyRouter>,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let dirty = Arc::new(tokio::sync::Notify::new());
+    let services = Informer::<Service>::spawn(
+        client.clone(),
+        &skiff_api::resource::SERVICES,
+        None,
+        ListOptions::default(),
+        mark_dirty(&dirty),
+    );
+    let slices = Informer::<EndpointSlice>::spawn(
+        client,
+        &skiff_api::resource::ENDPOINT_SLICES,
+        None,
+        ListOptions::default(),
+        mark_dirty(&dirty),
+    );
+    let routes = LocalRoutes::new(owner_id(&config.owner));
+    if let Some(cidr) = config.service_cidr {
+        // Replaces whatever a killed agent left, then adds the range.
+        let added = routes
+            .remove_all()
+            .and_then(|_| routes.add(cidr.network(), cidr.prefix()));
+        if let Err(e) = added {
+            tracing::warn!(error = %e, %cidr, "the service CIDR is not routed locally");
+        }
+    }
+    let mut loaded: Option<String> = None;
+    let mut nftables = config.nftables;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = dirty.notified() => {}
+            _ = &mut shutdown => break,
+        }
+        tokio::time::sleep(SYNC_DELAY).await;
+        if !(services.has_synced() && slices.has_synced()) {
+            continue;
+        }
+        let (service_list, slice_list) = (services.list(), slices.list());
+        let table = ServiceTable::build(
+            &config.node,
+            service_list.iter().map(|s| s.as_ref()),
+            slice_list.iter().map(|s| s.as_ref()),
+        );
+        let rules = nft::render(&table, &config.node_ips);
+        router.replace(table);
+        if nftables && loaded.as_deref() != Some(rules.as_str()) {
+            match nft::apply(&rules).await {
+                Ok(()) => loaded = Some(rules),
+                Err(nft::NftError::Spawn(e)) => {
+                    tracing::warn!(error = %e, "nft is not available: Services are reachable in-process only");
+                    nftables = false;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "loading the service rules failed; retrying");
+                    let dirty = dirty.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        dirty.notify_one();
+                    });
+                }
+            }
+        }
+    }
+    if nftables {
+        if let Err(e) = nft::remove().await {
+            tracing::warn!(error = %e, "removing the service rules failed");
+        }
+    }
+    if let Err(e) = routes.remove_all() {
+        tracing::warn!(error = %e, "removing the service CIDR route failed");
+    }
+}
