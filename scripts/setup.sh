@@ -6,6 +6,11 @@ set -euo pipefail
 need_apt=()
 command -v cc >/dev/null 2>&1 || need_apt+=(build-essential)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# The service proxy programs nftables; the tests run clusters in network namespaces
+# (iproute2's ip, util-linux's unshare and nsenter).
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
 if [ "${1:-}" = "--bench" ]; then
   command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
 fi

@@ -202,10 +202,22 @@ impl NodeProcess {
         data_dir: &Path,
         labels: &str,
     ) -> Result<NodeProcess> {
+        Self::start_with(server, name, data_dir, labels, &[]).await
+    }
+
+    /// As [`NodeProcess::start`], with extra flags (`--address`, say).
+    pub async fn start_with(
+        server: &str,
+        name: &str,
+        data_dir: &Path,
+        labels: &str,
+        extra: &[&str],
+    ) -> Result<NodeProcess> {
         let child = Command::new(skiff_binary()?)
             .args(["node", "--name", name, "--server", server, "--data-dir"])
             .arg(data_dir)
             .args(["--node-labels", labels])
+            .args(extra)
             // Renew the lease well within the fast profile's 4 s grace period.
             .args(["--heartbeat-interval", "0.5"])
             .stdin(Stdio::null())

@@ -16,4 +16,5 @@ mod kubectl;
 mod netns;
 mod quantities;
 mod runtimeclass;
+mod services;
 mod wasm;

@@ -1,0 +1,379 @@
+//! Services end to end, inside network namespaces of the test's own: wasi:http pods
+//! answer on their pod IPs, behind a ClusterIP (nftables DNAT on the node), on a
+//! NodePort from a client namespace across a veth, and to a frontend pod calling its
+//! backend by Service name in-process. Every check reads real content (the pod names in
+//! the bodies).
+
+use crate::harness::{eventually, example_image, ControlProcess, NodeProcess};
+use crate::netns::{isolated, Peer};
+use anyhow::{ensure, Context, Result};
+use serde_json::{json, Value};
+use skiff_client::Client;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const NODE_IP: &str = "192.168.77.1";
+const CLIENT_IP: &str = "192.168.77.2";
+
+pub struct ServiceCluster {
+    pub dir: tempfile::TempDir,
+    pub node: NodeProcess,
+    pub control: ControlProcess,
+    pub client: Client,
+    pub peer: Peer,
+}
+
+impl ServiceCluster {
+    /// A control plane and one node whose address is on a veth to a client namespace.
+    pub async fn start() -> Result<ServiceCluster> {
+        let peer = Peer::create("svc", NODE_IP, CLIENT_IP)?;
+        let dir = tempfile::tempdir()?;
+        let control = ControlProcess::start(&dir.path().join("control")).await?;
+        let client = Client::new(&control.server)?;
+        let node = NodeProcess::start_with(
+            &control.server,
+            "n1",
+            &dir.path().join("n1"),
+            "",
+            &["--address", NODE_IP],
+        )
+        .await?;
+        Ok(ServiceCluster {
+            dir,
+            node,
+            control,
+            client,
+            peer,
+        })
+    }
+
+    pub fn kubeconfig(&self) -> std::path::PathBuf {
+        self.dir.path().join("control").join("kubeconfig")
+    }
+
+    pub async fn apply(&self, object: &Value) -> Result<()> {
+        let kind = object["kind"].as_str().context("kind")?;
+        let api_version = object["apiVersion"].as_str().context("apiVersion")?;
+        let resource =
+            skiff_api::resource::find_by_kind(api_version, kind).context("served kind")?;
+        self.client
+            .create(resource, Some("default"), object)
+            .await
+            .with_context(|| format!("creating {kind}"))?;
+        Ok(())
+    }
+
+    /// The pods of `app` that are Running with an address: (name, IP).
+    pub async fn running_pods(&self, app: &str) -> Result<Vec<(String, String)>> {
+        let pods = self
+            .client
+            .list(
+                &skiff_api::resource::PODS,
+                Some("default"),
+                &skiff_client::ListOptions {
+                    label_selector: Some(format!("app={app}")),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| {
+                p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null()
+            })
+            .filter_map(|p| {
+                Some((
+                    p["metadata"]["name"].as_str()?.to_string(),
+                    p["status"]["podIP"].as_str()?.to_string(),
+                ))
+            })
+            .collect())
+    }
+
+    /// Waits until `app` has `n` running pods and its Service routes to all of them
+    /// (its EndpointSlices list them ready).
+    pub async fn wait_ready(&self, app: &str, n: usize) -> Result<Vec<(String, String)>> {
+        eventually(
+            Duration::from_secs(60),
+            &format!("{n} ready {app} endpoints"),
+            || async {
+                let pods = self.running_pods(app).await.ok()?;
+                let ready = ready_endpoints(&self.client, app).await?;
+                let ips: BTreeSet<String> = pods.iter().map(|(_, ip)| ip.clone()).collect();
+                (pods.len() == n && ready == ips).then_some(pods)
+            },
+        )
+        .await
+    }
+
+    pub async fn cluster_ip(&self, service: &str) -> Result<String> {
+        let svc = self
+            .client
+            .get(&skiff_api::resource::SERVICES, Some("default"), service)
+            .await?;
+        svc["spec"]["clusterIP"]
+            .as_str()
+            .map(str::to_string)
+            .context("clusterIP")
+    }
+}
+
+/// The ready endpoint addresses of `service`'s EndpointSlices.
+pub async fn ready_endpoints(client: &Client, service: &str) -> Option<BTreeSet<String>> {
+    let slices = client
+        .list(
+            &skiff_api::resource::ENDPOINT_SLICES,
+            Some("default"),
+            &skiff_client::ListOptions {
+                label_selector: Some(format!("kubernetes.io/service-name={service}")),
+                ..Default::default()
+            },
+        )
+        .await
+        .ok()?;
+    let mut ready = BTreeSet::new();
+    for slice in slices["items"].as_array()? {
+        for endpoint in slice["endpoints"].as_array().into_iter().flatten() {
+            if endpoint["conditions"]["ready"] == true {
+                for address in endpoint["addresses"].as_array()? {
+                    ready.insert(address.as_str()?.to_string());
+                }
+            }
+        }
+    }
+    Some(ready)
+}
+
+/// How many endpoints (in any condition) `service`'s EndpointSlices list.
+pub async fn all_endpoints(client: &Client, service: &str) -> Option<usize> {
+    let slices = client
+        .list(
+            &skiff_api::resource::ENDPOINT_SLICES,
+            Some("default"),
+            &skiff_client::ListOptions {
+                label_selector: Some(format!("kubernetes.io/service-name={service}")),
+                ..Default::default()
+            },
+        )
+        .await
+        .ok()?;
+    Some(
+        slices["items"]
+            .as_array()?
+            .iter()
+            .map(|s| s["endpoints"].as_array().map_or(0, Vec::len))
+            .sum(),
+    )
+}
+
+/// A Deployment of a serving example, its pods named in their bodies (`POD_NAME`).
+pub fn serving_deployment(name: &str, image: &str, replicas: u32, env: Value) -> Result<Value> {
+    let mut env_list = vec![
+        json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+    ];
+    if let Some(extra) = env.as_array() {
+        env_list.extend(extra.iter().cloned());
+    }
+    Ok(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [{
+                        "name": "web",
+                        "image": example_image("wasm32-wasip2", image)?,
+                        "ports": [{"containerPort": 8080, "name": "http"}],
+                        "env": env_list,
+                        "resources": {"limits": {"memory": "64Mi"}},
+                    }],
+                },
+            },
+        },
+    }))
+}
+
+pub fn service(name: &str, kind: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"type": kind, "selector": {"app": name},
+                 "ports": [{"name": "web", "port": 80, "targetPort": "http"}]},
+    })
+}
+
+/// One GET over a new connection: (status, body), or the error text.
+pub async fn get(http: &reqwest::Client, url: &str) -> std::result::Result<(u16, String), String> {
+    let response = http.get(url).send().await.map_err(|e| format!("{e:?}"))?;
+    let status = response.status().as_u16();
+    let body = response.text().await.map_err(|e| format!("{e:?}"))?;
+    Ok((status, body))
+}
+
+/// Sets a Deployment's replicas through its `scale` subresource.
+pub async fn scale(client: &Client, deployment: &str, replicas: i64) -> Result<()> {
+    let body = serde_json::to_vec(&json!({"spec": {"replicas": replicas}}))?;
+    client
+        .request(
+            skiff_client::Method::Patch,
+            &format!("/apis/apps/v1/namespaces/default/deployments/{deployment}/scale"),
+            Some(("application/merge-patch+json", body)),
+            None,
+        )
+        .await?;
+    Ok(())
+}
+
+pub fn http_client() -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(0)
+        .build()?)
+}
+
+#[test]
+fn a_serving_deployment_answers_by_pod_ip_cluster_ip_node_port_and_service_name() -> Result<()> {
+    isolated(async {
+        let cluster = ServiceCluster::start().await?;
+        let http = http_client()?;
+        cluster
+            .apply(&serving_deployment("backend", "http-hello", 2, json!([]))?)
+            .await?;
+        cluster.apply(&service("backend", "NodePort")).await?;
+        let pods = cluster.wait_ready("backend", 2).await?;
+        let names: BTreeSet<String> = pods.iter().map(|(n, _)| n.clone()).collect();
+
+        // Each pod answers on its own address, with its own name.
+        for (name, ip) in &pods {
+            let (status, body) = get(&http, &format!("http://{ip}:8080/"))
+                .await
+                .map_err(anyhow::Error::msg)?;
+            ensure!(
+                status == 200 && body == format!("hello from {name}\n"),
+                "{ip}: {status} {body:?}"
+            );
+        }
+
+        // The ClusterIP spreads over both pods (nftables DNAT in the node's output hook).
+        let vip = cluster.cluster_ip("backend").await?;
+        // Endpoint changes reach the node's rules within a second.
+        let routed = eventually(Duration::from_secs(2), "the ClusterIP to route", || async {
+            get(&http, &format!("http://{vip}/")).await.ok()
+        })
+        .await;
+        if routed.is_err() {
+            let rules = std::process::Command::new("nft")
+                .args(["list", "ruleset"])
+                .output()?;
+            anyhow::bail!(
+                "{vip} is not routed; rules:\n{}",
+                String::from_utf8_lossy(&rules.stdout)
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for _ in 0..40 {
+            let (status, body) = get(&http, &format!("http://{vip}/"))
+                .await
+                .map_err(anyhow::Error::msg)?;
+            ensure!(status == 200, "{vip}: {status} {body}");
+            let pod = body
+                .trim()
+                .strip_prefix("hello from ")
+                .context("greeting")?
+                .to_string();
+            ensure!(
+                names.contains(&pod),
+                "{vip} answered from {pod}, not a backend pod"
+            );
+            seen.insert(pod);
+        }
+        ensure!(seen == names, "the ClusterIP reached {seen:?} of {names:?}");
+
+        // The NodePort answers a client in another namespace, across the veth.
+        let svc = cluster
+            .client
+            .get(&skiff_api::resource::SERVICES, Some("default"), "backend")
+            .await?;
+        let node_port = svc["spec"]["ports"][0]["nodePort"]
+            .as_u64()
+            .context("nodePort")?;
+        let output = cluster
+            .peer
+            .command("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://{NODE_IP}:{node_port}/"),
+            ])
+            .output()?;
+        let body = String::from_utf8_lossy(&output.stdout);
+        ensure!(
+            output.status.success() && names.iter().any(|n| body == format!("hello from {n}\n")),
+            "NodePort from the client: {body:?} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+
+        // A frontend pod calls the backend by Service name, in-process.
+        cluster
+            .apply(&serving_deployment("frontend", "frontend", 1, json!([]))?)
+            .await?;
+        cluster.apply(&service("frontend", "ClusterIP")).await?;
+        let frontends = cluster.wait_ready("frontend", 1).await?;
+        let (frontend, frontend_ip) = &frontends[0];
+        let (status, body) = get(&http, &format!("http://{frontend_ip}:8080/"))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        ensure!(
+            status == 200
+                && body.starts_with(&format!("frontend {frontend} got 200: hello from backend-")),
+            "frontend: {status} {body:?}"
+        );
+
+        // Scaled to zero, the backend refuses at once once its last pod is gone (while
+        // pods terminate, they still serve: kube-proxy's terminating fallback): a reset
+        // on the ClusterIP, and a 502 naming the refusal from the frontend.
+        scale(&cluster.client, "backend", 0).await?;
+        eventually(
+            Duration::from_secs(30),
+            "the backend pods to be gone",
+            || async {
+                let pods = cluster.running_pods("backend").await.ok()?;
+                let all = all_endpoints(&cluster.client, "backend").await?;
+                (pods.is_empty() && all == 0).then_some(())
+            },
+        )
+        .await?;
+        // The rules follow within a second; from then on every attempt fails at once.
+        eventually(
+            Duration::from_secs(2),
+            "the ClusterIP to refuse",
+            || async { get(&http, &format!("http://{vip}/")).await.err() },
+        )
+        .await?;
+        let started = std::time::Instant::now();
+        let attempt = get(&http, &format!("http://{vip}/")).await;
+        let refused = (started.elapsed(), attempt.err().unwrap_or_default());
+        ensure!(
+            refused.0 < Duration::from_millis(500) && refused.1.contains("ConnectionRefused"),
+            "a Service without endpoints must refuse at once: {refused:?}"
+        );
+        let (status, body) = get(&http, &format!("http://{frontend_ip}:8080/"))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        ensure!(
+            status == 502 && body.contains("ConnectionRefused"),
+            "frontend without backend: {status} {body:?}"
+        );
+        Ok(())
+    })
+}
