@@ -12,6 +12,7 @@ pub mod images;
 pub mod logs;
 pub mod plan;
 pub mod pods;
+pub mod probes;
 pub mod proxy;
 pub mod registration;
 pub mod runtimes;
@@ -202,17 +203,41 @@ pub async fn run(
     };
     let recorder =
         skiff_client::events::Recorder::new(client.clone(), "kubelet", Some(&config.name));
-    let syncer = Arc::new(pods::PodSyncer::new(
-        client.clone(),
-        runtimes.clone(),
-        class_lookup,
-        config.name.clone(),
-        config.address.to_string(),
-        config.data_dir.clone(),
-        recorder,
-        clock.clone(),
-        addresses.clone(),
-    ));
+    // Probe workers re-queue their pod when a result changes, and record failures as
+    // `Unhealthy` events.
+    let probes = {
+        let (queue, informer) = (queue.clone(), informer.clone());
+        let recorder = recorder.clone();
+        let clock = clock.clone();
+        probes::ProbeManager::new(
+            Arc::new(move |key: &str| queue.add(key)),
+            Arc::new(move |key: &str, _kind, message: &str| {
+                if let Some(pod) = informer.get(key).and_then(|cached| cached.pod().ok()) {
+                    recorder.record(
+                        &skiff_client::events::event_subject(&pod),
+                        skiff_client::events::EventType::Warning,
+                        "Unhealthy",
+                        message,
+                        clock.now(),
+                    );
+                }
+            }),
+        )
+    };
+    let syncer = Arc::new(
+        pods::PodSyncer::new(
+            client.clone(),
+            runtimes.clone(),
+            class_lookup,
+            config.name.clone(),
+            config.address.to_string(),
+            config.data_dir.clone(),
+            recorder,
+            clock.clone(),
+            addresses.clone(),
+        )
+        .with_probes(probes),
+    );
     tokio::pin!(shutdown);
     let synced = tokio::select! {
         _ = async { informer.wait_synced().await; runtime_classes.wait_synced().await } => true,

@@ -3,6 +3,7 @@
 //! [`SyncAction`]s that move the runtime towards the pod's spec, and the status to write.
 //! `pods::PodSyncer` executes them; nothing here does IO.
 
+use crate::probes::ProbeState;
 use crate::runtimes::Unresolved;
 use crate::status::{pod_status, ContainerView};
 use k8s_openapi::api::core::v1 as core;
@@ -37,6 +38,13 @@ pub enum SyncAction {
     },
     /// Starts a container that was created but not started (an interrupted sync).
     StartContainer { handler: String, id: String },
+    /// Stops a running container that failed its liveness or startup probe; it then
+    /// restarts under the pod's restart policy.
+    KillContainer {
+        handler: String,
+        id: String,
+        grace: Duration,
+    },
     /// Removes an old attempt of a container (only the last two are kept, for `logs -p`).
     RemoveContainer { handler: String, id: String },
     /// Stops every container of a sandbox, each with `grace`.
@@ -71,6 +79,7 @@ impl SyncAction {
             SyncAction::CreateSandbox { .. }
                 | SyncAction::CreateContainer { .. }
                 | SyncAction::StartContainer { .. }
+                | SyncAction::KillContainer { .. }
                 | SyncAction::RemoveSandbox { .. }
         )
     }
@@ -150,6 +159,9 @@ pub struct PlanInput<'a> {
     pub backend: Result<String, Unresolved>,
     /// Start failures of this pod's containers, by container name.
     pub failures: &'a HashMap<String, StartFailure>,
+    /// What the probes say about running containers, by container id (missing: no
+    /// result yet).
+    pub probes: &'a HashMap<String, ProbeState>,
     pub now: SystemTime,
 }
 
@@ -255,6 +267,7 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<SyncAction> {
         let mut waiting = None;
         let mut finished = false;
         let mut start_attempt = None;
+        let mut probed = ProbeState::initial(spec);
         match latest {
             None => start_attempt = Some(reported),
             Some(c) => match &c.state {
@@ -262,7 +275,23 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<SyncAction> {
                     handler: handler.clone(),
                     id: c.id.clone(),
                 }),
-                ContainerState::Running => {}
+                ContainerState::Running => {
+                    if let Some(state) = input.probes.get(&c.id) {
+                        probed = state.clone();
+                    }
+                    if let Some(message) = &probed.kill {
+                        actions.push(SyncAction::RecordEvent {
+                            warning: false,
+                            reason: "Killing".into(),
+                            message: message.clone(),
+                        });
+                        actions.push(SyncAction::KillContainer {
+                            handler: handler.clone(),
+                            id: c.id.clone(),
+                            grace: probe_kill_grace(pod, spec),
+                        });
+                    }
+                }
                 ContainerState::Exited {
                     exit_code,
                     finished_at,
@@ -337,6 +366,8 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<SyncAction> {
             previous,
             waiting,
             finished,
+            started: probed.started,
+            ready: probed.started && probed.ready && probed.kill.is_none(),
         });
     }
     // The status is computed once the runtime has settled (the executor re-plans).
@@ -351,6 +382,19 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<SyncAction> {
         actions.push(SyncAction::WaitBackoff { until });
     }
     actions
+}
+
+/// The grace period of a kill after a failed probe: the probe's own
+/// `terminationGracePeriodSeconds`, else the pod's, else the default.
+fn probe_kill_grace(pod: PodRef<'_>, spec: &core::Container) -> Duration {
+    let probe_grace = [spec.liveness_probe.as_ref(), spec.startup_probe.as_ref()]
+        .into_iter()
+        .flatten()
+        .find_map(|p| p.termination_grace_period_seconds);
+    probe_grace
+        .or_else(|| pod.spec()?.termination_grace_period_seconds)
+        .map(|s| Duration::from_secs(s.max(0).unsigned_abs()))
+        .unwrap_or(DEFAULT_GRACE)
 }
 
 fn remove_sandbox(actions: &mut Vec<SyncAction>, s: &ObservedSandbox) {
@@ -423,6 +467,8 @@ fn plan_unresolved(
             waiting: Some((unresolved.reason.to_string(), unresolved.message.clone())),
             restart_count: reported_restarts(pod, &spec.name),
             finished: false,
+            started: false,
+            ready: false,
         })
         .collect();
     let shown = pod
@@ -540,6 +586,7 @@ mod tests {
         sandboxes: Vec<ObservedSandbox>,
         backend: Result<String, Unresolved>,
         failures: HashMap<String, StartFailure>,
+        probes: HashMap<String, ProbeState>,
         now: SystemTime,
         log_root: &'a PathBuf,
     }
@@ -551,6 +598,7 @@ mod tests {
                 sandboxes,
                 backend: Ok("wasmtime".into()),
                 failures: HashMap::new(),
+                probes: HashMap::new(),
                 now: t(5),
                 log_root,
             }
@@ -569,6 +617,7 @@ mod tests {
                 sandboxes: &self.sandboxes,
                 backend: self.backend.clone(),
                 failures: &self.failures,
+                probes: &self.probes,
                 now: self.now,
             })
         }
@@ -589,6 +638,9 @@ mod tests {
                     ..
                 } => format!("CreateContainer {name}#{attempt} in {sandbox:?}"),
                 SyncAction::StartContainer { id, .. } => format!("StartContainer {id}"),
+                SyncAction::KillContainer { id, grace, .. } => {
+                    format!("KillContainer {id} {}s", grace.as_secs())
+                }
                 SyncAction::RemoveContainer { id, .. } => format!("RemoveContainer {id}"),
                 SyncAction::StopSandbox { id, grace, .. } => {
                     format!("StopSandbox {id} {}s", grace.as_secs())
@@ -666,6 +718,68 @@ mod tests {
         case.pod.as_mut().unwrap()["status"] = serde_json::to_value(status).unwrap();
         case.now = t(500);
         assert_eq!(summary(&case.plan()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn probes_decide_readiness_and_failed_liveness_kills_the_container() {
+        let root = PathBuf::from("/logs");
+        let mut probed = pod("Always");
+        probed["spec"]["terminationGracePeriodSeconds"] = json!(7);
+        probed["spec"]["containers"][0]["readinessProbe"] = json!({"httpGet": {"port": 8080}});
+        let running = vec![sandbox(
+            "u1",
+            vec![
+                container("a", 0, ContainerState::Running),
+                container("b", 0, ContainerState::Running),
+            ],
+        )];
+        let ready_of = |actions: &[SyncAction]| {
+            let Some(SyncAction::WriteStatus(status)) = actions.last() else {
+                panic!("a status write: {actions:?}")
+            };
+            let pod_ready = status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| c.status.clone());
+            let containers: Vec<bool> = status
+                .container_statuses
+                .iter()
+                .flatten()
+                .map(|c| c.ready)
+                .collect();
+            (pod_ready.unwrap_or_default(), containers)
+        };
+        // Before any result a readiness probe means not ready.
+        let mut case = Case::new(Some(probed), running, &root);
+        assert_eq!(
+            ready_of(&case.plan()),
+            ("False".to_string(), vec![false, true])
+        );
+        let state = |ready: bool, kill: Option<&str>| ProbeState {
+            started: true,
+            ready,
+            kill: kill.map(str::to_string),
+        };
+        case.probes.insert("a-0".into(), state(true, None));
+        assert_eq!(
+            ready_of(&case.plan()),
+            ("True".to_string(), vec![true, true])
+        );
+        // A liveness failure past its threshold: an event and a kill with the pod's grace.
+        case.probes.insert(
+            "a-0".into(),
+            state(
+                true,
+                Some("Container a failed liveness probe, will be restarted"),
+            ),
+        );
+        let actions = case.plan();
+        assert_eq!(
+            summary(&actions),
+            ["RecordEvent Killing", "KillContainer a-0 7s"]
+        );
     }
 
     #[test]

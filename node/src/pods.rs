@@ -221,6 +221,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Syncs pods of one node against one runtime.
 pub struct PodSyncer {
+    probes: Arc<crate::probes::ProbeManager>,
     pub client: Client,
     pub runtimes: RuntimeRegistry,
     /// RuntimeClass name -> handler, from the agent's RuntimeClass informer.
@@ -273,7 +274,15 @@ impl PodSyncer {
             log_max_bytes: 10 * 1024 * 1024,
             log_max_files: 5,
             failures: Mutex::new(HashMap::new()),
+            probes: crate::probes::ProbeManager::new(Arc::new(|_| {}), Arc::new(|_, _, _| {})),
         }
+    }
+
+    /// Uses `probes` for the pods' probe workers (the agent's, which re-queue pods and
+    /// record events).
+    pub fn with_probes(mut self, probes: Arc<crate::probes::ProbeManager>) -> Self {
+        self.probes = probes;
+        self
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), StartFailure>> {
@@ -322,6 +331,50 @@ impl PodSyncer {
         Ok(observed)
     }
 
+    /// Keeps the pod's probe workers in step with its running containers.
+    fn sync_probes(
+        &self,
+        key: &str,
+        pod: Option<&core::Pod>,
+        uid: &str,
+        sandboxes: &[ObservedSandbox],
+    ) {
+        let Some(spec) = pod
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .and_then(|p| p.spec.as_ref())
+        else {
+            self.probes.forget_pod(key);
+            return;
+        };
+        let mut running = Vec::new();
+        for sandbox in sandboxes.iter().filter(|s| s.sandbox.config.pod_uid == uid) {
+            let Ok(backend) = self.backend(&sandbox.handler) else {
+                continue;
+            };
+            for status in &sandbox.containers {
+                let Some(container) = spec.containers.iter().find(|c| c.name == status.name) else {
+                    continue;
+                };
+                let probed = container.readiness_probe.is_some()
+                    || container.liveness_probe.is_some()
+                    || container.startup_probe.is_some();
+                if status.state != skiff_runtime::ContainerState::Running || !probed {
+                    continue;
+                }
+                running.push(crate::probes::Running {
+                    container,
+                    target: crate::probes::Target {
+                        runtime: backend.runtime.clone(),
+                        container_id: status.id.clone(),
+                        pod_ip: sandbox.sandbox.network.as_ref().map(|n| n.ip),
+                        ports: container.ports.clone().unwrap_or_default(),
+                    },
+                });
+            }
+        }
+        self.probes.sync_pod(key, running);
+    }
+
     /// Reconciles the pod with key `namespace/name`; `pod` is the cached object, if any.
     ///
     /// Observe the runtimes, [`plan`], execute; when the plan changed the runtime,
@@ -347,6 +400,12 @@ impl PodSyncer {
                 .runtimes
                 .resolve(class, self.runtime_classes.as_ref())
                 .map(|b| b.handler.clone());
+            self.sync_probes(key, pod, uid, &sandboxes);
+            let probes = self.probes.states(
+                sandboxes
+                    .iter()
+                    .flat_map(|s| s.containers.iter().map(|c| c.id.clone())),
+            );
             let actions = plan(&PlanInput {
                 node_name: &self.node_name,
                 host_ip: &self.host_ip,
@@ -355,6 +414,7 @@ impl PodSyncer {
                 sandboxes: &sandboxes,
                 backend,
                 failures: &failures,
+                probes: &probes,
                 now: self.clock.system_time(),
             });
             let replan = actions.iter().any(SyncAction::changes_runtime)
@@ -424,6 +484,12 @@ impl PodSyncer {
                 }
                 SyncAction::StartContainer { handler, id } => {
                     self.backend(&handler)?.runtime.start_container(&id).await?;
+                }
+                SyncAction::KillContainer { handler, id, grace } => {
+                    self.backend(&handler)?
+                        .runtime
+                        .stop_container(&id, grace)
+                        .await?;
                 }
                 SyncAction::RemoveContainer { handler, id } => {
                     self.backend(&handler)?
@@ -925,6 +991,7 @@ mod tests {
             sandboxes: &sandboxes,
             backend: Ok("wasmtime".into()),
             failures: &failures,
+            probes: &HashMap::new(),
             now: syncer.clock.system_time(),
         })
         .into_iter()

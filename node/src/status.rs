@@ -25,6 +25,10 @@ pub struct ContainerView {
     pub restart_count: u32,
     /// Whether the container will not run again (exited and the restart policy says no).
     pub finished: bool,
+    /// Its startup probe passed (or it has none).
+    pub started: bool,
+    /// Its probes say it is ready (startup passed, readiness passing or absent).
+    pub ready: bool,
 }
 
 pub fn timestamp(t: SystemTime) -> String {
@@ -97,8 +101,8 @@ fn container_status(view: &ContainerView) -> core::ContainerStatus {
         name: view.name.clone(),
         image: view.image.clone(),
         image_id: latest.map(|l| l.image.digest.clone()).unwrap_or_default(),
-        ready: running,
-        started: Some(running),
+        ready: running && view.ready && view.waiting.is_none(),
+        started: Some(running && view.started),
         restart_count: i32::try_from(view.restart_count).unwrap_or(i32::MAX),
         state: Some(state),
         last_state: Some(core::ContainerState {
@@ -151,6 +155,7 @@ pub fn pod_status(
                 .as_ref()
                 .is_some_and(|l| l.state == ContainerState::Running)
                 && v.waiting.is_none()
+                && v.ready
         });
     let condition = |kind: &str, ok: bool, reason: Option<&str>| {
         let status = if ok { "True" } else { "False" };
@@ -259,6 +264,8 @@ mod tests {
             waiting: waiting.map(|(a, b)| (a.into(), b.into())),
             restart_count: 0,
             finished,
+            started: true,
+            ready: true,
         }
     }
 

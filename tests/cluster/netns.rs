@@ -47,8 +47,6 @@ fn run(command: &mut Command) -> Result<()> {
 /// It lives as long as its holder process (`sleep`), which is killed by PID on drop.
 pub struct Peer {
     holder: Child,
-    pub address: String,
-    pub node_side: String,
 }
 
 impl Peer {
@@ -60,11 +58,7 @@ impl Peer {
             .stdin(Stdio::null())
             .spawn()?;
         let pid = holder.id().to_string();
-        let peer = Peer {
-            holder,
-            address: address.to_string(),
-            node_side: node_side.to_string(),
-        };
+        let peer = Peer { holder };
         // `unshare` execs `sleep` once the namespace exists; wait for that.
         let own_ns = std::fs::read_link("/proc/thread-self/ns/net")?;
         for _ in 0..200 {

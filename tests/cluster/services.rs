@@ -17,8 +17,9 @@ const CLIENT_IP: &str = "192.168.77.2";
 
 pub struct ServiceCluster {
     pub dir: tempfile::TempDir,
-    pub node: NodeProcess,
-    pub control: ControlProcess,
+    // Held for their lifetime: dropping them stops the processes (nodes first).
+    _node: NodeProcess,
+    _control: ControlProcess,
     pub client: Client,
     pub peer: Peer,
 }
@@ -40,8 +41,8 @@ impl ServiceCluster {
         .await?;
         Ok(ServiceCluster {
             dir,
-            node,
-            control,
+            _node: node,
+            _control: control,
             client,
             peer,
         })
@@ -252,6 +253,39 @@ fn a_serving_deployment_answers_by_pod_ip_cluster_ip_node_port_and_service_name(
         let pods = cluster.wait_ready("backend", 2).await?;
         let names: BTreeSet<String> = pods.iter().map(|(n, _)| n.clone()).collect();
 
+        // kubectl shows the Service with its endpoints.
+        let kubectl = |args: &[&str]| {
+            std::process::Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(cluster.kubeconfig())
+                .args(args)
+                .output()
+        };
+        let shown = kubectl(&["get", "svc,endpoints", "backend"])?;
+        let text = String::from_utf8_lossy(&shown.stdout);
+        ensure!(
+            shown.status.success(),
+            "{}",
+            String::from_utf8_lossy(&shown.stderr)
+        );
+        for (_, ip) in &pods {
+            ensure!(
+                text.contains(&format!("{ip}:8080")),
+                "kubectl get endpoints: {text}"
+            );
+        }
+        ensure!(
+            text.contains("NodePort") && text.contains("80:3"),
+            "kubectl get svc: {text}"
+        );
+        let described = kubectl(&["describe", "svc", "backend"])?;
+        let text = String::from_utf8_lossy(&described.stdout);
+        ensure!(
+            text.contains("Endpoints:") && pods.iter().all(|(_, ip)| text.contains(ip.as_str())),
+            "kubectl describe svc: {text} {}",
+            String::from_utf8_lossy(&described.stderr)
+        );
+
         // Each pod answers on its own address, with its own name.
         for (name, ip) in &pods {
             let (status, body) = get(&http, &format!("http://{ip}:8080/"))
@@ -373,6 +407,129 @@ fn a_serving_deployment_answers_by_pod_ip_cluster_ip_node_port_and_service_name(
         ensure!(
             status == 502 && body.contains("ConnectionRefused"),
             "frontend without backend: {status} {body:?}"
+        );
+        Ok(())
+    })
+}
+
+/// The pod's `restartCount` of its first container.
+async fn restarts(client: &Client, pod: &str) -> Option<i64> {
+    let pod = client
+        .get(&skiff_api::resource::PODS, Some("default"), pod)
+        .await
+        .ok()?;
+    pod["status"]["containerStatuses"][0]["restartCount"].as_i64()
+}
+
+#[test]
+fn readiness_failures_leave_the_endpoints_and_liveness_failures_restart() -> Result<()> {
+    isolated(async {
+        let cluster = ServiceCluster::start().await?;
+        let http = http_client()?;
+        let probe_dir = cluster.dir.path().join("probes");
+        std::fs::create_dir_all(&probe_dir)?;
+        let mut deployment = serving_deployment(
+            "web",
+            "http-hello",
+            2,
+            json!([{"name": "PROBE_DIR", "value": "/probes"}]),
+        )?;
+        let pod_spec = &mut deployment["spec"]["template"]["spec"];
+        pod_spec["volumes"] = json!([{"name": "probes", "hostPath": {"path": probe_dir}}]);
+        let container = &mut pod_spec["containers"][0];
+        container["volumeMounts"] = json!([{"name": "probes", "mountPath": "/probes"}]);
+        container["readinessProbe"] = json!({"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 1, "failureThreshold": 1});
+        container["livenessProbe"] = json!({"httpGet": {"path": "/healthz", "port": 8080}, "periodSeconds": 1, "failureThreshold": 2});
+        cluster.apply(&deployment).await?;
+        cluster.apply(&service("web", "ClusterIP")).await?;
+        let pods = cluster.wait_ready("web", 2).await?;
+        let vip = cluster.cluster_ip("web").await?;
+        let (sick, healthy) = (&pods[0], &pods[1]);
+
+        // Failing readiness: out of the endpoints within a probe period (and the proxy's
+        // second), not restarted; every request then reaches the other pod.
+        std::fs::write(probe_dir.join(format!("{}.not-ready", sick.0)), "")?;
+        let started = std::time::Instant::now();
+        eventually(
+            Duration::from_secs(5),
+            "the unready pod to leave the endpoints",
+            || async {
+                let ready = ready_endpoints(&cluster.client, "web").await?;
+                (ready == BTreeSet::from([healthy.1.clone()])).then_some(())
+            },
+        )
+        .await?;
+        let left_after = started.elapsed();
+        ensure!(
+            left_after < Duration::from_secs(3),
+            "left the endpoints after {left_after:?}"
+        );
+        eventually(
+            Duration::from_secs(2),
+            "the ClusterIP to skip the unready pod",
+            || async {
+                for _ in 0..10 {
+                    let (_, body) = get(&http, &format!("http://{vip}/")).await.ok()?;
+                    if body != format!("hello from {}\n", healthy.0) {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await?;
+        ensure!(
+            restarts(&cluster.client, &sick.0).await == Some(0),
+            "a readiness failure never restarts"
+        );
+        std::fs::remove_file(probe_dir.join(format!("{}.not-ready", sick.0)))?;
+        cluster.wait_ready("web", 2).await?;
+
+        // Failing liveness: killed and restarted, with events saying why.
+        std::fs::write(probe_dir.join(format!("{}.dead", sick.0)), "")?;
+        eventually(
+            Duration::from_secs(20),
+            "the unhealthy pod to restart",
+            || async { (restarts(&cluster.client, &sick.0).await? >= 1).then_some(()) },
+        )
+        .await?;
+        std::fs::remove_file(probe_dir.join(format!("{}.dead", sick.0)))?;
+        let events = cluster
+            .client
+            .list(
+                &skiff_api::resource::EVENTS,
+                Some("default"),
+                &Default::default(),
+            )
+            .await?;
+        let reasons: Vec<(String, String)> = events["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["involvedObject"]["name"] == sick.0.as_str())
+            .map(|e| {
+                (
+                    e["reason"].as_str().unwrap_or_default().to_string(),
+                    e["message"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        ensure!(
+            reasons.iter().any(|(r, m)| r == "Unhealthy"
+                && m.starts_with("Liveness probe failed: HTTP probe failed with statuscode: 500")),
+            "{reasons:?}"
+        );
+        ensure!(
+            reasons
+                .iter()
+                .any(|(r, m)| r == "Killing"
+                    && m.contains("failed liveness probe, will be restarted")),
+            "{reasons:?}"
+        );
+        cluster.wait_ready("web", 2).await?;
+        ensure!(
+            restarts(&cluster.client, &healthy.0).await == Some(0),
+            "the healthy pod was left alone"
         );
         Ok(())
     })

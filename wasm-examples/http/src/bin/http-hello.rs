@@ -2,8 +2,9 @@
 //! set from the downward API in the manifests, else `HOSTNAME`), `/health-check` with
 //! "ok" (the probe path), `/slow?ms=N` after sleeping N ms (for timeout tests),
 //! `/spin` never returns (CPU-budget tests), `/fail` traps, and `/echo` returns the
-//! request body. `/ready` answers with the status in `READY_STATUS` (default 200), so a
-//! test can make a readiness probe fail.
+//! request body. `/ready` and `/healthz` are probe paths a test can make fail: with
+//! `PROBE_DIR` set (a mounted directory), `/ready` answers 503 while
+//! `<PROBE_DIR>/<pod>.not-ready` exists and `/healthz` 500 while `<pod>.dead` does.
 use wstd::http::body::Body;
 use wstd::http::{Error, Request, Response, StatusCode};
 
@@ -19,16 +20,8 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
             Ok(Response::new(format!("{greeting} from {pod}\n").into()))
         }
         "/health-check" => Ok(Response::new("ok\n".to_owned().into())),
-        "/ready" => {
-            let status = std::env::var("READY_STATUS")
-                .ok()
-                .and_then(|s| s.parse::<u16>().ok())
-                .and_then(|s| StatusCode::from_u16(s).ok())
-                .unwrap_or(StatusCode::OK);
-            Ok(Response::builder()
-                .status(status)
-                .body(format!("{pod} ready={}\n", status.as_u16()).into())?)
-        }
+        "/ready" => Ok(probe_answer(&pod, "not-ready", StatusCode::SERVICE_UNAVAILABLE)?),
+        "/healthz" => Ok(probe_answer(&pod, "dead", StatusCode::INTERNAL_SERVER_ERROR)?),
         "/slow" => {
             let ms: u64 = request
                 .uri()
@@ -54,4 +47,15 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
             .status(StatusCode::NOT_FOUND)
             .body(format!("{path} not found in {pod}\n").into())?),
     }
+}
+
+/// 200, or `failing` while the marker file `<PROBE_DIR>/<pod>.<marker>` exists.
+fn probe_answer(pod: &str, marker: &str, failing: StatusCode) -> Result<Response<Body>, Error> {
+    let marked = std::env::var("PROBE_DIR")
+        .map(|dir| std::path::Path::new(&dir).join(format!("{pod}.{marker}")).exists())
+        .unwrap_or(false);
+    let status = if marked { failing } else { StatusCode::OK };
+    Ok(Response::builder()
+        .status(status)
+        .body(format!("{pod} {marker}={marked}\n").into())?)
 }
