@@ -249,7 +249,7 @@ fn a_serving_deployment_answers_by_pod_ip_cluster_ip_node_port_and_service_name(
         cluster
             .apply(&serving_deployment("backend", "http-hello", 2, json!([]))?)
             .await?;
-        cluster.apply(&service("backend", "NodePort")).await?;
+        cluster.apply(&service("backend", "LoadBalancer")).await?;
         let pods = cluster.wait_ready("backend", 2).await?;
         let names: BTreeSet<String> = pods.iter().map(|(n, _)| n.clone()).collect();
 
@@ -275,7 +275,7 @@ fn a_serving_deployment_answers_by_pod_ip_cluster_ip_node_port_and_service_name(
             );
         }
         ensure!(
-            text.contains("NodePort") && text.contains("80:3"),
+            text.contains("LoadBalancer") && text.contains("80:3"),
             "kubectl get svc: {text}"
         );
         let described = kubectl(&["describe", "svc", "backend"])?;
@@ -355,6 +355,45 @@ fn a_serving_deployment_answers_by_pod_ip_cluster_ip_node_port_and_service_name(
             output.status.success() && names.iter().any(|n| body == format!("hello from {n}\n")),
             "NodePort from the client: {body:?} {}",
             String::from_utf8_lossy(&output.stderr)
+        );
+
+        // As a LoadBalancer, it answers on the node's address at its port (ServiceLB).
+        let ingress = eventually(
+            Duration::from_secs(10),
+            "the load balancer's ingress",
+            || async {
+                let svc = cluster
+                    .client
+                    .get(&skiff_api::resource::SERVICES, Some("default"), "backend")
+                    .await
+                    .ok()?;
+                svc["status"]["loadBalancer"]["ingress"][0]["ip"]
+                    .as_str()
+                    .map(str::to_string)
+            },
+        )
+        .await?;
+        ensure!(ingress == NODE_IP, "ingress {ingress}");
+        let body = eventually(
+            Duration::from_secs(5),
+            "the load balancer to answer",
+            || async {
+                let output = cluster
+                    .peer
+                    .command("curl")
+                    .args(["-sS", "--max-time", "2", &format!("http://{NODE_IP}:80/")])
+                    .output()
+                    .ok()?;
+                output
+                    .status
+                    .success()
+                    .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+            },
+        )
+        .await?;
+        ensure!(
+            names.iter().any(|n| body == format!("hello from {n}\n")),
+            "load balancer: {body:?}"
         );
 
         // A frontend pod calls the backend by Service name, in-process.

@@ -12,6 +12,7 @@ pub mod gc;
 pub mod harness;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod servicelb;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use k8s_openapi::api::core::v1::Pod;
@@ -94,6 +95,12 @@ pub async fn run(
             wait(stopped.clone()),
         )),
         tokio::spawn(endpoints::run(
+            factory.clone(),
+            config.workers,
+            clock.clone(),
+            wait(stopped.clone()),
+        )),
+        tokio::spawn(servicelb::run(
             factory.clone(),
             config.workers,
             clock.clone(),

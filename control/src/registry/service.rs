@@ -18,7 +18,22 @@ impl Strategy for ServiceStrategy {
     fn default_spec(&self, spec: &mut Value) {
         with_typed(spec, |spec: &mut ServiceSpec| {
             let service_type = spec.type_.get_or_insert_with(|| "ClusterIP".into()).clone();
-            spec.session_affinity.get_or_insert_with(|| "None".into());
+            let affinity = spec
+                .session_affinity
+                .get_or_insert_with(|| "None".into())
+                .clone();
+            if affinity == "ClientIP" {
+                // Kubernetes' default stickiness: three hours.
+                let config = spec
+                    .session_affinity_config
+                    .get_or_insert_with(Default::default);
+                let client_ip = config.client_ip.get_or_insert_with(Default::default);
+                client_ip.timeout_seconds.get_or_insert(10800);
+            }
+            if matches!(service_type.as_str(), "NodePort" | "LoadBalancer") {
+                spec.external_traffic_policy
+                    .get_or_insert_with(|| "Cluster".into());
+            }
             if service_type != "ExternalName" {
                 spec.internal_traffic_policy
                     .get_or_insert_with(|| "Cluster".into());
