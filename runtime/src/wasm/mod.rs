@@ -316,7 +316,10 @@ fn serving_ports(config: &ContainerConfig) -> Vec<u16> {
 
 /// What a started container does: serve requests, or run once to its end.
 enum Work {
-    Serve(Arc<HttpServer>, Vec<std::net::SocketAddr>),
+    Serve(
+        Arc<HttpServer>,
+        Vec<(std::net::SocketAddr, std::net::TcpListener)>,
+    ),
     Run(Arc<Compiled>, guest::GuestSpec, PodHooks),
 }
 
@@ -645,13 +648,8 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                         action: "start",
                     });
                 }
-                record.status.state = ContainerState::Running;
-                self.inner.running.fetch_add(1, Ordering::AcqRel);
-                record.status.started_at = Some(self.inner.config.clock.system_time());
-                record.cancel = Some(cancel_tx);
-                record.done = Some(done_rx);
                 let spec = self.guest_spec(record);
-                match &*record.compiled {
+                let work = match &*record.compiled {
                     Compiled::Proxy(pre) => {
                         let server = HttpServer::new(
                             self.inner.engine.engine.clone(),
@@ -664,8 +662,7 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                             guests.clone(),
                             serving_ports(&record.config),
                         );
-                        record.server = Some(server.clone());
-                        let addrs = addresses
+                        let addrs: Vec<std::net::SocketAddr> = addresses
                             .iter()
                             .flat_map(|ip| {
                                 server
@@ -674,14 +671,23 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                                     .map(|port| std::net::SocketAddr::new(*ip, *port))
                             })
                             .collect();
-                        Work::Serve(server, addrs)
+                        let bound =
+                            serve::bind(&addrs).map_err(|e| RuntimeError::Io(e.to_string()))?;
+                        record.server = Some(server.clone());
+                        Work::Serve(server, bound)
                     }
                     _ => Work::Run(
                         record.compiled.clone(),
                         spec,
                         PodHooks::new(caller, self.inner.egress.clone()),
                     ),
-                }
+                };
+                record.status.state = ContainerState::Running;
+                self.inner.running.fetch_add(1, Ordering::AcqRel);
+                record.status.started_at = Some(self.inner.config.clock.system_time());
+                record.cancel = Some(cancel_tx);
+                record.done = Some(done_rx);
+                work
             };
             if let Ok(status) = self.container_status(id).await {
                 publish(&self.inner, &status, crate::ContainerEventKind::Started);
@@ -690,7 +696,7 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
             let id = id.clone();
             guests.spawn(async move {
                 let outcome = match work {
-                    Work::Serve(server, addrs) => serve::run(server, addrs, cancel_rx).await,
+                    Work::Serve(server, bound) => serve::run(server, bound, cancel_rx).await,
                     Work::Run(compiled, spec, hooks) => {
                         let engine = inner.engine.engine.clone();
                         tokio::select! {

@@ -248,17 +248,32 @@ impl HttpServer {
     }
 }
 
-/// Serves `server` on `addrs` until `stop` fires with the grace period, then drains:
-/// keeps accepting for up to [`DRAIN_BEFORE_CLOSE`], closes the listeners, lets open
-/// connections finish their requests until the grace period is over, and cuts the rest.
+/// Binds the listeners of a serving container, before it counts as running: a pod that
+/// is reported running (and so may be probed ready and routed to) accepts connections.
+pub fn bind(addrs: &[SocketAddr]) -> std::io::Result<Vec<(SocketAddr, std::net::TcpListener)>> {
+    addrs
+        .iter()
+        .map(|addr| {
+            listen(*addr)
+                .map(|l| (*addr, l))
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+        })
+        .collect()
+}
+
+/// Serves `server` on its bound listeners until `stop` fires with the grace period,
+/// then drains: keeps accepting for up to [`DRAIN_BEFORE_CLOSE`], closes the listeners,
+/// lets open connections finish their requests until the grace period is over, and
+/// cuts the rest.
 pub async fn run(
     server: Arc<HttpServer>,
-    addrs: Vec<SocketAddr>,
+    bound: Vec<(SocketAddr, std::net::TcpListener)>,
     stop: oneshot::Receiver<Duration>,
 ) -> guest::Outcome {
-    let mut listeners = Vec::with_capacity(addrs.len());
-    for addr in &addrs {
-        match listen(*addr) {
+    let mut listeners = Vec::with_capacity(bound.len());
+    let mut addrs = Vec::with_capacity(bound.len());
+    for (addr, listener) in bound {
+        match tokio::net::TcpListener::from_std(listener) {
             Ok(l) => listeners.push(l),
             Err(e) => {
                 return guest::Outcome {
@@ -268,6 +283,7 @@ pub async fn run(
                 }
             }
         }
+        addrs.push(addr);
     }
     for addr in &addrs {
         server.egress.register(*addr, &server);
@@ -302,7 +318,7 @@ pub async fn run(
 /// A listener on a pod address. `IP_FREEBIND` lets it bind before the address is local
 /// (the node adds its pod range as a local route; without it nothing arrives, but the
 /// container still runs and serves in-process callers and probes).
-fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -317,7 +333,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    tokio::net::TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Accepts until `closing`, then stops accepting and waits for the open connections,
