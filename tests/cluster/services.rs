@@ -573,3 +573,242 @@ fn readiness_failures_leave_the_endpoints_and_liveness_failures_restart() -> Res
         Ok(())
     })
 }
+
+/// Requests counted by a bounded load loop.
+#[derive(Debug, Default)]
+pub struct LoadCount {
+    pub ok: u64,
+    pub failed: Vec<String>,
+    /// Bodies seen, for checking which version answered.
+    pub bodies: BTreeSet<String>,
+}
+
+/// `clients` loops of GETs to `url`, each request on a new connection, until `stop`
+/// flips or `limit` passes (bounded either way).
+pub fn spawn_load(
+    url: String,
+    clients: usize,
+    limit: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<LoadCount> {
+    tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..clients {
+            let (url, stop) = (url.clone(), stop.clone());
+            tasks.spawn(async move {
+                let http = http_client().expect("client");
+                let deadline = std::time::Instant::now() + limit;
+                let mut count = LoadCount::default();
+                while !*stop.borrow() && std::time::Instant::now() < deadline {
+                    match get(&http, &url).await {
+                        Ok((200, body)) => {
+                            count.ok += 1;
+                            count.bodies.insert(body);
+                        }
+                        Ok((status, body)) => count.failed.push(format!("{status} {body}")),
+                        Err(e) => count.failed.push(e),
+                    }
+                }
+                count
+            });
+        }
+        let mut total = LoadCount::default();
+        while let Some(Ok(count)) = tasks.join_next().await {
+            total.ok += count.ok;
+            total.failed.extend(count.failed);
+            total.bodies.extend(count.bodies);
+        }
+        total
+    })
+}
+
+#[test]
+fn a_rolling_update_under_load_loses_no_request() -> Result<()> {
+    isolated(async {
+        let cluster = ServiceCluster::start().await?;
+        let mut deployment = serving_deployment(
+            "web",
+            "http-hello",
+            3,
+            json!([{"name": "GREETING", "value": "v1"}]),
+        )?;
+        deployment["spec"]["strategy"] =
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}});
+        deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"] =
+            json!({"httpGet": {"path": "/health-check", "port": "http"}, "periodSeconds": 1});
+        cluster.apply(&deployment).await?;
+        cluster.apply(&service("web", "ClusterIP")).await?;
+        cluster.wait_ready("web", 3).await?;
+        let vip = cluster.cluster_ip("web").await?;
+        eventually(Duration::from_secs(2), "the ClusterIP to route", || async {
+            get(&http_client().ok()?, &format!("http://{vip}/"))
+                .await
+                .ok()
+        })
+        .await?;
+
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let load = spawn_load(
+            format!("http://{vip}/"),
+            4,
+            Duration::from_secs(90),
+            stopped,
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let patch = serde_json::to_vec(&json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "web", "env": [
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "GREETING", "value": "v2"}]}]}}}}))?;
+        cluster
+            .client
+            .request(
+                skiff_client::Method::Patch,
+                "/apis/apps/v1/namespaces/default/deployments/web",
+                Some(("application/strategic-merge-patch+json", patch)),
+                None,
+            )
+            .await?;
+        // Rolled out: three ready v2 pods, and nothing else behind the Service.
+        eventually(Duration::from_secs(60), "the rollout to finish", || async {
+            let pods = cluster.running_pods("web").await.ok()?;
+            let ready = ready_endpoints(&cluster.client, "web").await?;
+            let all = all_endpoints(&cluster.client, "web").await?;
+            let http = http_client().ok()?;
+            let mut v2 = 0;
+            for (_, ip) in &pods {
+                let (_, body) = get(&http, &format!("http://{ip}:8080/")).await.ok()?;
+                v2 += usize::from(body.starts_with("v2 from"));
+            }
+            (pods.len() == 3 && v2 == 3 && ready.len() == 3 && all == 3).then_some(())
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = stop.send(true);
+        let count = load.await?;
+        let v1 = count
+            .bodies
+            .iter()
+            .filter(|b| b.starts_with("v1 from"))
+            .count();
+        let v2 = count
+            .bodies
+            .iter()
+            .filter(|b| b.starts_with("v2 from"))
+            .count();
+        ensure!(
+            count.failed.is_empty(),
+            "{} of {} requests failed: {:?}",
+            count.failed.len(),
+            count.ok as usize + count.failed.len(),
+            &count.failed[..count.failed.len().min(5)]
+        );
+        ensure!(
+            count.ok > 100 && v1 >= 1 && v2 >= 3,
+            "{} requests, {v1} v1 and {v2} v2 pods answered",
+            count.ok
+        );
+        eprintln!(
+            "rolling update under load: {} requests, 0 failed, {v1} v1 and {v2} v2 pods answered",
+            count.ok
+        );
+        Ok(())
+    })
+}
+
+#[test]
+fn an_agent_restart_neither_duplicates_nor_leaks_rules_or_addresses() -> Result<()> {
+    isolated(async {
+        let mut cluster = ServiceCluster::start().await?;
+        cluster
+            .apply(&serving_deployment("web", "http-hello", 2, json!([]))?)
+            .await?;
+        cluster.apply(&service("web", "NodePort")).await?;
+        let before = cluster.wait_ready("web", 2).await?;
+        let vip = cluster.cluster_ip("web").await?;
+        let http = http_client()?;
+        eventually(Duration::from_secs(2), "the ClusterIP to route", || async {
+            get(&http, &format!("http://{vip}/")).await.ok()
+        })
+        .await?;
+        let snapshot = || -> Result<(String, String)> {
+            let rules = std::process::Command::new("nft")
+                .args(["list", "ruleset"])
+                .output()?;
+            let routes = std::process::Command::new("ip")
+                .args(["route", "show", "table", "local", "proto", "165"])
+                .output()?;
+            Ok((
+                String::from_utf8_lossy(&rules.stdout).into_owned(),
+                String::from_utf8_lossy(&routes.stdout).into_owned(),
+            ))
+        };
+        let (rules, routes) = snapshot()?;
+        ensure!(rules.matches("table ip skiff").count() == 1, "{rules}");
+        for (_, ip) in &before {
+            ensure!(
+                routes.contains(&format!("local {ip} ")),
+                "{ip} has a local route: {routes}"
+            );
+        }
+
+        // kill -9: nothing is cleaned up; the new agent replaces, never adds.
+        cluster._node.kill_hard()?;
+        cluster._node = NodeProcess::start_with(
+            &cluster._control.server,
+            "n1",
+            &cluster.dir.path().join("n1"),
+            "",
+            &["--address", NODE_IP],
+        )
+        .await?;
+        let after = cluster.wait_ready("web", 2).await?;
+        let ips = |pods: &[(String, String)]| {
+            pods.iter()
+                .map(|(_, ip)| ip.clone())
+                .collect::<BTreeSet<_>>()
+        };
+        ensure!(
+            ips(&after) == ips(&before),
+            "pods keep their addresses: {before:?} -> {after:?}"
+        );
+        let (_, body) = eventually(
+            Duration::from_secs(5),
+            "the ClusterIP to route again",
+            || async { get(&http, &format!("http://{vip}/")).await.ok() },
+        )
+        .await?;
+        ensure!(body.starts_with("hello from web-"), "{body}");
+        let (rules_after, routes_after) = snapshot()?;
+        ensure!(
+            rules_after.matches("table ip skiff").count() == 1,
+            "one table: {rules_after}"
+        );
+        ensure!(
+            rules_after.matches("dnat to").count() == rules.matches("dnat to").count(),
+            "no duplicated rules:\n{rules}\n---\n{rules_after}"
+        );
+        ensure!(
+            routes_after.lines().count() == routes.lines().count(),
+            "no leaked routes:\n{routes}\n---\n{routes_after}"
+        );
+
+        // A clean stop removes everything the agent installed.
+        let pid = nix::unistd::Pid::from_raw(cluster._node.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let stopped = cluster._node.child.wait()?;
+        ensure!(
+            stopped.success(),
+            "the agent exits cleanly on SIGTERM: {stopped:?}"
+        );
+        let (rules_gone, routes_gone) = snapshot()?;
+        ensure!(
+            !rules_gone.contains("table ip skiff"),
+            "rules removed: {rules_gone}"
+        );
+        ensure!(
+            routes_gone.trim().is_empty(),
+            "routes removed: {routes_gone}"
+        );
+        Ok(())
+    })
+}
