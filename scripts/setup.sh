@@ -13,6 +13,7 @@ command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
 if [ "${1:-}" = "--bench" ]; then
   command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
+  command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
