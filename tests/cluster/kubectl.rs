@@ -93,8 +93,9 @@ async fn kubectl_applies_gets_watches_and_deletes() -> Result<()> {
         .run(&["-n", "demo", "get", "svc", "-o", "wide"])
         .await?;
     ensure!(
-        services.contains("ClusterIP")
-            && services.contains("80/TCP")
+        services.contains("LoadBalancer")
+            && services.contains("80:3")
+            && services.contains("/TCP")
             && services.contains("app=web"),
         "{services}"
     );
