@@ -105,6 +105,13 @@ pub const PODS: ResourceInfo = ResourceInfo {
             kind: "Pod",
             verbs: &["get"],
         },
+        Subresource {
+            name: "portforward",
+            group: "",
+            version: "v1",
+            kind: "PodPortForwardOptions",
+            verbs: &["create", "get"],
+        },
     ],
     has_generation: true,
 };

@@ -24,9 +24,10 @@ pub struct AgentArgs {
     /// The node's address as other nodes and the API server reach it.
     #[arg(long, default_value = "127.0.0.1")]
     address: IpAddr,
-    /// Where the agent serves container logs (port 0 picks one).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    log_listen: SocketAddr,
+    /// Where the agent serves container logs and port-forward tunnels for the API server
+    /// (port 0 picks one; default: the node's --address, so a remote API server reaches it).
+    #[arg(long)]
+    log_listen: Option<SocketAddr>,
     /// Taints to register with: key=value:Effect,...
     #[arg(long = "register-with-taints", default_value = "")]
     taints: String,
@@ -75,6 +76,13 @@ pub struct UpArgs {
     network: crate::control::NetworkArgs,
     #[command(flatten)]
     agent: AgentArgs,
+}
+
+impl AgentArgs {
+    fn log_endpoint(&self) -> SocketAddr {
+        self.log_listen
+            .unwrap_or_else(|| SocketAddr::new(self.address, 0))
+    }
 }
 
 fn host_name() -> String {
@@ -160,7 +168,7 @@ pub async fn node(context: &crate::get::Context, args: NodeArgs) -> Result<ExitC
     config.service_cidr = Some(args.service_cidr);
     raise_open_file_limit();
     eprintln!("skiff node {}: joining {}", config.name, client.server());
-    run_agent(config, client, args.agent.log_listen, shutdown_signal()).await?;
+    run_agent(config, client, args.agent.log_endpoint(), shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -245,7 +253,7 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     let agent = tokio::spawn(run_agent(
         config,
         client.clone(),
-        args.agent.log_listen,
+        args.agent.log_endpoint(),
         wait(stopped.clone()),
     ));
     eprintln!("skiff up: API server at {server}, node {node_name}");

@@ -1,4 +1,5 @@
-//! The agent's log endpoint (the kubelet's `/containerLogs`): reads a container's CRI
+//! The agent's log and port-forward endpoint (the kubelet's `/containerLogs` and
+//! `/portForward`): reads a container's CRI
 //! log files, rotated ones first, and answers with plain text, honouring `follow`,
 //! `tailLines`, `timestamps`, `previous`, `sinceSeconds` and `limitBytes`. The API server
 //! proxies `pods/{name}/log` here.
@@ -143,6 +144,78 @@ fn choose(
     attempts.get(index).map(|c| (*c).clone())
 }
 
+/// The protocol a port-forward tunnel upgrades to: after `101`, the connection carries
+/// the bytes of one TCP connection to the pod's port.
+pub const TUNNEL_PROTOCOL: &str = "skiff-tcp";
+
+/// `/portForward/{namespace}/{pod}/{port}` (the kubelet's `/portForward`, one connection
+/// per upgraded request): connects to the pod's address on `port` and splices.
+async fn port_forward(
+    runtimes: RuntimeRegistry,
+    mut request: Request<hyper::body::Incoming>,
+    namespace: &str,
+    pod: &str,
+    port: &str,
+) -> Response<Body> {
+    let Ok(port) = port.parse::<u16>() else {
+        return text_response(StatusCode::BAD_REQUEST, format!("invalid port {port:?}\n"));
+    };
+    let upgrade = request.headers().get(hyper::header::UPGRADE);
+    if upgrade.and_then(|v| v.to_str().ok()) != Some(TUNNEL_PROTOCOL) {
+        return text_response(
+            StatusCode::BAD_REQUEST,
+            format!("upgrade to {TUNNEL_PROTOCOL} required\n"),
+        );
+    }
+    let mut address = None;
+    for backend in runtimes.backends() {
+        let filter = skiff_runtime::SandboxFilter {
+            pod: Some((namespace.to_string(), pod.to_string())),
+        };
+        if let Ok(sandboxes) = backend.runtime.list_pod_sandboxes(&filter).await {
+            address = address.or(sandboxes
+                .iter()
+                .find(|s| s.state == skiff_runtime::SandboxState::Ready)
+                .and_then(|s| s.network.as_ref().map(|n| n.ip)));
+        }
+    }
+    let Some(ip) = address else {
+        return text_response(
+            StatusCode::NOT_FOUND,
+            format!("pod {namespace}/{pod} has no running sandbox here\n"),
+        );
+    };
+    let target = match tokio::net::TcpStream::connect((ip, port)).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            return text_response(
+                StatusCode::BAD_GATEWAY,
+                format!("error forwarding port {port} to pod {pod}: dial tcp {ip}:{port}: {e}\n"),
+            )
+        }
+    };
+    let upgraded = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgraded.await {
+            let mut client = hyper_util::rt::TokioIo::new(upgraded);
+            let mut target = target;
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut target).await;
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()).boxed());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("Upgrade"),
+    );
+    headers.insert(
+        hyper::header::UPGRADE,
+        hyper::header::HeaderValue::from_static(TUNNEL_PROTOCOL),
+    );
+    response
+}
+
 async fn handle(
     runtimes: RuntimeRegistry,
     request: Request<hyper::body::Incoming>,
@@ -154,6 +227,12 @@ async fn handle(
         .split('/')
         .map(str::to_string)
         .collect();
+    if let [prefix, namespace, pod, port] = path.as_slice() {
+        if prefix == "portForward" {
+            let (namespace, pod, port) = (namespace.clone(), pod.clone(), port.clone());
+            return port_forward(runtimes, request, &namespace, &pod, &port).await;
+        }
+    }
     let [prefix, namespace, pod, container] = path.as_slice() else {
         return text_response(StatusCode::NOT_FOUND, "not found\n");
     };
@@ -315,6 +394,7 @@ pub async fn serve(
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades()
                 .await;
         });
     }

@@ -812,3 +812,97 @@ fn an_agent_restart_neither_duplicates_nor_leaks_rules_or_addresses() -> Result<
         Ok(())
     })
 }
+
+/// A `kubectl port-forward` child, killed by PID when dropped.
+struct PortForward(std::process::Child);
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `kubectl port-forward <target> <local>:<remote>` and waits for its
+/// "Forwarding from" line.
+fn port_forward(kubeconfig: &std::path::Path, target: &str, ports: &str) -> Result<PortForward> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["port-forward", target, ports])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let forward = PortForward(child);
+    let mut lines = std::io::BufReader::new(stdout);
+    let mut first = String::new();
+    lines.read_line(&mut first)?;
+    ensure!(
+        first.starts_with("Forwarding from 127.0.0.1:"),
+        "kubectl port-forward said {first:?}"
+    );
+    // kubectl prints a line per connection: keep reading, so it never fails on a closed
+    // pipe (which would end the connection it is handling).
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while lines.read_line(&mut line).is_ok_and(|n| n > 0) {
+            line.clear();
+        }
+    });
+    Ok(forward)
+}
+
+#[test]
+fn kubectl_port_forward_reaches_a_pod_and_a_service() -> Result<()> {
+    isolated(async {
+        let cluster = ServiceCluster::start().await?;
+        cluster
+            .apply(&serving_deployment("backend", "http-hello", 1, json!([]))?)
+            .await?;
+        cluster.apply(&service("backend", "ClusterIP")).await?;
+        let pods = cluster.wait_ready("backend", 1).await?;
+        let (pod, _) = &pods[0];
+        let http = http_client()?;
+
+        let local = crate::harness::free_port()?;
+        let _forward = port_forward(
+            &cluster.kubeconfig(),
+            &format!("pod/{pod}"),
+            &format!("{local}:8080"),
+        )?;
+        // Several requests, each a new connection: each is a stream pair on the session.
+        for _ in 0..3 {
+            let (status, body) = get(&http, &format!("http://127.0.0.1:{local}/"))
+                .await
+                .map_err(anyhow::Error::msg)?;
+            ensure!(
+                status == 200 && body == format!("hello from {pod}\n"),
+                "{status} {body:?}"
+            );
+        }
+        // A request body goes up the tunnel too.
+        let echoed = http
+            .post(format!("http://127.0.0.1:{local}/echo"))
+            .body("x".repeat(100_000))
+            .send()
+            .await?
+            .text()
+            .await?;
+        ensure!(echoed.len() == 100_000, "echoed {} bytes", echoed.len());
+
+        // svc/NAME: kubectl picks a pod of the Service and maps its port to the target.
+        let local = crate::harness::free_port()?;
+        let _service_forward =
+            port_forward(&cluster.kubeconfig(), "svc/backend", &format!("{local}:80"))?;
+        let (status, body) = get(&http, &format!("http://127.0.0.1:{local}/"))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        ensure!(
+            status == 200 && body == format!("hello from {pod}\n"),
+            "{status} {body:?}"
+        );
+        Ok(())
+    })
+}

@@ -201,6 +201,11 @@ impl<'a> HttpRequest<'a> {
 /// The body of a response, read as it arrives.
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, TransportError>> + Send>>;
 
+/// A connection switched from HTTP to another protocol (`101 Switching Protocols`):
+/// bytes both ways, for tunnels (port-forward to a node agent).
+pub trait Tunnel: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Tunnel for T {}
+
 /// A response whose body has not been read yet.
 pub struct HttpResponse {
     inner: reqwest::Response,
@@ -234,6 +239,16 @@ impl HttpResponse {
             .bytes()
             .await
             .map_err(TransportError::from_transport)
+    }
+
+    /// The connection after a `101` answer to a request that asked to upgrade.
+    pub async fn upgrade(self) -> Result<Box<dyn Tunnel>, TransportError> {
+        let upgraded = self
+            .inner
+            .upgrade()
+            .await
+            .map_err(TransportError::from_transport)?;
+        Ok(Box::new(upgraded))
     }
 
     /// The body as a stream of chunks.

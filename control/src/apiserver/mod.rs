@@ -6,6 +6,8 @@
 
 mod discovery;
 mod list_options;
+mod portforward;
+mod spdy;
 mod watch;
 
 use crate::metrics::RequestMetrics;
@@ -628,6 +630,9 @@ async fn handle_resource(
         ("GET", Some(name), Some("log")) => {
             pod_log(state, ns.unwrap_or_default(), name, &query).await
         }
+        ("GET" | "POST", Some(name), Some("portforward")) => {
+            pod_port_forward(state, ns.unwrap_or_default(), name, request).await
+        }
         ("GET", Some(name), Some("scale")) => {
             let (_, object) = registry.get(resource, ns, name)?;
             Ok(json_response(StatusCode::OK, &scale_of(&object)))
@@ -784,7 +789,7 @@ async fn pod_log(
     query: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let pods = &skiff_api::resource::PODS;
-    let nodes = &skiff_api::resource::NODES;
+
     let (_, pod) = state.registry.get(pods, Some(namespace), name)?;
     let containers: Vec<String> = pod
         .pointer("/spec/containers")
@@ -810,31 +815,7 @@ async fn pod_log(
             )))
         }
     };
-    let node_name = pod
-        .pointer("/spec/nodeName")
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("pod {name} does not have a host assigned"))
-        })?;
-    let (_, node) = state.registry.get(nodes, None, node_name)?;
-    let address = node
-        .pointer("/status/addresses")
-        .and_then(Value::as_array)
-        .and_then(|a| {
-            a.iter()
-                .find(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))
-        })
-        .and_then(|a| a.get("address").and_then(Value::as_str))
-        .ok_or_else(|| {
-            ApiError::service_unavailable(format!("node {node_name} reports no address"))
-        })?;
-    let port = node
-        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| {
-            ApiError::service_unavailable(format!("node {node_name} reports no log endpoint"))
-        })?;
+    let (host, port, node_name) = node_endpoint(state, name, &pod)?;
     let forwarded = {
         let mut q = url::form_urlencoded::Serializer::new(String::new());
         for key in [
@@ -850,11 +831,6 @@ async fn pod_log(
             }
         }
         q.finish()
-    };
-    let host = if address.contains(':') {
-        format!("[{address}]")
-    } else {
-        address.to_string()
     };
     let url =
         format!("http://{host}:{port}/containerLogs/{namespace}/{name}/{container}?{forwarded}");
@@ -881,6 +857,137 @@ async fn pod_log(
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/plain")
         .body(body)
+        .expect("static headers are valid"))
+}
+
+/// The agent endpoint of the node a pod is bound to: (host for a URL, port, node name).
+fn node_endpoint(
+    state: &ApiState,
+    name: &str,
+    pod: &Value,
+) -> Result<(String, u64, String), ApiError> {
+    let nodes = &skiff_api::resource::NODES;
+    let node_name = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("pod {name} does not have a host assigned"))
+        })?;
+    let (_, node) = state.registry.get(nodes, None, node_name)?;
+    let address = node
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .and_then(|a| {
+            a.iter()
+                .find(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))
+        })
+        .and_then(|a| a.get("address").and_then(Value::as_str))
+        .ok_or_else(|| {
+            ApiError::service_unavailable(format!("node {node_name} reports no address"))
+        })?;
+    let port = node
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| {
+            ApiError::service_unavailable(format!("node {node_name} reports no log endpoint"))
+        })?;
+    let host = if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address.to_string()
+    };
+    Ok((host, port, node_name.to_string()))
+}
+
+/// `pods/{name}/portforward`: upgrades to SPDY/3.1 with `portforward.k8s.io` and
+/// tunnels each forwarded connection through the pod's node agent.
+async fn pod_port_forward(
+    state: &ApiState,
+    namespace: &str,
+    name: &str,
+    mut request: Request,
+) -> Result<Response, ApiError> {
+    let header_text = |name: &str| -> Vec<String> {
+        request
+            .headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|v| v.trim().to_ascii_lowercase())
+            .collect()
+    };
+    let upgrade = header_text("upgrade");
+    if upgrade.iter().any(|u| u == "websocket") {
+        return Err(ApiError::bad_request(
+            "port-forward over WebSocket is not served; use SPDY/3.1 (kubectl falls back to it)",
+        ));
+    }
+    if !upgrade.iter().any(|u| u == "spdy/3.1") {
+        return Err(ApiError::bad_request("Upgrade request required"));
+    }
+    let offered = header_text("x-stream-protocol-version");
+    if !offered.iter().any(|p| p == portforward::PROTOCOL) {
+        return Err(ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "unable to upgrade: no common protocol; the server speaks {}",
+                portforward::PROTOCOL
+            ),
+        ));
+    }
+    let pods = &skiff_api::resource::PODS;
+    let (_, pod) = state.registry.get(pods, Some(namespace), name)?;
+    if pod.pointer("/status/phase").and_then(Value::as_str) != Some("Running") {
+        return Err(ApiError::bad_request(format!(
+            "unable to upgrade connection: pod {name} is not running"
+        )));
+    }
+    let (host, port, node_name) = node_endpoint(state, name, &pod)?;
+    let dial: portforward::Dial = {
+        let (http, namespace, name) = (
+            state.node_http.clone(),
+            namespace.to_string(),
+            name.to_string(),
+        );
+        Arc::new(move |pod_port: u16| {
+            let (http, url) = (
+                http.clone(),
+                format!("http://{host}:{port}/portForward/{namespace}/{name}/{pod_port}"),
+            );
+            let node_name = node_name.clone();
+            Box::pin(async move {
+                let response = http
+                    .send(
+                        skiff_client::http::HttpRequest::new(skiff_client::Method::Get, &url)
+                            .header("Connection", "Upgrade")
+                            .header("Upgrade", "skiff-tcp"),
+                    )
+                    .await
+                    .map_err(|e| format!("cannot reach the agent of node {node_name}: {e}"))?;
+                if response.status() != 101 {
+                    let text = response.bytes().await.unwrap_or_default();
+                    return Err(String::from_utf8_lossy(&text).trim().to_string());
+                }
+                response.upgrade().await.map_err(|e| e.to_string())
+            })
+        })
+    };
+    let upgraded = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match upgraded.await {
+            Ok(io) => portforward::serve(hyper_util::rt::TokioIo::new(io), dial).await,
+            Err(e) => tracing::debug!(error = %e, "port-forward upgrade failed"),
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "SPDY/3.1")
+        .header("X-Stream-Protocol-Version", portforward::PROTOCOL)
+        .body(Body::empty())
         .expect("static headers are valid"))
 }
 
