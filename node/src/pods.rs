@@ -668,6 +668,7 @@ impl PodSyncer {
             mounts,
             tcp_ports: tcp_ports(spec),
             serving,
+            wasi_sockets: wants_sockets(pod),
         };
         let id = match backend.runtime.create_container(sandbox, &config).await {
             Ok(id) => id,
@@ -898,6 +899,18 @@ impl PodSyncer {
 pub const MAX_CONCURRENT_REQUESTS_ANNOTATION: &str = "skiff.dev/max-concurrent-requests";
 /// Annotation: seconds a request to a serving container may take (default 30).
 pub const REQUEST_TIMEOUT_ANNOTATION: &str = "skiff.dev/request-timeout-seconds";
+
+/// Annotation: `"true"` gives the pod's containers `wasi:sockets` (bound to the pod's
+/// address, connecting only to cluster destinations).
+pub const WASI_SOCKETS_ANNOTATION: &str = "skiff.dev/wasi-sockets";
+
+fn wants_sockets(pod: &core::Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(WASI_SOCKETS_ANNOTATION))
+        .is_some_and(|v| v == "true")
+}
 
 /// A container's declared TCP ports (`containerPort`, protocol TCP or unset).
 fn tcp_ports(container: &core::Container) -> Vec<u16> {

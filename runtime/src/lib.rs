@@ -150,6 +150,9 @@ pub struct ContainerConfig {
     pub tcp_ports: Vec<u16>,
     /// Limits of a serving container's request handling.
     pub serving: ServingLimits,
+    /// Whether the container may use `wasi:sockets` (TCP and UDP): bound to the pod's
+    /// address only, connecting only to cluster destinations.
+    pub wasi_sockets: bool,
 }
 
 /// How a serving container handles requests (from the pod's `skiff.dev/*` annotations).

@@ -906,3 +906,129 @@ fn kubectl_port_forward_reaches_a_pod_and_a_service() -> Result<()> {
         Ok(())
     })
 }
+
+fn sockets_pod(name: &str, env: Value, annotated: bool) -> Result<Value> {
+    let mut env_list = vec![
+        json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
+        json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
+    ];
+    env_list.extend(env.as_array().into_iter().flatten().cloned());
+    let annotations = if annotated {
+        json!({"skiff.dev/wasi-sockets": "true"})
+    } else {
+        json!({})
+    };
+    Ok(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": name}, "annotations": annotations},
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "c", "image": example_image("wasm32-wasip2", "tcp-echo")?, "env": env_list}]},
+    }))
+}
+
+async fn finished_log(cluster: &ServiceCluster, pod: &str) -> Result<String> {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{pod} to finish"),
+        || async {
+            let p = cluster
+                .client
+                .get(&skiff_api::resource::PODS, Some("default"), pod)
+                .await
+                .ok()?;
+            matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(())
+        },
+    )
+    .await?;
+    crate::wasm::pod_log(&cluster.client, pod, None).await
+}
+
+#[test]
+fn wasi_sockets_are_for_pods_that_ask_bound_to_their_address_and_the_cluster() -> Result<()> {
+    isolated(async {
+        let cluster = ServiceCluster::start().await?;
+        cluster
+            .apply(&sockets_pod("echo", json!([]), true)?)
+            .await?;
+        let mut svc = service("echo", "ClusterIP");
+        svc["spec"]["ports"] = json!([{"port": 7000, "targetPort": 7000}]);
+        cluster.apply(&svc).await?;
+        let ready = eventually(Duration::from_secs(30), "echo to run", || async {
+            let pods = cluster.running_pods("echo").await.ok()?;
+            pods.into_iter().next()
+        })
+        .await?;
+        let ip = ready.1;
+        // The test (a client on the node) talks to the guest's own socket.
+        let answer = eventually(
+            Duration::from_secs(10),
+            "the echo server to answer",
+            || async {
+                use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+                let mut stream = tokio::net::TcpStream::connect((ip.as_str(), 7000))
+                    .await
+                    .ok()?;
+                stream.write_all(b"ping\n").await.ok()?;
+                let mut line = String::new();
+                tokio::io::BufReader::new(stream)
+                    .read_line(&mut line)
+                    .await
+                    .ok()?;
+                Some(line)
+            },
+        )
+        .await?;
+        ensure!(answer == "echo: PING\n", "{answer:?}");
+
+        // A client pod reaches it through its Service (the kernel's DNAT on the node).
+        let vip = cluster.cluster_ip("echo").await?;
+        eventually(
+            Duration::from_secs(5),
+            "the echo Service to have its endpoint",
+            || async { (ready_endpoints(&cluster.client, "echo").await?.len() == 1).then_some(()) },
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cluster
+            .apply(&sockets_pod(
+                "client",
+                json!([{"name": "CONNECT", "value": format!("{vip}:7000")}]),
+                true,
+            )?)
+            .await?;
+        let log = finished_log(&cluster, "client").await?;
+        ensure!(log.contains("answer: echo: HELLO FROM CLIENT"), "{log}");
+
+        // Without the annotation there are no sockets; with it, no binding the node's
+        // wildcard address and no connecting outside the cluster.
+        cluster
+            .apply(&sockets_pod("plain", json!([]), false)?)
+            .await?;
+        cluster
+            .apply(&sockets_pod(
+                "wildcard",
+                json!([{"name": "LISTEN", "value": "0.0.0.0:7001"}]),
+                true,
+            )?)
+            .await?;
+        cluster
+            .apply(&sockets_pod(
+                "outside",
+                json!([{"name": "CONNECT", "value": "192.0.2.1:80"}]),
+                true,
+            )?)
+            .await?;
+        for (pod, expected) in [
+            ("plain", "bind "),
+            ("wildcard", "bind 0.0.0.0:7001"),
+            ("outside", "connect 192.0.2.1:80"),
+        ] {
+            let log = finished_log(&cluster, pod).await?;
+            ensure!(
+                log.contains(&format!("tcp-echo: {expected}")),
+                "{pod}: {log}"
+            );
+        }
+        Ok(())
+    })
+}

@@ -73,7 +73,7 @@ impl Cluster {
 }
 
 /// A pod's container log through the API server (`pods/{name}/log`).
-async fn pod_log(client: &Client, pod: &str, container: Option<&str>) -> Result<String> {
+pub(crate) async fn pod_log(client: &Client, pod: &str, container: Option<&str>) -> Result<String> {
     use futures::StreamExt;
     let pods = &skiff_api::resource::PODS;
     let mut path = format!("{}/log", Client::item_path(pods, Some("default"), pod));

@@ -194,6 +194,41 @@ pub struct GuestSpec {
     pub stderr: LogStream,
     /// Preopened directories: (host path, guest path, read-only).
     pub mounts: Vec<crate::Mount>,
+    /// `wasi:sockets` access, when the container asked for it.
+    pub sockets: Option<SocketPolicy>,
+}
+
+/// What a guest's sockets may do: bind and listen on the pod's address only (a wildcard
+/// bind only for the ephemeral port of an outgoing connection), connect and send only
+/// where the node's router says is in the cluster (Services, pods). Accepting and
+/// receiving from anyone is allowed, as for any server.
+#[derive(Clone)]
+pub struct SocketPolicy {
+    pub pod_ip: std::net::IpAddr,
+    pub caller: std::sync::Arc<crate::CallerPod>,
+    pub router: std::sync::Arc<dyn crate::HttpRouter>,
+}
+
+impl SocketPolicy {
+    pub fn allows(
+        &self,
+        addr: std::net::SocketAddr,
+        usage: wasmtime_wasi::sockets::SocketAddrUse,
+    ) -> bool {
+        use wasmtime_wasi::sockets::SocketAddrUse as Use;
+        match usage {
+            Use::TcpBind | Use::UdpBind => {
+                addr.ip() == self.pod_ip || (addr.ip().is_unspecified() && addr.port() == 0)
+            }
+            Use::TcpListen => addr.ip() == self.pod_ip,
+            Use::TcpConnect | Use::UdpSend => matches!(
+                self.router
+                    .route(&self.caller, &addr.ip().to_string(), addr.port()),
+                crate::HttpRoute::Endpoint(_) | crate::HttpRoute::NoEndpoints(_)
+            ),
+            _ => true,
+        }
+    }
 }
 
 /// How a guest ended.
@@ -237,6 +272,19 @@ pub(super) fn wasi_builder(spec: &GuestSpec) -> Result<WasiCtxBuilder, String> {
         .envs(&spec.env)
         .stdout(spec.stdout.clone())
         .stderr(spec.stderr.clone());
+    if let Some(policy) = &spec.sockets {
+        let policy = policy.clone();
+        builder
+            .allow_tcp(true)
+            .allow_udp(true)
+            // The host's resolver knows no cluster names; guests use addresses (or the
+            // SERVICE_HOST variables) until the DNS add-on.
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(move |addr, usage| {
+                let allowed = policy.allows(addr, usage);
+                Box::pin(async move { allowed })
+            });
+    }
     for mount in &spec.mounts {
         let perms = if mount.read_only {
             wasmtime_wasi::FsPerms::ReadOnly

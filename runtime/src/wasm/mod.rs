@@ -276,7 +276,7 @@ impl<S: ImageSource> WasmRuntime<S> {
     }
 
     /// What a run (or each request) of the container's guest is made with.
-    fn guest_spec(&self, record: &ContainerRecord) -> guest::GuestSpec {
+    fn guest_spec(&self, record: &ContainerRecord, caller: &Arc<CallerPod>) -> guest::GuestSpec {
         let mut argv = vec![record.config.name.clone()];
         argv.extend(record.config.args.iter().cloned());
         guest::GuestSpec {
@@ -292,6 +292,14 @@ impl<S: ImageSource> WasmRuntime<S> {
             stdout: record.log.stream("stdout"),
             stderr: record.log.stream("stderr"),
             mounts: record.config.mounts.clone(),
+            sockets: match (record.config.wasi_sockets, caller.ip) {
+                (true, Some(pod_ip)) => Some(guest::SocketPolicy {
+                    pod_ip,
+                    caller: caller.clone(),
+                    router: self.inner.egress.router(),
+                }),
+                _ => None,
+            },
         }
     }
 
@@ -648,7 +656,7 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                         action: "start",
                     });
                 }
-                let spec = self.guest_spec(record);
+                let spec = self.guest_spec(record, &caller);
                 let work = match &*record.compiled {
                     Compiled::Proxy(pre) => {
                         let server = HttpServer::new(

@@ -72,6 +72,7 @@ async fn container(
         mounts: Vec::new(),
         tcp_ports: Vec::new(),
         serving: Default::default(),
+        wasi_sockets: false,
     };
     rt.create_container(sandbox, &config).await
 }
