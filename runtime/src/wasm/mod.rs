@@ -328,7 +328,7 @@ enum Work {
         Arc<HttpServer>,
         Vec<(std::net::SocketAddr, std::net::TcpListener)>,
     ),
-    Run(Arc<Compiled>, guest::GuestSpec, PodHooks),
+    Run(Arc<Compiled>, Box<guest::GuestSpec>, PodHooks),
 }
 
 /// Tells subscribers about a container's change.
@@ -686,7 +686,7 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                     }
                     _ => Work::Run(
                         record.compiled.clone(),
-                        spec,
+                        Box::new(spec),
                         PodHooks::new(caller, self.inner.egress.clone()),
                     ),
                 };
@@ -708,7 +708,7 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                     Work::Run(compiled, spec, hooks) => {
                         let engine = inner.engine.engine.clone();
                         tokio::select! {
-                            outcome = guest::run(&engine, &compiled, spec, hooks) => outcome,
+                            outcome = guest::run(&engine, &compiled, *spec, hooks) => outcome,
                             // Fired by stop, or dropped when the container is removed.
                             _ = cancel_rx => guest::Outcome {
                                 exit_code: 137,
