@@ -1032,3 +1032,81 @@ fn wasi_sockets_are_for_pods_that_ask_bound_to_their_address_and_the_cluster() -
         Ok(())
     })
 }
+
+/// A `skiff up` process (control plane and node in one), killed by PID when dropped.
+struct Up(std::process::Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn services_work_the_same_on_skiff_up() -> Result<()> {
+    isolated(async {
+        let _peer = Peer::create("up", NODE_IP, CLIENT_IP)?;
+        let dir = tempfile::tempdir()?;
+        let port = crate::harness::free_port()?;
+        let _up = Up(std::process::Command::new(crate::harness::skiff_binary()?)
+            .args(["up", "--no-example", "--address", NODE_IP, "--data-dir"])
+            .arg(dir.path())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?);
+        let server = format!("http://127.0.0.1:{port}");
+        crate::harness::wait_ready(&server, Duration::from_secs(20)).await?;
+        let client = Client::new(&server)?;
+        let apply = |object: Value| {
+            let client = client.clone();
+            async move {
+                let resource = skiff_api::resource::find_by_kind(
+                    object["apiVersion"].as_str().unwrap_or_default(),
+                    object["kind"].as_str().unwrap_or_default(),
+                )
+                .context("kind")?;
+                client.create(resource, Some("default"), &object).await?;
+                anyhow::Ok(())
+            }
+        };
+        apply(serving_deployment("backend", "http-hello", 2, json!([]))?).await?;
+        apply(service("backend", "ClusterIP")).await?;
+        apply(serving_deployment("frontend", "frontend", 1, json!([]))?).await?;
+        let http = http_client()?;
+        let frontend = eventually(
+            Duration::from_secs(60),
+            "the frontend to reach the backend",
+            || async {
+                let svc = client
+                    .get(&skiff_api::resource::SERVICES, Some("default"), "backend")
+                    .await
+                    .ok()?;
+                let vip = svc["spec"]["clusterIP"].as_str()?.to_string();
+                let (_, via_vip) = get(&http, &format!("http://{vip}/")).await.ok()?;
+                let pods = client
+                    .list(
+                        &skiff_api::resource::PODS,
+                        Some("default"),
+                        &skiff_client::ListOptions {
+                            label_selector: Some("app=frontend".into()),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .ok()?;
+                let ip = pods["items"][0]["status"]["podIP"].as_str()?.to_string();
+                let (status, body) = get(&http, &format!("http://{ip}:8080/")).await.ok()?;
+                (via_vip.starts_with("hello from backend-") && status == 200).then_some(body)
+            },
+        )
+        .await?;
+        ensure!(
+            frontend.contains(" got 200: hello from backend-"),
+            "{frontend}"
+        );
+        Ok(())
+    })
+}
