@@ -899,6 +899,8 @@ impl PodSyncer {
 pub const MAX_CONCURRENT_REQUESTS_ANNOTATION: &str = "skiff.dev/max-concurrent-requests";
 /// Annotation: seconds a request to a serving container may take (default 30).
 pub const REQUEST_TIMEOUT_ANNOTATION: &str = "skiff.dev/request-timeout-seconds";
+/// Annotation: `"true"` writes an access line per request to the container log.
+pub const ACCESS_LOG_ANNOTATION: &str = "skiff.dev/access-log";
 
 /// Annotation: `"true"` gives the pod's containers `wasi:sockets` (bound to the pod's
 /// address, connecting only to cluster destinations).
@@ -948,6 +950,7 @@ fn serving_limits(pod: &core::Pod) -> Result<ServingLimits, String> {
             })?;
         limits.request_timeout = Duration::from_secs_f64(seconds);
     }
+    limits.access_log = value(ACCESS_LOG_ANNOTATION).is_some_and(|v| v == "true");
     Ok(limits)
 }
 

@@ -162,6 +162,9 @@ pub struct ServingLimits {
     pub max_concurrent_requests: u32,
     /// Longest a request may take, response body included; then it is cut off (504).
     pub request_timeout: Duration,
+    /// Write an access line per request to the container's log (off by default: it
+    /// costs throughput).
+    pub access_log: bool,
 }
 
 impl Default for ServingLimits {
@@ -169,6 +172,7 @@ impl Default for ServingLimits {
         ServingLimits {
             max_concurrent_requests: 1000,
             request_timeout: Duration::from_secs(30),
+            access_log: false,
         }
     }
 }

@@ -109,11 +109,13 @@ impl Egress {
             .unwrap_or(DEFAULT_FIRST_BYTE_TIMEOUT);
         let endpoint = match self.router().route(&caller, host, port) {
             HttpRoute::Endpoint(addr) => addr,
-            HttpRoute::NoEndpoints(_) => return Err(HttpError::ConnectionRefused),
-            HttpRoute::NotFound => return Err(HttpError::DestinationNotFound),
+            HttpRoute::NoEndpoints(_) => {
+                return refuse(request, HttpError::ConnectionRefused).await
+            }
+            HttpRoute::NotFound => return refuse(request, HttpError::DestinationNotFound).await,
             HttpRoute::Denied(reason) => {
                 tracing::debug!(pod = %caller.name, namespace = %caller.namespace, %uri, %reason, "egress denied");
-                return Err(HttpError::HttpRequestDenied);
+                return refuse(request, HttpError::HttpRequestDenied).await;
             }
         };
         if let Some(server) = self.local(endpoint) {
@@ -127,6 +129,27 @@ impl Egress {
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         send_over_tcp(endpoint, request, connect_timeout, first_byte_timeout).await
     }
+}
+
+/// Refuses a request with `error` once the guest has written its body (waiting at most
+/// [`REFUSAL_BODY_WAIT`]): a guest still writing when the refusal arrives would see its
+/// stream reset instead of the reason.
+async fn refuse(
+    request: http::Request<WasiBody>,
+    error: HttpError,
+) -> Result<http::Response<WasiBody>, HttpError> {
+    let mut body = request.into_body();
+    let _ = tokio::time::timeout(REFUSAL_BODY_WAIT, async {
+        let mut read = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len());
+            if read > DRAIN_LIMIT_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+    Err(error)
 }
 
 /// One request over a new TCP connection to `endpoint` (a pod of another backend, or on
@@ -216,6 +239,8 @@ pub struct DrainOnDrop {
 /// The most a drain reads, and for how long.
 const DRAIN_LIMIT_BYTES: usize = 1 << 20;
 const DRAIN_LIMIT_TIME: Duration = Duration::from_secs(5);
+/// How long a refusal waits for the guest to finish its request body.
+const REFUSAL_BODY_WAIT: Duration = Duration::from_millis(250);
 
 impl DrainOnDrop {
     pub fn new(body: WasiBody) -> Self {

@@ -2,7 +2,8 @@
 //! on `podIP:containerPort` (each declared TCP port, else 8080), one fresh instance per
 //! request from the pooling allocator (as `wasmtime serve` does for preview 2 guests).
 //!
-//! The host's hyper front answers malformed HTTP itself (400, 431 for oversized
+//! The host's hyper front (HTTP/1.1 with keep-alive, or HTTP/2 with prior knowledge)
+//! answers malformed HTTP itself (400, 431 for oversized
 //! headers, a slow client is cut after the header timeout) without reaching the guest.
 //! Each request runs under the pod's limits: memory (the store limiter), CPU (epoch
 //! ticks), a concurrency cap (more wait up to a second for a slot, then get 503) and a
@@ -152,10 +153,20 @@ impl HttpServer {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
-        let deadline = Instant::now() + self.limits.request_timeout;
+        let started = Instant::now();
+        let deadline = started + self.limits.request_timeout;
         let what = format!("{} {}", request.method(), request.uri().path());
         match self.run(request, deadline).await {
-            Ok(response) => response,
+            Ok(response) => {
+                if self.limits.access_log {
+                    self.log.note(&format!(
+                        "skiff: access {what} {} {:.2}ms",
+                        response.status().as_u16(),
+                        started.elapsed().as_secs_f64() * 1e3
+                    ));
+                }
+                response
+            }
             Err(failure) => {
                 let cause = failure.describe(&self.limits, self.spec.memory_limit_bytes);
                 if !matches!(failure, Failure::Busy) {
@@ -362,6 +373,31 @@ async fn accept_loop(
     while connections.join_next().await.is_some() {}
 }
 
+/// The client preface of HTTP/2 with prior knowledge (h2c).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client opens with the HTTP/2 preface (peeked, not consumed); a client
+/// that sends nothing within the header timeout is left to the HTTP/1 side to cut.
+async fn speaks_h2(stream: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let peek = async {
+        loop {
+            let n = stream.peek(&mut buf).await.unwrap_or(0);
+            if n == 0 || buf[..n] != H2_PREFACE[..n] {
+                return false;
+            }
+            if n == H2_PREFACE.len() {
+                return true;
+            }
+            // A partial preface: wait for more (bounded by the timeout below).
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(HEADER_READ_TIMEOUT, peek)
+        .await
+        .unwrap_or(false)
+}
+
 /// Resolves once the server is closing (the guard `wait_for` returns is not `Send`).
 async fn closed(closing: &mut watch::Receiver<bool>) {
     let _ = closing.wait_for(|c| *c).await;
@@ -377,13 +413,31 @@ async fn serve_connection(
         let server = server.clone();
         async move { Ok::<_, Infallible>(server.handle(request).await) }
     });
+    let io = hyper_util::rt::TokioIo::new(stream);
+    if speaks_h2(io.inner()).await {
+        let connection =
+            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .max_header_list_size(MAX_HEAD_BYTES as u32)
+                .max_concurrent_streams(256)
+                .serve_connection(io, service);
+        tokio::pin!(connection);
+        tokio::select! {
+            _ = connection.as_mut() => {}
+            () = closed(&mut closing) => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            }
+        }
+        return;
+    }
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEAD_BYTES)
         .max_header_size(MAX_HEAD_BYTES)
-        .serve_connection(wasmtime_wasi_http::io::TokioIo::new(stream), service);
+        .serve_connection(io, service);
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => {}

@@ -519,6 +519,28 @@ async fn a_serving_component_answers_http_and_the_host_answers_bad_http() {
         "a port the container does not serve is not probed in-process"
     );
 
+    // HTTP/2 with prior knowledge is served on the same port.
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(connection);
+    for _ in 0..2 {
+        let request = http::Request::get(format!("http://{addr}/"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.expect("h2 response");
+        assert_eq!(response.status(), 200);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&body[..], b"ahoy from web-7f9c\n");
+    }
+
     // A stop drains and ends the server cleanly; the port is closed afterwards.
     rt.stop_container(&id, Duration::from_millis(200))
         .await
@@ -542,6 +564,7 @@ async fn requests_are_cut_at_their_timeout_and_limited_in_number() {
     let limits = crate::ServingLimits {
         max_concurrent_requests: 1,
         request_timeout: Duration::from_millis(1500),
+        access_log: true,
     };
     let (id, addr) = serving(&rt, dir.path(), "slow", "http-hello", &[], limits).await;
     // A spinning guest is cut by the epoch check, a sleeping one by the timer: both 504.
