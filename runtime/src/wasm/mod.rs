@@ -69,6 +69,9 @@ pub struct WasmRuntimeConfig {
     /// so traffic to `podIP:port` reaches the pod's listeners. Off only in unit tests
     /// that run in the host's network namespace.
     pub local_routes: bool,
+    /// How long a client of a serving container may take to send a request's headers
+    /// (then 408 and the connection is closed).
+    pub header_read_timeout: Duration,
 }
 
 impl WasmRuntimeConfig {
@@ -84,6 +87,7 @@ impl WasmRuntimeConfig {
             max_open_log_files: 1024,
             clock: skiff_api::clock::system(),
             local_routes: true,
+            header_read_timeout: serve::HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -669,6 +673,7 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                             record.log.clone(),
                             guests.clone(),
                             serving_ports(&record.config),
+                            self.inner.config.header_read_timeout,
                         );
                         let addrs: Vec<std::net::SocketAddr> = addresses
                             .iter()

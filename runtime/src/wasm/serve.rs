@@ -4,7 +4,7 @@
 //!
 //! The host's hyper front (HTTP/1.1 with keep-alive, or HTTP/2 with prior knowledge)
 //! answers malformed HTTP itself (400, 431 for oversized
-//! headers, a slow client is cut after the header timeout) without reaching the guest.
+//! headers, 408 for a client that does not send its headers in time) without reaching the guest.
 //! Each request runs under the pod's limits: memory (the store limiter), CPU (epoch
 //! ticks), a concurrency cap (more wait up to a second for a slot, then get 503) and a
 //! timeout covering the whole request, body included (the epoch callback traps a busy
@@ -29,8 +29,9 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 
-/// Longest a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a client may take to send a request's headers (the default of
+/// `WasmRuntimeConfig::header_read_timeout`).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head (line and headers) the front reads; more is a 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Longest a request waits for a free slot of its pod (at most its timeout) before it
@@ -54,6 +55,8 @@ pub struct HttpServer {
     guests: tokio::runtime::Handle,
     /// The TCP ports it listens on (on each of the pod's addresses).
     ports: Vec<u16>,
+    /// How long a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
 }
 
 /// Why a request got no response from the guest.
@@ -119,6 +122,7 @@ impl HttpServer {
         log: ContainerLog,
         guests: tokio::runtime::Handle,
         ports: Vec<u16>,
+        header_read_timeout: Duration,
     ) -> Arc<HttpServer> {
         let slots = Arc::new(Semaphore::new(
             limits.max_concurrent_requests.max(1) as usize
@@ -134,6 +138,7 @@ impl HttpServer {
             log,
             guests,
             ports,
+            header_read_timeout,
         })
     }
 
@@ -378,7 +383,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Whether the client opens with the HTTP/2 preface (peeked, not consumed); a client
 /// that sends nothing within the header timeout is left to the HTTP/1 side to cut.
-async fn speaks_h2(stream: &tokio::net::TcpStream) -> bool {
+async fn speaks_h2(stream: &tokio::net::TcpStream, timeout: Duration) -> bool {
     let mut buf = [0u8; H2_PREFACE.len()];
     let peek = async {
         loop {
@@ -393,9 +398,7 @@ async fn speaks_h2(stream: &tokio::net::TcpStream) -> bool {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     };
-    tokio::time::timeout(HEADER_READ_TIMEOUT, peek)
-        .await
-        .unwrap_or(false)
+    tokio::time::timeout(timeout, peek).await.unwrap_or(false)
 }
 
 /// Resolves once the server is closing (the guard `wait_for` returns is not `Send`).
@@ -409,12 +412,21 @@ async fn serve_connection(
     mut closing: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let service = hyper::service::service_fn(move |request| {
-        let server = server.clone();
-        async move { Ok::<_, Infallible>(server.handle(request).await) }
-    });
+    let header_timeout = server.header_read_timeout;
+    // A second handle on the socket, to answer 408 after hyper gives up on a client that
+    // never finished its first request's headers (hyper closes without a response).
+    let spare = stream_clone(&stream);
+    let served_any = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let service = {
+        let served_any = served_any.clone();
+        hyper::service::service_fn(move |request| {
+            served_any.store(true, std::sync::atomic::Ordering::Relaxed);
+            let server = server.clone();
+            async move { Ok::<_, Infallible>(server.handle(request).await) }
+        })
+    };
     let io = hyper_util::rt::TokioIo::new(stream);
-    if speaks_h2(io.inner()).await {
+    if speaks_h2(io.inner(), header_timeout).await {
         let connection =
             hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -434,16 +446,32 @@ async fn serve_connection(
     let connection = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
         .max_header_size(MAX_HEAD_BYTES)
         .serve_connection(io, service);
     tokio::pin!(connection);
-    tokio::select! {
-        _ = connection.as_mut() => {}
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
         () = closed(&mut closing) => {
             connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
+            connection.await
+        }
+    };
+    let timed_out = ended.as_ref().is_err_and(|e| e.is_timeout());
+    if timed_out && !served_any.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some(mut spare) = spare {
+            use tokio::io::AsyncWriteExt;
+            let answer =
+                b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+            let _ = spare.write_all(answer).await;
+            let _ = spare.shutdown().await;
         }
     }
+}
+
+/// A second tokio handle on the same socket (a duplicated descriptor).
+fn stream_clone(stream: &tokio::net::TcpStream) -> Option<tokio::net::TcpStream> {
+    let fd = socket2::SockRef::from(stream).try_clone().ok()?;
+    tokio::net::TcpStream::from_std(fd.into()).ok()
 }

@@ -33,6 +33,7 @@ fn runtime(dir: &Path) -> WasmRuntime {
     config.max_instances = 16;
     // These tests run in the host's network namespace: no routes.
     config.local_routes = false;
+    config.header_read_timeout = Duration::from_millis(500);
     WasmRuntime::new(config, NoImageSource).expect("runtime")
 }
 
