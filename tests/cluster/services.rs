@@ -825,9 +825,17 @@ impl Drop for PortForward {
 
 /// Starts `kubectl port-forward <target> <local>:<remote>` and waits for its
 /// "Forwarding from" line.
-fn port_forward(kubeconfig: &std::path::Path, target: &str, ports: &str) -> Result<PortForward> {
+fn port_forward(
+    kubeconfig: &std::path::Path,
+    target: &str,
+    ports: &str,
+    websockets: bool,
+) -> Result<PortForward> {
     use std::io::BufRead;
     let mut child = std::process::Command::new("kubectl")
+        // kubectl 1.32 tunnels SPDY in WebSocket by default; off, it speaks SPDY/3.1 on
+        // the upgraded connection (its fallback for servers without WebSocket).
+        .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets.to_string())
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .args(["port-forward", target, ports])
@@ -866,36 +874,43 @@ fn kubectl_port_forward_reaches_a_pod_and_a_service() -> Result<()> {
         let (pod, _) = &pods[0];
         let http = http_client()?;
 
-        let local = crate::harness::free_port()?;
-        let _forward = port_forward(
-            &cluster.kubeconfig(),
-            &format!("pod/{pod}"),
-            &format!("{local}:8080"),
-        )?;
-        // Several requests, each a new connection: each is a stream pair on the session.
-        for _ in 0..3 {
-            let (status, body) = get(&http, &format!("http://127.0.0.1:{local}/"))
-                .await
-                .map_err(anyhow::Error::msg)?;
-            ensure!(
-                status == 200 && body == format!("hello from {pod}\n"),
-                "{status} {body:?}"
-            );
+        for websockets in [true, false] {
+            let local = crate::harness::free_port()?;
+            let _forward = port_forward(
+                &cluster.kubeconfig(),
+                &format!("pod/{pod}"),
+                &format!("{local}:8080"),
+                websockets,
+            )?;
+            // Several requests, each a new connection: each is a stream pair on the session.
+            for _ in 0..3 {
+                let (status, body) = get(&http, &format!("http://127.0.0.1:{local}/"))
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                ensure!(
+                    status == 200 && body == format!("hello from {pod}\n"),
+                    "{status} {body:?}"
+                );
+            }
+            // A request body goes up the tunnel too.
+            let echoed = http
+                .post(format!("http://127.0.0.1:{local}/echo"))
+                .body("x".repeat(100_000))
+                .send()
+                .await?
+                .text()
+                .await?;
+            ensure!(echoed.len() == 100_000, "echoed {} bytes", echoed.len());
         }
-        // A request body goes up the tunnel too.
-        let echoed = http
-            .post(format!("http://127.0.0.1:{local}/echo"))
-            .body("x".repeat(100_000))
-            .send()
-            .await?
-            .text()
-            .await?;
-        ensure!(echoed.len() == 100_000, "echoed {} bytes", echoed.len());
 
         // svc/NAME: kubectl picks a pod of the Service and maps its port to the target.
         let local = crate::harness::free_port()?;
-        let _service_forward =
-            port_forward(&cluster.kubeconfig(), "svc/backend", &format!("{local}:80"))?;
+        let _service_forward = port_forward(
+            &cluster.kubeconfig(),
+            "svc/backend",
+            &format!("{local}:80"),
+            true,
+        )?;
         let (status, body) = get(&http, &format!("http://127.0.0.1:{local}/"))
             .await
             .map_err(anyhow::Error::msg)?;

@@ -9,6 +9,7 @@ mod list_options;
 mod portforward;
 mod spdy;
 mod watch;
+mod websocket;
 
 use crate::metrics::RequestMetrics;
 use crate::registry::strategy::strategy_for;
@@ -919,15 +920,31 @@ async fn pod_port_forward(
             .collect()
     };
     let upgrade = header_text("upgrade");
-    if upgrade.iter().any(|u| u == "websocket") {
-        return Err(ApiError::bad_request(
-            "port-forward over WebSocket is not served; use SPDY/3.1 (kubectl falls back to it)",
-        ));
-    }
-    if !upgrade.iter().any(|u| u == "spdy/3.1") {
+    let websocket = upgrade.iter().any(|u| u == "websocket");
+    if !websocket && !upgrade.iter().any(|u| u == "spdy/3.1") {
         return Err(ApiError::bad_request("Upgrade request required"));
     }
-    let offered = header_text("x-stream-protocol-version");
+    // Over WebSocket the SPDY stream is tunnelled in binary messages.
+    let tunnel_protocol = format!("spdy/3.1+{}", portforward::PROTOCOL);
+    let offered = if websocket {
+        header_text("sec-websocket-protocol")
+            .into_iter()
+            .filter(|p| *p == tunnel_protocol)
+            .map(|_| portforward::PROTOCOL.to_string())
+            .collect()
+    } else {
+        header_text("x-stream-protocol-version")
+    };
+    let websocket_key = request
+        .headers()
+        .get("sec-websocket-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if websocket && websocket_key.is_none() {
+        return Err(ApiError::bad_request(
+            "a WebSocket upgrade needs Sec-WebSocket-Key",
+        ));
+    }
     if !offered.iter().any(|p| p == portforward::PROTOCOL) {
         return Err(ApiError::new(
             403,
@@ -977,16 +994,36 @@ async fn pod_port_forward(
     };
     let upgraded = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
-        match upgraded.await {
-            Ok(io) => portforward::serve(hyper_util::rt::TokioIo::new(io), dial).await,
-            Err(e) => tracing::debug!(error = %e, "port-forward upgrade failed"),
+        let io = match upgraded.await {
+            Ok(io) => hyper_util::rt::TokioIo::new(io),
+            Err(e) => return tracing::debug!(error = %e, "port-forward upgrade failed"),
+        };
+        if websocket {
+            let (session, pipe) = tokio::io::duplex(256 * 1024);
+            tokio::join!(
+                websocket::bridge(io, pipe),
+                portforward::serve(session, dial)
+            );
+        } else {
+            portforward::serve(io, dial).await;
         }
     });
-    Ok(Response::builder()
+    let response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "Upgrade")
-        .header(header::UPGRADE, "SPDY/3.1")
-        .header("X-Stream-Protocol-Version", portforward::PROTOCOL)
+        .header(header::CONNECTION, "Upgrade");
+    let response = match websocket_key {
+        Some(key) => response
+            .header(header::UPGRADE, "websocket")
+            .header("Sec-WebSocket-Accept", websocket::accept_key(&key))
+            .header(
+                "Sec-WebSocket-Protocol",
+                format!("SPDY/3.1+{}", portforward::PROTOCOL),
+            ),
+        None => response
+            .header(header::UPGRADE, "SPDY/3.1")
+            .header("X-Stream-Protocol-Version", portforward::PROTOCOL),
+    };
+    Ok(response
         .body(Body::empty())
         .expect("static headers are valid"))
 }

@@ -3,9 +3,9 @@
 //! tunnelled to the pod's node agent (`/portForward/{ns}/{pod}/{port}`, upgraded to raw
 //! TCP), which connects to the pod's address.
 //!
-//! kubectl 1.32 first asks for a WebSocket tunnel (`SPDY/3.1+portforward.k8s.io`); that
-//! is refused with a 400, on which kubectl falls back to SPDY, as it does against
-//! servers without WebSocket streaming.
+//! kubectl 1.32 first asks for a WebSocket tunnel (`SPDY/3.1+portforward.k8s.io`),
+//! whose binary messages carry the same SPDY byte stream (`super::websocket`); with it
+//! off, or against servers without it, it upgrades to SPDY/3.1 directly. Both end here.
 //!
 //! Per forwarded connection kubectl opens two streams sharing a `requestid`: `error`
 //! (the server writes a message there if the pod's port cannot be reached) and `data`
