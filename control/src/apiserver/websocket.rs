@@ -103,20 +103,20 @@ where
     };
     let inbound = async move {
         while let Some((opcode, payload)) = read_frame(&mut ws_read).await {
-            match opcode {
-                OP_BINARY | OP_TEXT | OP_CONTINUATION => {
-                    if pipe_write.write_all(&payload).await.is_err() {
-                        break;
-                    }
-                }
+            let delivered = match opcode {
+                OP_BINARY | OP_TEXT | OP_CONTINUATION => pipe_write.write_all(&payload).await,
                 OP_PING => {
-                    let mut w = ws_write.lock().await;
-                    if w.write_all(&frame(OP_PONG, &payload)).await.is_err() {
-                        break;
-                    }
+                    ws_write
+                        .lock()
+                        .await
+                        .write_all(&frame(OP_PONG, &payload))
+                        .await
                 }
                 OP_CLOSE => break,
-                _ => {}
+                _ => Ok(()),
+            };
+            if delivered.is_err() {
+                break;
             }
         }
         let _ = pipe_write.shutdown().await;
