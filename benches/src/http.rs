@@ -209,16 +209,22 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or_default()
 }
 
-pub async fn run(args: HttpArgs) -> Result<()> {
-    let skiff = cluster::skiff_binary(args.skiff.as_deref())?;
-    let component = args.examples.join("wasm32-wasip2/release/http-hello.wasm");
+/// The built http-hello component: its path and its `file://` image reference.
+pub fn hello_component(examples: &std::path::Path) -> Result<(PathBuf, String)> {
+    let component = examples.join("wasm32-wasip2/release/http-hello.wasm");
     ensure!(
         component.exists(),
         "{} is missing: run scripts/build-examples.sh",
         component.display()
     );
-    let dir = tempfile::tempdir()?;
     let image = format!("file://{}", component.display());
+    Ok((component, image))
+}
+
+pub async fn run(args: HttpArgs) -> Result<()> {
+    let skiff = cluster::skiff_binary(args.skiff.as_deref())?;
+    let (component, image) = hello_component(&args.examples)?;
+    let dir = tempfile::tempdir()?;
     let (_up, client) = serving_cluster(&skiff, dir.path(), &image, 1).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let pod_ip = loop {

@@ -233,13 +233,7 @@ async fn rolling_update(
 
 pub async fn run(args: ServicesArgs) -> Result<()> {
     let skiff = cluster::skiff_binary(args.skiff.as_deref())?;
-    let component = args.examples.join("wasm32-wasip2/release/http-hello.wasm");
-    ensure!(
-        component.exists(),
-        "{} is missing: run scripts/build-examples.sh",
-        component.display()
-    );
-    let image = format!("file://{}", component.display());
+    let (_, image) = crate::http::hello_component(&args.examples)?;
     let dir = tempfile::tempdir()?;
     let (_up, client) = serving_cluster(&skiff, dir.path(), &image, args.replicas).await?;
     propagation(&client, &image, args.samples).await?;

@@ -136,6 +136,16 @@ pub fn skiff_binary() -> Result<PathBuf> {
     Ok(binary)
 }
 
+/// A process a test started (kubectl port-forward, skiff up); killed by PID when dropped.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A `skiff control` process; killed (by PID) when dropped.
 pub struct ControlProcess {
     pub child: Child,

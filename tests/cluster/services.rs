@@ -814,14 +814,7 @@ fn an_agent_restart_neither_duplicates_nor_leaks_rules_or_addresses() -> Result<
 }
 
 /// A `kubectl port-forward` child, killed by PID when dropped.
-struct PortForward(std::process::Child);
-
-impl Drop for PortForward {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+type PortForward = crate::harness::Killed;
 
 /// Starts `kubectl port-forward <target> <local>:<remote>` and waits for its
 /// "Forwarding from" line.
@@ -843,7 +836,7 @@ fn port_forward(
         .stderr(std::process::Stdio::null())
         .spawn()?;
     let stdout = child.stdout.take().context("stdout")?;
-    let forward = PortForward(child);
+    let forward = crate::harness::Killed(child);
     let mut lines = std::io::BufReader::new(stdout);
     let mut first = String::new();
     lines.read_line(&mut first)?;
@@ -1048,30 +1041,22 @@ fn wasi_sockets_are_for_pods_that_ask_bound_to_their_address_and_the_cluster() -
     })
 }
 
-/// A `skiff up` process (control plane and node in one), killed by PID when dropped.
-struct Up(std::process::Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn services_work_the_same_on_skiff_up() -> Result<()> {
     isolated(async {
         let _peer = Peer::create("up", NODE_IP, CLIENT_IP)?;
         let dir = tempfile::tempdir()?;
         let port = crate::harness::free_port()?;
-        let _up = Up(std::process::Command::new(crate::harness::skiff_binary()?)
-            .args(["up", "--no-example", "--address", NODE_IP, "--data-dir"])
-            .arg(dir.path())
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?);
+        let _up = crate::harness::Killed(
+            std::process::Command::new(crate::harness::skiff_binary()?)
+                .args(["up", "--no-example", "--address", NODE_IP, "--data-dir"])
+                .arg(dir.path())
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?,
+        );
         let server = format!("http://127.0.0.1:{port}");
         crate::harness::wait_ready(&server, Duration::from_secs(20)).await?;
         let client = Client::new(&server)?;
