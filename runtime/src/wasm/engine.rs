@@ -81,7 +81,17 @@ fn engine_config(config: &EngineConfig, pooling: bool) -> Config {
             .total_memories(n.saturating_mul(2))
             .total_tables(n.saturating_mul(4))
             .total_stacks(n)
-            .max_memory_size(config.max_memory_bytes as usize);
+            .max_memory_size(config.max_memory_bytes as usize)
+            // Instance-per-request serving reuses slots all the time: zero the first
+            // pages of a slot's memory, tables and stack in place instead of handing
+            // them back to the kernel (each madvise is a TLB shootdown on every core,
+            // and the next instance faults the pages back in), and decommit the rest
+            // in batches. Measured on the http-hello pod at 64 clients: the madvise
+            // and page-fault paths were the top of the profile.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10)
+            .async_stack_keep_resident(64 << 10)
+            .decommit_batch_size(32);
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     c
