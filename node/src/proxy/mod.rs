@@ -10,7 +10,9 @@
 //!   caller's request to a Service name or ClusterIP goes straight to an endpoint, served
 //!   in-process when the endpoint is a wasm pod of this node.
 //!
-//! Changes are batched for [`SYNC_DELAY`] and applied whole: the router's table is
+//! A change after a quiet spell is applied at once; changes arriving within
+//! [`SYNC_DELAY`] of the last sync are batched into the next one. Each sync applies the
+//! whole table: the router's table is
 //! swapped, and the rules are rendered and loaded only if their text changed. Everything
 //! is removed when the agent stops, and replaced (never added to) when it starts.
 
@@ -30,8 +32,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 pub use table::ServiceTable;
 
-/// How long changes are gathered before the table is rebuilt (kube-proxy's
-/// `minSyncPeriod` is 1 s; endpoint changes must be applied within one).
+/// The least time between two syncs, over which a burst of changes is gathered
+/// (kube-proxy's `minSyncPeriod` is 1 s; endpoint changes must be applied within one).
 pub const SYNC_DELAY: Duration = Duration::from_millis(50);
 
 /// Settings of the proxy.
@@ -112,6 +114,8 @@ pub async fn run(
         }
     }
     let mut loaded: Option<String> = None;
+    let now = tokio::time::Instant::now();
+    let mut last_sync = now.checked_sub(SYNC_DELAY).unwrap_or(now);
     let mut nftables = config.nftables;
     tokio::pin!(shutdown);
     loop {
@@ -119,7 +123,10 @@ pub async fn run(
             _ = dirty.notified() => {}
             _ = &mut shutdown => break,
         }
-        tokio::time::sleep(SYNC_DELAY).await;
+        // Leading edge: at once after a quiet spell; within a burst, at most one sync
+        // per SYNC_DELAY.
+        tokio::time::sleep_until(last_sync + SYNC_DELAY).await;
+        last_sync = tokio::time::Instant::now();
         if !(services.has_synced() && slices.has_synced()) {
             continue;
         }
