@@ -742,7 +742,25 @@ fn an_agent_restart_neither_duplicates_nor_leaks_rules_or_addresses() -> Result<
                 String::from_utf8_lossy(&routes.stdout).into_owned(),
             ))
         };
-        let (rules, routes) = snapshot()?;
+        // The rules follow the endpoints within the proxy's sync: wait until both pods
+        // are in them before comparing.
+        let settled = |pods: Vec<(String, String)>| {
+            let snapshot = &snapshot;
+            async move {
+                eventually(
+                    Duration::from_secs(5),
+                    "the rules to list every pod",
+                    || async {
+                        let (rules, routes) = snapshot().ok()?;
+                        pods.iter()
+                            .all(|(_, ip)| rules.contains(&format!("dnat to {ip}:8080")))
+                            .then_some((rules, routes))
+                    },
+                )
+                .await
+            }
+        };
+        let (rules, routes) = settled(before.clone()).await?;
         ensure!(rules.matches("table ip skiff").count() == 1, "{rules}");
         for (_, ip) in &before {
             ensure!(
@@ -761,6 +779,13 @@ fn an_agent_restart_neither_duplicates_nor_leaks_rules_or_addresses() -> Result<
             &["--address", NODE_IP],
         )
         .await?;
+        // The new agent has loaded its own table (the table names the agent).
+        let new_pid = cluster._node.child.id();
+        eventually(Duration::from_secs(10), "the new agent's rules", || async {
+            let (rules, _) = snapshot().ok()?;
+            rules.contains(&format!("(pid {new_pid})")).then_some(())
+        })
+        .await?;
         let after = cluster.wait_ready("web", 2).await?;
         let ips = |pods: &[(String, String)]| {
             pods.iter()
@@ -778,7 +803,7 @@ fn an_agent_restart_neither_duplicates_nor_leaks_rules_or_addresses() -> Result<
         )
         .await?;
         ensure!(body.starts_with("hello from web-"), "{body}");
-        let (rules_after, routes_after) = snapshot()?;
+        let (rules_after, routes_after) = settled(after.clone()).await?;
         ensure!(
             rules_after.matches("table ip skiff").count() == 1,
             "one table: {rules_after}"

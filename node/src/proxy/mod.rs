@@ -113,6 +113,11 @@ pub async fn run(
             tracing::warn!(error = %e, %cidr, "the service CIDR is not routed locally");
         }
     }
+    let owner = format!(
+        "skiff service proxy of node {} (pid {})",
+        config.node,
+        std::process::id()
+    );
     let mut loaded: Option<String> = None;
     let now = tokio::time::Instant::now();
     let mut last_sync = now.checked_sub(SYNC_DELAY).unwrap_or(now);
@@ -136,7 +141,7 @@ pub async fn run(
             service_list.iter().map(|s| s.as_ref()),
             slice_list.iter().map(|s| s.as_ref()),
         );
-        let rules = nft::render(&table, &config.node_ips);
+        let rules = nft::render(&table, &config.node_ips, &owner);
         router.replace(table);
         if nftables && loaded.as_deref() != Some(rules.as_str()) {
             match nft::apply(&rules).await {

@@ -23,8 +23,9 @@ enum Target {
     Reject,
 }
 
-/// Renders the whole rule set: a transaction that replaces table `ip skiff`.
-pub fn render(table: &ServiceTable, node_ips: &[Ipv4Addr]) -> String {
+/// Renders the whole rule set: a transaction that replaces table `ip skiff`, whose
+/// comment names its `owner` (the agent that loaded it).
+pub fn render(table: &ServiceTable, node_ips: &[Ipv4Addr], owner: &str) -> String {
     let mut chains = String::new();
     let mut service_ips: Vec<String> = Vec::new();
     let mut node_ports: Vec<String> = Vec::new();
@@ -87,6 +88,11 @@ pub fn render(table: &ServiceTable, node_ips: &[Ipv4Addr]) -> String {
         out,
         "add table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{"
     );
+    let owner: String = owner
+        .chars()
+        .filter(|c| *c != '"' && !c.is_control())
+        .collect();
+    let _ = writeln!(out, "\tcomment \"{owner}\"");
     out.push_str(&sets);
     out.push_str(&chains);
     out.push_str("\tchain refuse {\n\t\tmeta l4proto tcp reject with tcp reset\n\t\treject\n\t}\n");
@@ -323,6 +329,7 @@ mod tests {
         let rules = render(
             &sample(),
             &[Ipv4Addr::new(192, 168, 77, 1), Ipv4Addr::LOCALHOST],
+            "skiff service proxy of node n1",
         );
         assert!(
             rules.starts_with("add table ip skiff\ndelete table ip skiff\n"),
@@ -359,8 +366,8 @@ mod tests {
             "headless Services get no rules"
         );
         assert_eq!(
-            render(&sample(), &[]),
-            render(&sample(), &[]),
+            render(&sample(), &[], "test"),
+            render(&sample(), &[], "test"),
             "stable output"
         );
     }
@@ -369,7 +376,7 @@ mod tests {
     /// and `nft`, as the suite does): the syntax is what the kernel takes.
     #[test]
     fn the_kernel_accepts_the_rules() {
-        let rules = render(&sample(), &[Ipv4Addr::new(192, 168, 77, 1)]);
+        let rules = render(&sample(), &[Ipv4Addr::new(192, 168, 77, 1)], "test");
         let outcome = std::thread::spawn(move || {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("a netns (root)");
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -392,5 +399,9 @@ mod tests {
         .unwrap();
         let listed = outcome.expect("nft loads the rules");
         assert!(listed.contains("dnat to 10.42.0.5:8080"), "{listed}");
+        assert!(
+            listed.contains("comment \"test\""),
+            "the table names its owner: {listed}"
+        );
     }
 }
