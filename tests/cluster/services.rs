@@ -121,9 +121,9 @@ impl ServiceCluster {
     }
 }
 
-/// The ready endpoint addresses of `service`'s EndpointSlices.
-pub async fn ready_endpoints(client: &Client, service: &str) -> Option<BTreeSet<String>> {
-    let slices = client
+/// `service`'s EndpointSlices in `default`.
+async fn slices_of(client: &Client, service: &str) -> Option<Value> {
+    client
         .list(
             &skiff_api::resource::ENDPOINT_SLICES,
             Some("default"),
@@ -133,7 +133,12 @@ pub async fn ready_endpoints(client: &Client, service: &str) -> Option<BTreeSet<
             },
         )
         .await
-        .ok()?;
+        .ok()
+}
+
+/// The ready endpoint addresses of `service`'s EndpointSlices.
+pub async fn ready_endpoints(client: &Client, service: &str) -> Option<BTreeSet<String>> {
+    let slices = slices_of(client, service).await?;
     let mut ready = BTreeSet::new();
     for slice in slices["items"].as_array()? {
         for endpoint in slice["endpoints"].as_array().into_iter().flatten() {
@@ -149,17 +154,7 @@ pub async fn ready_endpoints(client: &Client, service: &str) -> Option<BTreeSet<
 
 /// How many endpoints (in any condition) `service`'s EndpointSlices list.
 pub async fn all_endpoints(client: &Client, service: &str) -> Option<usize> {
-    let slices = client
-        .list(
-            &skiff_api::resource::ENDPOINT_SLICES,
-            Some("default"),
-            &skiff_client::ListOptions {
-                label_selector: Some(format!("kubernetes.io/service-name={service}")),
-                ..Default::default()
-            },
-        )
-        .await
-        .ok()?;
+    let slices = slices_of(client, service).await?;
     Some(
         slices["items"]
             .as_array()?

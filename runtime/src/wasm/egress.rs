@@ -138,17 +138,7 @@ async fn refuse(
     request: http::Request<WasiBody>,
     error: HttpError,
 ) -> Result<http::Response<WasiBody>, HttpError> {
-    let mut body = request.into_body();
-    let _ = tokio::time::timeout(REFUSAL_BODY_WAIT, async {
-        let mut read = 0usize;
-        while let Some(Ok(frame)) = body.frame().await {
-            read += frame.data_ref().map_or(0, |d| d.len());
-            if read > DRAIN_LIMIT_BYTES {
-                break;
-            }
-        }
-    })
-    .await;
+    drain(request.into_body(), REFUSAL_BODY_WAIT).await;
     Err(error)
 }
 
@@ -276,7 +266,7 @@ impl http_body::Body for DrainOnDrop {
 
 impl Drop for DrainOnDrop {
     fn drop(&mut self) {
-        let Some(mut body) = self.body.take() else {
+        let Some(body) = self.body.take() else {
             return;
         };
         if body.is_end_stream() {
@@ -285,17 +275,20 @@ impl Drop for DrainOnDrop {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        runtime.spawn(async move {
-            let _ = tokio::time::timeout(DRAIN_LIMIT_TIME, async {
-                let mut read = 0usize;
-                while let Some(Ok(frame)) = body.frame().await {
-                    read += frame.data_ref().map_or(0, |d| d.len());
-                    if read > DRAIN_LIMIT_BYTES {
-                        break;
-                    }
-                }
-            })
-            .await;
-        });
+        runtime.spawn(drain(body, DRAIN_LIMIT_TIME));
     }
+}
+
+/// Reads and drops what is left of a body, up to [`DRAIN_LIMIT_BYTES`] and `limit`.
+async fn drain(mut body: WasiBody, limit: Duration) {
+    let _ = tokio::time::timeout(limit, async {
+        let mut read = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len());
+            if read > DRAIN_LIMIT_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }

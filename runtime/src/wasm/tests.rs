@@ -38,13 +38,17 @@ fn runtime(dir: &Path) -> WasmRuntime {
 }
 
 async fn sandbox(rt: &WasmRuntime, dir: &Path, name: &str) -> SandboxId {
+    sandbox_at(rt, dir, name, [10, 42, 0, 2]).await
+}
+
+async fn sandbox_at(rt: &WasmRuntime, dir: &Path, name: &str, address: [u8; 4]) -> SandboxId {
     let config = PodSandboxConfig {
         pod_uid: format!("uid-{name}"),
         namespace: "default".into(),
         name: name.into(),
         log_directory: dir.join("logs").join(name),
         labels: Default::default(),
-        addresses: vec![std::net::IpAddr::from([10, 42, 0, 2])],
+        addresses: vec![std::net::IpAddr::from(address)],
     };
     rt.run_pod_sandbox(&config).await.expect("sandbox")
 }
@@ -350,15 +354,7 @@ async fn concurrent_loads_of_one_uncompiled_module_compile_it_once() {
 /// A sandbox whose pod address is loopback, so a test can reach its listeners without
 /// any cluster address (the cluster tests use real pod addresses inside a netns).
 async fn loopback_sandbox(rt: &WasmRuntime, dir: &Path, name: &str) -> SandboxId {
-    let config = PodSandboxConfig {
-        pod_uid: format!("uid-{name}"),
-        namespace: "default".into(),
-        name: name.into(),
-        log_directory: dir.join("logs").join(name),
-        labels: Default::default(),
-        addresses: vec![std::net::IpAddr::from([127, 0, 0, 1])],
-    };
-    rt.run_pod_sandbox(&config).await.expect("sandbox")
+    sandbox_at(rt, dir, name, [127, 0, 0, 1]).await
 }
 
 fn free_port() -> u16 {
