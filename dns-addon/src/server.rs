@@ -1,0 +1,480 @@
+//! The DNS server: answers queries for the cluster zones from the current [`Snapshot`]
+//! and relays everything else to an upstream resolver, over UDP (truncating to the
+//! client's EDNS0 payload size, or 512 bytes, with TC set so it retries over TCP) and
+//! TCP (length-prefixed). Messages are read and written with hickory-proto; a packet that
+//! does not parse gets FORMERR (when it has an id to answer), never a crash.
+
+use crate::zone::{Lookup, Record, RecordData, RecordType, Snapshot};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SOA, SRV, TXT};
+use hickory_proto::rr::{Name, RData, RecordType as WireType};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// The payload size advertised in our EDNS0 answers (the DNS flag day 2020 value).
+const EDNS_PAYLOAD: u16 = 1232;
+/// How long a relayed query waits for the upstream resolver.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a query turned into.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Send these bytes back.
+    Answer(Vec<u8>),
+    /// Not ours: relay the query to the upstream resolver.
+    Forward,
+    /// Unparseable and without an id worth answering: drop it.
+    Drop,
+}
+
+fn wire_type(rtype: WireType) -> RecordType {
+    match rtype {
+        WireType::A => RecordType::A,
+        WireType::AAAA => RecordType::Aaaa,
+        WireType::SRV => RecordType::Srv,
+        WireType::PTR => RecordType::Ptr,
+        WireType::CNAME => RecordType::Cname,
+        WireType::TXT => RecordType::Txt,
+        WireType::SOA => RecordType::Soa,
+        other => RecordType::Other(u16::from(other)),
+    }
+}
+
+fn name(text: &str) -> Option<Name> {
+    Name::from_ascii(format!("{text}.")).ok()
+}
+
+fn wire_record(record: &Record) -> Option<hickory_proto::rr::Record> {
+    let data = match &record.data {
+        RecordData::A(ip) => RData::A(A(*ip)),
+        RecordData::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
+        RecordData::Srv {
+            priority,
+            weight,
+            port,
+            target,
+        } => RData::SRV(SRV::new(*priority, *weight, *port, name(target)?)),
+        RecordData::Ptr(target) => RData::PTR(PTR(name(target)?)),
+        RecordData::Cname(target) => RData::CNAME(CNAME(name(target)?)),
+        RecordData::Txt(text) => RData::TXT(TXT::new(vec![text.clone()])),
+        RecordData::Soa {
+            mname,
+            rname,
+            serial,
+            minimum,
+        } => RData::SOA(SOA::new(
+            name(mname)?,
+            name(rname)?,
+            *serial,
+            3600,
+            600,
+            86400,
+            *minimum,
+        )),
+    };
+    Some(hickory_proto::rr::Record::from_rdata(
+        name(&record.name)?,
+        record.ttl,
+        data,
+    ))
+}
+
+/// A header-only error answer for a packet whose id could be read.
+fn error_reply(packet: &[u8], code: ResponseCode) -> Reply {
+    if packet.len() < 2 {
+        return Reply::Drop;
+    }
+    let id = u16::from_be_bytes([packet[0], packet[1]]);
+    match Message::error_msg(id, OpCode::Query, code).to_vec() {
+        Ok(bytes) => Reply::Answer(bytes),
+        Err(_) => Reply::Drop,
+    }
+}
+
+/// Answers one query packet from `zone`; `udp` limits the answer to the client's EDNS0
+/// payload size (or 512 bytes), truncating with TC set beyond it.
+pub fn answer(zone: &Snapshot, packet: &[u8], udp: bool) -> Reply {
+    let Ok(request) = Message::from_vec(packet) else {
+        return error_reply(packet, ResponseCode::FormErr);
+    };
+    if request.metadata.message_type != MessageType::Query {
+        return Reply::Drop;
+    }
+    if request.metadata.op_code != OpCode::Query {
+        return error_reply(packet, ResponseCode::NotImp);
+    }
+    let [query] = request.queries.as_slice() else {
+        return error_reply(packet, ResponseCode::FormErr);
+    };
+    let lookup = zone.lookup(&query.name().to_ascii(), wire_type(query.query_type()));
+    let mut response = Message::response(request.metadata.id, OpCode::Query);
+    response.metadata.recursion_desired = request.metadata.recursion_desired;
+    response.metadata.recursion_available = true;
+    response.metadata.authoritative = true;
+    response.add_query(query.clone());
+    let records = |records: &[Record]| records.iter().filter_map(wire_record).collect::<Vec<_>>();
+    match lookup {
+        Lookup::NotOurs => return Reply::Forward,
+        Lookup::Answer(found) => {
+            response.answers = records(&found);
+        }
+        Lookup::NoData(soa) => response.authorities = records(&[soa]),
+        Lookup::NxDomain(soa) => {
+            response.metadata.response_code = ResponseCode::NXDomain;
+            response.authorities = records(&[soa]);
+        }
+    }
+    let limit = match (&request.edns, udp) {
+        (_, false) => usize::from(u16::MAX),
+        (Some(edns), true) => usize::from(edns.max_payload().clamp(512, 4096)),
+        (None, true) => 512,
+    };
+    if request.edns.is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(EDNS_PAYLOAD);
+        response.set_edns(edns);
+    }
+    let Ok(bytes) = response.to_vec() else {
+        return error_reply(packet, ResponseCode::ServFail);
+    };
+    if bytes.len() <= limit {
+        return Reply::Answer(bytes);
+    }
+    // Too big for this UDP client: header and question only, TC set (retry over TCP).
+    match response.truncate().to_vec() {
+        Ok(bytes) => Reply::Answer(bytes),
+        Err(_) => Reply::Drop,
+    }
+}
+
+/// The zone the server answers from, swapped whole on each rebuild.
+pub type SharedZone = Arc<RwLock<Arc<Snapshot>>>;
+
+fn current(zone: &SharedZone) -> Arc<Snapshot> {
+    zone.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Relays a query to `upstream` over UDP; `None` when it does not answer in time.
+async fn relay(upstream: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
+    let bind: SocketAddr = if upstream.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = tokio::net::UdpSocket::bind(bind).await.ok()?;
+    socket.connect(upstream).await.ok()?;
+    socket.send(packet).await.ok()?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+/// Serves DNS over UDP on `socket` until the task is dropped.
+pub async fn serve_udp(
+    socket: tokio::net::UdpSocket,
+    zone: SharedZone,
+    upstream: Option<SocketAddr>,
+) {
+    let socket = Arc::new(socket);
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let packet = &buf[..n];
+        match answer(&current(&zone), packet, true) {
+            Reply::Answer(bytes) => {
+                let _ = socket.send_to(&bytes, peer).await;
+            }
+            Reply::Forward => {
+                let (socket, packet) = (socket.clone(), packet.to_vec());
+                tokio::spawn(async move {
+                    let reply = match upstream {
+                        Some(upstream) => relay(upstream, &packet).await,
+                        None => None,
+                    };
+                    let bytes = match reply {
+                        Some(bytes) => bytes,
+                        None => match error_reply(&packet, ResponseCode::ServFail) {
+                            Reply::Answer(bytes) => bytes,
+                            _ => return,
+                        },
+                    };
+                    let _ = socket.send_to(&bytes, peer).await;
+                });
+            }
+            Reply::Drop => {}
+        }
+    }
+}
+
+/// Serves DNS over TCP on `listener` until the task is dropped: length-prefixed
+/// messages, several per connection, each connection idle-bounded.
+pub async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    zone: SharedZone,
+    upstream: Option<SocketAddr>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let zone = zone.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = stream;
+            loop {
+                let mut len = [0u8; 2];
+                let read =
+                    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut len))
+                        .await;
+                if !matches!(read, Ok(Ok(_))) {
+                    return;
+                }
+                let mut packet = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                let read =
+                    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut packet))
+                        .await;
+                if !matches!(read, Ok(Ok(_))) {
+                    return;
+                }
+                let bytes = match answer(&current(&zone), &packet, false) {
+                    Reply::Answer(bytes) => bytes,
+                    Reply::Forward => match upstream {
+                        Some(upstream) => match relay(upstream, &packet).await {
+                            Some(bytes) => bytes,
+                            None => match error_reply(&packet, ResponseCode::ServFail) {
+                                Reply::Answer(bytes) => bytes,
+                                _ => return,
+                            },
+                        },
+                        None => match error_reply(&packet, ResponseCode::ServFail) {
+                            Reply::Answer(bytes) => bytes,
+                            _ => return,
+                        },
+                    },
+                    Reply::Drop => return,
+                };
+                let Ok(len) = u16::try_from(bytes.len()) else {
+                    return;
+                };
+                if stream.write_all(&len.to_be_bytes()).await.is_err()
+                    || stream.write_all(&bytes).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zone::ZoneConfig;
+    use hickory_proto::op::Query;
+
+    fn zone() -> Snapshot {
+        let services: Vec<k8s_openapi::api::core::v1::Service> =
+            serde_json::from_value(serde_json::json!([
+                {"metadata": {"name": "web", "namespace": "demo"},
+                 "spec": {"clusterIP": "10.43.0.20", "ports": [{"name": "http", "port": 80}]}}
+            ]))
+            .unwrap();
+        Snapshot::build(ZoneConfig::default(), &services, &[], &[], 1)
+    }
+
+    fn query(name: &str, rtype: WireType, edns: bool) -> Vec<u8> {
+        let mut message = Message::query();
+        message.metadata.id = 4242;
+        message.metadata.recursion_desired = true;
+        message.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+        if edns {
+            let mut e = Edns::new();
+            e.set_max_payload(1232);
+            message.set_edns(e);
+        }
+        message.to_vec().unwrap()
+    }
+
+    fn parse(reply: Reply) -> Message {
+        match reply {
+            Reply::Answer(bytes) => Message::from_vec(&bytes).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn queries_are_answered_from_the_zone_on_the_wire() {
+        let z = zone();
+        let reply = parse(answer(
+            &z,
+            &query("web.demo.svc.cluster.local.", WireType::A, true),
+            true,
+        ));
+        assert_eq!(reply.metadata.id, 4242);
+        assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+        assert!(reply.metadata.authoritative && reply.edns.is_some());
+        assert_eq!(reply.answers.len(), 1);
+        assert_eq!(
+            reply.answers[0].data,
+            RData::A(A("10.43.0.20".parse().unwrap()))
+        );
+        let nx = parse(answer(
+            &z,
+            &query("nope.demo.svc.cluster.local.", WireType::A, false),
+            true,
+        ));
+        assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+        assert!(
+            matches!(nx.authorities[0].data, RData::SOA(_)),
+            "negative answers carry the SOA"
+        );
+        let nodata = parse(answer(
+            &z,
+            &query("web.demo.svc.cluster.local.", WireType::MX, false),
+            true,
+        ));
+        assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
+        assert!(nodata.answers.is_empty() && nodata.authorities.len() == 1);
+        let srv = parse(answer(
+            &z,
+            &query(
+                "_http._tcp.web.demo.svc.cluster.local.",
+                WireType::SRV,
+                false,
+            ),
+            false,
+        ));
+        assert!(matches!(&srv.answers[0].data, RData::SRV(s) if s.port == 80));
+        assert_eq!(
+            answer(&z, &query("example.com.", WireType::A, false), true),
+            Reply::Forward
+        );
+    }
+
+    #[test]
+    fn bad_packets_get_formerr_or_nothing() {
+        let z = zone();
+        let garbage = [0x12, 0x34, 0xff, 0xff, 0, 9];
+        let reply = parse(answer(&z, &garbage, true));
+        assert_eq!(
+            (reply.metadata.id, reply.metadata.response_code),
+            (0x1234, ResponseCode::FormErr)
+        );
+        assert_eq!(answer(&z, &[7], true), Reply::Drop);
+        assert_eq!(answer(&z, &[], true), Reply::Drop);
+        // Two questions: FORMERR.
+        let mut two = Message::query();
+        two.add_query(Query::query(
+            Name::from_ascii("a.cluster.local.").unwrap(),
+            WireType::A,
+        ));
+        two.add_query(Query::query(
+            Name::from_ascii("b.cluster.local.").unwrap(),
+            WireType::A,
+        ));
+        let reply = parse(answer(&z, &two.to_vec().unwrap(), true));
+        assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+    }
+}
+
+#[cfg(test)]
+mod socket_tests {
+    use super::*;
+    use crate::zone::ZoneConfig;
+    use hickory_proto::op::Query;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A headless Service with 60 ready endpoints: its A answer is larger than 512 bytes.
+    fn big_zone() -> SharedZone {
+        let services: Vec<k8s_openapi::api::core::v1::Service> =
+            serde_json::from_value(serde_json::json!([
+                {"metadata": {"name": "many", "namespace": "demo"}, "spec": {"clusterIP": "None"}}
+            ]))
+            .unwrap();
+        let endpoints: Vec<serde_json::Value> = (1..=60)
+            .map(|i| serde_json::json!({"addresses": [format!("10.42.1.{i}")], "conditions": {"ready": true}}))
+            .collect();
+        let slices: Vec<k8s_openapi::api::discovery::v1::EndpointSlice> = serde_json::from_value(serde_json::json!([
+            {"metadata": {"name": "many-1", "namespace": "demo", "labels": {"kubernetes.io/service-name": "many"}},
+             "addressType": "IPv4", "endpoints": endpoints}
+        ]))
+        .unwrap();
+        Arc::new(RwLock::new(Arc::new(Snapshot::build(
+            ZoneConfig::default(),
+            &services,
+            &slices,
+            &[],
+            1,
+        ))))
+    }
+
+    fn query(name: &str) -> Vec<u8> {
+        let mut message = Message::query();
+        message.add_query(Query::query(Name::from_ascii(name).unwrap(), WireType::A));
+        message.to_vec().unwrap()
+    }
+
+    #[tokio::test]
+    async fn udp_truncates_and_tcp_carries_the_whole_answer() {
+        let zone = big_zone();
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (udp_addr, tcp_addr) = (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
+        let servers = [
+            tokio::spawn(serve_udp(udp, zone.clone(), None)),
+            tokio::spawn(serve_tcp(tcp, zone.clone(), None)),
+        ];
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client
+            .send_to(&query("many.demo.svc.cluster.local."), udp_addr)
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let truncated = Message::from_vec(&buf[..n]).unwrap();
+        assert!(
+            n <= 512 && truncated.metadata.truncation,
+            "{n} bytes, TC {}",
+            truncated.metadata.truncation
+        );
+        let mut stream = tokio::net::TcpStream::connect(tcp_addr).await.unwrap();
+        let packet = query("many.demo.svc.cluster.local.");
+        stream
+            .write_all(&(packet.len() as u16).to_be_bytes())
+            .await
+            .unwrap();
+        stream.write_all(&packet).await.unwrap();
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).await.unwrap();
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut answer).await.unwrap();
+        assert_eq!(Message::from_vec(&answer).unwrap().answers.len(), 60);
+        // A name outside the zone with no upstream: SERVFAIL, not silence.
+        client
+            .send_to(&query("example.com."), udp_addr)
+            .await
+            .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            Message::from_vec(&buf[..n]).unwrap().metadata.response_code,
+            ResponseCode::ServFail
+        );
+        for server in servers {
+            server.abort();
+        }
+    }
+}
