@@ -8,6 +8,7 @@
 
 pub mod cidr;
 pub mod clock;
+pub mod endpointslice;
 pub mod object;
 pub mod patch;
 pub mod protobuf;

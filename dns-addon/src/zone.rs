@@ -12,7 +12,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The schema version `dns-version.<zone>` answers.
 pub const SCHEMA_VERSION: &str = "1.1.0";
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// (namespace, service name), lowercase.
 type ServiceKey = (String, String);
@@ -178,14 +177,7 @@ impl Snapshot {
         let mut endpoints: HashMap<ServiceKey, Vec<ReadyEndpoint>> = HashMap::new();
         let mut endpoint_ports: HashMap<ServiceKey, BTreeSet<NamedPort>> = HashMap::new();
         for slice in slices {
-            let meta = &slice.metadata;
-            let (Some(ns), Some(svc)) = (
-                meta.namespace.clone(),
-                meta.labels
-                    .as_ref()
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                    .cloned(),
-            ) else {
+            let Some((ns, svc)) = skiff_api::endpointslice::service_of(slice) else {
                 continue;
             };
             let key = (ns.to_ascii_lowercase(), svc.to_ascii_lowercase());

@@ -203,7 +203,7 @@ pub fn desired_endpoints(service: &Service, pods: &[Arc<Pod>]) -> Option<Endpoin
 /// Endpoints per slice, as Kubernetes' `--max-endpoints-per-slice` default.
 pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 /// The label naming a slice's Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub use skiff_api::endpointslice::SERVICE_NAME_LABEL;
 /// The label naming who manages a slice, and this controller's value of it.
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";

@@ -17,7 +17,6 @@ use std::time::Duration;
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
 pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10800);
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
@@ -172,17 +171,12 @@ impl ServiceTable {
             if slice.address_type != "IPv4" {
                 continue;
             }
-            let meta = &slice.metadata;
-            let (Some(namespace), Some(service)) = (
-                meta.namespace.clone(),
-                meta.labels
-                    .as_ref()
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                    .cloned(),
-            ) else {
+            let Some((namespace, service)) = skiff_api::endpointslice::service_of(slice) else {
                 continue;
             };
-            let ports = published.entry((namespace, service)).or_default();
+            let ports = published
+                .entry((namespace.to_string(), service.to_string()))
+                .or_default();
             for port in slice.ports.iter().flatten() {
                 let Some(number) = port.port.and_then(|p| u16::try_from(p).ok()) else {
                     continue;
