@@ -11,9 +11,13 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nsenter >/dev/null 2>&1 || need_apt+=(util-linux)
+# The DNS tests query the add-on with dig and give it dnsmasq as its upstream.
+command -v dig >/dev/null 2>&1 || need_apt+=(bind9-dnsutils)
+command -v dnsmasq >/dev/null 2>&1 || need_apt+=(dnsmasq-base)
 if [ "${1:-}" = "--bench" ]; then
   command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
   command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+  command -v dnsperf >/dev/null 2>&1 || need_apt+=(dnsperf)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"

@@ -15,6 +15,7 @@ pub mod protobuf;
 pub mod quantity;
 pub mod resource;
 pub mod selector;
+pub mod service;
 pub mod status;
 pub mod table;
 pub mod validation;

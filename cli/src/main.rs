@@ -5,6 +5,7 @@
 mod output;
 mod apply;
 mod control;
+mod dns;
 mod files;
 mod get;
 mod logs;
@@ -59,6 +60,8 @@ enum Command {
     /// Run a whole single-node cluster in one process: control plane, scheduler and a
     /// node agent on the embedded store.
     Up(node::UpArgs),
+    /// Run the cluster DNS add-on on its own (it runs inside `skiff node` and `skiff up`).
+    Dns(dns::DnsCommandArgs),
 }
 
 #[global_allocator]
@@ -138,6 +141,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Scale(args) => rollout::scale(&context, args).await,
         Command::Rollout(args) => rollout::rollout(&context, args).await,
         Command::Node(args) => node::node(&context, args).await,
+        Command::Dns(args) => dns::run(&context, args).await,
         Command::Up(args) => node::up(args).await,
     }
 }

@@ -56,6 +56,8 @@ pub struct NodeArgs {
     service_cidr: skiff_api::cidr::Ipv4Cidr,
     #[command(flatten)]
     agent: AgentArgs,
+    #[command(flatten)]
+    dns: crate::dns::DnsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +78,8 @@ pub struct UpArgs {
     network: crate::control::NetworkArgs,
     #[command(flatten)]
     agent: AgentArgs,
+    #[command(flatten)]
+    dns: crate::dns::DnsArgs,
 }
 
 impl AgentArgs {
@@ -137,17 +141,31 @@ async fn run_agent(
     config: NodeConfig,
     client: skiff_client::Client,
     log_listen: SocketAddr,
+    dns: Option<skiff_dns_addon::run::DnsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    // The node-local DNS add-on, bound before the agent starts so a taken address is a
+    // start-up error; it stops with the agent.
+    let (stop_dns, dns_stopped) = tokio::sync::oneshot::channel::<()>();
+    let dns = match dns {
+        Some(config) => {
+            let zone = skiff_dns_addon::run::shared_zone(&config.zone);
+            let addon = skiff_dns_addon::run::bind_all(config)?;
+            Some(tokio::spawn(addon.run(client.clone(), zone, async move {
+                let _ = dns_stopped.await;
+            })))
+        }
+        None => None,
+    };
     let wasm = wasm_runtime(&config.data_dir, config.max_pods, &client)?;
     // The wasm backend is the default; more backends register under their handlers here.
     let runtimes = RuntimeRegistry::new(skiff_runtime::wasm::HANDLER, Arc::new(wasm));
     let listener = tokio::net::TcpListener::bind(log_listen)
         .await
         .with_context(|| format!("cannot listen on {log_listen}"))?;
-    skiff_node::run(
+    let agent = skiff_node::run(
         config,
         client,
         runtimes,
@@ -155,7 +173,12 @@ async fn run_agent(
         skiff_api::clock::system(),
         shutdown,
     )
-    .await?;
+    .await;
+    let _ = stop_dns.send(());
+    if let Some(dns) = dns {
+        let _ = dns.await;
+    }
+    agent?;
     Ok(())
 }
 
@@ -166,9 +189,17 @@ pub async fn node(context: &crate::get::Context, args: NodeArgs) -> Result<ExitC
     };
     let mut config = node_config(&args.agent, &args.data_dir)?;
     config.service_cidr = Some(args.service_cidr);
+    let dns = args.dns.config(args.service_cidr)?;
     raise_open_file_limit();
     eprintln!("skiff node {}: joining {}", config.name, client.server());
-    run_agent(config, client, args.agent.log_endpoint(), shutdown_signal()).await?;
+    run_agent(
+        config,
+        client,
+        args.agent.log_endpoint(),
+        dns,
+        shutdown_signal(),
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -214,6 +245,7 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     raise_open_file_limit();
     // Checked before anything is bound or written: a bad range is a usage error.
     let allocation = args.network.allocation()?;
+    let dns = args.dns.config(args.network.service_cidr())?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -254,6 +286,7 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
         config,
         client.clone(),
         args.agent.log_endpoint(),
+        dns,
         wait(stopped.clone()),
     ));
     eprintln!("skiff up: API server at {server}, node {node_name}");

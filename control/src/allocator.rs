@@ -270,6 +270,15 @@ impl Ranges {
         }
     }
 
+    /// The cluster IP of the `kube-system/kube-dns` Service (the tenth address, as
+    /// k3s's `--cluster-dns` default).
+    pub fn dns_service_ip(&self) -> Option<Ipv4Addr> {
+        match &self.service_ips {
+            Range::Addresses { cidr, .. } => cidr.address(DNS_SERVICE_OFFSET),
+            _ => None,
+        }
+    }
+
     pub fn get(&self, kind: RangeKind) -> &Range {
         match kind {
             RangeKind::ServiceIps => &self.service_ips,

@@ -1,8 +1,12 @@
 //! The `default/kubernetes` Service and its Endpoints, as Kubernetes' bootstrap
 //! controller makes them at API server start: pods reach the API server at the first
 //! address of the service range, port 443, whatever address the server really has.
+//! And the `kube-system/kube-dns` Service at the tenth address, as clients and tools
+//! expect: the node-local DNS add-on of every node answers on it, so it has no selector
+//! and no endpoints, and the service proxies leave it alone (`skiff.dev/node-local`).
 //! The desired objects and the reconcile decisions are pure; [`ensure_kubernetes_service`]
-//! does the IO through the registry, so the objects get the usual defaults and claims.
+//! and [`ensure_dns_service`] do the IO through the registry, so the objects get the
+//! usual defaults and claims.
 
 use crate::registry::{Registry, WriteOptions};
 use k8s_openapi::api::core::v1::{
@@ -23,6 +27,10 @@ pub const NAMESPACE: &str = "default";
 /// The port pods connect to, and its name.
 const SERVICE_PORT: i32 = 443;
 const PORT_NAME: &str = "https";
+
+/// The cluster DNS Service's name and namespace (CoreDNS's, kept for compatibility).
+pub const DNS_NAME: &str = "kube-dns";
+pub const DNS_NAMESPACE: &str = "kube-system";
 
 /// Where the API server is reached from outside the control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +77,75 @@ pub fn desired_service(cluster_ip: Ipv4Addr, endpoint: ApiEndpoint) -> Service {
         }),
         status: None,
     }
+}
+
+fn dns_ports() -> Vec<ServicePort> {
+    [("dns", "UDP"), ("dns-tcp", "TCP")]
+        .into_iter()
+        .map(|(name, protocol)| ServicePort {
+            name: Some(name.into()),
+            port: 53,
+            protocol: Some(protocol.into()),
+            target_port: Some(IntOrString::Int(53)),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The cluster DNS Service: the address and ports of the node-local add-on.
+pub fn desired_dns_service(cluster_ip: Ipv4Addr) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(DNS_NAME.into()),
+            namespace: Some(DNS_NAMESPACE.into()),
+            labels: labels(&[
+                ("k8s-app", "kube-dns"),
+                ("kubernetes.io/name", "CoreDNS"),
+                ("kubernetes.io/cluster-service", "true"),
+            ]),
+            annotations: labels(&[(skiff_api::service::NODE_LOCAL_ANNOTATION, "true")]),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            cluster_ip: Some(cluster_ip.to_string()),
+            cluster_ips: Some(vec![cluster_ip.to_string()]),
+            session_affinity: Some("None".into()),
+            ports: Some(dns_ports()),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The stored DNS Service changed back to the add-on's ports and marking, or `None`.
+pub fn reconciled_dns_service(existing: &Service) -> Option<Service> {
+    let spec = existing.spec.clone().unwrap_or_default();
+    let ports = dns_ports();
+    let same_ports = spec.ports.as_ref().is_some_and(|have| {
+        have.len() == ports.len()
+            && have
+                .iter()
+                .zip(&ports)
+                .all(|(h, w)| h.port == w.port && h.protocol == w.protocol)
+    });
+    let marked = skiff_api::service::is_node_local(existing);
+    if same_ports && marked && spec.selector.is_none() {
+        return None;
+    }
+    let mut service = existing.clone();
+    service
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            skiff_api::service::NODE_LOCAL_ANNOTATION.into(),
+            "true".into(),
+        );
+    let spec = service.spec.get_or_insert_with(Default::default);
+    spec.ports = Some(ports);
+    spec.selector = None;
+    Some(service)
 }
 
 /// The Endpoints naming the one API server. Kubernetes marks them so the EndpointSlice
@@ -159,6 +236,7 @@ pub async fn ensure_kubernetes_service(
     let service = ensure(
         registry,
         &SERVICES,
+        (NAMESPACE, NAME),
         &desired_service(cluster_ip, endpoint),
         |s: &Service| reconciled_service(s, endpoint),
     )
@@ -166,6 +244,7 @@ pub async fn ensure_kubernetes_service(
     let endpoints = ensure(
         registry,
         &ENDPOINTS,
+        (NAMESPACE, NAME),
         &desired_endpoints(endpoint),
         |e: &Endpoints| reconciled_endpoints(e, endpoint),
     )
@@ -173,10 +252,30 @@ pub async fn ensure_kubernetes_service(
     Ok((service, endpoints))
 }
 
-/// Creates `desired` if absent; otherwise writes `reconcile`'s change of the stored one.
+/// Creates the `kube-dns` Service if absent, at the range's DNS address, and restores
+/// its ports and marking if they were changed. A user who deleted it gets it back at
+/// the next start.
+pub async fn ensure_dns_service(registry: &Registry) -> Result<Outcome, ApiError> {
+    let cluster_ip = registry
+        .ranges
+        .dns_service_ip()
+        .ok_or_else(|| ApiError::internal("the service range has no DNS address"))?;
+    ensure(
+        registry,
+        &SERVICES,
+        (DNS_NAMESPACE, DNS_NAME),
+        &desired_dns_service(cluster_ip),
+        reconciled_dns_service,
+    )
+    .await
+}
+
+/// Creates `desired` as `namespace/name` if absent; otherwise writes `reconcile`'s
+/// change of the stored one.
 async fn ensure<T>(
     registry: &Registry,
     resource: &ResourceInfo,
+    (namespace, name): (&str, &str),
     desired: &T,
     reconcile: impl Fn(&T) -> Option<T>,
 ) -> Result<Outcome, ApiError>
@@ -188,10 +287,10 @@ where
         serde_json::to_value(object)
             .map_err(|e| ApiError::internal(format!("cannot encode {}: {e}", resource.kind)))
     };
-    match registry.get(resource, Some(NAMESPACE), NAME) {
+    match registry.get(resource, Some(namespace), name) {
         Err(e) if e.code == 404 => {
             match registry
-                .create(resource, Some(NAMESPACE), encode(desired)?, &options)
+                .create(resource, Some(namespace), encode(desired)?, &options)
                 .await
             {
                 Ok(_) => Ok(Outcome::Created),
@@ -211,8 +310,8 @@ where
             registry
                 .update(
                     resource,
-                    Some(NAMESPACE),
-                    NAME,
+                    Some(namespace),
+                    name,
                     encode(&changed)?,
                     None,
                     &options,
@@ -294,5 +393,44 @@ mod tests {
         let claim =
             crate::allocator::Claim::new(crate::allocator::RangeKind::ServiceIps, "10.43.0.1");
         assert!(registry.store.get(&claim.key()).is_some());
+    }
+
+    #[tokio::test]
+    async fn the_dns_service_is_created_at_the_tenth_address_and_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry =
+            crate::registry::test_registry(dir.path(), AllocationConfig::default()).await;
+        assert_eq!(
+            ensure_dns_service(&registry).await.unwrap(),
+            Outcome::Created
+        );
+        assert_eq!(
+            ensure_dns_service(&registry).await.unwrap(),
+            Outcome::Unchanged
+        );
+        let (_, stored) = registry
+            .get(&SERVICES, Some(DNS_NAMESPACE), DNS_NAME)
+            .unwrap();
+        let service: Service = serde_json::from_value(stored).unwrap();
+        assert!(skiff_api::service::is_node_local(&service));
+        let spec = service.spec.clone().unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("10.43.0.10"));
+        let ports: Vec<_> = spec
+            .ports
+            .unwrap()
+            .iter()
+            .map(|p| (p.name.clone().unwrap(), p.protocol.clone().unwrap(), p.port))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("dns".to_string(), "UDP".to_string(), 53),
+                ("dns-tcp".to_string(), "TCP".to_string(), 53)
+            ]
+        );
+        let mut edited = service;
+        edited.metadata.annotations = None;
+        let restored = reconciled_dns_service(&edited).unwrap();
+        assert!(skiff_api::service::is_node_local(&restored));
     }
 }

@@ -113,6 +113,9 @@ pub async fn run(
     bootstrap::ensure_kubernetes_service(&registry, endpoint)
         .await
         .map_err(ControlError::Bootstrap)?;
+    bootstrap::ensure_dns_service(&registry)
+        .await
+        .map_err(ControlError::Bootstrap)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let namespace_deleted = Arc::new(tokio::sync::Notify::new());
     let finalizer = tokio::spawn(namespaces::run_finalizer(

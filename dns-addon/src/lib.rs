@@ -5,5 +5,7 @@
 //! hickory — names outside the zones relayed upstream). The informer loop, the node
 //! integration on the cluster DNS address and the `kube-dns` Service follow.
 
+pub mod forward;
+pub mod run;
 pub mod server;
 pub mod zone;

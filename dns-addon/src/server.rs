@@ -4,18 +4,16 @@
 //! TCP (length-prefixed). Messages are read and written with hickory-proto; a packet that
 //! does not parse gets FORMERR (when it has an id to answer), never a crash.
 
+use crate::forward::{error_answer, Forwarder};
 use crate::zone::{Lookup, Record, RecordData, RecordType, Snapshot};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, RecordType as WireType};
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// The payload size advertised in our EDNS0 answers (the DNS flag day 2020 value).
 const EDNS_PAYLOAD: u16 = 1232;
-/// How long a relayed query waits for the upstream resolver.
-const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a query turned into.
 #[derive(Debug, PartialEq, Eq)]
@@ -82,13 +80,9 @@ fn wire_record(record: &Record) -> Option<hickory_proto::rr::Record> {
 
 /// A header-only error answer for a packet whose id could be read.
 fn error_reply(packet: &[u8], code: ResponseCode) -> Reply {
-    if packet.len() < 2 {
-        return Reply::Drop;
-    }
-    let id = u16::from_be_bytes([packet[0], packet[1]]);
-    match Message::error_msg(id, OpCode::Query, code).to_vec() {
-        Ok(bytes) => Reply::Answer(bytes),
-        Err(_) => Reply::Drop,
+    match error_answer(packet, code) {
+        Some(bytes) => Reply::Answer(bytes),
+        None => Reply::Drop,
     }
 }
 
@@ -155,31 +149,28 @@ fn current(zone: &SharedZone) -> Arc<Snapshot> {
     zone.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-/// Relays a query to `upstream` over UDP; `None` when it does not answer in time.
-async fn relay(upstream: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
-    let bind: SocketAddr = if upstream.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = tokio::net::UdpSocket::bind(bind).await.ok()?;
-    socket.connect(upstream).await.ok()?;
-    socket.send(packet).await.ok()?;
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    buf.truncate(n);
-    Some(buf)
+/// TCP connections served at once; more wait in the listen backlog.
+pub const MAX_TCP_CONNECTIONS: usize = 256;
+/// How long a TCP connection may sit idle between (or within) messages.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// The bytes to send back for `packet`: the zone's answer, or the forwarder's.
+async fn respond(
+    zone: &SharedZone,
+    forwarder: &Forwarder,
+    packet: &[u8],
+    udp: bool,
+) -> Option<Vec<u8>> {
+    match answer(&current(zone), packet, udp) {
+        Reply::Answer(bytes) => Some(bytes),
+        Reply::Forward => forwarder.resolve(packet, !udp).await,
+        Reply::Drop => None,
+    }
 }
 
-/// Serves DNS over UDP on `socket` until the task is dropped.
-pub async fn serve_udp(
-    socket: tokio::net::UdpSocket,
-    zone: SharedZone,
-    upstream: Option<SocketAddr>,
-) {
+/// Serves DNS over UDP on `socket` until the task is dropped. Zone answers are sent
+/// from the receive loop; relayed ones from a task each (bounded by the forwarder).
+pub async fn serve_udp(socket: tokio::net::UdpSocket, zone: SharedZone, forwarder: Arc<Forwarder>) {
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; 4096];
     loop {
@@ -193,19 +184,11 @@ pub async fn serve_udp(
             }
             Reply::Forward => {
                 let (socket, packet) = (socket.clone(), packet.to_vec());
+                let forwarder = forwarder.clone();
                 tokio::spawn(async move {
-                    let reply = match upstream {
-                        Some(upstream) => relay(upstream, &packet).await,
-                        None => None,
-                    };
-                    let bytes = match reply {
-                        Some(bytes) => bytes,
-                        None => match error_reply(&packet, ResponseCode::ServFail) {
-                            Reply::Answer(bytes) => bytes,
-                            _ => return,
-                        },
-                    };
-                    let _ = socket.send_to(&bytes, peer).await;
+                    if let Some(bytes) = forwarder.resolve(&packet, false).await {
+                        let _ = socket.send_to(&bytes, peer).await;
+                    }
                 });
             }
             Reply::Drop => {}
@@ -214,63 +197,64 @@ pub async fn serve_udp(
 }
 
 /// Serves DNS over TCP on `listener` until the task is dropped: length-prefixed
-/// messages, several per connection, each connection idle-bounded.
+/// messages, several per connection, each connection idle-bounded, at most
+/// [`MAX_TCP_CONNECTIONS`] at once.
 pub async fn serve_tcp(
     listener: tokio::net::TcpListener,
     zone: SharedZone,
-    upstream: Option<SocketAddr>,
+    forwarder: Arc<Forwarder>,
 ) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
+        let Ok(permit) = connections.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let zone = zone.clone();
+        let (zone, forwarder) = (zone.clone(), forwarder.clone());
         tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut stream = stream;
-            loop {
-                let mut len = [0u8; 2];
-                let read =
-                    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut len))
-                        .await;
-                if !matches!(read, Ok(Ok(_))) {
-                    return;
-                }
-                let mut packet = vec![0u8; usize::from(u16::from_be_bytes(len))];
-                let read =
-                    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut packet))
-                        .await;
-                if !matches!(read, Ok(Ok(_))) {
-                    return;
-                }
-                let bytes = match answer(&current(&zone), &packet, false) {
-                    Reply::Answer(bytes) => bytes,
-                    Reply::Forward => match upstream {
-                        Some(upstream) => match relay(upstream, &packet).await {
-                            Some(bytes) => bytes,
-                            None => match error_reply(&packet, ResponseCode::ServFail) {
-                                Reply::Answer(bytes) => bytes,
-                                _ => return,
-                            },
-                        },
-                        None => match error_reply(&packet, ResponseCode::ServFail) {
-                            Reply::Answer(bytes) => bytes,
-                            _ => return,
-                        },
-                    },
-                    Reply::Drop => return,
-                };
-                let Ok(len) = u16::try_from(bytes.len()) else {
-                    return;
-                };
-                if stream.write_all(&len.to_be_bytes()).await.is_err()
-                    || stream.write_all(&bytes).await.is_err()
-                {
-                    return;
-                }
-            }
+            let _permit = permit;
+            serve_connection(stream, &zone, &forwarder).await;
         });
+    }
+}
+
+async fn serve_connection(
+    mut stream: tokio::net::TcpStream,
+    zone: &SharedZone,
+    forwarder: &Forwarder,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let mut len = [0u8; 2];
+        if !matches!(
+            tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await,
+            Ok(Ok(_))
+        ) {
+            return;
+        }
+        let mut packet = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        // A frame cut short (or never finished) ends the connection.
+        if !matches!(
+            tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut packet)).await,
+            Ok(Ok(_))
+        ) {
+            return;
+        }
+        let Some(bytes) = respond(zone, forwarder, &packet, false).await else {
+            return;
+        };
+        let Ok(len) = u16::try_from(bytes.len()) else {
+            return;
+        };
+        let mut frame = Vec::with_capacity(bytes.len() + 2);
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(&bytes);
+        if stream.write_all(&frame).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -429,8 +413,16 @@ mod socket_tests {
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (udp_addr, tcp_addr) = (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
         let servers = [
-            tokio::spawn(serve_udp(udp, zone.clone(), None)),
-            tokio::spawn(serve_tcp(tcp, zone.clone(), None)),
+            tokio::spawn(serve_udp(
+                udp,
+                zone.clone(),
+                Arc::new(Forwarder::new(vec![])),
+            )),
+            tokio::spawn(serve_tcp(
+                tcp,
+                zone.clone(),
+                Arc::new(Forwarder::new(vec![])),
+            )),
         ];
         let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         client

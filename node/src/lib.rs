@@ -149,7 +149,7 @@ pub async fn run(
             owner: format!("{}/proxy", config.data_dir.display()),
             nftables: config.nftables,
         },
-        router,
+        router.clone(),
         async move {
             let _ = proxy_stopped.await;
         },
@@ -236,7 +236,8 @@ pub async fn run(
             clock.clone(),
             addresses.clone(),
         )
-        .with_probes(probes),
+        .with_probes(probes)
+        .with_router(router),
     );
     tokio::pin!(shutdown);
     let synced = tokio::select! {

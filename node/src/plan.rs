@@ -9,6 +9,7 @@ use crate::status::{pod_status, ContainerView};
 use k8s_openapi::api::core::v1 as core;
 use skiff_runtime::{ContainerState, ContainerStatus, PodSandboxConfig, PodSandboxStatus};
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -19,6 +20,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// Grace period of a deleted pod that sets none.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// Longest a deleted pod keeps running, within its grace period, while the node's
+/// service proxy still sends it new connections.
+pub const MAX_UNROUTE_WAIT: Duration = Duration::from_secs(10);
 
 /// One step of a pod sync.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +51,14 @@ pub enum SyncAction {
     },
     /// Removes an old attempt of a container (only the last two are kept, for `logs -p`).
     RemoveContainer { handler: String, id: String },
+    /// Waits (at most `limit`) until no Service of this node routes new connections to
+    /// `addresses` any more: a deleted pod serves until the proxy has let go of it, so
+    /// a rolling update loses no connection (what users of Kubernetes add a `preStop`
+    /// sleep for).
+    AwaitUnrouted {
+        addresses: Vec<Ipv4Addr>,
+        limit: Duration,
+    },
     /// Stops every container of a sandbox, each with `grace`.
     StopSandbox {
         handler: String,
@@ -428,6 +440,20 @@ fn plan_termination(
             message: "Stopping all containers".into(),
         });
     }
+    let addresses: Vec<Ipv4Addr> = current
+        .iter()
+        .flat_map(|s| &s.sandbox.config.addresses)
+        .filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    if !addresses.is_empty() && !grace.is_zero() {
+        actions.push(SyncAction::AwaitUnrouted {
+            addresses,
+            limit: grace.min(MAX_UNROUTE_WAIT),
+        });
+    }
     for s in current {
         actions.push(SyncAction::StopSandbox {
             handler: s.handler.clone(),
@@ -644,6 +670,9 @@ mod tests {
                 SyncAction::RemoveContainer { id, .. } => format!("RemoveContainer {id}"),
                 SyncAction::StopSandbox { id, grace, .. } => {
                     format!("StopSandbox {id} {}s", grace.as_secs())
+                }
+                SyncAction::AwaitUnrouted { addresses, limit } => {
+                    format!("AwaitUnrouted {addresses:?} {}s", limit.as_secs())
                 }
                 SyncAction::RemoveSandbox { id, .. } => format!("RemoveSandbox {id}"),
                 SyncAction::ForgetPod { uid } => format!("ForgetPod {uid}"),
@@ -870,17 +899,34 @@ mod tests {
         deleted["metadata"]["deletionTimestamp"] = json!("2027-01-01T00:00:00Z");
         deleted["metadata"]["deletionGracePeriodSeconds"] = json!(7);
         let containers = vec![container("a", 0, ContainerState::Running)];
-        let case = Case::new(Some(deleted), vec![sandbox("u1", containers)], &root);
+        let mut addressed = sandbox("u1", containers.clone());
+        addressed.sandbox.config.addresses = vec!["10.42.0.7".parse().unwrap()];
+        let case = Case::new(Some(deleted.clone()), vec![addressed.clone()], &root);
         assert_eq!(
             summary(&case.plan()),
             [
                 "RecordEvent Killing",
+                "AwaitUnrouted [10.42.0.7] 7s",
                 "StopSandbox sb-u1 7s",
                 "RemoveSandbox sb-u1",
                 "ForgetPod u1",
                 "DeletePod u1"
             ]
         );
+        // A long grace period waits for the proxy at most MAX_UNROUTE_WAIT; a pod
+        // without an address, or deleted with no grace, does not wait at all.
+        deleted["metadata"]["deletionGracePeriodSeconds"] = json!(60);
+        let case = Case::new(Some(deleted.clone()), vec![addressed.clone()], &root);
+        assert_eq!(summary(&case.plan())[1], "AwaitUnrouted [10.42.0.7] 10s");
+        let case = Case::new(
+            Some(deleted.clone()),
+            vec![sandbox("u1", containers)],
+            &root,
+        );
+        assert_eq!(summary(&case.plan())[1], "StopSandbox sb-u1 60s");
+        deleted["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        let case = Case::new(Some(deleted), vec![addressed], &root);
+        assert_eq!(summary(&case.plan())[1], "StopSandbox sb-u1 0s");
     }
 
     #[test]

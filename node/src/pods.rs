@@ -222,6 +222,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Syncs pods of one node against one runtime.
 pub struct PodSyncer {
     probes: Arc<crate::probes::ProbeManager>,
+    /// The node's service proxy, which deleted pods wait on before they stop serving.
+    router: Option<Arc<crate::proxy::ProxyRouter>>,
     pub client: Client,
     pub runtimes: RuntimeRegistry,
     /// RuntimeClass name -> handler, from the agent's RuntimeClass informer.
@@ -275,6 +277,7 @@ impl PodSyncer {
             log_max_files: 5,
             failures: Mutex::new(HashMap::new()),
             probes: crate::probes::ProbeManager::new(Arc::new(|_| {}), Arc::new(|_, _, _| {})),
+            router: None,
         }
     }
 
@@ -282,6 +285,11 @@ impl PodSyncer {
     /// record events).
     pub fn with_probes(mut self, probes: Arc<crate::probes::ProbeManager>) -> Self {
         self.probes = probes;
+        self
+    }
+
+    pub fn with_router(mut self, router: Arc<crate::proxy::ProxyRouter>) -> Self {
+        self.router = Some(router);
         self
     }
 
@@ -496,6 +504,13 @@ impl PodSyncer {
                         .runtime
                         .remove_container(&id)
                         .await?;
+                }
+                SyncAction::AwaitUnrouted { addresses, limit } => {
+                    if let Some(router) = &self.router {
+                        if !router.wait_unrouted(&addresses, limit).await {
+                            tracing::debug!(pod = %name, namespace, ?addresses, "still routed after {limit:?}; stopping anyway");
+                        }
+                    }
                 }
                 SyncAction::StopSandbox { handler, id, grace } => {
                     self.backend(&handler)?

@@ -51,10 +51,23 @@ pub struct ProxyConfig {
     pub nftables: bool,
 }
 
-/// The in-process router: reads the current table.
-#[derive(Debug, Default)]
+/// The in-process router: reads the current table. It also publishes the table whose
+/// rules are in the kernel, for the pod worker to hold a terminating pod until no new
+/// connection is sent to it.
+#[derive(Debug)]
 pub struct ProxyRouter {
     table: RwLock<Arc<ServiceTable>>,
+    /// `None` until the first sync is loaded.
+    applied: tokio::sync::watch::Sender<Option<Arc<ServiceTable>>>,
+}
+
+impl Default for ProxyRouter {
+    fn default() -> Self {
+        ProxyRouter {
+            table: RwLock::default(),
+            applied: tokio::sync::watch::Sender::new(None),
+        }
+    }
 }
 
 impl ProxyRouter {
@@ -62,8 +75,24 @@ impl ProxyRouter {
         self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn replace(&self, table: ServiceTable) {
-        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+    fn replace(&self, table: ServiceTable) -> Arc<ServiceTable> {
+        let table = Arc::new(table);
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = table.clone();
+        table
+    }
+
+    /// Waits (at most `limit`) until this node routes no new connection to any of
+    /// `addresses` as a ready endpoint, in process and in its loaded rules. Whether it
+    /// got there is returned; the caller stops the pod either way.
+    pub async fn wait_unrouted(&self, addresses: &[Ipv4Addr], limit: Duration) -> bool {
+        let mut applied = self.applied.subscribe();
+        let unrouted = applied.wait_for(|table| {
+            table
+                .as_ref()
+                .is_some_and(|t| !addresses.iter().any(|ip| t.routes_ready_to(*ip)))
+        });
+        let reached = matches!(tokio::time::timeout(limit, unrouted).await, Ok(Ok(_)));
+        reached
     }
 }
 
@@ -142,13 +171,19 @@ pub async fn run(
             slice_list.iter().map(|s| s.as_ref()),
         );
         let rules = nft::render(&table, &config.node_ips, &owner);
-        router.replace(table);
-        if nftables && loaded.as_deref() != Some(rules.as_str()) {
+        let table = router.replace(table);
+        if !nftables || loaded.as_deref() == Some(rules.as_str()) {
+            router.applied.send_replace(Some(table));
+        } else {
             match nft::apply(&rules).await {
-                Ok(()) => loaded = Some(rules),
+                Ok(()) => {
+                    loaded = Some(rules);
+                    router.applied.send_replace(Some(table));
+                }
                 Err(nft::NftError::Spawn(e)) => {
                     tracing::warn!(error = %e, "nft is not available: Services are reachable in-process only");
                     nftables = false;
+                    router.applied.send_replace(Some(table));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "loading the service rules failed; retrying");

@@ -220,6 +220,10 @@ impl ServiceTable {
             let Some(spec) = service.spec.as_ref() else {
                 continue;
             };
+            // Answered on every node by its own listener (the cluster DNS).
+            if skiff_api::service::is_node_local(service) {
+                continue;
+            }
             let key = (namespace.clone(), name.clone());
             let headless = spec.cluster_ip.as_deref() == Some("None");
             let external_name = spec.type_.as_deref() == Some("ExternalName");
@@ -308,6 +312,18 @@ impl ServiceTable {
             _ => return None,
         };
         self.services.get(&(ns.to_string(), service.to_string()))
+    }
+
+    /// Whether some Service still spreads new connections over `ip` as a ready
+    /// endpoint (a terminating pod is routed to only while this holds).
+    pub fn routes_ready_to(&self, ip: Ipv4Addr) -> bool {
+        self.endpoint_ips.contains(&ip)
+            && self
+                .services
+                .values()
+                .flat_map(|s| &s.ports)
+                .flat_map(|p| &p.endpoints)
+                .any(|e| e.ip == ip && e.ready)
     }
 
     pub fn lookup_ip(&self, ip: Ipv4Addr) -> Option<&ServiceEntry> {
@@ -493,6 +509,13 @@ mod tests {
             endpoint("10.42.0.8", false, false, "n1"),
         ]))];
         let table = ServiceTable::build("n1", &[web()], &slices);
+        assert!(table.routes_ready_to("10.42.0.6".parse().unwrap()));
+        for unrouted in ["10.42.0.7", "10.42.0.8", "10.42.0.9"] {
+            assert!(
+                !table.routes_ready_to(unrouted.parse().unwrap()),
+                "{unrouted}"
+            );
+        }
         let picks: std::collections::BTreeSet<String> = (0..6)
             .map(|_| format!("{:?}", table.route(&caller("demo"), "web", 80)))
             .collect();
@@ -569,6 +592,18 @@ mod tests {
                 "one client keeps its endpoint"
             );
         }
+    }
+
+    #[test]
+    fn node_local_services_get_no_entry() {
+        let dns = service(json!({
+            "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                         "annotations": {"skiff.dev/node-local": "true"}},
+            "spec": {"clusterIP": "10.43.0.10", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}
+        }));
+        let table = ServiceTable::build("n1", &[dns, web()], &[]);
+        assert!(table.lookup_ip("10.43.0.10".parse().unwrap()).is_none());
+        assert_eq!(table.services.len(), 1);
     }
 
     #[test]

@@ -1,0 +1,121 @@
+//! The DNS add-on's settings, shared by `skiff node` and `skiff up` (where it runs
+//! node-local beside the agent), and `skiff dns` (the add-on on its own).
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use skiff_api::cidr::Ipv4Cidr;
+use skiff_dns_addon::run::DnsConfig;
+use skiff_dns_addon::zone::ZoneConfig;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The cluster DNS address's offset in the service range (k3s's `10.43.0.10`).
+const CLUSTER_DNS_OFFSET: u64 = 10;
+
+/// How the cluster's names are served.
+#[derive(Debug, Clone, Args)]
+pub struct DnsArgs {
+    /// The address the node-local DNS add-on answers on, the `kube-dns` Service's
+    /// cluster IP (default: the tenth address of the service range).
+    #[arg(long)]
+    cluster_dns: Option<Ipv4Addr>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// More ADDRESS:PORT to answer DNS on (UDP and TCP), e.g. the node's address.
+    #[arg(long = "dns-listen")]
+    dns_listen: Vec<SocketAddr>,
+    /// The resolver file naming the upstream resolvers for names outside the cluster.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
+    /// Run no DNS add-on on this node.
+    #[arg(long)]
+    disable_dns: bool,
+}
+
+fn zone_config(domain: &str) -> Result<ZoneConfig> {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    if let Some(e) = skiff_api::validation::dns1123_subdomain_errors(&domain) {
+        bail!("invalid --cluster-domain {domain:?}: {e}");
+    }
+    Ok(ZoneConfig {
+        domain,
+        ..ZoneConfig::default()
+    })
+}
+
+/// The upstream resolvers of `resolv_conf`, leaving out the addresses skiff answers on.
+fn upstreams(resolv_conf: &PathBuf, own: &[SocketAddr]) -> Vec<SocketAddr> {
+    let own: Vec<IpAddr> = own.iter().map(|a| a.ip()).collect();
+    match std::fs::read_to_string(resolv_conf) {
+        Ok(text) => skiff_dns_addon::forward::parse_resolv_conf(&text, &own),
+        Err(e) => {
+            eprintln!(
+                "skiff: cannot read {}: {e}; names outside the cluster will not resolve",
+                resolv_conf.display()
+            );
+            Vec::new()
+        }
+    }
+}
+
+impl DnsArgs {
+    /// The cluster DNS address for `service_cidr`.
+    pub fn cluster_dns(&self, service_cidr: Ipv4Cidr) -> Result<Ipv4Addr> {
+        match self.cluster_dns {
+            Some(ip) => Ok(ip),
+            None => service_cidr
+                .address(CLUSTER_DNS_OFFSET)
+                .with_context(|| format!("the service range {service_cidr} has no tenth address")),
+        }
+    }
+
+    /// The node-local add-on's settings, `None` when disabled.
+    pub fn config(&self, service_cidr: Ipv4Cidr) -> Result<Option<DnsConfig>> {
+        if self.disable_dns {
+            return Ok(None);
+        }
+        let mut listen = vec![SocketAddr::new(self.cluster_dns(service_cidr)?.into(), 53)];
+        listen.extend(self.dns_listen.iter().copied());
+        let mut config = DnsConfig::new(listen.clone(), upstreams(&self.resolv_conf, &listen));
+        config.zone = zone_config(&self.cluster_domain)?;
+        Ok(Some(config))
+    }
+}
+
+/// `skiff dns`: the add-on alone, answering on the given addresses.
+#[derive(Debug, Args)]
+pub struct DnsCommandArgs {
+    /// The API server URL (default: from the kubeconfig).
+    #[arg(long)]
+    server: Option<String>,
+    /// ADDRESS:PORT to answer on, UDP and TCP (repeatable).
+    #[arg(long, required = true)]
+    listen: Vec<SocketAddr>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// The resolver file naming the upstream resolvers.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
+}
+
+pub async fn run(context: &crate::get::Context, args: DnsCommandArgs) -> Result<ExitCode> {
+    let client = match &args.server {
+        Some(server) => skiff_client::Client::new(server)?,
+        None => context.client()?,
+    };
+    let mut config = DnsConfig::new(
+        args.listen.clone(),
+        upstreams(&args.resolv_conf, &args.listen),
+    );
+    config.zone = zone_config(&args.cluster_domain)?;
+    let zone = skiff_dns_addon::run::shared_zone(&config.zone);
+    eprintln!(
+        "skiff dns: serving {} on {:?}",
+        config.zone.domain, config.listen
+    );
+    skiff_dns_addon::run::run(client, config, zone, crate::control::shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
