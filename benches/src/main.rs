@@ -12,6 +12,7 @@
 mod cluster;
 mod density;
 mod deployments;
+mod dns;
 mod etcd;
 mod http;
 mod pods;
@@ -45,6 +46,8 @@ enum Bench {
     Http(http::HttpArgs),
     /// Endpoint propagation to the ClusterIP, and a 50-replica rolling update under load.
     Services(services::ServicesArgs),
+    /// In-zone DNS queries: the DNS add-on vs dnsmasq, and Service-to-answer time.
+    Dns(dns::DnsArgs),
 }
 
 fn main() -> Result<()> {
@@ -74,5 +77,6 @@ async fn bench(cli: Cli) -> Result<()> {
         Bench::Scheduler(args) => scheduler::run(args).await,
         Bench::Http(args) => http::run(args).await,
         Bench::Services(args) => services::run(args).await,
+        Bench::Dns(args) => dns::run(args).await,
     }
 }

@@ -137,6 +137,16 @@ fn wasm_runtime(
     )?)
 }
 
+/// Pods' in-process name lookups answered from the node-local DNS add-on's zone.
+struct ZoneResolver(skiff_dns_addon::server::SharedZone);
+
+impl skiff_runtime::NameResolver for ZoneResolver {
+    fn resolve(&self, caller: &skiff_runtime::CallerPod, name: &str) -> Vec<IpAddr> {
+        let zone = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        zone.resolve(&caller.namespace, name)
+    }
+}
+
 async fn run_agent(
     config: NodeConfig,
     client: skiff_client::Client,
@@ -149,17 +159,22 @@ async fn run_agent(
     // The node-local DNS add-on, bound before the agent starts so a taken address is a
     // start-up error; it stops with the agent.
     let (stop_dns, dns_stopped) = tokio::sync::oneshot::channel::<()>();
+    let wasm = wasm_runtime(&config.data_dir, config.max_pods, &client)?;
     let dns = match dns {
         Some(config) => {
             let zone = skiff_dns_addon::run::shared_zone(&config.zone);
             let addon = skiff_dns_addon::run::bind_all(config)?;
+            // Wasm pods' name lookups read the same zone, in-process.
+            skiff_runtime::RuntimeService::set_name_resolver(
+                &wasm,
+                Arc::new(ZoneResolver(zone.clone())),
+            );
             Some(tokio::spawn(addon.run(client.clone(), zone, async move {
                 let _ = dns_stopped.await;
             })))
         }
         None => None,
     };
-    let wasm = wasm_runtime(&config.data_dir, config.max_pods, &client)?;
     // The wasm backend is the default; more backends register under their handlers here.
     let runtimes = RuntimeRegistry::new(skiff_runtime::wasm::HANDLER, Arc::new(wasm));
     let listener = tokio::net::TcpListener::bind(log_listen)

@@ -458,6 +458,68 @@ impl Snapshot {
         }
     }
 
+    /// The addresses `name` has for a pod in `namespace`, as its resolver would find
+    /// them with the cluster's resolv.conf (`search <ns>.svc.<zone> svc.<zone> <zone>`,
+    /// `ndots:5`): a name with fewer than five dots is tried along the search path
+    /// first, a name ending in a dot only as given. In-zone CNAMEs (ExternalName
+    /// Services naming cluster names) are followed; names outside the zone have no
+    /// addresses here (pods reach only the cluster).
+    pub fn resolve(&self, namespace: &str, name: &str) -> Vec<IpAddr> {
+        let domain = &self.config.domain;
+        let absolute = name.ends_with('.');
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let searched = [
+            format!("{name}.{namespace}.svc.{domain}"),
+            format!("{name}.svc.{domain}"),
+            format!("{name}.{domain}"),
+        ];
+        let candidates: Vec<&str> = if absolute {
+            vec![name.as_str()]
+        } else if name.matches('.').count() < 5 {
+            searched
+                .iter()
+                .map(String::as_str)
+                .chain([name.as_str()])
+                .collect()
+        } else {
+            [name.as_str()]
+                .into_iter()
+                .chain(searched.iter().map(String::as_str))
+                .collect()
+        };
+        candidates
+            .into_iter()
+            .map(|candidate| self.addresses(candidate))
+            .find(|found| !found.is_empty())
+            .unwrap_or_default()
+    }
+
+    /// The A and AAAA data of `name`, through in-zone CNAMEs (a bounded chain).
+    fn addresses(&self, name: &str) -> Vec<IpAddr> {
+        let mut name = name.to_string();
+        for _ in 0..8 {
+            let mut found = Vec::new();
+            let mut alias = None;
+            for rtype in [RecordType::A, RecordType::Aaaa] {
+                if let Lookup::Answer(records) = self.lookup(&name, rtype) {
+                    for record in records {
+                        match record.data {
+                            RecordData::A(ip) => found.push(IpAddr::V4(ip)),
+                            RecordData::Aaaa(ip) => found.push(IpAddr::V6(ip)),
+                            RecordData::Cname(target) => alias = Some(target),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            match alias {
+                Some(target) if found.is_empty() => name = target,
+                _ => return found,
+            }
+        }
+        Vec::new()
+    }
+
     /// `a-b-c-d.<ns>.pod.<zone>` of a pod that exists with that address.
     fn pod_address(&self, name: &str) -> Option<IpAddr> {
         let suffix = format!(".pod.{}", self.config.domain);
@@ -529,6 +591,44 @@ mod tests {
 
     fn a(ip: &str) -> RecordData {
         RecordData::A(ip.parse().unwrap())
+    }
+
+    #[test]
+    fn pods_resolve_along_their_search_path() {
+        let z = zone();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(z.resolve("demo", "web"), [ip("10.43.0.20")]);
+        assert_eq!(z.resolve("other", "web.demo"), [ip("10.43.0.20")]);
+        assert_eq!(z.resolve("other", "web.demo.svc"), [ip("10.43.0.20")]);
+        assert_eq!(
+            z.resolve("other", "web.demo.svc.cluster.local"),
+            [ip("10.43.0.20")]
+        );
+        assert_eq!(
+            z.resolve("other", "web.demo.svc.cluster.local."),
+            [ip("10.43.0.20")]
+        );
+        assert!(
+            z.resolve("other", "web").is_empty(),
+            "another namespace's short name"
+        );
+        assert!(
+            z.resolve("demo", "web.").is_empty(),
+            "an absolute name is not searched"
+        );
+        let mut db = z.resolve("demo", "db");
+        db.sort();
+        assert_eq!(
+            db,
+            [ip("10.42.0.5"), ip("10.42.0.6")],
+            "headless: the ready endpoints"
+        );
+        assert_eq!(z.resolve("demo", "db-0.db"), [ip("10.42.0.5")]);
+        assert!(
+            z.resolve("demo", "ext").is_empty(),
+            "an ExternalName outside the cluster"
+        );
+        assert!(z.resolve("demo", "example.com").is_empty());
     }
 
     #[test]

@@ -212,6 +212,23 @@ pub trait HttpRouter: Send + Sync + 'static {
     fn route(&self, caller: &CallerPod, host: &str, port: u16) -> HttpRoute;
 }
 
+/// Answers pods' name lookups (`wasi:sockets` `ip-name-lookup`, a guest's
+/// `getaddrinfo`) in-process: implemented over the cluster DNS zone, applying the
+/// caller's search path; backends know no zone. Empty means the name does not resolve.
+pub trait NameResolver: Send + Sync + 'static {
+    fn resolve(&self, caller: &CallerPod, name: &str) -> Vec<IpAddr>;
+}
+
+/// The resolver of a backend no node has configured: no name resolves.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoNames;
+
+impl NameResolver for NoNames {
+    fn resolve(&self, _caller: &CallerPod, _name: &str) -> Vec<IpAddr> {
+        Vec::new()
+    }
+}
+
 /// The router of a backend no node has configured: every destination is denied.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct DenyAllRouter;
@@ -411,6 +428,10 @@ pub trait RuntimeService: Send + Sync + 'static {
     /// Sets where the pods' outgoing HTTP requests go (the node's service proxy), for a
     /// backend that carries them out itself (the wasm backend's `wasi:http` calls).
     fn set_http_router(&self, _router: std::sync::Arc<dyn HttpRouter>) {}
+
+    /// Sets how the pods' name lookups are answered (the node's cluster DNS zone), for
+    /// a backend that answers them itself (the wasm backend's `ip-name-lookup`).
+    fn set_name_resolver(&self, _resolver: std::sync::Arc<dyn NameResolver>) {}
 
     /// Called when the agent stops: a backend whose containers live in the agent's
     /// process stops them and removes what it set up on the node (routes); one whose

@@ -9,6 +9,7 @@ mod bootstrap;
 mod cli;
 mod controllers;
 mod crash;
+mod dns;
 mod group_deletes;
 mod harness;
 mod hostile_input;

@@ -12,7 +12,7 @@ use skiff_client::Client;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-const NODE_IP: &str = "192.168.77.1";
+pub const NODE_IP: &str = "192.168.77.1";
 const CLIENT_IP: &str = "192.168.77.2";
 
 pub struct ServiceCluster {
@@ -27,6 +27,11 @@ pub struct ServiceCluster {
 impl ServiceCluster {
     /// A control plane and one node whose address is on a veth to a client namespace.
     pub async fn start() -> Result<ServiceCluster> {
+        Self::start_with(&[]).await
+    }
+
+    /// As [`ServiceCluster::start`], with more flags for the node.
+    pub async fn start_with(node_flags: &[&str]) -> Result<ServiceCluster> {
         let peer = Peer::create("svc", NODE_IP, CLIENT_IP)?;
         let dir = tempfile::tempdir()?;
         let control = ControlProcess::start(&dir.path().join("control")).await?;
@@ -36,7 +41,7 @@ impl ServiceCluster {
             "n1",
             &dir.path().join("n1"),
             "",
-            &["--address", NODE_IP],
+            &[&["--address", NODE_IP], node_flags].concat(),
         )
         .await?;
         Ok(ServiceCluster {
@@ -935,7 +940,7 @@ fn kubectl_port_forward_reaches_a_pod_and_a_service() -> Result<()> {
     })
 }
 
-fn sockets_pod(name: &str, env: Value, annotated: bool) -> Result<Value> {
+pub fn sockets_pod(name: &str, env: Value, annotated: bool) -> Result<Value> {
     let mut env_list = vec![
         json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}),
         json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
@@ -954,7 +959,7 @@ fn sockets_pod(name: &str, env: Value, annotated: bool) -> Result<Value> {
     }))
 }
 
-async fn finished_log(cluster: &ServiceCluster, pod: &str) -> Result<String> {
+pub async fn finished_log(cluster: &ServiceCluster, pod: &str) -> Result<String> {
     eventually(
         Duration::from_secs(30),
         &format!("{pod} to finish"),

@@ -76,6 +76,9 @@ struct SelectedPod<'a> {
     ports: Vec<ResolvedPort>,
     ready: bool,
     terminating: bool,
+    /// The pod's `hostname` when its `subdomain` is this Service (its DNS name is then
+    /// `hostname.service.ns.svc`), as Kubernetes' controllers publish it.
+    hostname: Option<String>,
 }
 
 impl SelectedPod<'_> {
@@ -131,12 +134,18 @@ fn selected_pods<'a>(service: &Service, pods: &'a [Arc<Pod>]) -> Option<Vec<Sele
         if ports.is_empty() && (service_ports || !headless) {
             continue;
         }
+        let hostname = pod.spec.as_ref().and_then(|s| {
+            s.hostname
+                .clone()
+                .filter(|h| !h.is_empty() && s.subdomain.as_ref() == service.metadata.name.as_ref())
+        });
         selected.push(SelectedPod {
             pod,
             ip,
             ports,
             ready: is_ready(pod),
             terminating: pod.metadata.deletion_timestamp.is_some(),
+            hostname,
         });
     }
     selected.sort_by(|a, b| a.ip.cmp(&b.ip));
@@ -162,7 +171,7 @@ pub fn desired_endpoints(service: &Service, pods: &[Arc<Pod>]) -> Option<Endpoin
             ip: selected.ip.clone(),
             node_name: selected.node_name(),
             target_ref: Some(selected.target_ref()),
-            hostname: None,
+            hostname: selected.hostname.clone(),
         };
         let subset = subsets
             .entry(ports.clone())
@@ -232,6 +241,7 @@ pub fn desired_slices(service: &Service, pods: &[Arc<Pod>]) -> Option<Vec<Endpoi
                 }),
                 node_name: selected.node_name(),
                 target_ref: Some(selected.target_ref()),
+                hostname: selected.hostname.clone(),
                 ..Default::default()
             });
     }
@@ -602,6 +612,38 @@ mod tests {
                     .map(move |a| (a.ip.clone(), ports.clone()))
             })
             .collect()
+    }
+
+    #[test]
+    fn pods_in_the_services_subdomain_publish_their_hostname() {
+        let web = json!({"app": "web"});
+        let named = |name: &str, ip: &str, subdomain: &str| {
+            let mut p = (*pod(name, web.clone(), Some(ip), true)).clone();
+            let spec = p.spec.as_mut().unwrap();
+            spec.hostname = Some(format!("{name}-host"));
+            spec.subdomain = Some(subdomain.into());
+            Arc::new(p)
+        };
+        let pods = vec![
+            named("a", "10.42.0.2", "web"),
+            named("b", "10.42.0.3", "other"),
+        ];
+        let svc = service(json!({"clusterIP": "None", "selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 8080}]}));
+        let slices = desired_slices(&svc, &pods).unwrap();
+        let hostnames: Vec<_> = slices[0]
+            .endpoints
+            .iter()
+            .map(|e| (e.addresses[0].as_str(), e.hostname.as_deref()))
+            .collect();
+        assert_eq!(
+            hostnames,
+            [("10.42.0.2", Some("a-host")), ("10.42.0.3", None)]
+        );
+        let endpoints = desired_endpoints(&svc, &pods).unwrap();
+        let addresses = endpoints.subsets.unwrap()[0].addresses.clone().unwrap();
+        assert_eq!(addresses[0].hostname.as_deref(), Some("a-host"));
+        assert_eq!(addresses[1].hostname, None);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! built-in client a request could take instead of this one.
 
 use super::serve::HttpServer;
-use crate::{CallerPod, DenyAllRouter, HttpRoute, HttpRouter};
+use crate::{CallerPod, DenyAllRouter, HttpRoute, HttpRouter, NameResolver, NoNames};
 use bytes::Bytes;
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -32,6 +32,7 @@ const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The node-wide side of egress: the router and the serving containers by address.
 pub struct Egress {
     router: RwLock<Arc<dyn HttpRouter>>,
+    resolver: RwLock<Arc<dyn NameResolver>>,
     local: RwLock<HashMap<SocketAddr, Weak<HttpServer>>>,
 }
 
@@ -39,6 +40,7 @@ impl Default for Egress {
     fn default() -> Self {
         Egress {
             router: RwLock::new(Arc::new(DenyAllRouter)),
+            resolver: RwLock::new(Arc::new(NoNames)),
             local: RwLock::new(HashMap::new()),
         }
     }
@@ -59,6 +61,10 @@ impl Egress {
 
     pub fn router(&self) -> Arc<dyn HttpRouter> {
         read(&self.router).clone()
+    }
+
+    pub fn set_resolver(&self, resolver: Arc<dyn NameResolver>) {
+        *write(&self.resolver) = resolver;
     }
 
     /// Makes `server` answer in-process for `addr` (a pod IP and port).
@@ -186,9 +192,19 @@ pub struct PodHooks {
     egress: Arc<Egress>,
 }
 
+/// A pod's name lookups: the node's resolver with the pod as the caller.
+pub type PodResolver = Arc<dyn Fn(&str) -> Vec<std::net::IpAddr> + Send + Sync>;
+
 impl PodHooks {
     pub fn new(caller: Arc<CallerPod>, egress: Arc<Egress>) -> Self {
         PodHooks { caller, egress }
+    }
+
+    /// How this pod's name lookups are answered.
+    pub fn resolver(&self) -> PodResolver {
+        let resolver = read(&self.egress.resolver).clone();
+        let caller = self.caller.clone();
+        Arc::new(move |name| resolver.resolve(&caller, name))
     }
 }
 

@@ -122,6 +122,8 @@ impl NodeEngine {
             .map_err(|e| RuntimeError::Io(format!("cannot link WASI preview 2: {e}")))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut component_linker)
             .map_err(|e| RuntimeError::Io(format!("cannot link wasi:http: {e}")))?;
+        super::lookup::shadow_ip_name_lookup(&mut component_linker)
+            .map_err(|e| RuntimeError::Io(format!("cannot link the node's ip-name-lookup: {e}")))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         {
             let engine = engine.clone();

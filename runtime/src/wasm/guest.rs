@@ -31,6 +31,8 @@ pub struct ComponentState {
     table: ResourceTable,
     http: WasiHttpCtx,
     hooks: PodHooks,
+    /// Set for pods allowed `wasi:sockets`: their name lookups.
+    resolver: Option<super::egress::PodResolver>,
     pub(super) guard: GuestGuard,
 }
 
@@ -57,6 +59,7 @@ impl ComponentState {
     /// The state of one run (or one request) from a guest's settings.
     pub(super) fn new(
         builder: &mut WasiCtxBuilder,
+        spec: &GuestSpec,
         guard: GuestGuard,
         hooks: PodHooks,
     ) -> ComponentState {
@@ -64,8 +67,17 @@ impl ComponentState {
             ctx: builder.build(),
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
+            resolver: spec.sockets.as_ref().map(|_| hooks.resolver()),
             hooks,
             guard,
+        }
+    }
+
+    /// What the shadowed `ip-name-lookup` works on.
+    pub(super) fn lookup_view(&mut self) -> super::lookup::LookupView<'_> {
+        super::lookup::LookupView {
+            table: &mut self.table,
+            resolve: self.resolver.as_deref(),
         }
     }
 }
@@ -277,8 +289,8 @@ pub(super) fn wasi_builder(spec: &GuestSpec) -> Result<WasiCtxBuilder, String> {
         builder
             .allow_tcp(true)
             .allow_udp(true)
-            // The host's resolver knows no cluster names; guests use addresses (or the
-            // SERVICE_HOST variables) until the DNS add-on.
+            // The host's resolver knows no cluster names: lookups are shadowed by the
+            // node's (`lookup`), and this one stays off should the shadowing ever fail.
             .allow_ip_name_lookup(false)
             .socket_addr_check(move |addr, usage| {
                 let allowed = policy.allows(addr, usage);
@@ -386,7 +398,7 @@ pub async fn run(
                 Ok(b) => b,
                 Err(message) => return setup_failure(message),
             };
-            let state = ComponentState::new(&mut builder, guard_for(&spec, None), hooks);
+            let state = ComponentState::new(&mut builder, &spec, guard_for(&spec, None), hooks);
             let mut store = Store::new(engine, state);
             configure(&mut store);
             let result = async {

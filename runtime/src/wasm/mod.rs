@@ -13,6 +13,7 @@ mod engine;
 mod guest;
 pub mod images;
 pub mod logs;
+mod lookup;
 mod serve;
 
 pub use engine::EngineConfig;
@@ -815,6 +816,11 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
     /// Until it is set, every destination is denied.
     fn set_http_router(&self, router: Arc<dyn HttpRouter>) {
         self.inner.egress.set_router(router);
+    }
+
+    /// Until it is set, no name resolves.
+    fn set_name_resolver(&self, resolver: Arc<dyn crate::NameResolver>) {
+        self.inner.egress.set_resolver(resolver);
     }
 
     fn shutdown(&self) -> RuntimeFuture<'_, ()> {

@@ -201,6 +201,7 @@ impl HttpServer {
         let mut builder = guest::wasi_builder(&self.spec).map_err(Failure::Setup)?;
         let state = ComponentState::new(
             &mut builder,
+            &self.spec,
             guest::guard_for(&self.spec, Some(deadline)),
             PodHooks::new(self.caller.clone(), self.egress.clone()),
         );
