@@ -13,6 +13,7 @@ pub mod object;
 pub mod patch;
 pub mod protobuf;
 pub mod quantity;
+pub mod resolv;
 pub mod resource;
 pub mod selector;
 pub mod service;

@@ -4,6 +4,7 @@
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use skiff_api::cidr::Ipv4Cidr;
+use skiff_api::resolv::ResolvConf;
 use skiff_dns_addon::run::DnsConfig;
 use skiff_dns_addon::zone::ZoneConfig;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -69,6 +70,25 @@ impl DnsArgs {
                 .address(CLUSTER_DNS_OFFSET)
                 .with_context(|| format!("the service range {service_cidr} has no tenth address")),
         }
+    }
+
+    /// What the agent gives pods: the cluster DNS (none when the add-on is disabled
+    /// here) and the node's resolv.conf.
+    pub fn pod_settings(
+        &self,
+        service_cidr: Ipv4Cidr,
+    ) -> Result<(Option<skiff_node::dns::ClusterDns>, ResolvConf)> {
+        let host = std::fs::read_to_string(&self.resolv_conf)
+            .map(|text| ResolvConf::parse(&text))
+            .unwrap_or_default();
+        if self.disable_dns {
+            return Ok((None, host));
+        }
+        let cluster = skiff_node::dns::ClusterDns {
+            servers: vec![self.cluster_dns(service_cidr)?.into()],
+            domain: zone_config(&self.cluster_domain)?.domain,
+        };
+        Ok((Some(cluster), host))
     }
 
     /// The node-local add-on's settings, `None` when disabled.

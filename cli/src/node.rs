@@ -137,13 +137,25 @@ fn wasm_runtime(
     )?)
 }
 
-/// Pods' in-process name lookups answered from the node-local DNS add-on's zone.
-struct ZoneResolver(skiff_dns_addon::server::SharedZone);
+/// Pods' in-process name lookups answered from the node-local DNS add-on's zone, for
+/// pods whose resolver names the cluster DNS, along their search path.
+struct ZoneResolver {
+    zone: skiff_dns_addon::server::SharedZone,
+    cluster_dns: IpAddr,
+}
 
 impl skiff_runtime::NameResolver for ZoneResolver {
     fn resolve(&self, caller: &skiff_runtime::CallerPod, name: &str) -> Vec<IpAddr> {
-        let zone = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
-        zone.resolve(&caller.namespace, name)
+        let zone = self.zone.read().unwrap_or_else(|e| e.into_inner()).clone();
+        match &caller.dns {
+            None => zone.resolve(&caller.namespace, name),
+            Some(conf) if conf.nameservers.contains(&self.cluster_dns) => {
+                zone.resolve_with(&conf.searches, conf.ndots(), name)
+            }
+            // `dnsPolicy: Default` or `None` without the cluster DNS: the node's
+            // resolver, which pods may not reach (egress is the cluster's only).
+            Some(_) => Vec::new(),
+        }
     }
 }
 
@@ -163,12 +175,14 @@ async fn run_agent(
     let dns = match dns {
         Some(config) => {
             let zone = skiff_dns_addon::run::shared_zone(&config.zone);
+            let cluster_dns = config.listen[0].ip();
             let addon = skiff_dns_addon::run::bind_all(config)?;
             // Wasm pods' name lookups read the same zone, in-process.
-            skiff_runtime::RuntimeService::set_name_resolver(
-                &wasm,
-                Arc::new(ZoneResolver(zone.clone())),
-            );
+            let resolver = ZoneResolver {
+                zone: zone.clone(),
+                cluster_dns,
+            };
+            skiff_runtime::RuntimeService::set_name_resolver(&wasm, Arc::new(resolver));
             Some(tokio::spawn(addon.run(client.clone(), zone, async move {
                 let _ = dns_stopped.await;
             })))
@@ -204,6 +218,7 @@ pub async fn node(context: &crate::get::Context, args: NodeArgs) -> Result<ExitC
     };
     let mut config = node_config(&args.agent, &args.data_dir)?;
     config.service_cidr = Some(args.service_cidr);
+    (config.cluster_dns, config.host_dns) = args.dns.pod_settings(args.service_cidr)?;
     let dns = args.dns.config(args.service_cidr)?;
     raise_open_file_limit();
     eprintln!("skiff node {}: joining {}", config.name, client.server());
@@ -292,6 +307,7 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     wait_until_ready(&client).await?;
     let mut config = node_config(&args.agent, &args.data_dir.join("node"))?;
     config.service_cidr = Some(args.network.service_cidr());
+    (config.cluster_dns, config.host_dns) = args.dns.pod_settings(args.network.service_cidr())?;
     // The agent beside the control plane renews its lease well within the grace period
     // the control plane was given (the fast profile's is 4 s).
     let grace = control_grace(&args.controllers);

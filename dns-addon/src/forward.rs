@@ -30,12 +30,9 @@ const CACHE_CAPACITY: usize = 10_000;
 /// The `nameserver` addresses of a resolv.conf, port 53, without `exclude`d ones (the
 /// cluster DNS address itself: relaying to it would loop).
 pub fn parse_resolv_conf(text: &str, exclude: &[IpAddr]) -> Vec<SocketAddr> {
-    text.lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            (words.next() == Some("nameserver")).then(|| words.next())?
-        })
-        .filter_map(|address| address.parse::<IpAddr>().ok())
+    skiff_api::resolv::ResolvConf::parse(text)
+        .nameservers
+        .into_iter()
         .filter(|ip| !exclude.contains(ip))
         .map(|ip| SocketAddr::new(ip, 53))
         .collect()

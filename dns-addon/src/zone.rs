@@ -466,16 +466,26 @@ impl Snapshot {
     /// addresses here (pods reach only the cluster).
     pub fn resolve(&self, namespace: &str, name: &str) -> Vec<IpAddr> {
         let domain = &self.config.domain;
+        let searches = [
+            format!("{namespace}.svc.{domain}"),
+            format!("svc.{domain}"),
+            domain.clone(),
+        ];
+        self.resolve_with(&searches, 5, name)
+    }
+
+    /// As [`Snapshot::resolve`] with a pod's own search path and `ndots` (from its
+    /// `dnsPolicy` and `dnsConfig`).
+    pub fn resolve_with(&self, searches: &[String], ndots: usize, name: &str) -> Vec<IpAddr> {
         let absolute = name.ends_with('.');
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        let searched = [
-            format!("{name}.{namespace}.svc.{domain}"),
-            format!("{name}.svc.{domain}"),
-            format!("{name}.{domain}"),
-        ];
+        let searched: Vec<String> = searches
+            .iter()
+            .map(|s| format!("{name}.{}", s.trim_end_matches('.').to_ascii_lowercase()))
+            .collect();
         let candidates: Vec<&str> = if absolute {
             vec![name.as_str()]
-        } else if name.matches('.').count() < 5 {
+        } else if name.matches('.').count() < ndots {
             searched
                 .iter()
                 .map(String::as_str)
@@ -629,6 +639,12 @@ mod tests {
             "an ExternalName outside the cluster"
         );
         assert!(z.resolve("demo", "example.com").is_empty());
+        // A pod's own search path and ndots (dnsConfig).
+        let searches = ["svc.cluster.local".to_string()];
+        assert_eq!(z.resolve_with(&searches, 5, "web.demo"), [ip("10.43.0.20")]);
+        assert!(z.resolve_with(&searches, 5, "web").is_empty());
+        // ndots:1: `web.demo` is tried as given first (not a zone name), then searched.
+        assert_eq!(z.resolve_with(&searches, 1, "web.demo"), [ip("10.43.0.20")]);
     }
 
     #[test]

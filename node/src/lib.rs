@@ -8,6 +8,7 @@
 
 pub mod addresses;
 pub mod cache;
+pub mod dns;
 pub mod images;
 pub mod logs;
 pub mod plan;
@@ -69,6 +70,10 @@ pub struct NodeConfig {
     pub service_cidr: Option<skiff_api::cidr::Ipv4Cidr>,
     /// Whether the service proxy programs nftables.
     pub nftables: bool,
+    /// The cluster DNS pods are given (`None`: pods get the node's resolver).
+    pub cluster_dns: Option<dns::ClusterDns>,
+    /// The node's resolv.conf (for `dnsPolicy: Default` and the search path).
+    pub host_dns: skiff_api::resolv::ResolvConf,
 }
 
 impl NodeConfig {
@@ -93,6 +98,8 @@ impl NodeConfig {
                 16,
             )),
             nftables: true,
+            cluster_dns: None,
+            host_dns: Default::default(),
         }
     }
 }
@@ -237,7 +244,8 @@ pub async fn run(
             addresses.clone(),
         )
         .with_probes(probes)
-        .with_router(router),
+        .with_router(router)
+        .with_dns(config.cluster_dns.clone(), config.host_dns.clone()),
     );
     tokio::pin!(shutdown);
     let synced = tokio::select! {

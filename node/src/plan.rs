@@ -256,8 +256,10 @@ pub fn plan(input: &PlanInput<'_>) -> Vec<SyncAction> {
                 name: name.to_string(),
                 log_directory: input.log_root.join(format!("{namespace}_{name}_{uid}")),
                 labels: Default::default(),
-                // Given by the executor from the node's pod addresses (IO).
+                // Given by the executor from the node's pod addresses (IO) and its
+                // resolver settings.
                 addresses: Vec::new(),
+                dns: None,
             },
         });
     }

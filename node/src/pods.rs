@@ -224,6 +224,9 @@ pub struct PodSyncer {
     probes: Arc<crate::probes::ProbeManager>,
     /// The node's service proxy, which deleted pods wait on before they stop serving.
     router: Option<Arc<crate::proxy::ProxyRouter>>,
+    /// The cluster DNS and the node's resolv.conf, for each sandbox's resolver.
+    cluster_dns: Option<crate::dns::ClusterDns>,
+    host_dns: skiff_api::resolv::ResolvConf,
     pub client: Client,
     pub runtimes: RuntimeRegistry,
     /// RuntimeClass name -> handler, from the agent's RuntimeClass informer.
@@ -278,6 +281,8 @@ impl PodSyncer {
             failures: Mutex::new(HashMap::new()),
             probes: crate::probes::ProbeManager::new(Arc::new(|_| {}), Arc::new(|_, _, _| {})),
             router: None,
+            cluster_dns: None,
+            host_dns: Default::default(),
         }
     }
 
@@ -290,6 +295,16 @@ impl PodSyncer {
 
     pub fn with_router(mut self, router: Arc<crate::proxy::ProxyRouter>) -> Self {
         self.router = Some(router);
+        self
+    }
+
+    pub fn with_dns(
+        mut self,
+        cluster: Option<crate::dns::ClusterDns>,
+        host: skiff_api::resolv::ResolvConf,
+    ) -> Self {
+        self.cluster_dns = cluster;
+        self.host_dns = host;
         self
     }
 
@@ -457,6 +472,8 @@ impl PodSyncer {
                     mut config,
                 } => {
                     let backend = self.backend(&handler)?;
+                    config.dns = pod
+                        .map(|p| crate::dns::pod_dns(p, self.cluster_dns.as_ref(), &self.host_dns));
                     match self.addresses.assign(&config.pod_uid) {
                         Ok(address) => config.addresses = vec![IpAddr::V4(address)],
                         Err(e) => {

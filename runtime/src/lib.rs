@@ -80,6 +80,10 @@ pub struct PodSandboxConfig {
     /// CNI result is to CRI): the backend makes them reach the pod and reports them as
     /// the sandbox's network status, the first as the pod IP.
     pub addresses: Vec<IpAddr>,
+    /// The pod's resolver configuration (CRI's `DNSConfig`, from its `dnsPolicy` and
+    /// `dnsConfig`): a container pod's `/etc/resolv.conf`; the search path of a wasm
+    /// pod's in-process lookups.
+    pub dns: Option<skiff_api::resolv::ResolvConf>,
 }
 
 impl PodSandboxConfig {
@@ -188,6 +192,9 @@ pub struct CallerPod {
     pub name: String,
     /// The caller's pod IP, if it has one.
     pub ip: Option<IpAddr>,
+    /// The caller's resolver configuration (`None`: the cluster default for its
+    /// namespace).
+    pub dns: Option<skiff_api::resolv::ResolvConf>,
 }
 
 /// Where an outgoing request of a pod goes, as the node decides it.

@@ -439,14 +439,15 @@ fn wasm_pods_look_service_names_up_in_process() -> Result<()> {
             ("short", "echo:7000"),
             ("full", "echo.default.svc.cluster.local:7000"),
             ("unknown", "nowhere:7000"),
+            ("node-resolver", "echo:7000"),
         ] {
-            cluster
-                .apply(&sockets_pod(
-                    pod,
-                    json!([{"name": "CONNECT", "value": target}]),
-                    true,
-                )?)
-                .await?;
+            let mut manifest =
+                sockets_pod(pod, json!([{"name": "CONNECT", "value": target}]), true)?;
+            if pod == "node-resolver" {
+                // dnsPolicy Default: the node's resolver, which knows no cluster names.
+                manifest["spec"]["dnsPolicy"] = json!("Default");
+            }
+            cluster.apply(&manifest).await?;
         }
         for pod in ["short", "full"] {
             let log = finished_log(&cluster, pod).await?;
@@ -457,6 +458,8 @@ fn wasm_pods_look_service_names_up_in_process() -> Result<()> {
         }
         let log = finished_log(&cluster, "unknown").await?;
         ensure!(log.contains("tcp-echo: connect nowhere:7000:"), "{log}");
+        let log = finished_log(&cluster, "node-resolver").await?;
+        ensure!(log.contains("tcp-echo: connect echo:7000:"), "{log}");
         Ok(())
     })
 }

@@ -439,6 +439,7 @@ mod tests {
             namespace: namespace.into(),
             name: "client".into(),
             ip: Some("10.42.0.99".parse().unwrap()),
+            dns: None,
         }
     }
 

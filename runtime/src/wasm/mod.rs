@@ -639,6 +639,7 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
                         namespace: s.config.namespace.clone(),
                         name: s.config.name.clone(),
                         ip: s.config.addresses.first().copied(),
+                        dns: s.config.dns.clone(),
                     };
                     (Arc::new(caller), s.config.addresses.clone())
                 })
