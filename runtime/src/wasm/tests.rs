@@ -49,6 +49,7 @@ async fn sandbox_at(rt: &WasmRuntime, dir: &Path, name: &str, address: [u8; 4]) 
         log_directory: dir.join("logs").join(name),
         labels: Default::default(),
         addresses: vec![std::net::IpAddr::from(address)],
+        dns: None,
     };
     rt.run_pod_sandbox(&config).await.expect("sandbox")
 }
