@@ -9,6 +9,7 @@
 pub mod cidr;
 pub mod clock;
 pub mod endpointslice;
+pub mod ingress;
 pub mod object;
 pub mod patch;
 pub mod protobuf;

@@ -3,7 +3,10 @@
 //! the Kubernetes API server prunes them, and reading metadata from JSON objects.
 
 use crate::resource::ResourceInfo;
-use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coordination, core::v1 as core};
+use k8s_openapi::api::{
+    apps::v1 as apps, coordination::v1 as coordination, core::v1 as core,
+    networking::v1 as networking,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -205,6 +208,8 @@ pub fn normalize_kind(kind: &str, mut object: Value) -> Result<Value, DecodeErro
         "ReplicaSet" => round_trip::<apps::ReplicaSet>(kind, object),
         "Lease" => round_trip::<coordination::Lease>(kind, object),
         "RuntimeClass" => round_trip::<k8s_openapi::api::node::v1::RuntimeClass>(kind, object),
+        "Ingress" => round_trip::<networking::Ingress>(kind, object),
+        "IngressClass" => round_trip::<networking::IngressClass>(kind, object),
         "Scale" => round_trip::<k8s_openapi::api::autoscaling::v1::Scale>(kind, object),
         "DeleteOptions" => round_trip::<
             k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions,

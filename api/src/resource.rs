@@ -271,6 +271,37 @@ pub const RUNTIME_CLASSES: ResourceInfo = ResourceInfo {
     has_generation: false,
 };
 
+/// `Ingress` (networking.k8s.io): HTTP routes from hosts and paths to Services; its
+/// status carries the addresses the class's controller serves it on.
+pub const INGRESSES: ResourceInfo = ResourceInfo {
+    group: "networking.k8s.io",
+    version: "v1",
+    kind: "Ingress",
+    plural: "ingresses",
+    singular: "ingress",
+    namespaced: true,
+    short_names: &["ing"],
+    categories: &[],
+    subresources: &[status_of("networking.k8s.io", "v1", "Ingress")],
+    has_generation: true,
+};
+
+/// `IngressClass` (networking.k8s.io, cluster-scoped): which controller implements the
+/// Ingresses that name it.
+pub const INGRESS_CLASSES: ResourceInfo = ResourceInfo {
+    group: "networking.k8s.io",
+    version: "v1",
+    kind: "IngressClass",
+    plural: "ingressclasses",
+    singular: "ingressclass",
+    namespaced: false,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+    // As Kubernetes' ingressClassStrategy: a spec change bumps the generation.
+    has_generation: true,
+};
+
 /// Every resource skiff serves, in discovery order.
 pub const RESOURCES: &[ResourceInfo] = &[
     NAMESPACES,
@@ -286,6 +317,8 @@ pub const RESOURCES: &[ResourceInfo] = &[
     REPLICA_SETS,
     LEASES,
     RUNTIME_CLASSES,
+    INGRESSES,
+    INGRESS_CLASSES,
 ];
 
 impl ResourceInfo {
@@ -392,6 +425,17 @@ mod tests {
             "Deployment"
         );
         assert_eq!(find_by_user_name("svc").unwrap().kind, "Service");
+        assert_eq!(find_by_user_name("ing").unwrap().kind, "Ingress");
+        assert_eq!(
+            find_by_user_name("ingresses.networking.k8s.io")
+                .unwrap()
+                .kind,
+            "Ingress"
+        );
+        assert_eq!(
+            find_by_user_name("ingressclass").unwrap().kind,
+            "IngressClass"
+        );
         assert!(find_by_user_name("deployments.core").is_none());
         assert!(find_by_user_name("widgets").is_none());
     }

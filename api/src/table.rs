@@ -112,6 +112,20 @@ pub fn columns(resource: &ResourceInfo) -> Vec<Column> {
         ],
         "Lease" => vec![NAME, col("Holder", "string", 0), AGE],
         "RuntimeClass" => vec![NAME, col("Handler", "string", 0), AGE],
+        "Ingress" => vec![
+            NAME,
+            col("Class", "string", 0),
+            col("Hosts", "string", 0),
+            col("Address", "string", 0),
+            col("Ports", "string", 0),
+            AGE,
+        ],
+        "IngressClass" => vec![
+            NAME,
+            col("Controller", "string", 0),
+            col("Parameters", "string", 0),
+            AGE,
+        ],
         _ => vec![NAME, AGE],
     }
 }
@@ -416,8 +430,105 @@ pub fn row_cells(resource: &ResourceInfo, object: &Value, now: DateTime<Utc>) ->
         }
         "Lease" => vec![name, json!(s("/spec/holderIdentity")), age_cell],
         "RuntimeClass" => vec![name, json!(s("/handler")), age_cell],
+        "Ingress" => {
+            let class = object
+                .pointer("/spec/ingressClassName")
+                .and_then(Value::as_str)
+                .unwrap_or("<none>");
+            // A TLS section means the controller also listens on 443.
+            let ports = if object
+                .pointer("/spec/tls")
+                .and_then(Value::as_array)
+                .is_some_and(|t| !t.is_empty())
+            {
+                "80, 443"
+            } else {
+                "80"
+            };
+            vec![
+                name,
+                json!(class),
+                json!(ingress_hosts(object)),
+                json!(ingress_address(object)),
+                json!(ports),
+                age_cell,
+            ]
+        }
+        "IngressClass" => {
+            let parameters = object
+                .pointer("/spec/parameters")
+                .filter(|p| p.is_object())
+                .map(|p| {
+                    let field = |key: &str| p.get(key).and_then(Value::as_str);
+                    let kind = match field("apiGroup") {
+                        Some(group) => format!("{}.{group}", field("kind").unwrap_or_default()),
+                        None => field("kind").unwrap_or_default().to_string(),
+                    };
+                    format!("{kind}/{}", field("name").unwrap_or_default())
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                name,
+                json!(s("/spec/controller")),
+                json!(parameters),
+                age_cell,
+            ]
+        }
         _ => vec![name, age_cell],
     }
+}
+
+/// An Ingress's hosts as kubectl's `formatHosts` prints them: the first three named
+/// hosts, `+ N more...` past them, `*` when no rule names one.
+fn ingress_hosts(object: &Value) -> String {
+    const SHOWN: usize = 3;
+    let rules = object
+        .pointer("/spec/rules")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut hosts: Vec<&str> = Vec::new();
+    let mut more = false;
+    for rule in &rules {
+        if hosts.len() == SHOWN {
+            more = true;
+        }
+        let host = rule.get("host").and_then(Value::as_str).unwrap_or_default();
+        if !more && !host.is_empty() {
+            hosts.push(host);
+        }
+    }
+    if hosts.is_empty() {
+        return "*".into();
+    }
+    let listed = hosts.join(",");
+    if more {
+        format!("{listed} + {} more...", rules.len() - SHOWN)
+    } else {
+        listed
+    }
+}
+
+/// An Ingress's load-balancer addresses, sorted and without repeats (an entry's IP, else
+/// its hostname), as kubectl's `ingressLoadBalancerStatusStringer` prints them for a
+/// server-side table (never clipped: the server renders tables wide).
+fn ingress_address(object: &Value) -> String {
+    let addresses: std::collections::BTreeSet<&str> = object
+        .pointer("/status/loadBalancer/ingress")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let field = |key: &str| {
+                entry
+                    .get(key)
+                    .and_then(Value::as_str)
+                    .filter(|v| !v.is_empty())
+            };
+            field("ip").or_else(|| field("hostname"))
+        })
+        .collect();
+    addresses.into_iter().collect::<Vec<_>>().join(",")
 }
 
 /// What each table row carries besides its cells (`includeObject`).
@@ -644,6 +755,69 @@ mod tests {
         assert_eq!(human_duration(190), "3m10s");
         assert_eq!(human_duration(3600 * 5), "5h");
         assert_eq!(human_duration(86400 * 3), "3d");
+    }
+
+    #[test]
+    fn ingress_rows_print_like_kubectl() {
+        let now: DateTime<Utc> = "2026-01-01T00:10:00Z".parse().unwrap();
+        let ingresses = &crate::resource::INGRESSES;
+        let headers: Vec<&str> = columns(ingresses).iter().map(|c| c.name).collect();
+        assert_eq!(
+            headers,
+            ["Name", "Class", "Hosts", "Address", "Ports", "Age"]
+        );
+        let ingress = json!({"metadata": {"name": "web", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"ingressClassName": "skiff",
+                "rules": [{"host": "a.example.com"}, {"host": "b.example.com"}],
+                "tls": [{"hosts": ["a.example.com"], "secretName": "a-tls"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.168.1.2"}, {"hostname": "lb.example.com"},
+                {"ip": "192.168.1.1"}, {"ip": "192.168.1.2"}]}}});
+        assert_eq!(
+            row_cells(ingresses, &ingress, now),
+            [
+                json!("web"),
+                json!("skiff"),
+                json!("a.example.com,b.example.com"),
+                json!("192.168.1.1,192.168.1.2,lb.example.com"),
+                json!("80, 443"),
+                json!("10m")
+            ]
+        );
+        let bare = json!({"metadata": {"name": "bare"},
+            "spec": {"defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}}});
+        assert_eq!(
+            row_cells(ingresses, &bare, now)[1..5],
+            [json!("<none>"), json!("*"), json!(""), json!("80")]
+        );
+        let many = json!({"metadata": {"name": "many"}, "spec": {"rules": [
+            {"host": "a"}, {}, {"host": "b"}, {"host": "c"}, {"host": "d"}, {"host": "e"}]}});
+        assert_eq!(
+            row_cells(ingresses, &many, now)[2],
+            json!("a,b,c + 3 more...")
+        );
+    }
+
+    #[test]
+    fn ingress_class_rows_print_like_kubectl() {
+        let now: DateTime<Utc> = "2026-01-01T00:10:00Z".parse().unwrap();
+        let classes = &crate::resource::INGRESS_CLASSES;
+        let headers: Vec<&str> = columns(classes).iter().map(|c| c.name).collect();
+        assert_eq!(headers, ["Name", "Controller", "Parameters", "Age"]);
+        let plain = json!({"metadata": {"name": "skiff"}, "spec": {"controller": "skiff.dev/ingress-controller"}});
+        assert_eq!(
+            row_cells(classes, &plain, now)[..3],
+            [
+                json!("skiff"),
+                json!("skiff.dev/ingress-controller"),
+                json!("<none>")
+            ]
+        );
+        let with = json!({"metadata": {"name": "lb"}, "spec": {"controller": "example.com/lb",
+            "parameters": {"apiGroup": "k8s.example.com", "kind": "IngressParameters", "name": "external-lb"}}});
+        assert_eq!(
+            row_cells(classes, &with, now)[2],
+            json!("IngressParameters.k8s.example.com/external-lb")
+        );
     }
 
     #[test]

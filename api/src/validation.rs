@@ -26,6 +26,28 @@ impl FieldCause {
         }
     }
 
+    /// A required value with Kubernetes' detail after it: `Required value: kind is required`.
+    pub fn required_because(field: impl Into<String>, detail: impl AsRef<str>) -> Self {
+        FieldCause {
+            reason: "FieldValueRequired",
+            field: field.into(),
+            message: format!("Required value: {}", detail.as_ref()),
+        }
+    }
+
+    /// A value outside a fixed set: `Unsupported value: "x": supported values: "a", "b"`.
+    pub fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> Self {
+        let listed: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+        FieldCause {
+            reason: "FieldValueNotSupported",
+            field: field.into(),
+            message: format!(
+                "Unsupported value: {value:?}: supported values: {}",
+                listed.join(", ")
+            ),
+        }
+    }
+
     pub fn invalid(field: impl Into<String>, value: &Value, detail: impl AsRef<str>) -> Self {
         let shown = match value {
             Value::String(s) => format!("{s:?}"),
@@ -171,6 +193,8 @@ pub fn validate_object(resource: &ResourceInfo, object: &Value) -> Vec<FieldCaus
         "Service" => validate_service(object, &mut causes),
         "ConfigMap" | "Secret" => validate_data_keys(object, &mut causes),
         "RuntimeClass" => validate_runtime_class(object, &mut causes),
+        "Ingress" => validate_ingress(object, &mut causes),
+        "IngressClass" => validate_ingress_class(object, &mut causes),
         _ => {}
     }
     causes
@@ -186,6 +210,8 @@ pub fn validate_update(resource: &ResourceInfo, old: &Value, new: &Value) -> Vec
         // The node picks its backend by handler; changing it under running pods would
         // leave them on a runtime the class no longer names (Kubernetes forbids it too).
         "RuntimeClass" => &["/handler"],
+        // Which controller implements a class is fixed once Ingresses may name it.
+        "IngressClass" => &["/spec/controller"],
         _ => &[],
     };
     for pointer in immutable {
@@ -737,6 +763,492 @@ fn validate_runtime_class(object: &Value, causes: &mut Vec<FieldCause>) {
     }
 }
 
+/// `Ingress` (networking/v1), as Kubernetes' `ValidateIngressSpec` and
+/// `ValidateIngressLoadBalancerStatus`: a default backend or rules; hosts that are DNS
+/// names (one leading `*.` label allowed), not IP addresses; typed paths; backends that
+/// name exactly one Service port or one resource; TLS hosts and secret names.
+fn validate_ingress(object: &Value, causes: &mut Vec<FieldCause>) {
+    let spec = object.get("spec").unwrap_or(&Value::Null);
+    let rules = spec.get("rules").and_then(Value::as_array);
+    let default_backend = spec.get("defaultBackend").filter(|b| !b.is_null());
+    if rules.is_none_or(|r| r.is_empty()) && default_backend.is_none() {
+        // Kubernetes prints the Go value of the empty rules here.
+        let shown = if rules.is_some() {
+            "[]networking.IngressRule{}"
+        } else {
+            "[]networking.IngressRule(nil)"
+        };
+        causes.push(FieldCause {
+            reason: "FieldValueInvalid",
+            field: "spec".into(),
+            message: format!(
+                "Invalid value: {shown}: either `defaultBackend` or `rules` must be specified"
+            ),
+        });
+    }
+    if let Some(backend) = default_backend {
+        validate_ingress_backend(backend, "spec.defaultBackend", causes);
+    }
+    for (i, rule) in rules.into_iter().flatten().enumerate() {
+        let field = format!("spec.rules[{i}]");
+        let host = rule.get("host").and_then(Value::as_str).unwrap_or_default();
+        if !host.is_empty() {
+            let shown = Value::from(host);
+            if is_ip_address(host) {
+                causes.push(FieldCause::invalid(
+                    format!("{field}.host"),
+                    &shown,
+                    "must be a DNS name, not an IP address",
+                ));
+            }
+            if let Some(e) = ingress_host_errors(host) {
+                causes.push(FieldCause::invalid(format!("{field}.host"), &shown, e));
+            }
+        }
+        let Some(http) = rule.get("http").filter(|h| !h.is_null()) else {
+            continue;
+        };
+        let paths = http.get("paths").and_then(Value::as_array);
+        if paths.is_none_or(|p| p.is_empty()) {
+            causes.push(FieldCause::required(format!("{field}.http.paths")));
+        }
+        for (j, path) in paths.into_iter().flatten().enumerate() {
+            validate_ingress_path(path, &format!("{field}.http.paths[{j}]"), causes);
+        }
+    }
+    let tls = spec.get("tls").and_then(Value::as_array);
+    for (i, entry) in tls.into_iter().flatten().enumerate() {
+        let hosts = entry.get("hosts").and_then(Value::as_array);
+        for (j, host) in hosts.into_iter().flatten().enumerate() {
+            let text = host.as_str().unwrap_or_default();
+            if let Some(e) = ingress_host_errors(text) {
+                causes.push(FieldCause::invalid(
+                    format!("spec.tls[{i}].hosts[{j}]"),
+                    host,
+                    e,
+                ));
+            }
+        }
+        let secret = entry
+            .get("secretName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !secret.is_empty() {
+            if let Some(e) = dns1123_subdomain_errors(secret) {
+                causes.push(FieldCause::invalid(
+                    format!("spec.tls[{i}].secretName"),
+                    &Value::from(secret),
+                    e,
+                ));
+            }
+        }
+    }
+    if let Some(class) = spec.get("ingressClassName").and_then(Value::as_str) {
+        if let Some(e) = dns1123_subdomain_errors(class) {
+            causes.push(FieldCause::invalid(
+                "spec.ingressClassName",
+                &Value::from(class),
+                e,
+            ));
+        }
+    }
+    let balancers = object
+        .pointer("/status/loadBalancer/ingress")
+        .and_then(Value::as_array);
+    for (i, balancer) in balancers.into_iter().flatten().enumerate() {
+        let field = format!("status.loadBalancer.ingress[{i}]");
+        let ip = balancer
+            .get("ip")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !ip.is_empty() && ip.parse::<std::net::IpAddr>().is_err() {
+            causes.push(FieldCause::invalid(
+                format!("{field}.ip"),
+                &Value::from(ip),
+                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            ));
+        }
+        let hostname = balancer
+            .get("hostname")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !hostname.is_empty() {
+            let shown = Value::from(hostname);
+            if let Some(e) = dns1123_subdomain_errors(hostname) {
+                causes.push(FieldCause::invalid(format!("{field}.hostname"), &shown, e));
+            }
+            if is_ip_address(hostname) {
+                causes.push(FieldCause::invalid(
+                    format!("{field}.hostname"),
+                    &shown,
+                    "must be a DNS name, not an IP address",
+                ));
+            }
+        }
+    }
+}
+
+/// Path types of networking/v1, in the order Kubernetes lists them.
+const INGRESS_PATH_TYPES: &[&str] = &["Exact", "ImplementationSpecific", "Prefix"];
+
+/// One `http.paths[]` entry (Kubernetes' `validateHTTPIngressPath`).
+fn validate_ingress_path(path: &Value, field: &str, causes: &mut Vec<FieldCause>) {
+    // The typed struct decodes a missing pathType as empty.
+    let path_type = path
+        .get("pathType")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if path_type.is_empty() {
+        // As in Kubernetes, the backend of an untyped path is not looked at.
+        causes.push(FieldCause::required_because(
+            format!("{field}.pathType"),
+            "pathType must be specified",
+        ));
+        return;
+    }
+    let text = path.get("path").and_then(Value::as_str).unwrap_or_default();
+    let shown = Value::from(text);
+    let path_field = format!("{field}.path");
+    match path_type {
+        "Exact" | "Prefix" => {
+            if !text.starts_with('/') {
+                causes.push(FieldCause::invalid(
+                    &path_field,
+                    &shown,
+                    "must be an absolute path",
+                ));
+            }
+            if !text.is_empty() {
+                for sequence in ["//", "/./", "/../", "%2f", "%2F"] {
+                    if text.contains(sequence) {
+                        causes.push(FieldCause::invalid(
+                            &path_field,
+                            &shown,
+                            format!("must not contain '{sequence}'"),
+                        ));
+                    }
+                }
+                for suffix in ["/..", "/."] {
+                    if text.ends_with(suffix) {
+                        causes.push(FieldCause::invalid(
+                            &path_field,
+                            &shown,
+                            format!("cannot end with '{suffix}'"),
+                        ));
+                    }
+                }
+            }
+        }
+        "ImplementationSpecific" => {
+            if !text.is_empty() && !text.starts_with('/') {
+                causes.push(FieldCause::invalid(
+                    &path_field,
+                    &shown,
+                    "must be an absolute path",
+                ));
+            }
+        }
+        other => causes.push(FieldCause::not_supported(
+            format!("{field}.pathType"),
+            other,
+            INGRESS_PATH_TYPES,
+        )),
+    }
+    let backend = path.get("backend").unwrap_or(&Value::Null);
+    validate_ingress_backend(backend, &format!("{field}.backend"), causes);
+}
+
+/// An Ingress backend (Kubernetes' `validateIngressBackend`): exactly one of a Service
+/// port (by number or by name, not both) and a typed resource reference.
+fn validate_ingress_backend(backend: &Value, field: &str, causes: &mut Vec<FieldCause>) {
+    let set = |key: &str| backend.get(key).filter(|v| !v.is_null());
+    let empty = Value::from("");
+    match (set("resource"), set("service")) {
+        (Some(_), Some(_)) => causes.push(FieldCause::invalid(
+            field,
+            &empty,
+            "cannot set both resource and service backends",
+        )),
+        (Some(resource), None) => {
+            validate_typed_local_reference(resource, &format!("{field}.resource"), causes)
+        }
+        (None, Some(service)) => {
+            let name = service
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if name.is_empty() {
+                causes.push(FieldCause::required(format!("{field}.service.name")));
+            } else if let Some(e) = dns1035_label_errors(name) {
+                causes.push(FieldCause::invalid(
+                    format!("{field}.service.name"),
+                    &Value::from(name),
+                    e,
+                ));
+            }
+            let port = service.get("port").unwrap_or(&Value::Null);
+            let port_name = port.get("name").and_then(Value::as_str).unwrap_or_default();
+            let port_number = port.get("number").and_then(Value::as_i64).unwrap_or(0);
+            match (port_name.is_empty(), port_number == 0) {
+                (false, false) => causes.push(FieldCause::invalid(
+                    field,
+                    &empty,
+                    "cannot set both port name & port number",
+                )),
+                (false, true) => {
+                    for e in port_name_errors(port_name) {
+                        causes.push(FieldCause::invalid(
+                            format!("{field}.service.port.name"),
+                            &Value::from(port_name),
+                            e,
+                        ));
+                    }
+                }
+                (true, false) => {
+                    if !(1..=65535).contains(&port_number) {
+                        causes.push(FieldCause::invalid(
+                            format!("{field}.service.port.number"),
+                            &Value::from(port_number),
+                            "must be between 1 and 65535, inclusive",
+                        ));
+                    }
+                }
+                (true, true) => causes.push(FieldCause::required_because(
+                    field,
+                    "port name or number is required",
+                )),
+            }
+        }
+        (None, None) => causes.push(FieldCause::invalid(
+            field,
+            &empty,
+            "resource or service backend is required",
+        )),
+    }
+}
+
+/// A typed reference to an object in the same namespace or cluster (a resource backend,
+/// an IngressClass's parameters): an API group that is a DNS subdomain, and a kind and
+/// name usable as path segments.
+fn validate_typed_local_reference(reference: &Value, field: &str, causes: &mut Vec<FieldCause>) {
+    if let Some(group) = reference.get("apiGroup").and_then(Value::as_str) {
+        if let Some(e) = dns1123_subdomain_errors(group) {
+            causes.push(FieldCause::invalid(
+                format!("{field}.apiGroup"),
+                &Value::from(group),
+                e,
+            ));
+        }
+    }
+    for key in ["kind", "name"] {
+        let value = reference
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if value.is_empty() {
+            causes.push(FieldCause::required_because(
+                format!("{field}.{key}"),
+                format!("{key} is required"),
+            ));
+            continue;
+        }
+        for e in path_segment_name_errors(value) {
+            causes.push(FieldCause::invalid(
+                format!("{field}.{key}"),
+                &Value::from(value),
+                e,
+            ));
+        }
+    }
+}
+
+/// The longest `spec.controller` Kubernetes accepts.
+const INGRESS_CLASS_CONTROLLER_MAX: usize = 250;
+
+/// `IngressClass` (networking/v1): a domain-prefixed `spec.controller` and, when set,
+/// parameters that reference one object cluster-wide or in a namespace.
+fn validate_ingress_class(object: &Value, causes: &mut Vec<FieldCause>) {
+    let controller = object
+        .pointer("/spec/controller")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if controller.len() > INGRESS_CLASS_CONTROLLER_MAX {
+        causes.push(FieldCause::too_long(
+            "spec.controller",
+            INGRESS_CLASS_CONTROLLER_MAX,
+        ));
+    }
+    validate_domain_prefixed_path(controller, "spec.controller", causes);
+    let Some(parameters) = object.pointer("/spec/parameters").filter(|p| !p.is_null()) else {
+        return;
+    };
+    validate_typed_local_reference(parameters, "spec.parameters", causes);
+    let scope = parameters
+        .get("scope")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let namespace = parameters.get("namespace").and_then(Value::as_str);
+    match scope {
+        "Namespace" => match namespace {
+            None => causes.push(FieldCause::required_because(
+                "spec.parameters.namespace",
+                "`parameters.scope` is set to 'Namespace'",
+            )),
+            Some(ns) => {
+                if let Some(e) = dns1123_label_errors(ns) {
+                    causes.push(FieldCause::invalid(
+                        "spec.parameters.namespace",
+                        &Value::from(ns),
+                        e,
+                    ));
+                }
+            }
+        },
+        "Cluster" => {
+            if namespace.is_some() {
+                causes.push(FieldCause::forbidden(
+                    "spec.parameters.namespace",
+                    "`parameters.scope` is set to 'Cluster'",
+                ));
+            }
+        }
+        other => causes.push(FieldCause::not_supported(
+            "spec.parameters.scope",
+            other,
+            &["Cluster", "Namespace"],
+        )),
+    }
+}
+
+/// Kubernetes' `IsDomainPrefixedPath`: `example.com/some/path`.
+fn validate_domain_prefixed_path(value: &str, field: &str, causes: &mut Vec<FieldCause>) {
+    if value.is_empty() {
+        causes.push(FieldCause::required(field));
+        return;
+    }
+    let Some((host, path)) = value
+        .split_once('/')
+        .filter(|(host, path)| !host.is_empty() && !path.is_empty())
+    else {
+        causes.push(FieldCause::invalid(
+            field,
+            &Value::from(value),
+            "must be a domain-prefixed path (such as \"acme.io/foo\")",
+        ));
+        return;
+    };
+    if let Some(e) = dns1123_subdomain_errors(host) {
+        causes.push(FieldCause::invalid(field, &Value::from(host), e));
+    }
+    let path_ok = path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/-._~%!$&'()*+,;=:".contains(&b));
+    if !path_ok {
+        causes.push(FieldCause::invalid(
+            field,
+            &Value::from(path),
+            "must be a valid path (regex used for validation is '[A-Za-z0-9/\\-._~%!$&'()*+,;=:]+')",
+        ));
+    }
+}
+
+/// Why `host` is not an Ingress host: a DNS-1123 subdomain, or one with a single
+/// leading `*.` label (Kubernetes' `IsWildcardDNS1123Subdomain`).
+fn ingress_host_errors(host: &str) -> Option<String> {
+    if !host.contains('*') {
+        return dns1123_subdomain_errors(host);
+    }
+    if host.len() > DNS1123_SUBDOMAIN_MAX {
+        return Some(format!(
+            "must be no more than {DNS1123_SUBDOMAIN_MAX} characters"
+        ));
+    }
+    let valid = host
+        .strip_prefix("*.")
+        .is_some_and(|rest| dns1123_subdomain_errors(rest).is_none());
+    (!valid).then(|| {
+        "a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain, \
+         which must consist of lower case alphanumeric characters, '-' or '.' and end with an \
+         alphanumeric character (e.g. '*.example.com')"
+            .to_string()
+    })
+}
+
+/// Whether `text` is an IP address as Kubernetes' `ParseIPSloppy` reads one (IPv4
+/// components may have leading zeros).
+fn is_ip_address(text: &str) -> bool {
+    if text.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let parts: Vec<&str> = text.split('.').collect();
+    parts.len() == 4
+        && parts.iter().all(|p| {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u8>().is_ok()
+        })
+}
+
+/// Returns why `name` is not a DNS-1035 label (as Service names must be), if it is not.
+pub fn dns1035_label_errors(name: &str) -> Option<String> {
+    if name.len() > DNS1123_LABEL_MAX {
+        return Some(format!(
+            "must be no more than {DNS1123_LABEL_MAX} characters"
+        ));
+    }
+    let ok = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && name
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
+    (!ok).then(|| {
+        "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with \
+         an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or \
+         'abc-123')"
+            .to_string()
+    })
+}
+
+/// Why `name` is not a port name (an IANA_SVC_NAME, Kubernetes' `IsValidPortName`);
+/// each failed rule is one message.
+pub fn port_name_errors(name: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    if name.len() > 15 {
+        errors.push("must be no more than 15 characters".to_string());
+    }
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        errors
+            .push("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".into());
+    }
+    if !name.bytes().any(|b| b.is_ascii_lowercase()) {
+        errors.push("must contain at least one letter (a-z)".into());
+    }
+    if name.contains("--") {
+        errors.push("must not contain consecutive hyphens".into());
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        errors.push("must not begin or end with a hyphen".into());
+    }
+    errors
+}
+
+/// Why `name` cannot be one segment of a URL path (Kubernetes' `IsValidPathSegmentName`).
+fn path_segment_name_errors(name: &str) -> Vec<String> {
+    if name == "." || name == ".." {
+        return vec![format!("may not be '{name}'")];
+    }
+    ["/", "%"]
+        .iter()
+        .filter(|bad| name.contains(*bad))
+        .map(|bad| format!("may not contain '{bad}'"))
+        .collect()
+}
+
 fn validate_data_keys(object: &Value, causes: &mut Vec<FieldCause>) {
     for field in ["data", "binaryData", "stringData"] {
         if let Some(map) = object.get(field).and_then(Value::as_object) {
@@ -849,6 +1361,151 @@ mod tests {
         assert_eq!(
             fields(&validate_update(deploy, &good, &changed)),
             vec!["spec.selector"]
+        );
+    }
+
+    fn ingress_with(spec: Value) -> Value {
+        json!({"metadata": {"name": "web", "namespace": "default"}, "spec": spec})
+    }
+
+    fn service_backend(port: Value) -> Value {
+        json!({"service": {"name": "web", "port": port}})
+    }
+
+    #[test]
+    fn a_full_ingress_is_valid() {
+        let ingresses = &crate::resource::INGRESSES;
+        let good = ingress_with(json!({
+            "ingressClassName": "skiff",
+            "rules": [
+                {"host": "a.example.com", "http": {"paths": [
+                    {"path": "/", "pathType": "Prefix", "backend": service_backend(json!({"number": 80}))},
+                    {"path": "/api/v1", "pathType": "Exact", "backend": service_backend(json!({"name": "http"}))}]}},
+                {"host": "*.example.com", "http": {"paths": [
+                    {"pathType": "ImplementationSpecific", "backend": {"resource":
+                        {"apiGroup": "k8s.example.com", "kind": "StorageBucket", "name": "static"}}}]}},
+                {"http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": service_backend(json!({"number": 8080}))}]}}],
+            "tls": [{"hosts": ["a.example.com", "*.example.com"], "secretName": "example-tls"}, {}]}));
+        assert_eq!(validate_object(ingresses, &good), vec![]);
+        let only_default =
+            ingress_with(json!({"defaultBackend": service_backend(json!({"number": 80}))}));
+        assert_eq!(validate_object(ingresses, &only_default), vec![]);
+    }
+
+    #[test]
+    fn bad_ingresses_get_the_messages_kubernetes_gives() {
+        let ingresses = &crate::resource::INGRESSES;
+        let path = |path: Value| {
+            ingress_with(json!({"rules": [{"host": "a.example.com", "http": {"paths": [path]}}]}))
+        };
+        let p = "spec.rules[0].http.paths[0]";
+        let cases: Vec<(Value, Vec<String>)> = vec![
+            (ingress_with(json!({})), vec![
+                "spec: Invalid value: []networking.IngressRule(nil): either `defaultBackend` or `rules` must be specified".into()]),
+            (ingress_with(json!({"rules": []})), vec![
+                "spec: Invalid value: []networking.IngressRule{}: either `defaultBackend` or `rules` must be specified".into()]),
+            (path(json!({"path": "/", "backend": service_backend(json!({"number": 80}))})), vec![
+                format!("{p}.pathType: Required value: pathType must be specified")]),
+            (path(json!({"path": "/", "pathType": "Regex", "backend": service_backend(json!({"number": 80}))})), vec![
+                format!("{p}.pathType: Unsupported value: \"Regex\": supported values: \"Exact\", \"ImplementationSpecific\", \"Prefix\"")]),
+            (path(json!({"path": "api", "pathType": "Prefix", "backend": service_backend(json!({"number": 80}))})), vec![
+                format!("{p}.path: Invalid value: \"api\": must be an absolute path")]),
+            (path(json!({"path": "/a//b/..", "pathType": "Exact", "backend": service_backend(json!({"number": 80}))})), vec![
+                format!("{p}.path: Invalid value: \"/a//b/..\": must not contain '//'"),
+                format!("{p}.path: Invalid value: \"/a//b/..\": cannot end with '/..'")]),
+            (path(json!({"path": "api", "pathType": "ImplementationSpecific", "backend": service_backend(json!({"number": 80}))})), vec![
+                format!("{p}.path: Invalid value: \"api\": must be an absolute path")]),
+            (path(json!({"path": "/", "pathType": "Prefix", "backend": service_backend(json!({"number": 80, "name": "http"}))})), vec![
+                format!("{p}.backend: Invalid value: \"\": cannot set both port name & port number")]),
+            (path(json!({"path": "/", "pathType": "Prefix", "backend": service_backend(json!({}))})), vec![
+                format!("{p}.backend: Required value: port name or number is required")]),
+            (path(json!({"path": "/", "pathType": "Prefix", "backend": service_backend(json!({"number": 70000}))})), vec![
+                format!("{p}.backend.service.port.number: Invalid value: 70000: must be between 1 and 65535, inclusive")]),
+            (path(json!({"path": "/", "pathType": "Prefix", "backend": service_backend(json!({"name": "HTTP--"}))})), vec![
+                format!("{p}.backend.service.port.name: Invalid value: \"HTTP--\": must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)"),
+                format!("{p}.backend.service.port.name: Invalid value: \"HTTP--\": must contain at least one letter (a-z)"),
+                format!("{p}.backend.service.port.name: Invalid value: \"HTTP--\": must not contain consecutive hyphens"),
+                format!("{p}.backend.service.port.name: Invalid value: \"HTTP--\": must not begin or end with a hyphen")]),
+            (path(json!({"path": "/", "pathType": "Prefix", "backend": {
+                "service": {"name": "web", "port": {"number": 80}}, "resource": {"kind": "Bucket", "name": "b"}}})), vec![
+                format!("{p}.backend: Invalid value: \"\": cannot set both resource and service backends")]),
+            (path(json!({"path": "/", "pathType": "Prefix"})), vec![
+                format!("{p}.backend: Invalid value: \"\": resource or service backend is required")]),
+            (path(json!({"path": "/", "pathType": "Prefix", "backend": {"resource": {"kind": "a/b"}}})), vec![
+                format!("{p}.backend.resource.kind: Invalid value: \"a/b\": may not contain '/'"),
+                format!("{p}.backend.resource.name: Required value: name is required")]),
+            (path(json!({"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "1web", "port": {"number": 80}}}})), vec![
+                format!("{p}.backend.service.name: Invalid value: \"1web\": a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123')")]),
+            (ingress_with(json!({"rules": [{"host": "a.example.com", "http": {"paths": []}}]})), vec![
+                "spec.rules[0].http.paths: Required value".into()]),
+            (ingress_with(json!({"rules": [{"host": "10.0.0.1"}]})), vec![
+                "spec.rules[0].host: Invalid value: \"10.0.0.1\": must be a DNS name, not an IP address".into()]),
+            (ingress_with(json!({"rules": [{"host": "a.*.example.com"}, {"host": "Example.com"}]})), vec![
+                "spec.rules[0].host: Invalid value: \"a.*.example.com\": a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain, which must consist of lower case alphanumeric characters, '-' or '.' and end with an alphanumeric character (e.g. '*.example.com')".into(),
+                "spec.rules[1].host: Invalid value: \"Example.com\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com')".into()]),
+            (ingress_with(json!({"defaultBackend": service_backend(json!({"number": 80})),
+                "tls": [{"hosts": ["**.example.com"], "secretName": "Bad_Secret"}]})), vec![
+                "spec.tls[0].hosts[0]: Invalid value: \"**.example.com\": a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain, which must consist of lower case alphanumeric characters, '-' or '.' and end with an alphanumeric character (e.g. '*.example.com')".into(),
+                "spec.tls[0].secretName: Invalid value: \"Bad_Secret\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com')".into()]),
+            (ingress_with(json!({"defaultBackend": service_backend(json!({"number": 80})), "ingressClassName": "Skiff"})), vec![
+                "spec.ingressClassName: Invalid value: \"Skiff\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com')".into()]),
+        ];
+        for (ingress, expected) in cases {
+            let causes = validate_object(ingresses, &ingress);
+            assert_eq!(rendered(&causes), expected, "{ingress}");
+        }
+        let mut status =
+            ingress_with(json!({"defaultBackend": service_backend(json!({"number": 80}))}));
+        status["status"] =
+            json!({"loadBalancer": {"ingress": [{"ip": "10.0.0.300"}, {"hostname": "10.0.0.1"}]}});
+        assert_eq!(
+            fields(&validate_object(ingresses, &status)),
+            vec![
+                "status.loadBalancer.ingress[0].ip",
+                "status.loadBalancer.ingress[1].hostname"
+            ]
+        );
+    }
+
+    #[test]
+    fn ingress_class_controller_is_a_domain_prefixed_path_and_immutable() {
+        let classes = &crate::resource::INGRESS_CLASSES;
+        let class = |spec: Value| json!({"metadata": {"name": "skiff"}, "spec": spec});
+        let good = class(json!({"controller": "skiff.dev/ingress-controller"}));
+        assert_eq!(validate_object(classes, &good), vec![]);
+        let cases: Vec<(Value, Vec<&str>)> = vec![
+            (class(json!({})), vec!["spec.controller: Required value"]),
+            (class(json!({"controller": "ingress-controller"})), vec![
+                "spec.controller: Invalid value: \"ingress-controller\": must be a domain-prefixed path (such as \"acme.io/foo\")"]),
+            (class(json!({"controller": "Skiff.dev/x"})), vec![
+                "spec.controller: Invalid value: \"Skiff.dev\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com')"]),
+            (class(json!({"controller": "skiff.dev/a b"})), vec![
+                "spec.controller: Invalid value: \"a b\": must be a valid path (regex used for validation is '[A-Za-z0-9/\\-._~%!$&'()*+,;=:]+')"]),
+            (class(json!({"controller": "skiff.dev/x", "parameters": {"kind": "Params", "name": "p", "scope": "Namespace"}})), vec![
+                "spec.parameters.namespace: Required value: `parameters.scope` is set to 'Namespace'"]),
+            (class(json!({"controller": "skiff.dev/x", "parameters": {"kind": "Params", "name": "p", "scope": "Cluster", "namespace": "a"}})), vec![
+                "spec.parameters.namespace: Forbidden: `parameters.scope` is set to 'Cluster'"]),
+            (class(json!({"controller": "skiff.dev/x", "parameters": {"name": "p", "scope": "Global"}})), vec![
+                "spec.parameters.kind: Required value: kind is required",
+                "spec.parameters.scope: Unsupported value: \"Global\": supported values: \"Cluster\", \"Namespace\""]),
+        ];
+        for (object, expected) in cases {
+            assert_eq!(
+                rendered(&validate_object(classes, &object)),
+                expected,
+                "{object}"
+            );
+        }
+        let mut long = good.clone();
+        long["spec"]["controller"] = json!(format!("skiff.dev/{}", "x".repeat(250)));
+        assert_eq!(
+            fields(&validate_object(classes, &long)),
+            vec!["spec.controller"]
+        );
+        let changed = class(json!({"controller": "example.com/other"}));
+        assert_eq!(
+            rendered(&validate_update(classes, &good, &changed)),
+            vec!["spec.controller: Invalid value: \"example.com/other\": field is immutable"]
         );
     }
 

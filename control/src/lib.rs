@@ -105,6 +105,9 @@ pub async fn run(
     defaults::ensure_default_runtime_class(&registry)
         .await
         .map_err(ControlError::Bootstrap)?;
+    defaults::ensure_default_ingress_class(&registry)
+        .await
+        .map_err(ControlError::Bootstrap)?;
     let bound = listener.local_addr()?;
     let endpoint = bootstrap::ApiEndpoint {
         address: advertised_ip(config.advertise_address, bound),

@@ -330,6 +330,10 @@ fn valid_object(resource: &ResourceInfo) -> Value {
             "selector": {"matchLabels": {"app": "hostile"}}, "template": template}}),
         "Lease" => json!({"spec": {"holderIdentity": "h", "leaseDurationSeconds": 10}}),
         "RuntimeClass" => json!({"handler": "hostile"}),
+        "Ingress" => json!({"spec": {"rules": [{"host": "hostile.example.com",
+            "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": "hostile", "port": {"number": 80}}}}]}}]}}),
+        "IngressClass" => json!({"spec": {"controller": "skiff.dev/hostile"}}),
         _ => json!({}),
     };
     object["apiVersion"] = json!(resource.api_version());

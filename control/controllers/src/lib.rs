@@ -1,8 +1,9 @@
-//! The controller manager: ReplicaSets, Deployments, the garbage collector, node
-//! lifecycle and event expiry. Each is a level-triggered loop over typed caches from one
-//! [`SharedInformerFactory`] (`skiff-client`'s harness) that writes only through the API
-//! server. ReplicaSet and Deployment reconciles are a pure plan over a snapshot
-//! (`plan`) and a thin executor over [`api::ControllerApi`].
+//! The controller manager: ReplicaSets, Deployments, endpoints, Service load balancers,
+//! Ingress status, the garbage collector, node lifecycle and event expiry. Each is a
+//! level-triggered loop over caches from one [`SharedInformerFactory`] (`skiff-client`'s
+//! harness) that writes only through the API server. ReplicaSet and Deployment reconciles
+//! are a pure plan over a snapshot (`plan`) and a thin executor over
+//! [`api::ControllerApi`].
 
 pub mod api;
 pub mod deployment;
@@ -10,6 +11,7 @@ pub mod endpoints;
 pub mod events;
 pub mod gc;
 pub mod harness;
+pub mod ingress;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod servicelb;
@@ -101,6 +103,12 @@ pub async fn run(
             wait(stopped.clone()),
         )),
         tokio::spawn(servicelb::run(
+            factory.clone(),
+            config.workers,
+            clock.clone(),
+            wait(stopped.clone()),
+        )),
+        tokio::spawn(ingress::run(
             factory.clone(),
             config.workers,
             clock.clone(),

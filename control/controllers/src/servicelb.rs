@@ -25,6 +25,19 @@ pub fn desired_ingress<'a>(
     if !is_lb {
         return Vec::new();
     }
+    ready_node_addresses(nodes)
+        .into_iter()
+        .map(|ip| LoadBalancerIngress {
+            ip: Some(ip),
+            ip_mode: Some("VIP".into()),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The InternalIPs of the Ready, schedulable nodes, sorted and without repeats: where
+/// every node's proxy serves a load balancer's (or an Ingress's) traffic.
+pub fn ready_node_addresses<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Vec<String> {
     let mut ips: Vec<String> = nodes
         .into_iter()
         .filter(|node| usable(node))
@@ -40,13 +53,7 @@ pub fn desired_ingress<'a>(
         .collect();
     ips.sort();
     ips.dedup();
-    ips.into_iter()
-        .map(|ip| LoadBalancerIngress {
-            ip: Some(ip),
-            ip_mode: Some("VIP".into()),
-            ..Default::default()
-        })
-        .collect()
+    ips
 }
 
 fn usable(node: &Node) -> bool {
@@ -161,11 +168,12 @@ async fn reconcile(context: &Context, key: &str) -> Result<Action, ClientError> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn node(name: &str, ip: &str, ready: bool, unschedulable: bool) -> Node {
+    /// A node with an InternalIP, Ready or not, schedulable or not.
+    pub(crate) fn node(name: &str, ip: &str, ready: bool, unschedulable: bool) -> Node {
         serde_json::from_value(json!({
             "metadata": {"name": name},
             "spec": {"unschedulable": unschedulable},

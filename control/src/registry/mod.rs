@@ -5,6 +5,7 @@
 
 mod allocations;
 mod delete;
+mod ingress;
 mod namespace;
 mod node;
 mod pod;
@@ -333,6 +334,19 @@ impl Registry {
         Allocations::new(&self.ranges, &self.store, &*self.env, resource, name, held)
     }
 
+    /// Reads every stored object of `resource` (in `namespace`, or all of them).
+    pub fn list_objects(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+    ) -> Result<Vec<Value>, ApiError> {
+        let (_, entries) = self.store.list(&collection_prefix(resource, namespace));
+        entries
+            .iter()
+            .map(|(_, entry)| decode_entry(entry))
+            .collect()
+    }
+
     /// Reads one object.
     pub fn get(
         &self,
@@ -441,6 +455,7 @@ impl Registry {
             strategy.default_spec(spec);
         }
         strategy.prepare_for_create(&mut object);
+        strategy.admit_create(self, &mut object)?;
         let causes = strategy.validate(resource, &object);
         if !causes.is_empty() {
             return Err(ApiError::invalid(resource, &name, causes));

@@ -4,6 +4,7 @@
 
 use crate::allocator::Claim;
 use crate::registry::allocations::Allocations;
+use crate::registry::Registry;
 use serde_json::Value;
 use skiff_api::resource::{self, ResourceInfo};
 use skiff_api::status::ApiError;
@@ -20,6 +21,13 @@ pub trait Strategy: Send + Sync + 'static {
     /// Server-set fields of a new object (`PrepareForCreate`): initial status, labels.
     /// Runs after [`Strategy::default_spec`].
     fn prepare_for_create(&self, _object: &mut Value) {}
+
+    /// Mutating admission of a new object that reads other stored objects (Kubernetes'
+    /// admission plugins, such as DefaultIngressClass); runs after
+    /// [`Strategy::prepare_for_create`], before validation, for dry runs too.
+    fn admit_create(&self, _registry: &Registry, _object: &mut Value) -> Result<(), ApiError> {
+        Ok(())
+    }
 
     /// Fields an update of the main resource may not change or may leave out
     /// (`PrepareForUpdate`); `new` is the requested object.
@@ -100,6 +108,8 @@ pub fn strategy_for(resource: &ResourceInfo) -> &'static dyn Strategy {
         resource::SECRETS => &super::secret::SecretStrategy,
         resource::DEPLOYMENTS => &super::workloads::DeploymentStrategy,
         resource::REPLICA_SETS => &super::workloads::ReplicaSetStrategy,
+        resource::INGRESSES => &super::ingress::IngressStrategy,
+        resource::INGRESS_CLASSES => &super::ingress::IngressClassStrategy,
         _ => &DefaultStrategy,
     }
 }
