@@ -41,6 +41,15 @@ pub struct AgentArgs {
     /// node-monitor grace period.
     #[arg(long, default_value_t = 10.0)]
     heartbeat_interval: f64,
+    /// Where the built-in Ingress proxy answers HTTP.
+    #[arg(long, default_value = "0.0.0.0:80")]
+    ingress_http_listen: SocketAddr,
+    /// Where the built-in Ingress proxy answers HTTPS (SNI picks the Secret).
+    #[arg(long, default_value = "0.0.0.0:443")]
+    ingress_https_listen: SocketAddr,
+    /// Run no Ingress proxy on this node.
+    #[arg(long)]
+    disable_ingress: bool,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +128,10 @@ fn node_config(agent: &AgentArgs, data_dir: &Path) -> Result<NodeConfig> {
         labels.insert(k.trim().to_string(), v.trim().to_string());
     }
     config.labels = labels;
+    if !agent.disable_ingress {
+        config.ingress_http = Some(agent.ingress_http_listen);
+        config.ingress_https = Some(agent.ingress_https_listen);
+    }
     Ok(config)
 }
 

@@ -142,6 +142,107 @@ pub fn answer(zone: &Snapshot, packet: &[u8], udp: bool) -> Reply {
     }
 }
 
+/// Encoded answers by question, for one snapshot of the zone: a repeated query (the
+/// common case: clients ask for the same Service names over and over) is answered by
+/// copying bytes instead of parsing and encoding messages. Each UDP receive loop keeps
+/// its own, so the path takes no lock; it starts over when the zone changes or fills.
+#[derive(Default)]
+pub struct AnswerCache {
+    zone: Option<Arc<Snapshot>>,
+    answers: std::collections::HashMap<Vec<u8>, Arc<[u8]>>,
+    key: Vec<u8>,
+}
+
+/// Answers kept per receive loop before it starts over.
+const ANSWER_CACHE_CAPACITY: usize = 65_536;
+
+/// Reads the question of a plain query — one question, no answer or authority
+/// records, at most an OPT record without options, nothing after it — into `key`
+/// (the name lowercased, type, class and the EDNS0 payload limit and DO bit), and
+/// returns the length of the name on the wire. Anything else is left to the full
+/// parser.
+fn question_key(packet: &[u8], key: &mut Vec<u8>) -> Option<usize> {
+    key.clear();
+    let header = packet.get(..12)?;
+    // QR=0, opcode QUERY, TC=0; counts 1, 0, 0, and 0 or 1.
+    if header[2] & 0xfa != 0 || header[4..10] != [0, 1, 0, 0, 0, 0] || header[10] != 0 {
+        return None;
+    }
+    let additional = header[11];
+    let mut at = 12;
+    loop {
+        let len = usize::from(*packet.get(at)?);
+        if len & 0xc0 != 0 {
+            return None;
+        }
+        key.push(len as u8);
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        let label = packet.get(at..at + len)?;
+        key.extend(label.iter().map(u8::to_ascii_lowercase));
+        at += len;
+        if at - 12 > 255 {
+            return None;
+        }
+    }
+    let name_len = at - 12;
+    key.extend_from_slice(packet.get(at..at + 4)?);
+    at += 4;
+    match additional {
+        0 => key.push(0),
+        1 => {
+            // Root name, type OPT, payload, ext-rcode, version 0, flags, rdlength 0.
+            let opt = packet.get(at..at + 11)?;
+            if opt[0] != 0 || opt[1..3] != [0, 41] || opt[5] != 0 || opt[9..11] != [0, 0] {
+                return None;
+            }
+            let payload = u16::from_be_bytes([opt[3], opt[4]]).clamp(512, 4096);
+            key.push(1);
+            key.extend_from_slice(&payload.to_be_bytes());
+            key.push(opt[7] & 0x80);
+            at += 11;
+        }
+        _ => return None,
+    }
+    (at == packet.len()).then_some(name_len)
+}
+
+impl AnswerCache {
+    /// [`answer`] over UDP, from the cache when the same question was answered from
+    /// this `zone` before.
+    pub fn answer(&mut self, zone: &Arc<Snapshot>, packet: &[u8]) -> Reply {
+        if !self.zone.as_ref().is_some_and(|z| Arc::ptr_eq(z, zone)) {
+            self.zone = Some(zone.clone());
+            self.answers.clear();
+        }
+        let mut key = std::mem::take(&mut self.key);
+        let name_len = question_key(packet, &mut key);
+        if let Some(name_len) = name_len {
+            if let Some(cached) = self.answers.get(&key) {
+                let mut out = cached.to_vec();
+                // The asker's id, RD bit and name as it wrote it (0x20 case).
+                out[..2].copy_from_slice(&packet[..2]);
+                out[2] = (out[2] & !0x01) | (packet[2] & 0x01);
+                out[12..12 + name_len].copy_from_slice(&packet[12..12 + name_len]);
+                self.key = key;
+                return Reply::Answer(out);
+            }
+        }
+        let reply = answer(zone, packet, true);
+        if let (Some(_), Reply::Answer(bytes)) = (name_len, &reply) {
+            if self.answers.len() >= ANSWER_CACHE_CAPACITY {
+                self.answers.clear();
+            }
+            self.answers
+                .insert(key.clone(), Arc::from(bytes.as_slice()));
+        }
+        self.key = key;
+        reply
+    }
+}
+
 /// The zone the server answers from, swapped whole on each rebuild.
 pub type SharedZone = Arc<RwLock<Arc<Snapshot>>>;
 
@@ -173,12 +274,13 @@ async fn respond(
 pub async fn serve_udp(socket: tokio::net::UdpSocket, zone: SharedZone, forwarder: Arc<Forwarder>) {
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; 4096];
+    let mut cache = AnswerCache::default();
     loop {
         let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
             continue;
         };
         let packet = &buf[..n];
-        match answer(&current(&zone), packet, true) {
+        match cache.answer(&current(&zone), packet) {
             Reply::Answer(bytes) => {
                 let _ = socket.send_to(&bytes, peer).await;
             }
@@ -341,6 +443,45 @@ mod tests {
             answer(&z, &query("example.com.", WireType::A, false), true),
             Reply::Forward
         );
+    }
+
+    #[test]
+    fn cached_answers_carry_the_askers_id_flags_and_case() {
+        let z = Arc::new(zone());
+        let mut cache = AnswerCache::default();
+        for edns in [false, true] {
+            let first = query("web.demo.svc.cluster.local.", WireType::A, edns);
+            let fresh = cache.answer(&z, &first);
+            assert_eq!(fresh, answer(&z, &first, true));
+            // Same question, another id, mixed case, no RD: from the cache.
+            let mut again = query("WEB.demo.svc.Cluster.local.", WireType::A, edns);
+            again[0..2].copy_from_slice(&[0xbe, 0xef]);
+            again[2] &= !0x01;
+            let cached = parse(cache.answer(&z, &again));
+            let direct = parse(answer(&z, &again, true));
+            assert_eq!(cached.metadata.id, 0xbeef);
+            assert!(!cached.metadata.recursion_desired);
+            assert_eq!(
+                cached.queries[0].name().to_ascii(),
+                "WEB.demo.svc.Cluster.local."
+            );
+            assert_eq!(cached.answers, direct.answers);
+            assert_eq!(cached.edns.is_some(), edns);
+        }
+        assert_eq!(cache.answers.len(), 2, "with and without EDNS0 apart");
+        // Not ours and bad packets take the full path.
+        assert_eq!(
+            cache.answer(&z, &query("example.com.", WireType::A, false)),
+            Reply::Forward
+        );
+        assert_eq!(cache.answer(&z, &[7]), Reply::Drop);
+        // A new snapshot starts over.
+        let newer = Arc::new(zone());
+        let _ = cache.answer(
+            &newer,
+            &query("web.demo.svc.cluster.local.", WireType::A, false),
+        );
+        assert_eq!(cache.answers.len(), 1);
     }
 
     #[test]

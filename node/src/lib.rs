@@ -10,6 +10,7 @@ pub mod addresses;
 pub mod cache;
 pub mod dns;
 pub mod images;
+pub mod ingress;
 pub mod logs;
 pub mod plan;
 pub mod pods;
@@ -74,6 +75,9 @@ pub struct NodeConfig {
     pub cluster_dns: Option<dns::ClusterDns>,
     /// The node's resolv.conf (for `dnsPolicy: Default` and the search path).
     pub host_dns: skiff_api::resolv::ResolvConf,
+    /// Where the Ingress proxy listens for HTTP and HTTPS (`None`: off).
+    pub ingress_http: Option<std::net::SocketAddr>,
+    pub ingress_https: Option<std::net::SocketAddr>,
 }
 
 impl NodeConfig {
@@ -100,6 +104,8 @@ impl NodeConfig {
             nftables: true,
             cluster_dns: None,
             host_dns: Default::default(),
+            ingress_http: None,
+            ingress_https: None,
         }
     }
 }
@@ -210,6 +216,23 @@ pub async fn run(
     };
     let recorder =
         skiff_client::events::Recorder::new(client.clone(), "kubelet", Some(&config.name));
+    // The Ingress proxy: routes by host and path to the Services the proxy table knows.
+    let (stop_ingress, ingress_stopped) = tokio::sync::oneshot::channel::<()>();
+    let ingress = tokio::spawn(ingress::run(
+        client.clone(),
+        ingress::IngressConfig {
+            node: config.name.clone(),
+            http: config.ingress_http,
+            https: config.ingress_https,
+        },
+        router.clone(),
+        runtimes.clone(),
+        skiff_client::events::Recorder::new(client.clone(), "skiff-ingress", Some(&config.name)),
+        clock.clone(),
+        async move {
+            let _ = ingress_stopped.await;
+        },
+    ));
     // Probe workers re-queue their pod when a result changes, and record failures as
     // `Unhealthy` events.
     let probes = {
@@ -255,6 +278,8 @@ pub async fn run(
     if !synced {
         heartbeats.abort();
         let _ = stop_logs.send(());
+        let _ = stop_ingress.send(());
+        let _ = ingress.await;
         let _ = stop_proxy.send(());
         let _ = service_proxy.await;
         return Ok(());
@@ -352,6 +377,8 @@ pub async fn run(
             tracing::warn!(error = %e, "a runtime did not shut down cleanly");
         }
     }
+    let _ = stop_ingress.send(());
+    let _ = ingress.await;
     let _ = stop_proxy.send(());
     let _ = service_proxy.await;
     let _ = stop_logs.send(());

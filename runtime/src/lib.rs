@@ -219,6 +219,21 @@ pub trait HttpRouter: Send + Sync + 'static {
     fn route(&self, caller: &CallerPod, host: &str, port: u16) -> HttpRoute;
 }
 
+/// A boxed error of an in-process HTTP body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of an HTTP message passed in-process between the node and a backend.
+pub type HttpBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
+/// A response on its way from an in-process server.
+pub type HttpResponseFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = http::Response<HttpBody>> + Send>>;
+
+/// A serving container of this node that answers HTTP requests in-process, without a
+/// socket: the node's L7 proxies (Ingress) hand requests for a wasm endpoint to it.
+pub trait LocalHttp: Send + Sync {
+    /// Answers `request` (errors, timeouts and traps come back as 5xx responses).
+    fn call(&self, request: http::Request<HttpBody>) -> HttpResponseFuture;
+}
+
 /// Answers pods' name lookups (`wasi:sockets` `ip-name-lookup`, a guest's
 /// `getaddrinfo`) in-process: implemented over the cluster DNS zone, applying the
 /// caller's search path; backends know no zone. Empty means the name does not resolve.
@@ -435,6 +450,12 @@ pub trait RuntimeService: Send + Sync + 'static {
     /// Sets where the pods' outgoing HTTP requests go (the node's service proxy), for a
     /// backend that carries them out itself (the wasm backend's `wasi:http` calls).
     fn set_http_router(&self, _router: std::sync::Arc<dyn HttpRouter>) {}
+
+    /// The in-process server of a serving container listening on `addr` (a pod IP and
+    /// port) on this node, if the backend runs one there.
+    fn local_http(&self, _addr: std::net::SocketAddr) -> Option<std::sync::Arc<dyn LocalHttp>> {
+        None
+    }
 
     /// Sets how the pods' name lookups are answered (the node's cluster DNS zone), for
     /// a backend that answers them itself (the wasm backend's `ip-name-lookup`).

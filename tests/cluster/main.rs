@@ -13,6 +13,7 @@ mod dns;
 mod group_deletes;
 mod harness;
 mod hostile_input;
+mod ingress;
 mod ingress_api;
 mod kubectl;
 mod netns;

@@ -116,6 +116,8 @@ typed_cache_objects!(
     k8s_openapi::api::apps::v1::ReplicaSet,
     k8s_openapi::api::coordination::v1::Lease,
     k8s_openapi::api::node::v1::RuntimeClass,
+    k8s_openapi::api::networking::v1::Ingress,
+    k8s_openapi::api::networking::v1::IngressClass,
 );
 
 /// A list response decoded straight into `K`.

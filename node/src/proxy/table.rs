@@ -365,17 +365,59 @@ impl ServiceTable {
         else {
             return HttpRoute::NoEndpoints(format!("{what} has no TCP port {port}"));
         };
-        let endpoints = service.endpoints(service_port, Traffic::Internal, &self.node);
-        if endpoints.is_empty() {
-            return HttpRoute::NoEndpoints(format!("{what} has no ready endpoint"));
+        match self.pick(service, service_port, Traffic::Internal, caller.ip) {
+            Some(endpoint) => HttpRoute::Endpoint(endpoint),
+            None => HttpRoute::NoEndpoints(format!("{what} has no ready endpoint")),
         }
-        let index = match (service.affinity, caller.ip) {
+    }
+
+    /// One endpoint of `port` for traffic of `kind` from `client`: round robin, or the
+    /// client's own under ClientIP affinity.
+    fn pick(
+        &self,
+        service: &ServiceEntry,
+        port: &ServicePort,
+        kind: Traffic,
+        client: Option<IpAddr>,
+    ) -> Option<SocketAddr> {
+        let endpoints = service.endpoints(port, kind, &self.node);
+        if endpoints.is_empty() {
+            return None;
+        }
+        let index = match (service.affinity, client) {
             // ClientIP affinity: one caller keeps one endpoint while the set is stable.
             (Some(_), Some(ip)) => stable_index(ip, endpoints.len()),
-            _ => service_port.next.fetch_add(1, Ordering::Relaxed) % endpoints.len(),
+            _ => port.next.fetch_add(1, Ordering::Relaxed) % endpoints.len(),
         };
         let endpoint = endpoints[index];
-        HttpRoute::Endpoint(SocketAddr::new(endpoint.ip.into(), endpoint.port))
+        Some(SocketAddr::new(endpoint.ip.into(), endpoint.port))
+    }
+
+    /// An endpoint of Service `namespace/name` at the port numbered or named `port`
+    /// (an L7 proxy's backend: external traffic), or why there is none.
+    pub fn backend(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: Result<u16, &str>,
+        client: Option<IpAddr>,
+    ) -> Result<SocketAddr, String> {
+        let what = format!("{namespace}/{name}");
+        let service = self
+            .services
+            .get(&(namespace.to_string(), name.to_string()))
+            .ok_or_else(|| format!("service {what} does not exist"))?;
+        let service_port = service
+            .ports
+            .iter()
+            .filter(|p| p.protocol == Protocol::Tcp)
+            .find(|p| match port {
+                Ok(number) => p.port == number,
+                Err(port_name) => p.name == port_name,
+            })
+            .ok_or_else(|| format!("service {what} has no such TCP port"))?;
+        self.pick(service, service_port, Traffic::External, client)
+            .ok_or_else(|| format!("service {what} has no ready endpoint"))
     }
 }
 

@@ -819,6 +819,11 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
         self.inner.egress.set_router(router);
     }
 
+    fn local_http(&self, addr: std::net::SocketAddr) -> Option<Arc<dyn crate::LocalHttp>> {
+        let server = self.inner.egress.local(addr)?;
+        Some(Arc::new(serve::LocalServer(server)))
+    }
+
     /// Until it is set, no name resolves.
     fn set_name_resolver(&self, resolver: Arc<dyn crate::NameResolver>) {
         self.inner.egress.set_resolver(resolver);

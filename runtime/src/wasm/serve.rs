@@ -42,6 +42,28 @@ const MAX_SLOT_WAIT: Duration = Duration::from_secs(1);
 /// rolling update loses no request (Kubernetes users add a `preStop` sleep for this).
 pub const DRAIN_BEFORE_CLOSE: Duration = Duration::from_secs(1);
 
+/// A serving container as the node's in-process [`crate::LocalHttp`].
+pub struct LocalServer(pub Arc<HttpServer>);
+
+impl crate::LocalHttp for LocalServer {
+    fn call(&self, request: http::Request<crate::HttpBody>) -> crate::HttpResponseFuture {
+        let server = self.0.clone();
+        Box::pin(async move {
+            let request = request.map(|body| {
+                http_body_util::BodyExt::map_err(body, |e| {
+                    wasmtime_wasi_http::Error::InternalError(Some(e.to_string()))
+                })
+            });
+            server.handle(request).await.map(|body| {
+                http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
+                    body,
+                    crate::BoxError::from,
+                ))
+            })
+        })
+    }
+}
+
 /// One serving container: what each request's instance is made from.
 pub struct HttpServer {
     engine: wasmtime::Engine,
