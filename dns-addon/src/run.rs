@@ -10,7 +10,7 @@ use crate::server::{serve_tcp, serve_udp, SharedZone};
 use crate::zone::{Snapshot, ZoneConfig};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use skiff_client::informer::Informer;
+use skiff_client::informer::{mark_dirty, Informer};
 use skiff_client::{Client, ListOptions};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -105,14 +105,6 @@ fn bind(address: SocketAddr, udp_sockets: usize) -> Result<Bound, DnsError> {
         .and_then(|s| tokio::net::TcpListener::from_std(s.into()))
         .map_err(error("tcp"))?;
     Ok(Bound { udp, tcp })
-}
-
-/// An informer handler that only marks the zone out of date.
-fn mark_dirty<K: Send + Sync + 'static>(
-    dirty: &Arc<tokio::sync::Notify>,
-) -> skiff_client::informer::Handler<K> {
-    let dirty = dirty.clone();
-    Arc::new(move |_: &str, _: Option<&Arc<K>>, _: Option<&Arc<K>>| dirty.notify_one())
 }
 
 /// The add-on with its addresses bound, ready to [`DnsAddon::run`].

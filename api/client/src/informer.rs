@@ -29,6 +29,13 @@ use tokio::sync::watch;
 /// and must not register handlers themselves.
 pub type Handler<K = Value> = Arc<dyn Fn(&str, Option<&Arc<K>>, Option<&Arc<K>>) + Send + Sync>;
 
+/// A handler that only marks a derived view (a routing table, a DNS zone) out of date:
+/// the consumer rebuilds the whole view from the caches when `dirty` fires.
+pub fn mark_dirty<K: Send + Sync + 'static>(dirty: &Arc<tokio::sync::Notify>) -> Handler<K> {
+    let dirty = dirty.clone();
+    Arc::new(move |_: &str, _: Option<&Arc<K>>, _: Option<&Arc<K>>| dirty.notify_one())
+}
+
 /// What an informer needs of the objects it caches.
 pub trait CacheObject: DeserializeOwned + Send + Sync + 'static {
     /// `namespace/name`, or `name` for cluster-scoped objects.

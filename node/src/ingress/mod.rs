@@ -22,7 +22,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use skiff_api::clock::SharedClock;
 use skiff_client::events::{EventType, Recorder};
-use skiff_client::informer::Informer;
+use skiff_client::informer::{mark_dirty, Informer};
 use skiff_client::{Client, ListOptions};
 use skiff_runtime::{BoxError, HttpBody};
 use std::collections::{BTreeSet, HashMap};
@@ -152,14 +152,6 @@ impl ResolvesServerCert for SniResolver {
             .cloned();
         Some(chosen.unwrap_or_else(|| self.fallback.clone()))
     }
-}
-
-/// An informer handler that only marks the routes out of date.
-fn mark_dirty<K: Send + Sync + 'static>(
-    dirty: &Arc<tokio::sync::Notify>,
-) -> skiff_client::informer::Handler<K> {
-    let dirty = dirty.clone();
-    Arc::new(move |_: &str, _: Option<&Arc<K>>, _: Option<&Arc<K>>| dirty.notify_one())
 }
 
 /// What serving a request needs.

@@ -22,7 +22,7 @@ pub mod table;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use skiff_api::cidr::Ipv4Cidr;
-use skiff_client::informer::Informer;
+use skiff_client::informer::{mark_dirty, Informer};
 use skiff_client::{Client, ListOptions};
 use skiff_runtime::net::{owner_id, LocalRoutes};
 use skiff_runtime::{CallerPod, HttpRoute, HttpRouter};
@@ -100,14 +100,6 @@ impl HttpRouter for ProxyRouter {
     fn route(&self, caller: &CallerPod, host: &str, port: u16) -> HttpRoute {
         self.table().route(caller, host, port)
     }
-}
-
-/// An informer handler that only marks the table out of date.
-fn mark_dirty<K: Send + Sync + 'static>(
-    dirty: &Arc<tokio::sync::Notify>,
-) -> skiff_client::informer::Handler<K> {
-    let dirty = dirty.clone();
-    Arc::new(move |_: &str, _: Option<&Arc<K>>, _: Option<&Arc<K>>| dirty.notify_one())
 }
 
 /// Runs the proxy until `shutdown`, keeping `router` and the node's rules current.
