@@ -7,7 +7,7 @@ use skiff_api::cidr::Ipv4Cidr;
 use skiff_api::resolv::ResolvConf;
 use skiff_dns_addon::run::DnsConfig;
 use skiff_dns_addon::zone::ZoneConfig;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -46,19 +46,36 @@ fn zone_config(domain: &str) -> Result<ZoneConfig> {
     })
 }
 
-/// The upstream resolvers of `resolv_conf`, leaving out the addresses skiff answers on.
-fn upstreams(resolv_conf: &PathBuf, own: &[SocketAddr]) -> Vec<SocketAddr> {
-    let own: Vec<IpAddr> = own.iter().map(|a| a.ip()).collect();
-    match std::fs::read_to_string(resolv_conf) {
-        Ok(text) => skiff_dns_addon::forward::parse_resolv_conf(&text, &own),
+/// The resolver file, read once; a missing one leaves names outside the cluster
+/// unresolved (said on stderr).
+fn read_resolv_conf(path: &PathBuf) -> ResolvConf {
+    match std::fs::read_to_string(path) {
+        Ok(text) => ResolvConf::parse(&text),
         Err(e) => {
             eprintln!(
                 "skiff: cannot read {}: {e}; names outside the cluster will not resolve",
-                resolv_conf.display()
+                path.display()
             );
-            Vec::new()
+            ResolvConf::default()
         }
     }
+}
+
+/// The upstream resolvers of `conf`, leaving out the addresses skiff answers on.
+fn upstreams(conf: &ResolvConf, own: &[SocketAddr]) -> Vec<SocketAddr> {
+    conf.nameservers
+        .iter()
+        .filter(|ip| !own.iter().any(|a| a.ip() == **ip))
+        .map(|ip| SocketAddr::new(*ip, 53))
+        .collect()
+}
+
+/// What a node needs of the DNS settings: the add-on's configuration (`None` when
+/// disabled), the cluster DNS pods are given, and the node's resolv.conf.
+pub struct NodeDns {
+    pub addon: Option<DnsConfig>,
+    pub cluster: Option<skiff_node::dns::ClusterDns>,
+    pub host: ResolvConf,
 }
 
 impl DnsArgs {
@@ -72,35 +89,30 @@ impl DnsArgs {
         }
     }
 
-    /// What the agent gives pods: the cluster DNS (none when the add-on is disabled
-    /// here) and the node's resolv.conf.
-    pub fn pod_settings(
-        &self,
-        service_cidr: Ipv4Cidr,
-    ) -> Result<(Option<skiff_node::dns::ClusterDns>, ResolvConf)> {
-        let host = std::fs::read_to_string(&self.resolv_conf)
-            .map(|text| ResolvConf::parse(&text))
-            .unwrap_or_default();
+    /// The node's DNS settings for `service_cidr`, reading the resolver file once.
+    pub fn node(&self, service_cidr: Ipv4Cidr) -> Result<NodeDns> {
+        let host = read_resolv_conf(&self.resolv_conf);
         if self.disable_dns {
-            return Ok((None, host));
+            return Ok(NodeDns {
+                addon: None,
+                cluster: None,
+                host,
+            });
         }
-        let cluster = skiff_node::dns::ClusterDns {
-            servers: vec![self.cluster_dns(service_cidr)?.into()],
-            domain: zone_config(&self.cluster_domain)?.domain,
-        };
-        Ok((Some(cluster), host))
-    }
-
-    /// The node-local add-on's settings, `None` when disabled.
-    pub fn config(&self, service_cidr: Ipv4Cidr) -> Result<Option<DnsConfig>> {
-        if self.disable_dns {
-            return Ok(None);
-        }
-        let mut listen = vec![SocketAddr::new(self.cluster_dns(service_cidr)?.into(), 53)];
+        let cluster_dns = self.cluster_dns(service_cidr)?;
+        let zone = zone_config(&self.cluster_domain)?;
+        let mut listen = vec![SocketAddr::new(cluster_dns.into(), 53)];
         listen.extend(self.dns_listen.iter().copied());
-        let mut config = DnsConfig::new(listen.clone(), upstreams(&self.resolv_conf, &listen));
-        config.zone = zone_config(&self.cluster_domain)?;
-        Ok(Some(config))
+        let mut addon = DnsConfig::new(listen.clone(), upstreams(&host, &listen));
+        addon.zone = zone.clone();
+        Ok(NodeDns {
+            addon: Some(addon),
+            cluster: Some(skiff_node::dns::ClusterDns {
+                servers: vec![cluster_dns.into()],
+                domain: zone.domain,
+            }),
+            host,
+        })
     }
 }
 
@@ -128,7 +140,7 @@ pub async fn run(context: &crate::get::Context, args: DnsCommandArgs) -> Result<
     };
     let mut config = DnsConfig::new(
         args.listen.clone(),
-        upstreams(&args.resolv_conf, &args.listen),
+        upstreams(&read_resolv_conf(&args.resolv_conf), &args.listen),
     );
     config.zone = zone_config(&args.cluster_domain)?;
     let zone = skiff_dns_addon::run::shared_zone(&config.zone);

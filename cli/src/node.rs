@@ -231,8 +231,9 @@ pub async fn node(context: &crate::get::Context, args: NodeArgs) -> Result<ExitC
     };
     let mut config = node_config(&args.agent, &args.data_dir)?;
     config.service_cidr = Some(args.service_cidr);
-    (config.cluster_dns, config.host_dns) = args.dns.pod_settings(args.service_cidr)?;
-    let dns = args.dns.config(args.service_cidr)?;
+    let node_dns = args.dns.node(args.service_cidr)?;
+    (config.cluster_dns, config.host_dns) = (node_dns.cluster, node_dns.host);
+    let dns = node_dns.addon;
     raise_open_file_limit();
     eprintln!("skiff node {}: joining {}", config.name, client.server());
     run_agent(
@@ -288,7 +289,8 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     raise_open_file_limit();
     // Checked before anything is bound or written: a bad range is a usage error.
     let allocation = args.network.allocation()?;
-    let dns = args.dns.config(args.network.service_cidr())?;
+    let node_dns = args.dns.node(args.network.service_cidr())?;
+    let dns = node_dns.addon;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -320,7 +322,7 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     wait_until_ready(&client).await?;
     let mut config = node_config(&args.agent, &args.data_dir.join("node"))?;
     config.service_cidr = Some(args.network.service_cidr());
-    (config.cluster_dns, config.host_dns) = args.dns.pod_settings(args.network.service_cidr())?;
+    (config.cluster_dns, config.host_dns) = (node_dns.cluster, node_dns.host);
     // The agent beside the control plane renews its lease well within the grace period
     // the control plane was given (the fast profile's is 4 s).
     let grace = control_grace(&args.controllers);

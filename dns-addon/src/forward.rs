@@ -11,7 +11,7 @@
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::RData;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -26,17 +26,6 @@ pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MAX_IN_FLIGHT: usize = 512;
 /// Cached answers at most.
 const CACHE_CAPACITY: usize = 10_000;
-
-/// The `nameserver` addresses of a resolv.conf, port 53, without `exclude`d ones (the
-/// cluster DNS address itself: relaying to it would loop).
-pub fn parse_resolv_conf(text: &str, exclude: &[IpAddr]) -> Vec<SocketAddr> {
-    skiff_api::resolv::ResolvConf::parse(text)
-        .nameservers
-        .into_iter()
-        .filter(|ip| !exclude.contains(ip))
-        .map(|ip| SocketAddr::new(ip, 53))
-        .collect()
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct CacheKey {
@@ -306,18 +295,6 @@ mod tests {
             ttl,
             RData::SOA(SOA::new(n.clone(), n, 1, 3600, 600, 86400, minimum)),
         )
-    }
-
-    #[test]
-    fn resolv_conf_nameservers_without_the_cluster_dns() {
-        let text = "# generated\nsearch example.com\nnameserver 10.43.0.10\nnameserver 192.0.2.53\n  nameserver   2001:db8::35 \nnameserver bogus\noptions ndots:2\n";
-        assert_eq!(
-            parse_resolv_conf(text, &["10.43.0.10".parse().unwrap()]),
-            vec![
-                "192.0.2.53:53".parse::<SocketAddr>().unwrap(),
-                "[2001:db8::35]:53".parse().unwrap()
-            ]
-        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::server::{serve_tcp, serve_udp, SharedZone};
 use crate::zone::{Snapshot, ZoneConfig};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use skiff_client::informer::{mark_dirty, Informer};
+use skiff_client::informer::{ChangeBatcher, Informer};
 use skiff_client::{Client, ListOptions};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -156,27 +156,27 @@ async fn serve(
     zone: SharedZone,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let dirty = Arc::new(tokio::sync::Notify::new());
+    let mut changes = ChangeBatcher::new(REBUILD_DELAY);
     let services = Informer::<Service>::spawn(
         client.clone(),
         &skiff_api::resource::SERVICES,
         None,
         ListOptions::default(),
-        mark_dirty(&dirty),
+        changes.handler(),
     );
     let slices = Informer::<EndpointSlice>::spawn(
         client.clone(),
         &skiff_api::resource::ENDPOINT_SLICES,
         None,
         ListOptions::default(),
-        mark_dirty(&dirty),
+        changes.handler(),
     );
     let pods = Informer::<Pod>::spawn(
         client,
         &skiff_api::resource::PODS,
         None,
         ListOptions::default(),
-        mark_dirty(&dirty),
+        changes.handler(),
     );
     tokio::pin!(shutdown);
     let synced = async {
@@ -219,15 +219,11 @@ async fn serve(
         servers.spawn(serve_tcp(tcp, zone.clone(), forwarder.clone()));
     }
     tracing::info!(listen = ?config.listen, upstreams = ?config.upstreams, "cluster DNS serving");
-    let now = tokio::time::Instant::now();
-    let mut last = now.checked_sub(REBUILD_DELAY).unwrap_or(now);
     loop {
         tokio::select! {
-            _ = dirty.notified() => {}
+            _ = changes.changed() => {}
             _ = &mut shutdown => break,
         }
-        tokio::time::sleep_until(last + REBUILD_DELAY).await;
-        last = tokio::time::Instant::now();
         rebuild(&mut serial);
     }
     servers.shutdown().await;

@@ -29,9 +29,47 @@ use tokio::sync::watch;
 /// and must not register handlers themselves.
 pub type Handler<K = Value> = Arc<dyn Fn(&str, Option<&Arc<K>>, Option<&Arc<K>>) + Send + Sync>;
 
+/// Gathers change notifications for a loop that rebuilds a whole view: the first
+/// change after a quiet spell is let through at once, a burst at most once per
+/// `delay`.
+#[derive(Debug)]
+pub struct ChangeBatcher {
+    dirty: Arc<tokio::sync::Notify>,
+    delay: std::time::Duration,
+    last: tokio::time::Instant,
+}
+
+impl ChangeBatcher {
+    pub fn new(delay: std::time::Duration) -> Self {
+        let now = tokio::time::Instant::now();
+        ChangeBatcher {
+            dirty: Arc::new(tokio::sync::Notify::new()),
+            delay,
+            last: now.checked_sub(delay).unwrap_or(now),
+        }
+    }
+
+    /// The handler informers report to.
+    pub fn handler<K: Send + Sync + 'static>(&self) -> Handler<K> {
+        mark_dirty(&self.dirty)
+    }
+
+    /// Marks the view out of date from outside an informer (a retry).
+    pub fn notifier(&self) -> Arc<tokio::sync::Notify> {
+        self.dirty.clone()
+    }
+
+    /// Waits for the next change (or batch of changes) to rebuild for.
+    pub async fn changed(&mut self) {
+        self.dirty.notified().await;
+        tokio::time::sleep_until(self.last + self.delay).await;
+        self.last = tokio::time::Instant::now();
+    }
+}
+
 /// A handler that only marks a derived view (a routing table, a DNS zone) out of date:
 /// the consumer rebuilds the whole view from the caches when `dirty` fires.
-pub fn mark_dirty<K: Send + Sync + 'static>(dirty: &Arc<tokio::sync::Notify>) -> Handler<K> {
+fn mark_dirty<K: Send + Sync + 'static>(dirty: &Arc<tokio::sync::Notify>) -> Handler<K> {
     let dirty = dirty.clone();
     Arc::new(move |_: &str, _: Option<&Arc<K>>, _: Option<&Arc<K>>| dirty.notify_one())
 }

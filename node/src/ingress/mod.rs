@@ -22,7 +22,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use skiff_api::clock::SharedClock;
 use skiff_client::events::{EventType, Recorder};
-use skiff_client::informer::{mark_dirty, Informer};
+use skiff_client::informer::{ChangeBatcher, Informer};
 use skiff_client::{Client, ListOptions};
 use skiff_runtime::{BoxError, HttpBody};
 use std::collections::{BTreeSet, HashMap};
@@ -428,40 +428,36 @@ pub async fn run(
             }
         }
     }
-    let dirty = Arc::new(tokio::sync::Notify::new());
+    let mut changes = ChangeBatcher::new(REBUILD_DELAY);
     let ingresses = Informer::<Ingress>::spawn(
         client.clone(),
         &skiff_api::resource::INGRESSES,
         None,
         ListOptions::default(),
-        mark_dirty(&dirty),
+        changes.handler(),
     );
     let classes = Informer::<IngressClass>::spawn(
         client.clone(),
         &skiff_api::resource::INGRESS_CLASSES,
         None,
         ListOptions::default(),
-        mark_dirty(&dirty),
+        changes.handler(),
     );
     let secrets = Informer::<Secret>::spawn(
         client,
         &skiff_api::resource::SECRETS,
         None,
         ListOptions::default(),
-        mark_dirty(&dirty),
+        changes.handler(),
     );
     // (ingress key, secret, problem) already reported, so a rebuild does not repeat it.
     let mut reported: BTreeSet<(String, String)> = BTreeSet::new();
     tokio::pin!(shutdown);
-    let now = tokio::time::Instant::now();
-    let mut last = now.checked_sub(REBUILD_DELAY).unwrap_or(now);
     loop {
         tokio::select! {
-            _ = dirty.notified() => {}
+            _ = changes.changed() => {}
             _ = &mut shutdown => break,
         }
-        tokio::time::sleep_until(last + REBUILD_DELAY).await;
-        last = tokio::time::Instant::now();
         if !(ingresses.has_synced() && classes.has_synced() && secrets.has_synced()) {
             continue;
         }

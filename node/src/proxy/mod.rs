@@ -22,7 +22,7 @@ pub mod table;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use skiff_api::cidr::Ipv4Cidr;
-use skiff_client::informer::{mark_dirty, Informer};
+use skiff_client::informer::{ChangeBatcher, Informer};
 use skiff_client::{Client, ListOptions};
 use skiff_runtime::net::{owner_id, LocalRoutes};
 use skiff_runtime::{CallerPod, HttpRoute, HttpRouter};
@@ -109,20 +109,20 @@ pub async fn run(
     router: Arc<ProxyRouter>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let dirty = Arc::new(tokio::sync::Notify::new());
+    let mut changes = ChangeBatcher::new(SYNC_DELAY);
     let services = Informer::<Service>::spawn(
         client.clone(),
         &skiff_api::resource::SERVICES,
         None,
         ListOptions::default(),
-        mark_dirty(&dirty),
+        changes.handler(),
     );
     let slices = Informer::<EndpointSlice>::spawn(
         client,
         &skiff_api::resource::ENDPOINT_SLICES,
         None,
         ListOptions::default(),
-        mark_dirty(&dirty),
+        changes.handler(),
     );
     let routes = LocalRoutes::new(owner_id(&config.owner));
     if let Some(cidr) = config.service_cidr {
@@ -140,19 +140,13 @@ pub async fn run(
         std::process::id()
     );
     let mut loaded: Option<String> = None;
-    let now = tokio::time::Instant::now();
-    let mut last_sync = now.checked_sub(SYNC_DELAY).unwrap_or(now);
     let mut nftables = config.nftables;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = dirty.notified() => {}
+            _ = changes.changed() => {}
             _ = &mut shutdown => break,
         }
-        // Leading edge: at once after a quiet spell; within a burst, at most one sync
-        // per SYNC_DELAY.
-        tokio::time::sleep_until(last_sync + SYNC_DELAY).await;
-        last_sync = tokio::time::Instant::now();
         if !(services.has_synced() && slices.has_synced()) {
             continue;
         }
@@ -179,7 +173,7 @@ pub async fn run(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "loading the service rules failed; retrying");
-                    let dirty = dirty.clone();
+                    let dirty = changes.notifier();
                     tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         dirty.notify_one();
