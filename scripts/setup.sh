@@ -18,11 +18,22 @@ if [ "${1:-}" = "--bench" ]; then
   command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server)
   command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
   command -v dnsperf >/dev/null 2>&1 || need_apt+=(dnsperf)
+  # The Ingress benchmark's peer.
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
+  # Packages such as nginx start their service on install (on port 80, on the host):
+  # forbid that for this install, unless the machine already does.
+  made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 # The wasm targets the guest examples build for (wasm-examples/).

@@ -34,10 +34,10 @@ pub struct HttpArgs {
 
 /// One wrk run's result.
 #[derive(Debug, Clone, Copy)]
-struct Run {
-    rps: f64,
-    p50: Duration,
-    p99: Duration,
+pub struct Run {
+    pub rps: f64,
+    pub p50: Duration,
+    pub p99: Duration,
 }
 
 fn parse_duration(text: &str) -> Option<Duration> {
@@ -77,9 +77,14 @@ fn parse_wrk(report: &str) -> Result<Run> {
     })
 }
 
-fn wrk(url: &str, connections: u32, seconds: u64) -> Result<Run> {
+/// wrk against `url` (with `host` as the Host header, if given).
+pub fn wrk(url: &str, host: Option<&str>, connections: u32, seconds: u64) -> Result<Run> {
     let threads = connections.clamp(1, 2);
-    let output = std::process::Command::new("wrk")
+    let mut command = std::process::Command::new("wrk");
+    if let Some(host) = host {
+        command.args(["-H", &format!("Host: {host}")]);
+    }
+    let output = command
         .args([
             "--latency",
             "-t",
@@ -98,15 +103,20 @@ fn wrk(url: &str, connections: u32, seconds: u64) -> Result<Run> {
     parse_wrk(&String::from_utf8_lossy(&output.stdout))
 }
 
-/// Waits until `url` answers 200 with a body starting with `prefix`.
-async fn wait_answer(url: &str, prefix: &str) -> Result<()> {
+/// Waits until `url` (asked for `host`, if given) answers 200 with a body starting
+/// with `prefix`.
+pub async fn wait_answer(url: &str, host: Option<&str>, prefix: &str) -> Result<()> {
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(2))
         .build()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if let Ok(r) = http.get(url).send().await {
+        let mut request = http.get(url);
+        if let Some(host) = host {
+            request = request.header(reqwest::header::HOST, host);
+        }
+        if let Ok(r) = request.send().await {
             if r.status().is_success() && r.text().await.unwrap_or_default().starts_with(prefix) {
                 return Ok(());
             }
@@ -204,7 +214,7 @@ pub async fn cluster_ip(client: &skiff_client::Client, service: &str) -> Result<
         .context("no clusterIP")
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or_default()
 }
@@ -252,7 +262,7 @@ pub async fn run(args: HttpArgs) -> Result<()> {
         ("wasmtime serve", format!("http://127.0.0.1:{serve_port}/")),
     ];
     for (_, url) in &targets {
-        wait_answer(url, "hello from").await?;
+        wait_answer(url, None, "hello from").await?;
     }
     println!(
         "wasi:http hello ({} KiB component), instance per request; wrk {} s per run, {} rounds, medians",
@@ -264,10 +274,10 @@ pub async fn run(args: HttpArgs) -> Result<()> {
     for _ in 0..args.rounds {
         for &c in &args.concurrency {
             for (i, (_, url)) in targets.iter().enumerate() {
-                wrk(url, c, 1)?; // warm-up
+                wrk(url, None, c, 1)?; // warm-up
                 runs.entry((c, i))
                     .or_default()
-                    .push(wrk(url, c, args.seconds)?);
+                    .push(wrk(url, None, c, args.seconds)?);
             }
         }
     }

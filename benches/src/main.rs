@@ -15,6 +15,7 @@ mod deployments;
 mod dns;
 mod etcd;
 mod http;
+mod ingress;
 mod pods;
 mod scheduler;
 mod services;
@@ -44,6 +45,8 @@ enum Bench {
     Scheduler(scheduler::SchedulerArgs),
     /// A wasi:http pod by pod IP and ClusterIP vs `wasmtime serve`.
     Http(http::HttpArgs),
+    /// HTTP through the built-in Ingress vs nginx proxying to the same pod.
+    Ingress(ingress::IngressArgs),
     /// Endpoint propagation to the ClusterIP, and a 50-replica rolling update under load.
     Services(services::ServicesArgs),
     /// In-zone DNS queries: the DNS add-on vs dnsmasq, and Service-to-answer time.
@@ -76,6 +79,7 @@ async fn bench(cli: Cli) -> Result<()> {
         Bench::Deployment(args) => deployments::run(args).await,
         Bench::Scheduler(args) => scheduler::run(args).await,
         Bench::Http(args) => http::run(args).await,
+        Bench::Ingress(args) => ingress::run(args).await,
         Bench::Services(args) => services::run(args).await,
         Bench::Dns(args) => dns::run(args).await,
     }

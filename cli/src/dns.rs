@@ -148,6 +148,7 @@ pub async fn run(context: &crate::get::Context, args: DnsCommandArgs) -> Result<
         "skiff dns: serving {} on {:?}",
         config.zone.domain, config.listen
     );
-    skiff_dns_addon::run::run(client, config, zone, crate::control::shutdown_signal()).await?;
+    let factory = skiff_client::factory::SharedInformerFactory::new(client);
+    skiff_dns_addon::run::run(factory, config, zone, crate::control::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

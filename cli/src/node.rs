@@ -185,6 +185,9 @@ async fn run_agent(
     // start-up error; it stops with the agent.
     let (stop_dns, dns_stopped) = tokio::sync::oneshot::channel::<()>();
     let wasm = wasm_runtime(&config.data_dir, config.max_pods, &client)?;
+    // One list+watch per collection for the whole node: the DNS add-on, the service
+    // proxy and the Ingress proxy share the Services and EndpointSlices they watch.
+    let factory = skiff_client::factory::SharedInformerFactory::new(client);
     let dns = match dns {
         Some(config) => {
             let zone = skiff_dns_addon::run::shared_zone(&config.zone);
@@ -196,7 +199,7 @@ async fn run_agent(
                 cluster_dns,
             };
             skiff_runtime::RuntimeService::set_name_resolver(&wasm, Arc::new(resolver));
-            Some(tokio::spawn(addon.run(client.clone(), zone, async move {
+            Some(tokio::spawn(addon.run(factory.clone(), zone, async move {
                 let _ = dns_stopped.await;
             })))
         }
@@ -209,7 +212,7 @@ async fn run_agent(
         .with_context(|| format!("cannot listen on {log_listen}"))?;
     let agent = skiff_node::run(
         config,
-        client,
+        factory,
         runtimes,
         listener,
         skiff_api::clock::system(),

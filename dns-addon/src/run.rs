@@ -10,8 +10,9 @@ use crate::server::{serve_tcp, serve_udp, SharedZone};
 use crate::zone::{Snapshot, ZoneConfig};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use skiff_client::factory::SharedInformerFactory;
 use skiff_client::informer::{ChangeBatcher, Informer};
-use skiff_client::{Client, ListOptions};
+use skiff_client::ListOptions;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -126,58 +127,52 @@ pub fn bind_all(config: DnsConfig) -> Result<DnsAddon, DnsError> {
 
 /// Binds and runs the add-on until `shutdown` (see [`DnsAddon::run`]).
 pub async fn run(
-    client: Client,
+    factory: SharedInformerFactory,
     config: DnsConfig,
     zone: SharedZone,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), DnsError> {
-    bind_all(config)?.run(client, zone, shutdown).await;
+    bind_all(config)?.run(factory, zone, shutdown).await;
     Ok(())
 }
 
 impl DnsAddon {
     /// Serves until `shutdown`, answering from `zone`, which it keeps current (the
-    /// node's in-process resolver reads the same one).
+    /// node's in-process resolver reads the same one). Its Services, EndpointSlices and
+    /// Pods come from `factory`'s informers, shared with the rest of the process (on a
+    /// node, the service proxy watches the same Services and EndpointSlices).
     pub async fn run(
         self,
-        client: Client,
+        factory: SharedInformerFactory,
         zone: SharedZone,
         shutdown: impl Future<Output = ()> + Send,
     ) {
         let DnsAddon { config, bound } = self;
-        serve(client, config, bound, zone, shutdown).await
+        serve(factory, config, bound, zone, shutdown).await
     }
 }
 
 async fn serve(
-    client: Client,
+    factory: SharedInformerFactory,
     config: DnsConfig,
     bound: Vec<Bound>,
     zone: SharedZone,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let mut changes = ChangeBatcher::new(REBUILD_DELAY);
-    let services = Informer::<Service>::spawn(
-        client.clone(),
-        &skiff_api::resource::SERVICES,
-        None,
-        ListOptions::default(),
-        changes.handler(),
-    );
-    let slices = Informer::<EndpointSlice>::spawn(
-        client.clone(),
+    let services: Arc<Informer<Service>> =
+        factory.informer(&skiff_api::resource::SERVICES, None, ListOptions::default());
+    let slices: Arc<Informer<EndpointSlice>> = factory.informer(
         &skiff_api::resource::ENDPOINT_SLICES,
         None,
         ListOptions::default(),
-        changes.handler(),
     );
-    let pods = Informer::<Pod>::spawn(
-        client,
-        &skiff_api::resource::PODS,
-        None,
-        ListOptions::default(),
-        changes.handler(),
-    );
+    let pods: Arc<Informer<Pod>> =
+        factory.informer(&skiff_api::resource::PODS, None, ListOptions::default());
+    services.add_handler(changes.handler());
+    slices.add_handler(changes.handler());
+    pods.add_handler(changes.handler());
+    factory.start();
     tokio::pin!(shutdown);
     let synced = async {
         services.wait_synced().await;

@@ -25,9 +25,10 @@ use runtimes::RuntimeRegistry;
 use serde_json::Value;
 use skiff_api::clock::SharedClock;
 use skiff_client::controller::{spawn_resync, spawn_workers, Action};
+use skiff_client::factory::SharedInformerFactory;
 use skiff_client::informer::Informer;
 use skiff_client::queue::{Backoff, WorkQueue};
-use skiff_client::{Client, ListOptions};
+use skiff_client::ListOptions;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
@@ -124,14 +125,17 @@ fn total_memory_bytes() -> Option<u64> {
 }
 
 /// Runs the agent until `shutdown` completes. `log_listener` serves container logs.
+/// Everything the agent watches comes from `factory`'s informers, which the process
+/// shares (a node-local DNS add-on watches the same Services and EndpointSlices).
 pub async fn run(
     config: NodeConfig,
-    client: Client,
+    factory: SharedInformerFactory,
     runtimes: RuntimeRegistry,
     log_listener: tokio::net::TcpListener,
     clock: SharedClock,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), NodeError> {
+    let client = factory.client().clone();
     let log_port = log_listener.local_addr()?.port();
     let pod_cidr = registration::register(&client, &config, log_port, clock.as_ref())
         .await
@@ -151,7 +155,7 @@ pub async fn run(
     }
     let (stop_proxy, proxy_stopped) = tokio::sync::oneshot::channel::<()>();
     let service_proxy = tokio::spawn(proxy::run(
-        client.clone(),
+        factory.clone(),
         proxy::ProxyConfig {
             node: config.name.clone(),
             node_ips: match config.address {
@@ -184,32 +188,32 @@ pub async fn run(
     let pods = &skiff_api::resource::PODS;
     let handler_queue = queue.clone();
     // Pods are cached as compact JSON text, not `Value` trees (see `cache`).
-    let informer = Arc::new(Informer::<cache::CachedPod>::spawn(
-        client.clone(),
+    let informer: Arc<Informer<cache::CachedPod>> = factory.informer(
         pods,
         None,
         ListOptions {
             field_selector: Some(format!("spec.nodeName={}", config.name)),
             ..Default::default()
         },
-        Arc::new(move |key, _, _| handler_queue.add(key)),
-    ));
+    );
+    informer.add_handler(Arc::new(move |key, _, _| handler_queue.add(key)));
     // RuntimeClasses decide which backend a pod runs on; a change to one re-syncs every
     // pod, so a pod waiting for its class starts as soon as the class exists.
     let runtime_classes = {
         let (queue, pod_informer) = (queue.clone(), informer.clone());
-        Arc::new(Informer::<RuntimeClass>::spawn(
-            client.clone(),
+        let classes: Arc<Informer<RuntimeClass>> = factory.informer(
             &skiff_api::resource::RUNTIME_CLASSES,
             None,
             ListOptions::default(),
-            Arc::new(move |_, _, _| {
-                for key in pod_informer.keys() {
-                    queue.add(&key);
-                }
-            }),
-        ))
+        );
+        classes.add_handler(Arc::new(move |_, _, _| {
+            for key in pod_informer.keys() {
+                queue.add(&key);
+            }
+        }));
+        classes
     };
+    factory.start();
     let class_lookup: runtimes::ClassLookup = {
         let classes = runtime_classes.clone();
         Arc::new(move |name: &str| classes.get(name).map(|class| class.handler.clone()))
@@ -219,7 +223,7 @@ pub async fn run(
     // The Ingress proxy: routes by host and path to the Services the proxy table knows.
     let (stop_ingress, ingress_stopped) = tokio::sync::oneshot::channel::<()>();
     let ingress = tokio::spawn(ingress::run(
-        client.clone(),
+        factory.clone(),
         ingress::IngressConfig {
             node: config.name.clone(),
             http: config.ingress_http,

@@ -222,3 +222,188 @@ fn an_ingress_routes_two_hosts_and_two_paths_over_http_and_https() -> Result<()>
         Ok(())
     })
 }
+
+/// One keep-alive HTTP/1.1 connection to the node's Ingress port: requests go one
+/// after another on it, so a connection the proxy dropped fails the next request.
+struct KeptConnection {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+}
+
+impl KeptConnection {
+    async fn open(port: u16) -> Result<KeptConnection> {
+        let stream = tokio::net::TcpStream::connect((NODE_IP, port)).await?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(KeptConnection { sender })
+    }
+
+    async fn get(&mut self, host: &str, path: &str) -> Result<(u16, String)> {
+        use http_body_util::BodyExt;
+        self.sender.ready().await.context("the connection closed")?;
+        let request = http::Request::get(path)
+            .header(http::header::HOST, host)
+            .body(http_body_util::Empty::new())?;
+        let response =
+            tokio::time::timeout(Duration::from_secs(5), self.sender.send_request(request))
+                .await
+                .context("no answer in 5 s")??;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+/// Requests to `shop.test/` until `stop` (at most `limit`), each checked to come from
+/// one of `pods`; on a fresh connection each time unless `kept`. The count, or the
+/// first failure.
+async fn shop_load(
+    kept: bool,
+    pods: Vec<String>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    limit: usize,
+) -> Result<usize> {
+    let answered = |text: &str| {
+        text.strip_prefix("shop from ")
+            .is_some_and(|rest| pods.iter().any(|p| rest.trim() == p))
+    };
+    let mut connection = if kept {
+        Some(KeptConnection::open(80).await?)
+    } else {
+        None
+    };
+    let mut done = 0;
+    while done < limit && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let (status, text) = match &mut connection {
+            Some(connection) => connection.get("shop.test", "/").await,
+            None => KeptConnection::open(80).await?.get("shop.test", "/").await,
+        }
+        .with_context(|| format!("request {done} (kept connection: {kept})"))?;
+        ensure!(
+            status == 200 && answered(&text),
+            "request {done} (kept connection: {kept}): {status} {text:?}"
+        );
+        done += 1;
+    }
+    Ok(done)
+}
+
+#[test]
+fn ingress_changes_apply_without_dropping_connections() -> Result<()> {
+    crate::netns::isolated(async {
+        let cluster = ServiceCluster::start().await?;
+        for (name, replicas) in [("shop", 2), ("blog", 1)] {
+            cluster
+                .apply(&serving_deployment(
+                    name,
+                    "http-hello",
+                    replicas,
+                    json!([{"name": "GREETING", "value": name}]),
+                )?)
+                .await?;
+            cluster
+                .apply(&crate::services::service(name, "ClusterIP"))
+                .await?;
+        }
+        let backend = |svc: &str| json!({"service": {"name": svc, "port": {"name": "web"}}});
+        let shop_rule = json!({"host": "shop.test", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": backend("shop")}]}});
+        let ingress = |generation: usize, extra_rules: Vec<Value>| {
+            let mut rules = vec![shop_rule.clone()];
+            rules.extend(extra_rules);
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": "site", "namespace": "default",
+                             "annotations": {"test/generation": generation.to_string()}},
+                "spec": {"rules": rules}})
+        };
+        cluster.apply(&ingress(0, vec![])).await?;
+        let shop: Vec<String> = cluster
+            .wait_ready("shop", 2)
+            .await?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        let blog: Vec<String> = cluster
+            .wait_ready("blog", 1)
+            .await?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        eventually(
+            Duration::from_secs(10),
+            "the Ingress to route shop.test",
+            || async {
+                let (status, text) = KeptConnection::open(80)
+                    .await
+                    .ok()?
+                    .get("shop.test", "/")
+                    .await
+                    .ok()?;
+                (status == 200 && text.starts_with("shop from ")).then_some(())
+            },
+        )
+        .await?;
+
+        // Load on kept and on fresh connections while the Ingress changes under it.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut load = tokio::task::JoinSet::new();
+        for kept in [true, true, true, true, false, false] {
+            load.spawn(shop_load(kept, shop.clone(), stop.clone(), 20_000));
+        }
+        let ingresses = &skiff_api::resource::INGRESSES;
+        for generation in 1..=12 {
+            // Rules come and go for another host and another path, and the TLS list
+            // changes, while shop.test/ keeps its route.
+            let mut extra = Vec::new();
+            if generation % 2 == 1 {
+                extra.push(json!({"host": "blog.test", "http": {"paths": [
+                    {"path": "/", "pathType": "Prefix", "backend": backend("blog")}]}}));
+            }
+            if generation % 3 == 0 {
+                extra.push(json!({"host": "shop.test", "http": {"paths": [
+                    {"path": "/slow", "pathType": "Exact", "backend": backend("blog")}]}}));
+            }
+            let mut object = ingress(generation, extra);
+            if generation % 4 == 0 {
+                object["spec"]["tls"] = json!([{"hosts": ["blog.test"], "secretName": "none"}]);
+            }
+            let current = cluster
+                .client
+                .get(ingresses, Some("default"), "site")
+                .await?;
+            object["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+            cluster
+                .client
+                .replace(ingresses, Some("default"), "site", &object)
+                .await?;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        // The last change (generation 12: no blog.test, shop.test/slow to blog) is
+        // served while the load still runs, so the changes really reached the proxy.
+        let seen = std::sync::Mutex::new(String::new());
+        let routed = eventually(Duration::from_secs(10), "the last change to apply", || async {
+            let mut connection = KeptConnection::open(80).await.ok()?;
+            let (path_status, path_text) = connection.get("shop.test", "/slow?ms=1").await.ok()?;
+            let (host_status, host_text) = connection.get("blog.test", "/").await.ok()?;
+            *seen.lock().unwrap() =
+                format!("shop.test/slow: {path_status} {path_text:?}; blog.test/: {host_status} {host_text:?}");
+            (path_status == 200
+                && blog.iter().any(|p| path_text.trim().ends_with(p.as_str()))
+                && host_status == 404)
+                .then_some(())
+        })
+        .await
+        .with_context(|| format!("last seen: {}", seen.lock().unwrap()));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut counts = Vec::new();
+        while let Some(result) = load.join_next().await {
+            counts.push(result??);
+        }
+        routed?;
+        ensure!(
+            counts.iter().all(|&n| n > 20),
+            "every load loop made progress through the changes: {counts:?}"
+        );
+        Ok(())
+    })
+}

@@ -22,8 +22,9 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use skiff_api::clock::SharedClock;
 use skiff_client::events::{EventType, Recorder};
+use skiff_client::factory::SharedInformerFactory;
 use skiff_client::informer::{ChangeBatcher, Informer};
-use skiff_client::{Client, ListOptions};
+use skiff_client::ListOptions;
 use skiff_runtime::{BoxError, HttpBody};
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -71,13 +72,16 @@ fn current(routes: &SharedRoutes) -> Arc<Routes> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSecretError {
-    #[error("secret {0} does not exist")]
+    #[error("secret {0} does not exist (or is not of type kubernetes.io/tls)")]
     Missing(String),
     #[error("secret {0} has no {1}")]
     MissingKey(String, &'static str),
     #[error("secret {0} holds no usable certificate and key: {1}")]
     Invalid(String, String),
 }
+
+/// The type of the Secrets an Ingress's `tls` entries name.
+pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
 
 /// The certificate chain and key of a `kubernetes.io/tls` Secret.
 pub fn certified_key(secret: &Secret) -> Result<CertifiedKey, TlsSecretError> {
@@ -372,7 +376,7 @@ async fn serve(
 /// taken) is reported and left off; the other still serves.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
-    client: Client,
+    factory: SharedInformerFactory,
     config: IngressConfig,
     router: Arc<ProxyRouter>,
     runtimes: RuntimeRegistry,
@@ -429,27 +433,29 @@ pub async fn run(
         }
     }
     let mut changes = ChangeBatcher::new(REBUILD_DELAY);
-    let ingresses = Informer::<Ingress>::spawn(
-        client.clone(),
+    let ingresses: Arc<Informer<Ingress>> = factory.informer(
         &skiff_api::resource::INGRESSES,
         None,
         ListOptions::default(),
-        changes.handler(),
     );
-    let classes = Informer::<IngressClass>::spawn(
-        client.clone(),
+    let classes: Arc<Informer<IngressClass>> = factory.informer(
         &skiff_api::resource::INGRESS_CLASSES,
         None,
         ListOptions::default(),
-        changes.handler(),
     );
-    let secrets = Informer::<Secret>::spawn(
-        client,
+    // Only TLS Secrets: the proxy has no business holding the cluster's other secrets.
+    let secrets: Arc<Informer<Secret>> = factory.informer(
         &skiff_api::resource::SECRETS,
         None,
-        ListOptions::default(),
-        changes.handler(),
+        ListOptions {
+            field_selector: Some(format!("type={TLS_SECRET_TYPE}")),
+            ..Default::default()
+        },
     );
+    ingresses.add_handler(changes.handler());
+    classes.add_handler(changes.handler());
+    secrets.add_handler(changes.handler());
+    factory.start();
     // (ingress key, secret, problem) already reported, so a rebuild does not repeat it.
     let mut reported: BTreeSet<(String, String)> = BTreeSet::new();
     tokio::pin!(shutdown);

@@ -22,8 +22,9 @@ pub mod table;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use skiff_api::cidr::Ipv4Cidr;
+use skiff_client::factory::SharedInformerFactory;
 use skiff_client::informer::{ChangeBatcher, Informer};
-use skiff_client::{Client, ListOptions};
+use skiff_client::ListOptions;
 use skiff_runtime::net::{owner_id, LocalRoutes};
 use skiff_runtime::{CallerPod, HttpRoute, HttpRouter};
 use std::future::Future;
@@ -104,26 +105,22 @@ impl HttpRouter for ProxyRouter {
 
 /// Runs the proxy until `shutdown`, keeping `router` and the node's rules current.
 pub async fn run(
-    client: Client,
+    factory: SharedInformerFactory,
     config: ProxyConfig,
     router: Arc<ProxyRouter>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let mut changes = ChangeBatcher::new(SYNC_DELAY);
-    let services = Informer::<Service>::spawn(
-        client.clone(),
-        &skiff_api::resource::SERVICES,
-        None,
-        ListOptions::default(),
-        changes.handler(),
-    );
-    let slices = Informer::<EndpointSlice>::spawn(
-        client,
+    let services: Arc<Informer<Service>> =
+        factory.informer(&skiff_api::resource::SERVICES, None, ListOptions::default());
+    let slices: Arc<Informer<EndpointSlice>> = factory.informer(
         &skiff_api::resource::ENDPOINT_SLICES,
         None,
         ListOptions::default(),
-        changes.handler(),
     );
+    services.add_handler(changes.handler());
+    slices.add_handler(changes.handler());
+    factory.start();
     let routes = LocalRoutes::new(owner_id(&config.owner));
     if let Some(cidr) = config.service_cidr {
         // Replaces whatever a killed agent left, then adds the range.
