@@ -9,6 +9,7 @@ use crate::zone::{Lookup, Record, RecordData, RecordType, Snapshot};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, RecordType as WireType};
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -269,31 +270,62 @@ async fn respond(
     }
 }
 
-/// Serves DNS over UDP on `socket` until the task is dropped. Zone answers are sent
-/// from the receive loop; relayed ones from a task each (bounded by the forwarder).
+/// Serves DNS over UDP on `socket` until the task is dropped. Queries are taken in
+/// batches (every one queued, up to [`crate::udp::BATCH`]); zone answers go back from
+/// the receive loop in one batched send, relayed ones from a task each (bounded by the
+/// forwarder).
 pub async fn serve_udp(socket: tokio::net::UdpSocket, zone: SharedZone, forwarder: Arc<Forwarder>) {
+    use std::os::fd::AsRawFd;
+    use tokio::io::Interest;
     let socket = Arc::new(socket);
-    let mut buf = vec![0u8; 4096];
+    let fd = socket.as_raw_fd();
+    let mut batch = crate::udp::Batch::default();
     let mut cache = AnswerCache::default();
+    let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(crate::udp::BATCH);
     loop {
-        let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+        let Ok(received) = socket
+            .async_io(Interest::READABLE, || batch.receive(fd))
+            .await
+        else {
+            // An error queued on the socket (an ICMP answer to an earlier send).
             continue;
         };
-        let packet = &buf[..n];
-        match cache.answer(&current(&zone), packet) {
-            Reply::Answer(bytes) => {
-                let _ = socket.send_to(&bytes, peer).await;
+        let snapshot = current(&zone);
+        replies.clear();
+        for i in 0..received {
+            let (packet, peer) = batch.datagram(i);
+            if packet.is_empty() {
+                continue;
             }
-            Reply::Forward => {
-                let (socket, packet) = (socket.clone(), packet.to_vec());
-                let forwarder = forwarder.clone();
-                tokio::spawn(async move {
-                    if let Some(bytes) = forwarder.resolve(&packet, false).await {
-                        let _ = socket.send_to(&bytes, peer).await;
+            match cache.answer(&snapshot, packet) {
+                Reply::Answer(bytes) => replies.push((bytes, peer)),
+                Reply::Forward => {
+                    let (socket, packet) = (socket.clone(), packet.to_vec());
+                    let forwarder = forwarder.clone();
+                    tokio::spawn(async move {
+                        if let Some(bytes) = forwarder.resolve(&packet, false).await {
+                            let _ = socket.send_to(&bytes, peer).await;
+                        }
+                    });
+                }
+                Reply::Drop => {}
+            }
+        }
+        let mut sent = 0;
+        while sent < replies.len() {
+            match socket.try_io(Interest::WRITABLE, || {
+                crate::udp::Batch::send(fd, &replies[sent..])
+            }) {
+                Ok(n) => sent += n.max(1),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if socket.writable().await.is_err() {
+                        break;
                     }
-                });
+                }
+                // This answer cannot go (its asker's address is unreachable): the
+                // rest still can.
+                Err(_) => sent += 1,
             }
-            Reply::Drop => {}
         }
     }
 }
