@@ -163,6 +163,7 @@ struct Proxy {
     routes: SharedRoutes,
     router: Arc<ProxyRouter>,
     runtimes: RuntimeRegistry,
+    upstreams: Upstreams,
 }
 
 fn text_response(status: u16, text: &str) -> http::Response<HttpBody> {
@@ -224,7 +225,7 @@ impl Proxy {
             .find_map(|b| b.runtime.local_http(endpoint));
         match local {
             Some(server) => server.call(request).await,
-            None => match send_over_tcp(endpoint, request).await {
+            None => match send_upstream(&self.upstreams, endpoint, request).await {
                 Ok(response) => response,
                 Err(reason) => text_response(502, &format!("{namespace}/{name}: {reason}")),
             },
@@ -291,25 +292,45 @@ where
     http::Request::from_parts(parts, body.map_err(Into::into).boxed_unsync())
 }
 
-/// One request over a new connection to `endpoint` (a pod of another backend or node).
-async fn send_over_tcp(
+/// Pooled HTTP/1.1 connections to endpoints that are not served in-process (pods of
+/// another backend or node): hyper's pooling client, so a busy route reuses kept-alive
+/// connections instead of connecting per request.
+type Upstreams = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    HttpBody,
+>;
+
+/// Idle upstream connections kept per endpoint, and for how long.
+const UPSTREAM_IDLE_PER_ENDPOINT: usize = 64;
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn upstreams() -> Upstreams {
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(UPSTREAM_IDLE_PER_ENDPOINT)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build(connector)
+}
+
+/// One request to `endpoint` over a pooled connection.
+async fn send_upstream(
+    upstreams: &Upstreams,
     endpoint: SocketAddr,
-    request: http::Request<HttpBody>,
+    mut request: http::Request<HttpBody>,
 ) -> Result<http::Response<HttpBody>, String> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(endpoint))
-        .await
-        .map_err(|_| format!("{endpoint} did not accept in time"))?
-        .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("{endpoint}: {e}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let response = sender
-        .send_request(request)
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    *request.uri_mut() = format!("http://{endpoint}{path}")
+        .parse()
+        .map_err(|e| format!("{endpoint}: {e}"))?;
+    let response = upstreams
+        .request(request)
         .await
         .map_err(|e| format!("{endpoint}: {e}"))?;
     Ok(response.map(|body| body.map_err(BoxError::from).boxed_unsync()))
@@ -389,6 +410,7 @@ pub async fn run(
         routes: routes.clone(),
         router,
         runtimes,
+        upstreams: upstreams(),
     });
     let mut servers = tokio::task::JoinSet::new();
     if let Some(address) = config.http {
@@ -531,6 +553,74 @@ fn names_secret(ingress: &Ingress, secret: &SecretRef) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A plain HTTP/1.1 server answering with the request's path and the number of its
+    /// connection; returns its address and how many connections it accepted.
+    async fn counting_server() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: http::Request<hyper::body::Incoming>| async move {
+                            let host = request
+                                .headers()
+                                .get(http::header::HOST)
+                                .and_then(|h| h.to_str().ok())
+                                .unwrap_or_default()
+                                .to_string();
+                            let text = format!("{} {host} on connection {n}", request.uri());
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(text)),
+                            ))
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (address, accepted)
+    }
+
+    #[tokio::test]
+    async fn requests_to_other_endpoints_reuse_pooled_connections() {
+        let (endpoint, accepted) = counting_server().await;
+        let upstreams = upstreams();
+        for path in ["/a?x=1", "/b", "/c"] {
+            let request = http::Request::get(path)
+                .header(http::header::HOST, "shop.test")
+                .body(
+                    http_body_util::Empty::<bytes::Bytes>::new()
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                )
+                .unwrap();
+            let response = send_upstream(&upstreams, endpoint, request).await.unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            // The backend sees the path (origin form) and the client's Host.
+            assert_eq!(body, format!("{path} shop.test on connection 1").as_bytes());
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // An endpoint that refuses: an error to answer 502 with, not a panic.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone = closed.local_addr().unwrap();
+        drop(closed);
+        let request = http::Request::get("/")
+            .body(
+                http_body_util::Empty::<bytes::Bytes>::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .unwrap();
+        let error = send_upstream(&upstreams, gone, request).await.unwrap_err();
+        assert!(error.contains(&gone.to_string()), "{error}");
+    }
 
     fn tls_secret(crt: &str, key: &str) -> Secret {
         serde_json::from_value(serde_json::json!({
