@@ -37,6 +37,10 @@ use table::{Backend, IngressTable, PortRef, SecretRef};
 pub const REBUILD_DELAY: Duration = Duration::from_millis(50);
 /// Longest an endpoint may take to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most a request's head may take (hyper's read buffer).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Headers that describe one hop, not the request (RFC 9110 §7.6.1).
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -164,6 +168,10 @@ struct Proxy {
     router: Arc<ProxyRouter>,
     runtimes: RuntimeRegistry,
     upstreams: Upstreams,
+    /// Where connections are served: the default backend's serving threads when it has
+    /// them (wasm endpoints are called in-process, so requests then cross no thread
+    /// pool), else the agent's.
+    connections: Option<tokio::runtime::Handle>,
 }
 
 fn text_response(status: u16, text: &str) -> http::Response<HttpBody> {
@@ -363,7 +371,8 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let (proxy, tls) = (proxy.clone(), tls.clone());
-        tokio::spawn(async move {
+        let connections = proxy.connections.clone();
+        let connection = async move {
             let scheme = if tls.is_some() { "https" } else { "http" };
             let service = hyper::service::service_fn(move |request| {
                 let proxy = proxy.clone();
@@ -371,7 +380,13 @@ async fn serve(
                     Ok::<_, std::convert::Infallible>(proxy.handle(request, client, scheme).await)
                 }
             });
-            let builder = hyper::server::conn::http1::Builder::new();
+            // A client that never finishes its headers is cut after HEADER_READ_TIMEOUT
+            // and heads are bounded, so idle or slow clients cannot pile up.
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES);
             match tls {
                 Some(acceptor) => {
                     let accepted =
@@ -389,7 +404,11 @@ async fn serve(
                         .await;
                 }
             }
-        });
+        };
+        match connections {
+            Some(executor) => drop(executor.spawn(connection)),
+            None => drop(tokio::spawn(connection)),
+        }
     }
 }
 
@@ -406,11 +425,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let routes: SharedRoutes = Arc::default();
+    let connections = runtimes.default_backend().runtime.serving_executor();
     let proxy = Arc::new(Proxy {
         routes: routes.clone(),
         router,
         runtimes,
         upstreams: upstreams(),
+        connections,
     });
     let mut servers = tokio::task::JoinSet::new();
     if let Some(address) = config.http {

@@ -824,6 +824,10 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
         Some(Arc::new(serve::LocalServer(server)))
     }
 
+    fn serving_executor(&self) -> Option<tokio::runtime::Handle> {
+        self.inner.guests.as_ref().map(|g| g.handle().clone())
+    }
+
     /// Until it is set, no name resolves.
     fn set_name_resolver(&self, resolver: Arc<dyn crate::NameResolver>) {
         self.inner.egress.set_resolver(resolver);
