@@ -6,7 +6,7 @@
 //! default) over interleaved rounds; medians of req/s and p50/p99 and the ratio to nginx
 //! are printed, and the pod's IP served directly as a reference.
 
-use crate::cluster::{self, free_port, Started};
+use crate::cluster::{self, free_port};
 use crate::http::{hello_component, median, pod_ips, serving_cluster, wait_answer, wrk, Run};
 use anyhow::{ensure, Context, Result};
 use serde_json::json;
@@ -54,7 +54,32 @@ fn nginx_config(dir: &Path, port: u16, upstream: &str) -> String {
     )
 }
 
-fn start_nginx(dir: &Path, port: u16, upstream: &str) -> Result<Started> {
+/// The nginx master the benchmark started. Stopped with SIGTERM (nginx's fast
+/// shutdown: the master stops its workers, then exits), SIGKILL only if it has not
+/// exited within 5 s; a SIGKILLed master would leave its workers behind.
+struct Nginx(std::process::Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_nginx(dir: &Path, port: u16, upstream: &str) -> Result<Nginx> {
     let config = dir.join("nginx.conf");
     std::fs::write(&config, nginx_config(dir, port, upstream))?;
     let child = std::process::Command::new("nginx")
@@ -69,7 +94,7 @@ fn start_nginx(dir: &Path, port: u16, upstream: &str) -> Result<Started> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .context("cannot start nginx (Debian package nginx)")?;
-    Ok(Started(child))
+    Ok(Nginx(child))
 }
 
 pub async fn run(args: IngressArgs) -> Result<()> {

@@ -168,10 +168,6 @@ struct Proxy {
     router: Arc<ProxyRouter>,
     runtimes: RuntimeRegistry,
     upstreams: Upstreams,
-    /// Where connections are served: the default backend's serving threads when it has
-    /// them (wasm endpoints are called in-process, so requests then cross no thread
-    /// pool), else the agent's.
-    connections: Option<tokio::runtime::Handle>,
 }
 
 fn text_response(status: u16, text: &str) -> http::Response<HttpBody> {
@@ -345,7 +341,8 @@ async fn send_upstream(
 }
 
 /// A listener for the proxy, reusable by the other agents of one host.
-fn listen(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+/// A std listener: it joins the reactor of the runtime [`serve`] runs on.
+fn listen(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(address),
         socket2::Type::STREAM,
@@ -356,14 +353,24 @@ fn listen(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(1024)?;
-    tokio::net::TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
+/// Accepts and serves connections on the runtime it is spawned on: the listener and
+/// every accepted socket register with that runtime's reactor, so readiness wakes the
+/// connection on its own threads.
 async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: std::net::TcpListener,
     proxy: Arc<Proxy>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::warn!(error = %e, "the Ingress listener cannot be served");
+            return;
+        }
+    };
     loop {
         let Ok((stream, client)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -371,8 +378,7 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let (proxy, tls) = (proxy.clone(), tls.clone());
-        let connections = proxy.connections.clone();
-        let connection = async move {
+        tokio::spawn(async move {
             let scheme = if tls.is_some() { "https" } else { "http" };
             let service = hyper::service::service_fn(move |request| {
                 let proxy = proxy.clone();
@@ -404,11 +410,7 @@ async fn serve(
                         .await;
                 }
             }
-        };
-        match connections {
-            Some(executor) => drop(executor.spawn(connection)),
-            None => drop(tokio::spawn(connection)),
-        }
+        });
     }
 }
 
@@ -425,19 +427,25 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let routes: SharedRoutes = Arc::default();
-    let connections = runtimes.default_backend().runtime.serving_executor();
+    // The proxy serves on the default backend's serving threads when it has them:
+    // wasm endpoints are called in-process there, so a request, its socket's readiness
+    // and its response then cross no thread pool. Else on the agent's.
+    let executor = runtimes
+        .default_backend()
+        .runtime
+        .serving_executor()
+        .unwrap_or_else(tokio::runtime::Handle::current);
     let proxy = Arc::new(Proxy {
         routes: routes.clone(),
         router,
         runtimes,
         upstreams: upstreams(),
-        connections,
     });
     let mut servers = tokio::task::JoinSet::new();
     if let Some(address) = config.http {
         match listen(address) {
             Ok(listener) => {
-                servers.spawn(serve(listener, proxy.clone(), None));
+                servers.spawn_on(serve(listener, proxy.clone(), None), &executor);
             }
             Err(e) => tracing::warn!(%address, error = %e, "the Ingress HTTP listener is off"),
         }
@@ -464,7 +472,7 @@ pub async fn run(
         match (acceptor, listen(address)) {
             (Ok(Ok(tls)), Ok(listener)) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-                servers.spawn(serve(listener, proxy.clone(), Some(acceptor)));
+                servers.spawn_on(serve(listener, proxy.clone(), Some(acceptor)), &executor);
             }
             (Err(e), _) => {
                 tracing::warn!(error = %e, "no default certificate: the Ingress HTTPS listener is off")
