@@ -642,4 +642,131 @@ mod socket_tests {
             server.abort();
         }
     }
+
+    /// Hostile UDP datagrams of every kind the bad-input list names, many times over.
+    fn hostile_datagrams() -> Vec<Vec<u8>> {
+        let mut huge_edns = Message::query();
+        huge_edns.add_query(Query::query(
+            Name::from_ascii("many.demo.svc.cluster.local.").unwrap(),
+            WireType::A,
+        ));
+        let mut edns = Edns::new();
+        edns.set_max_payload(65_535);
+        huge_edns.set_edns(edns);
+        let mut odd = Message::query();
+        // The longest label, bytes that are not letters, and a dot inside a label.
+        odd.add_query(Query::query(
+            Name::from_labels(vec![
+                vec![b'x'; 63],
+                vec![0u8, 0xff, b'.', b' '],
+                b"svc".to_vec(),
+                b"cluster".to_vec(),
+                b"local".to_vec(),
+            ])
+            .unwrap(),
+            WireType::A,
+        ));
+        // A question whose name points at itself (a compression loop).
+        let mut looped = vec![0x43, 0x21, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        looped.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+        vec![
+            vec![],
+            vec![0xff],
+            vec![0xab; 11],
+            vec![0x5a; 4096],
+            vec![0x01; 9000],
+            looped,
+            huge_edns.to_vec().unwrap(),
+            odd.to_vec().unwrap(),
+            // A response, not a query.
+            {
+                let mut reply = query("many.demo.svc.cluster.local.");
+                reply[2] |= 0x80;
+                reply
+            },
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_storm_of_hostile_input_leaves_both_transports_answering() {
+        let zone = big_zone();
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (udp_addr, tcp_addr) = (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
+        let forwarder = Arc::new(Forwarder::new(vec![]));
+        let servers = [
+            tokio::spawn(serve_udp(udp, zone.clone(), forwarder.clone())),
+            tokio::spawn(serve_tcp(tcp, zone.clone(), forwarder)),
+        ];
+        // 20 rounds of every hostile datagram, from one socket that never reads.
+        let storm = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..20 {
+            for datagram in hostile_datagrams() {
+                let _ = storm.send_to(&datagram, udp_addr);
+            }
+        }
+        // TCP frames cut short: a length with nothing after it, half a message, a
+        // length beyond what follows, and a connection closed mid-length.
+        for frame in [vec![0xff, 0xff], vec![0x00, 0x40, 1, 2, 3], vec![0x00], {
+            let packet = query("many.demo.svc.cluster.local.");
+            let mut frame = (packet.len() as u16 + 10).to_be_bytes().to_vec();
+            frame.extend_from_slice(&packet);
+            frame
+        }] {
+            let mut stream = tokio::net::TcpStream::connect(tcp_addr).await.unwrap();
+            stream.write_all(&frame).await.unwrap();
+            drop(stream);
+        }
+        // Both transports still answer a good query, with the right records.
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut good = Message::query();
+        good.add_query(Query::query(
+            Name::from_ascii("many.demo.svc.cluster.local.").unwrap(),
+            WireType::A,
+        ));
+        let mut edns = Edns::new();
+        edns.set_max_payload(4096);
+        good.set_edns(edns);
+        client
+            .send_to(&good.to_vec().unwrap(), udp_addr)
+            .await
+            .unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let reply = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(
+            (reply.metadata.response_code, reply.answers.len()),
+            (ResponseCode::NoError, 60)
+        );
+        let mut stream = tokio::net::TcpStream::connect(tcp_addr).await.unwrap();
+        let packet = query("many.demo.svc.cluster.local.");
+        stream
+            .write_all(&(packet.len() as u16).to_be_bytes())
+            .await
+            .unwrap();
+        stream.write_all(&packet).await.unwrap();
+        let mut len = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut len))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut answer).await.unwrap();
+        assert_eq!(Message::from_vec(&answer).unwrap().answers.len(), 60);
+        // The storm's own socket got FORMERRs and answers back, never anything that
+        // fails to parse.
+        storm.set_nonblocking(true).unwrap();
+        let mut replies = 0;
+        while let Ok(n) = storm.recv(&mut buf) {
+            Message::from_vec(&buf[..n]).expect("every reply parses");
+            replies += 1;
+        }
+        assert!(replies > 0, "the storm got replies");
+        for server in servers {
+            server.abort();
+        }
+    }
 }
