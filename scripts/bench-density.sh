@@ -5,10 +5,7 @@
 # measured in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-bash scripts/build-examples.sh
-cargo build --release --bins
-target="${CARGO_TARGET_DIR:-target}"
+source scripts/bench-prelude.sh
 source scripts/containerd-peer.sh
 "$target/release/skiff-bench" density --examples "$target/wasm-examples" \
   --ctr-socket "$PEER_SOCKET" --ctr-image "$PEER_IMAGE" --ctr-daemon-pid "$peer_containerd_pid" "$@"

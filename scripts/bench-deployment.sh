@@ -3,8 +3,5 @@
 # available and time for a rolling update, with the pods/s the controllers achieved.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh --bench
-bash scripts/build-examples.sh
-cargo build --release --bins
-target="${CARGO_TARGET_DIR:-target}"
+source scripts/bench-prelude.sh
 exec "$target/release/skiff-bench" deployment --examples "$target/wasm-examples" "$@"

@@ -5,7 +5,5 @@
 # Service's creation to its name answering.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh --bench
-cargo build --release --bins
-target="${CARGO_TARGET_DIR:-target}"
+source scripts/bench-prelude.sh
 "$target/release/skiff-bench" dns "$@"

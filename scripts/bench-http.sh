@@ -5,10 +5,7 @@
 # (~35 min on 2 cores the first time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh --bench
-bash scripts/build-examples.sh
-cargo build --release --bins
-target="${CARGO_TARGET_DIR:-target}"
+source scripts/bench-prelude.sh
 cache="${SKIFF_BENCH_CACHE:-/var/tmp/skiff-bench-cache}"
 wasmtime="$cache/wasmtime-48.0.8/bin/wasmtime"
 if [ ! -x "$wasmtime" ]; then

@@ -4,8 +4,5 @@
 # IP with upstream keep-alive, same run; the pod IP served directly as a reference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh --bench
-bash scripts/build-examples.sh
-cargo build --release --bins
-target="${CARGO_TARGET_DIR:-target}"
+source scripts/bench-prelude.sh
 "$target/release/skiff-bench" ingress --examples "$target/wasm-examples" "$@"

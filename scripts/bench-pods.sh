@@ -4,10 +4,7 @@
 # image on containerd + runc started here, in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh --bench
-bash scripts/build-examples.sh
-cargo build --release --bins
-target="${CARGO_TARGET_DIR:-target}"
+source scripts/bench-prelude.sh
 source scripts/containerd-peer.sh
 "$target/release/skiff-bench" pods --ctr-socket "$PEER_SOCKET" --ctr-image "$PEER_IMAGE" \
   --examples "$target/wasm-examples" "$@"

@@ -3,6 +3,5 @@
 # running `skiff control`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh --bench
-cargo build --release --bins
-exec "${CARGO_TARGET_DIR:-target}/release/skiff-bench" scheduler "$@"
+source scripts/bench-prelude.sh
+exec "$target/release/skiff-bench" scheduler "$@"

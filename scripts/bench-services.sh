@@ -4,8 +4,5 @@
 # rolled under steady load through its ClusterIP (failed requests: target 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh --bench
-bash scripts/build-examples.sh
-cargo build --release --bins
-target="${CARGO_TARGET_DIR:-target}"
+source scripts/bench-prelude.sh
 "$target/release/skiff-bench" services --examples "$target/wasm-examples" "$@"

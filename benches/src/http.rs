@@ -214,6 +214,46 @@ pub async fn cluster_ip(client: &skiff_client::Client, service: &str) -> Result<
         .context("no clusterIP")
 }
 
+/// Prints, per concurrency and target, the median req/s, p50 and p99 of `runs` (keyed
+/// by concurrency and index into `names`) and their ratios to the target at `peer`.
+pub fn print_medians(
+    names: &[&str],
+    concurrency: &[u32],
+    runs: &BTreeMap<(u32, usize), Vec<Run>>,
+    peer: usize,
+    peer_name: &str,
+) {
+    let vs_rps = format!("req/s vs {peer_name}");
+    let vs_p99 = format!("p99 vs {peer_name}");
+    println!(
+        "  {:<4} {:<16} {:>10} {:>10} {:>10} {vs_rps:>16} {vs_p99:>14}",
+        "c", "target", "req/s", "p50", "p99"
+    );
+    let medians = |samples: &[Run]| {
+        (
+            median(samples.iter().map(|r| r.rps).collect()),
+            median(samples.iter().map(|r| r.p50.as_secs_f64()).collect()),
+            median(samples.iter().map(|r| r.p99.as_secs_f64()).collect()),
+        )
+    };
+    for &c in concurrency {
+        let (peer_rps, _, peer_p99) = runs.get(&(c, peer)).map_or((0.0, 0.0, 0.0), |r| medians(r));
+        for (i, name) in names.iter().enumerate() {
+            let Some(samples) = runs.get(&(c, i)) else {
+                continue;
+            };
+            let (rps, p50, p99) = medians(samples);
+            println!(
+                "  {c:<4} {name:<16} {rps:>10.0} {:>8.2}ms {:>8.2}ms {:>15.2}x {:>13.2}x",
+                p50 * 1e3,
+                p99 * 1e3,
+                rps / peer_rps.max(f64::MIN_POSITIVE),
+                p99 / peer_p99.max(f64::MIN_POSITIVE)
+            );
+        }
+    }
+}
+
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or_default()
@@ -281,25 +321,8 @@ pub async fn run(args: HttpArgs) -> Result<()> {
             }
         }
     }
-    println!(
-        "  {:<4} {:<16} {:>10} {:>10} {:>10} {:>14}",
-        "c", "server", "req/s", "p50", "p99", "vs serve"
-    );
-    for &c in &args.concurrency {
-        let serve_rps = median(runs[&(c, 2)].iter().map(|r| r.rps).collect());
-        for (i, (name, _)) in targets.iter().enumerate() {
-            let samples = &runs[&(c, i)];
-            let rps = median(samples.iter().map(|r| r.rps).collect());
-            let p50 = median(samples.iter().map(|r| r.p50.as_secs_f64()).collect());
-            let p99 = median(samples.iter().map(|r| r.p99.as_secs_f64()).collect());
-            println!(
-                "  {c:<4} {name:<16} {rps:>10.0} {:>8.2}ms {:>8.2}ms {:>13.2}x",
-                p50 * 1e3,
-                p99 * 1e3,
-                rps / serve_rps
-            );
-        }
-    }
+    let names: Vec<&str> = targets.iter().map(|(name, _)| *name).collect();
+    print_medians(&names, &args.concurrency, &runs, 2, "serve");
     println!("  targets: pod IP >= 1.2x wasmtime serve, ClusterIP >= 0.8x");
     Ok(())
 }

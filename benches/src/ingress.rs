@@ -7,7 +7,9 @@
 //! are printed, and the pod's IP served directly as a reference.
 
 use crate::cluster::{self, free_port};
-use crate::http::{hello_component, median, pod_ips, serving_cluster, wait_answer, wrk, Run};
+use crate::http::{
+    hello_component, pod_ips, print_medians, serving_cluster, wait_answer, wrk, Run,
+};
 use anyhow::{ensure, Context, Result};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -158,28 +160,8 @@ pub async fn run(args: IngressArgs) -> Result<()> {
             }
         }
     }
-    println!(
-        "  {:<4} {:<16} {:>10} {:>10} {:>10} {:>15} {:>13}",
-        "c", "path", "req/s", "p50", "p99", "req/s vs nginx", "p99 vs nginx"
-    );
-    for &c in &args.concurrency {
-        let nginx = &runs[&(c, 1)];
-        let nginx_rps = median(nginx.iter().map(|r| r.rps).collect());
-        let nginx_p99 = median(nginx.iter().map(|r| r.p99.as_secs_f64()).collect());
-        for (i, (name, _, _)) in targets.iter().enumerate() {
-            let samples = &runs[&(c, i)];
-            let rps = median(samples.iter().map(|r| r.rps).collect());
-            let p50 = median(samples.iter().map(|r| r.p50.as_secs_f64()).collect());
-            let p99 = median(samples.iter().map(|r| r.p99.as_secs_f64()).collect());
-            println!(
-                "  {c:<4} {name:<16} {rps:>10.0} {:>8.2}ms {:>8.2}ms {:>14.2}x {:>12.2}x",
-                p50 * 1e3,
-                p99 * 1e3,
-                rps / nginx_rps,
-                p99 / nginx_p99.max(f64::MIN_POSITIVE)
-            );
-        }
-    }
+    let names: Vec<&str> = targets.iter().map(|(name, _, _)| *name).collect();
+    print_medians(&names, &args.concurrency, &runs, 1, "nginx");
     println!("  target: skiff Ingress >= 1.0x nginx req/s at c=64");
     Ok(())
 }

@@ -579,65 +579,72 @@ mod socket_tests {
         message.to_vec().unwrap()
     }
 
-    #[tokio::test]
-    async fn udp_truncates_and_tcp_carries_the_whole_answer() {
-        let zone = big_zone();
+    /// UDP and TCP servers of `zone` on loopback (no upstreams): their addresses and
+    /// tasks.
+    async fn start(
+        zone: &SharedZone,
+    ) -> (SocketAddr, SocketAddr, [tokio::task::JoinHandle<()>; 2]) {
         let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (udp_addr, tcp_addr) = (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
+        let forwarder = Arc::new(Forwarder::new(vec![]));
         let servers = [
-            tokio::spawn(serve_udp(
-                udp,
-                zone.clone(),
-                Arc::new(Forwarder::new(vec![])),
-            )),
-            tokio::spawn(serve_tcp(
-                tcp,
-                zone.clone(),
-                Arc::new(Forwarder::new(vec![])),
-            )),
+            tokio::spawn(serve_udp(udp, zone.clone(), forwarder.clone())),
+            tokio::spawn(serve_tcp(tcp, zone.clone(), forwarder)),
         ];
-        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        client
-            .send_to(&query("many.demo.svc.cluster.local."), udp_addr)
-            .await
-            .unwrap();
+        (udp_addr, tcp_addr, servers)
+    }
+
+    /// Sends `packet` from `client` and reads the reply (within 5 s): its size and it.
+    async fn ask_udp(
+        client: &tokio::net::UdpSocket,
+        server: SocketAddr,
+        packet: &[u8],
+    ) -> (usize, Message) {
+        client.send_to(packet, server).await.unwrap();
         let mut buf = vec![0u8; 4096];
         let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
             .await
             .unwrap()
             .unwrap();
-        let truncated = Message::from_vec(&buf[..n]).unwrap();
+        (n, Message::from_vec(&buf[..n]).unwrap())
+    }
+
+    /// One query over a new TCP connection (within 5 s).
+    async fn ask_tcp(server: SocketAddr, packet: &[u8]) -> Message {
+        let mut stream = tokio::net::TcpStream::connect(server).await.unwrap();
+        stream
+            .write_all(&(packet.len() as u16).to_be_bytes())
+            .await
+            .unwrap();
+        stream.write_all(packet).await.unwrap();
+        let mut len = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut len))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut answer).await.unwrap();
+        Message::from_vec(&answer).unwrap()
+    }
+
+    #[tokio::test]
+    async fn udp_truncates_and_tcp_carries_the_whole_answer() {
+        let zone = big_zone();
+        let (udp_addr, tcp_addr, servers) = start(&zone).await;
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (n, truncated) =
+            ask_udp(&client, udp_addr, &query("many.demo.svc.cluster.local.")).await;
         assert!(
             n <= 512 && truncated.metadata.truncation,
             "{n} bytes, TC {}",
             truncated.metadata.truncation
         );
-        let mut stream = tokio::net::TcpStream::connect(tcp_addr).await.unwrap();
-        let packet = query("many.demo.svc.cluster.local.");
-        stream
-            .write_all(&(packet.len() as u16).to_be_bytes())
-            .await
-            .unwrap();
-        stream.write_all(&packet).await.unwrap();
-        let mut len = [0u8; 2];
-        stream.read_exact(&mut len).await.unwrap();
-        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        stream.read_exact(&mut answer).await.unwrap();
-        assert_eq!(Message::from_vec(&answer).unwrap().answers.len(), 60);
+        let whole = ask_tcp(tcp_addr, &query("many.demo.svc.cluster.local.")).await;
+        assert_eq!(whole.answers.len(), 60);
         // A name outside the zone with no upstream: SERVFAIL, not silence.
-        client
-            .send_to(&query("example.com."), udp_addr)
-            .await
-            .unwrap();
-        let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            Message::from_vec(&buf[..n]).unwrap().metadata.response_code,
-            ResponseCode::ServFail
-        );
+        let (_, failed) = ask_udp(&client, udp_addr, &query("example.com.")).await;
+        assert_eq!(failed.metadata.response_code, ResponseCode::ServFail);
         for server in servers {
             server.abort();
         }
@@ -690,14 +697,7 @@ mod socket_tests {
     #[tokio::test]
     async fn a_storm_of_hostile_input_leaves_both_transports_answering() {
         let zone = big_zone();
-        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (udp_addr, tcp_addr) = (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
-        let forwarder = Arc::new(Forwarder::new(vec![]));
-        let servers = [
-            tokio::spawn(serve_udp(udp, zone.clone(), forwarder.clone())),
-            tokio::spawn(serve_tcp(tcp, zone.clone(), forwarder)),
-        ];
+        let (udp_addr, tcp_addr, servers) = start(&zone).await;
         // 20 rounds of every hostile datagram, from one socket that never reads.
         let storm = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         for _ in 0..20 {
@@ -719,7 +719,6 @@ mod socket_tests {
         }
         // Both transports still answer a good query, with the right records.
         let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let mut buf = vec![0u8; 4096];
         let mut good = Message::query();
         good.add_query(Query::query(
             Name::from_ascii("many.demo.svc.cluster.local.").unwrap(),
@@ -728,37 +727,17 @@ mod socket_tests {
         let mut edns = Edns::new();
         edns.set_max_payload(4096);
         good.set_edns(edns);
-        client
-            .send_to(&good.to_vec().unwrap(), udp_addr)
-            .await
-            .unwrap();
-        let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        let reply = Message::from_vec(&buf[..n]).unwrap();
+        let (_, reply) = ask_udp(&client, udp_addr, &good.to_vec().unwrap()).await;
         assert_eq!(
             (reply.metadata.response_code, reply.answers.len()),
             (ResponseCode::NoError, 60)
         );
-        let mut stream = tokio::net::TcpStream::connect(tcp_addr).await.unwrap();
-        let packet = query("many.demo.svc.cluster.local.");
-        stream
-            .write_all(&(packet.len() as u16).to_be_bytes())
-            .await
-            .unwrap();
-        stream.write_all(&packet).await.unwrap();
-        let mut len = [0u8; 2];
-        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut len))
-            .await
-            .unwrap()
-            .unwrap();
-        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        stream.read_exact(&mut answer).await.unwrap();
-        assert_eq!(Message::from_vec(&answer).unwrap().answers.len(), 60);
+        let whole = ask_tcp(tcp_addr, &query("many.demo.svc.cluster.local.")).await;
+        assert_eq!(whole.answers.len(), 60);
         // The storm's own socket got FORMERRs and answers back, never anything that
         // fails to parse.
         storm.set_nonblocking(true).unwrap();
+        let mut buf = vec![0u8; 4096];
         let mut replies = 0;
         while let Ok(n) = storm.recv(&mut buf) {
             Message::from_vec(&buf[..n]).expect("every reply parses");

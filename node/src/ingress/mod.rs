@@ -617,19 +617,24 @@ mod tests {
         (address, accepted)
     }
 
+    /// A GET of `path` with no body, for `host` if given.
+    fn get(path: &str, host: Option<&str>) -> http::Request<HttpBody> {
+        let mut request = http::Request::get(path);
+        if let Some(host) = host {
+            request = request.header(http::header::HOST, host);
+        }
+        let empty = http_body_util::Empty::<bytes::Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        request.body(empty).unwrap()
+    }
+
     #[tokio::test]
     async fn requests_to_other_endpoints_reuse_pooled_connections() {
         let (endpoint, accepted) = counting_server().await;
         let upstreams = upstreams();
         for path in ["/a?x=1", "/b", "/c"] {
-            let request = http::Request::get(path)
-                .header(http::header::HOST, "shop.test")
-                .body(
-                    http_body_util::Empty::<bytes::Bytes>::new()
-                        .map_err(|never| match never {})
-                        .boxed_unsync(),
-                )
-                .unwrap();
+            let request = get(path, Some("shop.test"));
             let response = send_upstream(&upstreams, endpoint, request).await.unwrap();
             let body = response.into_body().collect().await.unwrap().to_bytes();
             // The backend sees the path (origin form) and the client's Host.
@@ -640,13 +645,7 @@ mod tests {
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gone = closed.local_addr().unwrap();
         drop(closed);
-        let request = http::Request::get("/")
-            .body(
-                http_body_util::Empty::<bytes::Bytes>::new()
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
-            )
-            .unwrap();
+        let request = get("/", None);
         let error = send_upstream(&upstreams, gone, request).await.unwrap_err();
         assert!(error.contains(&gone.to_string()), "{error}");
     }
