@@ -204,6 +204,18 @@ pub async fn pod_ips(client: &skiff_client::Client, app: &str) -> Result<Vec<Str
         .collect())
 }
 
+/// The address of `app`'s first Running pod, waited for up to 60 s.
+pub async fn first_pod_ip(client: &skiff_client::Client, app: &str) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(ip) = pod_ips(client, app).await?.into_iter().next() {
+            return Ok(ip);
+        }
+        ensure!(Instant::now() < deadline, "no {app} pod started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn cluster_ip(client: &skiff_client::Client, service: &str) -> Result<String> {
     let svc = client
         .get(&skiff_api::resource::SERVICES, Some("default"), service)
@@ -276,14 +288,7 @@ pub async fn run(args: HttpArgs) -> Result<()> {
     let (component, image) = hello_component(&args.examples)?;
     let dir = tempfile::tempdir()?;
     let (_up, client) = serving_cluster(&skiff, dir.path(), &image, 1).await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let pod_ip = loop {
-        if let Some(ip) = pod_ips(&client, "hello").await?.into_iter().next() {
-            break ip;
-        }
-        ensure!(Instant::now() < deadline, "the hello pod did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let pod_ip = first_pod_ip(&client, "hello").await?;
     let vip = cluster_ip(&client, "hello").await?;
     let serve_port = free_port()?;
     let _serve = spawn(

@@ -8,9 +8,9 @@
 
 use crate::cluster::{self, free_port};
 use crate::http::{
-    hello_component, pod_ips, print_medians, serving_cluster, wait_answer, wrk, Run,
+    first_pod_ip, hello_component, print_medians, serving_cluster, wait_answer, wrk, Run,
 };
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -113,14 +113,7 @@ pub async fn run(args: IngressArgs) -> Result<()> {
     client
         .create(&skiff_api::resource::INGRESSES, Some("default"), &ingress)
         .await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let pod_ip = loop {
-        if let Some(ip) = pod_ips(&client, "hello").await?.into_iter().next() {
-            break ip;
-        }
-        ensure!(Instant::now() < deadline, "the hello pod did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let pod_ip = first_pod_ip(&client, "hello").await?;
     let nginx_dir = dir.path().join("nginx");
     std::fs::create_dir_all(&nginx_dir)?;
     let nginx_port = free_port()?;
