@@ -44,6 +44,9 @@ struct Perf {
     qps: f64,
     avg_latency_ms: f64,
     lost_percent: f64,
+    completed: f64,
+    /// CPU time the server process spent per answered query, in microseconds.
+    server_cpu_us: f64,
 }
 
 fn parse_dnsperf(output: &str) -> Result<Perf> {
@@ -72,7 +75,50 @@ fn parse_dnsperf(output: &str) -> Result<Perf> {
         qps: number("Queries per second")?,
         avg_latency_ms: number("Average Latency (s)")? * 1000.0,
         lost_percent: lost,
+        completed: number("Queries completed")?,
+        server_cpu_us: 0.0,
     })
+}
+
+/// User plus system CPU seconds `pid` has used (all its threads), from /proc.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("/proc stat format")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields.get(i).context("/proc stat field")?.parse::<f64>()?)
+    };
+    Ok((ticks(11)? + ticks(12)?) / clock_ticks_per_second())
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// dnsperf against `server` (served by process `pid`), with the server's CPU time per
+/// answered query.
+fn measure(
+    server: &str,
+    pid: u32,
+    queries: &Path,
+    args: &DnsArgs,
+    cpu: Option<&str>,
+) -> Result<Perf> {
+    let before = cpu_seconds(pid)?;
+    let mut perf = dnsperf(server, queries, args, cpu)?;
+    let used = cpu_seconds(pid)? - before;
+    perf.server_cpu_us = used * 1e6 / perf.completed.max(1.0);
+    Ok(perf)
 }
 
 fn dnsperf(server: &str, queries: &Path, args: &DnsArgs, cpu: Option<&str>) -> Result<Perf> {
@@ -256,8 +302,20 @@ pub async fn run(args: DnsArgs) -> Result<()> {
     let (mut skiff_runs, mut dnsmasq_runs) = (Vec::new(), Vec::new());
     for _ in 0..args.rounds {
         let load_cpu = pinned.then_some("1");
-        skiff_runs.push(dnsperf(CLUSTER_DNS, &query_file, &args, load_cpu)?);
-        dnsmasq_runs.push(dnsperf(DNSMASQ, &query_file, &args, load_cpu)?);
+        skiff_runs.push(measure(
+            CLUSTER_DNS,
+            up.0.id(),
+            &query_file,
+            &args,
+            load_cpu,
+        )?);
+        dnsmasq_runs.push(measure(
+            DNSMASQ,
+            dnsmasq.0.id(),
+            &query_file,
+            &args,
+            load_cpu,
+        )?);
     }
     let seen = propagation(&client, args.propagation_samples).await?;
 
@@ -266,10 +324,11 @@ pub async fn run(args: DnsArgs) -> Result<()> {
             median(runs.iter().map(|p| p.qps).collect()),
             median(runs.iter().map(|p| p.avg_latency_ms).collect()),
             runs.iter().map(|p| p.lost_percent).fold(0.0, f64::max),
+            median(runs.iter().map(|p| p.server_cpu_us).collect()),
         )
     };
-    let (s_qps, s_lat, s_lost) = summary(&skiff_runs);
-    let (d_qps, d_lat, d_lost) = summary(&dnsmasq_runs);
+    let (s_qps, s_lat, s_lost, s_cpu) = summary(&skiff_runs);
+    let (d_qps, d_lat, d_lost, d_cpu) = summary(&dnsmasq_runs);
     println!(
         "dns: {} in-zone A names, dnsperf -c {} -q {} for {} s x {} rounds per server{}",
         args.services,
@@ -283,9 +342,14 @@ pub async fn run(args: DnsArgs) -> Result<()> {
             ""
         }
     );
-    println!("  skiff dns-addon : {s_qps:>10.0} q/s  avg {s_lat:.3} ms  lost ≤{s_lost:.2}%");
-    println!("  dnsmasq         : {d_qps:>10.0} q/s  avg {d_lat:.3} ms  lost ≤{d_lost:.2}%");
-    println!("  ratio (skiff/dnsmasq q/s): {:.2}x", s_qps / d_qps);
+    println!("  skiff dns-addon : {s_qps:>10.0} q/s  avg {s_lat:.3} ms  lost ≤{s_lost:.2}%  server CPU {s_cpu:.2} us/query (whole skiff up process)");
+    println!("  dnsmasq         : {d_qps:>10.0} q/s  avg {d_lat:.3} ms  lost ≤{d_lost:.2}%  server CPU {d_cpu:.2} us/query");
+    println!(
+        "  ratio (skiff/dnsmasq): {:.3}x q/s, {:.2}x avg latency, {:.2}x CPU per query",
+        s_qps / d_qps,
+        s_lat / d_lat,
+        s_cpu / d_cpu.max(f64::MIN_POSITIVE)
+    );
     println!(
         "  Service created -> name answering: p50 {:?} p99 {:?} (n={})",
         cluster::percentile(&seen, 50.0),
@@ -306,5 +370,6 @@ mod tests {
         assert!((perf.qps - 123456.789012).abs() < 1e-6);
         assert!((perf.avg_latency_ms - 0.812).abs() < 1e-9);
         assert!((perf.lost_percent - 1.0).abs() < 1e-9);
+        assert_eq!(perf.completed, 990.0);
     }
 }
