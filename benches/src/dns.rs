@@ -215,19 +215,31 @@ pub async fn run(args: DnsArgs) -> Result<()> {
     let resolv = dir.path().join("resolv.conf");
     std::fs::write(&resolv, "")?;
     let port = free_port()?;
-    let up: Started = spawn(
-        &skiff,
-        &[
-            "up".into(),
-            "--data-dir".into(),
-            dir.path().join("up").display().to_string(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--no-example".into(),
-            "--resolv-conf".into(),
-            resolv.display().to_string(),
-        ],
-    )?;
+    // dnsmasq is single-threaded; the add-on gets the same one CPU, dnsperf the other.
+    // skiff starts on its CPU, so it sizes itself for one (one UDP socket, one worker
+    // thread) as it would on a one-CPU machine.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pinned = cpus >= 2;
+    let mut command: Vec<String> = Vec::new();
+    if pinned {
+        command.extend(["-c".into(), "0".into(), skiff.display().to_string()]);
+    }
+    let launcher = if pinned {
+        Path::new("taskset")
+    } else {
+        skiff.as_path()
+    };
+    command.extend([
+        "up".into(),
+        "--data-dir".into(),
+        dir.path().join("up").display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--no-example".into(),
+        "--resolv-conf".into(),
+        resolv.display().to_string(),
+    ]);
+    let up: Started = spawn(launcher, &command)?;
     let client = skiff_client::Client::new(&format!("http://127.0.0.1:{port}"))?;
     cluster::wait_for_ready_node(&client).await?;
 
@@ -291,11 +303,7 @@ pub async fn run(args: DnsArgs) -> Result<()> {
         ensure!(Instant::now() < deadline, "dnsmasq never answered {last}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // dnsmasq is single-threaded; the add-on gets the same one CPU, dnsperf the other.
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pinned = cpus >= 2;
     if pinned {
-        pin(up.0.id(), "0")?;
         pin(dnsmasq.0.id(), "0")?;
     }
 
