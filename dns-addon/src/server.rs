@@ -579,6 +579,16 @@ mod socket_tests {
         message.to_vec().unwrap()
     }
 
+    /// An A query for `name` with an EDNS0 OPT record offering `payload` bytes.
+    fn query_with_payload(name: &str, payload: u16) -> Vec<u8> {
+        let mut message = Message::query();
+        message.add_query(Query::query(Name::from_ascii(name).unwrap(), WireType::A));
+        let mut edns = Edns::new();
+        edns.set_max_payload(payload);
+        message.set_edns(edns);
+        message.to_vec().unwrap()
+    }
+
     /// UDP and TCP servers of `zone` on loopback (no upstreams): their addresses and
     /// tasks.
     async fn start(
@@ -652,14 +662,6 @@ mod socket_tests {
 
     /// Hostile UDP datagrams of every kind the bad-input list names, many times over.
     fn hostile_datagrams() -> Vec<Vec<u8>> {
-        let mut huge_edns = Message::query();
-        huge_edns.add_query(Query::query(
-            Name::from_ascii("many.demo.svc.cluster.local.").unwrap(),
-            WireType::A,
-        ));
-        let mut edns = Edns::new();
-        edns.set_max_payload(65_535);
-        huge_edns.set_edns(edns);
         let mut odd = Message::query();
         // The longest label, bytes that are not letters, and a dot inside a label.
         odd.add_query(Query::query(
@@ -683,7 +685,7 @@ mod socket_tests {
             vec![0x5a; 4096],
             vec![0x01; 9000],
             looped,
-            huge_edns.to_vec().unwrap(),
+            query_with_payload("many.demo.svc.cluster.local.", 65_535),
             odd.to_vec().unwrap(),
             // A response, not a query.
             {
@@ -719,15 +721,8 @@ mod socket_tests {
         }
         // Both transports still answer a good query, with the right records.
         let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let mut good = Message::query();
-        good.add_query(Query::query(
-            Name::from_ascii("many.demo.svc.cluster.local.").unwrap(),
-            WireType::A,
-        ));
-        let mut edns = Edns::new();
-        edns.set_max_payload(4096);
-        good.set_edns(edns);
-        let (_, reply) = ask_udp(&client, udp_addr, &good.to_vec().unwrap()).await;
+        let good = query_with_payload("many.demo.svc.cluster.local.", 4096);
+        let (_, reply) = ask_udp(&client, udp_addr, &good).await;
         assert_eq!(
             (reply.metadata.response_code, reply.answers.len()),
             (ResponseCode::NoError, 60)

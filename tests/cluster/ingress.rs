@@ -24,6 +24,22 @@ fn tls_secret(name: &str, host: &str) -> Result<(Value, String)> {
     Ok((secret, crt))
 }
 
+/// `replicas` http-hello pods greeting as `name` (bodies "<name> from <pod>") behind a
+/// ClusterIP Service `name`.
+async fn serve_greeting(cluster: &ServiceCluster, name: &str, replicas: u32) -> Result<()> {
+    cluster
+        .apply(&serving_deployment(
+            name,
+            "http-hello",
+            replicas,
+            json!([{"name": "GREETING", "value": name}]),
+        )?)
+        .await?;
+    cluster
+        .apply(&crate::services::service(name, "ClusterIP"))
+        .await
+}
+
 /// A client that sends `host` names to the node, trusting only `root` (if given).
 fn client_for(hosts: &[&str], port: u16, root: Option<&str>) -> Result<reqwest::Client> {
     let node: SocketAddr = format!("{NODE_IP}:{port}").parse()?;
@@ -55,18 +71,8 @@ async fn body(client: &reqwest::Client, url: &str) -> Result<(u16, String)> {
 fn an_ingress_routes_two_hosts_and_two_paths_over_http_and_https() -> Result<()> {
     crate::netns::isolated(async {
         let cluster = ServiceCluster::start().await?;
-        for (name, greeting) in [("shop", "shop"), ("blog", "blog")] {
-            cluster
-                .apply(&serving_deployment(
-                    name,
-                    "http-hello",
-                    2,
-                    json!([{"name": "GREETING", "value": greeting}]),
-                )?)
-                .await?;
-            cluster
-                .apply(&crate::services::service(name, "ClusterIP"))
-                .await?;
+        for name in ["shop", "blog"] {
+            serve_greeting(&cluster, name, 2).await?;
         }
         let (shop_secret, shop_root) = tls_secret("shop-tls", "shop.test")?;
         let (blog_secret, blog_root) = tls_secret("blog-tls", "blog.test")?;
@@ -293,17 +299,7 @@ fn ingress_changes_apply_without_dropping_connections() -> Result<()> {
     crate::netns::isolated(async {
         let cluster = ServiceCluster::start().await?;
         for (name, replicas) in [("shop", 2), ("blog", 1)] {
-            cluster
-                .apply(&serving_deployment(
-                    name,
-                    "http-hello",
-                    replicas,
-                    json!([{"name": "GREETING", "value": name}]),
-                )?)
-                .await?;
-            cluster
-                .apply(&crate::services::service(name, "ClusterIP"))
-                .await?;
+            serve_greeting(&cluster, name, replicas).await?;
         }
         let backend = |svc: &str| json!({"service": {"name": svc, "port": {"name": "web"}}});
         let shop_rule = json!({"host": "shop.test", "http": {"paths": [
