@@ -14,6 +14,7 @@ pub mod object;
 pub mod patch;
 pub mod protobuf;
 pub mod quantity;
+pub mod rbac;
 pub mod resolv;
 pub mod resource;
 pub mod selector;

@@ -4,8 +4,9 @@
 
 use crate::resource::ResourceInfo;
 use k8s_openapi::api::{
-    apps::v1 as apps, coordination::v1 as coordination, core::v1 as core,
-    networking::v1 as networking,
+    apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz,
+    coordination::v1 as coordination, core::v1 as core, networking::v1 as networking,
+    rbac::v1 as rbac,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -211,6 +212,21 @@ pub fn normalize_kind(kind: &str, mut object: Value) -> Result<Value, DecodeErro
         "Ingress" => round_trip::<networking::Ingress>(kind, object),
         "IngressClass" => round_trip::<networking::IngressClass>(kind, object),
         "Scale" => round_trip::<k8s_openapi::api::autoscaling::v1::Scale>(kind, object),
+        "ServiceAccount" => round_trip::<core::ServiceAccount>(kind, object),
+        "CertificateSigningRequest" => round_trip::<
+            k8s_openapi::api::certificates::v1::CertificateSigningRequest,
+        >(kind, object),
+        "Role" => round_trip::<rbac::Role>(kind, object),
+        "ClusterRole" => round_trip::<rbac::ClusterRole>(kind, object),
+        "RoleBinding" => round_trip::<rbac::RoleBinding>(kind, object),
+        "ClusterRoleBinding" => round_trip::<rbac::ClusterRoleBinding>(kind, object),
+        "SelfSubjectAccessReview" => round_trip::<authz::SelfSubjectAccessReview>(kind, object),
+        "SelfSubjectRulesReview" => round_trip::<authz::SelfSubjectRulesReview>(kind, object),
+        "SubjectAccessReview" => round_trip::<authz::SubjectAccessReview>(kind, object),
+        "LocalSubjectAccessReview" => round_trip::<authz::LocalSubjectAccessReview>(kind, object),
+        "SelfSubjectReview" => round_trip::<authn::SelfSubjectReview>(kind, object),
+        "TokenReview" => round_trip::<authn::TokenReview>(kind, object),
+        "TokenRequest" => round_trip::<authn::TokenRequest>(kind, object),
         "DeleteOptions" => round_trip::<
             k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions,
         >(kind, object),

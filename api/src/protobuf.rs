@@ -176,6 +176,19 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
         }
     }
     let mut object = json!({"apiVersion": api_version, "kind": kind});
+    if let Some(spec) = review_spec(&api_version, &kind) {
+        for (number, field) in fields(raw)? {
+            match (number, field) {
+                (1, Field::Bytes(b)) => object["metadata"] = object_meta(b)?,
+                (2, Field::Bytes(b)) => object["spec"] = spec(b)?,
+                _ => {}
+            }
+        }
+        return Ok(object);
+    }
+    if api_version == "rbac.authorization.k8s.io/v1" {
+        return rbac_object(object, &kind, raw);
+    }
     let supported =
         api_version == "v1" && matches!(kind.as_str(), "Namespace" | "ConfigMap" | "Secret");
     if !supported {
@@ -220,6 +233,137 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
         object["stringData"] = Value::Object(string_data);
     }
     Ok(object)
+}
+
+/// The spec decoder of the reviews kubectl sends as protobuf (`auth can-i`, `auth
+/// whoami`), by group-version and kind.
+type SpecDecoder = fn(&[u8]) -> Result<Value, ProtobufError>;
+
+fn review_spec(api_version: &str, kind: &str) -> Option<SpecDecoder> {
+    match (api_version, kind) {
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => Some(access_review_spec),
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => Some(rules_review_spec),
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => Some(|_| Ok(json!({}))),
+        _ => None,
+    }
+}
+
+/// Strings of a message by field number, named; empty strings mean unset.
+fn named_strings(bytes: &[u8], names: &[(u64, &str)]) -> Result<Value, ProtobufError> {
+    let mut object = Map::new();
+    for (number, field) in fields(bytes)? {
+        let Field::Bytes(b) = field else { continue };
+        if let Some((_, name)) = names.iter().find(|(n, _)| *n == number) {
+            if !b.is_empty() {
+                object.insert(name.to_string(), json!(text(b)?));
+            }
+        }
+    }
+    Ok(Value::Object(object))
+}
+
+/// `SelfSubjectAccessReviewSpec`: resourceAttributes = 1, nonResourceAttributes = 2.
+fn access_review_spec(bytes: &[u8]) -> Result<Value, ProtobufError> {
+    let mut spec = Map::new();
+    for (number, field) in fields(bytes)? {
+        match (number, field) {
+            (1, Field::Bytes(b)) => {
+                let names = [
+                    (1, "namespace"),
+                    (2, "verb"),
+                    (3, "group"),
+                    (4, "version"),
+                    (5, "resource"),
+                    (6, "subresource"),
+                    (7, "name"),
+                ];
+                spec.insert("resourceAttributes".into(), named_strings(b, &names)?);
+            }
+            (2, Field::Bytes(b)) => {
+                let names = [(1, "path"), (2, "verb")];
+                spec.insert("nonResourceAttributes".into(), named_strings(b, &names)?);
+            }
+            _ => {}
+        }
+    }
+    Ok(Value::Object(spec))
+}
+
+/// Roles and bindings as `kubectl create role|clusterrole|rolebinding|clusterrolebinding`
+/// sends them. (A ClusterRole's `aggregationRule`, field 3, is not decoded: such roles
+/// are written as YAML.)
+fn rbac_object(mut object: Value, kind: &str, raw: &[u8]) -> Result<Value, ProtobufError> {
+    let role = matches!(kind, "Role" | "ClusterRole");
+    let binding = matches!(kind, "RoleBinding" | "ClusterRoleBinding");
+    if !role && !binding {
+        return Err(ProtobufError::Unsupported(format!(
+            "rbac.authorization.k8s.io/v1 {kind}"
+        )));
+    }
+    let mut rules = Vec::new();
+    let mut subjects = Vec::new();
+    for (number, field) in fields(raw)? {
+        let Field::Bytes(b) = field else { continue };
+        match number {
+            1 => object["metadata"] = object_meta(b)?,
+            2 if role => rules.push(policy_rule(b)?),
+            3 if kind == "ClusterRole" => {
+                return Err(ProtobufError::Unsupported(
+                    "a ClusterRole with an aggregationRule".into(),
+                ))
+            }
+            2 => subjects.push(named_strings(
+                b,
+                &[(1, "kind"), (2, "apiGroup"), (3, "name"), (4, "namespace")],
+            )?),
+            3 => {
+                object["roleRef"] = named_strings(b, &[(1, "apiGroup"), (2, "kind"), (3, "name")])?
+            }
+            _ => {}
+        }
+    }
+    if role {
+        object["rules"] = Value::Array(rules);
+    } else {
+        object["subjects"] = Value::Array(subjects);
+        // An empty apiGroup is the core group: kubectl leaves it unset.
+        if object["roleRef"].get("apiGroup").is_none() {
+            object["roleRef"]["apiGroup"] = json!("");
+        }
+    }
+    Ok(object)
+}
+
+/// `PolicyRule`: verbs = 1, apiGroups = 2, resources = 3, resourceNames = 4,
+/// nonResourceURLs = 5, each a repeated string (an empty apiGroups entry is the core group).
+fn policy_rule(bytes: &[u8]) -> Result<Value, ProtobufError> {
+    let names = [
+        "verbs",
+        "apiGroups",
+        "resources",
+        "resourceNames",
+        "nonResourceURLs",
+    ];
+    let mut lists: Vec<Vec<Value>> = vec![Vec::new(); names.len()];
+    for (number, field) in fields(bytes)? {
+        let Field::Bytes(b) = field else { continue };
+        let index = usize::try_from(number).ok().and_then(|n| n.checked_sub(1));
+        if let Some(list) = index.and_then(|i| lists.get_mut(i)) {
+            list.push(json!(text(b)?));
+        }
+    }
+    let mut rule = Map::new();
+    for (name, list) in names.iter().zip(lists) {
+        if *name == "verbs" || !list.is_empty() {
+            rule.insert(name.to_string(), Value::Array(list));
+        }
+    }
+    Ok(Value::Object(rule))
+}
+
+/// `SelfSubjectRulesReviewSpec`: namespace = 1.
+fn rules_review_spec(bytes: &[u8]) -> Result<Value, ProtobufError> {
+    named_strings(bytes, &[(1, "namespace")])
 }
 
 #[cfg(test)]
@@ -285,6 +429,58 @@ mod tests {
         let secret = decode(&envelope("v1", "Secret", &raw)).unwrap();
         assert_eq!(secret["data"]["password"], "aHVudGVyMg==");
         assert_eq!(secret["type"], "Opaque");
+    }
+
+    #[test]
+    fn access_reviews_decode_as_kubectl_auth_can_i_sends_them() {
+        let attributes = [
+            bytes_field(1, b"team-a"),
+            bytes_field(2, b"list"),
+            bytes_field(3, b""),
+            bytes_field(5, b"pods"),
+        ]
+        .concat();
+        let raw = [
+            bytes_field(1, b""),
+            bytes_field(2, &bytes_field(1, &attributes)),
+        ]
+        .concat();
+        let review = decode(&envelope(
+            "authorization.k8s.io/v1",
+            "SelfSubjectAccessReview",
+            &raw,
+        ))
+        .unwrap();
+        assert_eq!(
+            review["spec"],
+            json!({"resourceAttributes": {"namespace": "team-a", "verb": "list", "resource": "pods"}})
+        );
+        let path = [bytes_field(1, b"/metrics"), bytes_field(2, b"get")].concat();
+        let raw = bytes_field(2, &bytes_field(2, &path));
+        let review = decode(&envelope(
+            "authorization.k8s.io/v1",
+            "SelfSubjectAccessReview",
+            &raw,
+        ))
+        .unwrap();
+        assert_eq!(
+            review["spec"]["nonResourceAttributes"],
+            json!({"path": "/metrics", "verb": "get"})
+        );
+        let rules = decode(&envelope(
+            "authorization.k8s.io/v1",
+            "SelfSubjectRulesReview",
+            &bytes_field(2, &bytes_field(1, b"a")),
+        ))
+        .unwrap();
+        assert_eq!(rules["spec"], json!({"namespace": "a"}));
+        let whoami = decode(&envelope(
+            "authentication.k8s.io/v1",
+            "SelfSubjectReview",
+            b"",
+        ))
+        .unwrap();
+        assert_eq!(whoami["kind"], "SelfSubjectReview");
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub struct ResourceInfo {
     pub categories: &'static [&'static str],
     /// Subresources served under `{name}/{sub}`.
     pub subresources: &'static [Subresource],
+    /// The verbs the collection serves: [`ALL_VERBS`] for stored kinds, `create` alone for
+    /// reviews (SelfSubjectAccessReview, TokenReview), which are answered, never stored.
+    pub verbs: &'static [&'static str],
     /// Whether the kind has a `spec` whose change bumps `metadata.generation`.
     pub has_generation: bool,
 }
@@ -76,6 +79,7 @@ pub const NAMESPACES: ResourceInfo = ResourceInfo {
     short_names: &["ns"],
     categories: &[],
     subresources: &[status_of("", "v1", "Namespace")],
+    verbs: ALL_VERBS,
     has_generation: false,
 };
 
@@ -113,6 +117,7 @@ pub const PODS: ResourceInfo = ResourceInfo {
             verbs: &["create", "get"],
         },
     ],
+    verbs: ALL_VERBS,
     has_generation: true,
 };
 
@@ -127,6 +132,7 @@ pub const NODES: ResourceInfo = ResourceInfo {
     short_names: &["no"],
     categories: &[],
     subresources: &[status_of("", "v1", "Node")],
+    verbs: ALL_VERBS,
     has_generation: false,
 };
 
@@ -141,6 +147,7 @@ pub const SERVICES: ResourceInfo = ResourceInfo {
     short_names: &["svc"],
     categories: &["all"],
     subresources: &[status_of("", "v1", "Service")],
+    verbs: ALL_VERBS,
     has_generation: false,
 };
 
@@ -155,6 +162,7 @@ pub const ENDPOINTS: ResourceInfo = ResourceInfo {
     short_names: &["ep"],
     categories: &[],
     subresources: &[],
+    verbs: ALL_VERBS,
     has_generation: false,
 };
 
@@ -169,6 +177,7 @@ pub const ENDPOINT_SLICES: ResourceInfo = ResourceInfo {
     short_names: &[],
     categories: &[],
     subresources: &[],
+    verbs: ALL_VERBS,
     has_generation: false,
 };
 
@@ -183,6 +192,7 @@ pub const EVENTS: ResourceInfo = ResourceInfo {
     short_names: &["ev"],
     categories: &[],
     subresources: &[],
+    verbs: ALL_VERBS,
     has_generation: false,
 };
 
@@ -197,6 +207,7 @@ pub const CONFIG_MAPS: ResourceInfo = ResourceInfo {
     short_names: &["cm"],
     categories: &[],
     subresources: &[],
+    verbs: ALL_VERBS,
     has_generation: false,
 };
 
@@ -211,6 +222,7 @@ pub const SECRETS: ResourceInfo = ResourceInfo {
     short_names: &[],
     categories: &[],
     subresources: &[],
+    verbs: ALL_VERBS,
     has_generation: false,
 };
 
@@ -225,6 +237,7 @@ pub const DEPLOYMENTS: ResourceInfo = ResourceInfo {
     short_names: &["deploy"],
     categories: &["all"],
     subresources: &[status_of("apps", "v1", "Deployment"), SCALE],
+    verbs: ALL_VERBS,
     has_generation: true,
 };
 
@@ -239,6 +252,7 @@ pub const REPLICA_SETS: ResourceInfo = ResourceInfo {
     short_names: &["rs"],
     categories: &["all"],
     subresources: &[status_of("apps", "v1", "ReplicaSet"), SCALE],
+    verbs: ALL_VERBS,
     has_generation: true,
 };
 
@@ -253,6 +267,7 @@ pub const LEASES: ResourceInfo = ResourceInfo {
     short_names: &[],
     categories: &[],
     subresources: &[],
+    verbs: ALL_VERBS,
     has_generation: false,
 };
 
@@ -268,6 +283,7 @@ pub const RUNTIME_CLASSES: ResourceInfo = ResourceInfo {
     short_names: &[],
     categories: &[],
     subresources: &[],
+    verbs: ALL_VERBS,
     has_generation: false,
 };
 
@@ -283,6 +299,7 @@ pub const INGRESSES: ResourceInfo = ResourceInfo {
     short_names: &["ing"],
     categories: &[],
     subresources: &[status_of("networking.k8s.io", "v1", "Ingress")],
+    verbs: ALL_VERBS,
     has_generation: true,
 };
 
@@ -299,8 +316,158 @@ pub const INGRESS_CLASSES: ResourceInfo = ResourceInfo {
     categories: &[],
     subresources: &[],
     // As Kubernetes' ingressClassStrategy: a spec change bumps the generation.
+    verbs: ALL_VERBS,
     has_generation: true,
 };
+
+const fn rbac(
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    namespaced: bool,
+) -> ResourceInfo {
+    ResourceInfo {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind,
+        plural,
+        singular,
+        namespaced,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        verbs: ALL_VERBS,
+        has_generation: false,
+    }
+}
+
+/// `Role` (`rbac.authorization.k8s.io/v1`).
+pub const ROLES: ResourceInfo = rbac("Role", "roles", "role", true);
+/// `ClusterRole` (`rbac.authorization.k8s.io/v1`).
+pub const CLUSTER_ROLES: ResourceInfo = rbac("ClusterRole", "clusterroles", "clusterrole", false);
+/// `RoleBinding` (`rbac.authorization.k8s.io/v1`).
+pub const ROLE_BINDINGS: ResourceInfo = rbac("RoleBinding", "rolebindings", "rolebinding", true);
+/// `ClusterRoleBinding` (`rbac.authorization.k8s.io/v1`).
+pub const CLUSTER_ROLE_BINDINGS: ResourceInfo = rbac(
+    "ClusterRoleBinding",
+    "clusterrolebindings",
+    "clusterrolebinding",
+    false,
+);
+
+/// `ServiceAccount` (core), with the `token` subresource (TokenRequest).
+pub const SERVICE_ACCOUNTS: ResourceInfo = ResourceInfo {
+    group: "",
+    version: "v1",
+    kind: "ServiceAccount",
+    plural: "serviceaccounts",
+    singular: "serviceaccount",
+    namespaced: true,
+    short_names: &["sa"],
+    categories: &[],
+    subresources: &[Subresource {
+        name: "token",
+        group: "authentication.k8s.io",
+        version: "v1",
+        kind: "TokenRequest",
+        verbs: &["create"],
+    }],
+    verbs: ALL_VERBS,
+    has_generation: false,
+};
+
+/// `CertificateSigningRequest` (`certificates.k8s.io/v1`): `status` carries the issued
+/// certificate, `approval` the Approved/Denied conditions (`kubectl certificate approve`).
+pub const CERTIFICATE_SIGNING_REQUESTS: ResourceInfo = ResourceInfo {
+    group: "certificates.k8s.io",
+    version: "v1",
+    kind: "CertificateSigningRequest",
+    plural: "certificatesigningrequests",
+    singular: "certificatesigningrequest",
+    namespaced: false,
+    short_names: &["csr"],
+    categories: &[],
+    subresources: &[
+        status_of("certificates.k8s.io", "v1", "CertificateSigningRequest"),
+        Subresource {
+            name: "approval",
+            group: "certificates.k8s.io",
+            version: "v1",
+            kind: "CertificateSigningRequest",
+            verbs: STATUS_VERBS,
+        },
+    ],
+    verbs: ALL_VERBS,
+    has_generation: false,
+};
+
+const CREATE_ONLY: &[&str] = &["create"];
+
+const fn review(
+    group: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    namespaced: bool,
+) -> ResourceInfo {
+    ResourceInfo {
+        group,
+        version: "v1",
+        kind,
+        plural,
+        singular,
+        namespaced,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        verbs: CREATE_ONLY,
+        has_generation: false,
+    }
+}
+
+/// Reviews: answered from the request and the cluster's policy, never stored.
+pub const SELF_SUBJECT_ACCESS_REVIEWS: ResourceInfo = review(
+    "authorization.k8s.io",
+    "SelfSubjectAccessReview",
+    "selfsubjectaccessreviews",
+    "selfsubjectaccessreview",
+    false,
+);
+pub const SELF_SUBJECT_RULES_REVIEWS: ResourceInfo = review(
+    "authorization.k8s.io",
+    "SelfSubjectRulesReview",
+    "selfsubjectrulesreviews",
+    "selfsubjectrulesreview",
+    false,
+);
+pub const SUBJECT_ACCESS_REVIEWS: ResourceInfo = review(
+    "authorization.k8s.io",
+    "SubjectAccessReview",
+    "subjectaccessreviews",
+    "subjectaccessreview",
+    false,
+);
+pub const LOCAL_SUBJECT_ACCESS_REVIEWS: ResourceInfo = review(
+    "authorization.k8s.io",
+    "LocalSubjectAccessReview",
+    "localsubjectaccessreviews",
+    "localsubjectaccessreview",
+    true,
+);
+pub const SELF_SUBJECT_REVIEWS: ResourceInfo = review(
+    "authentication.k8s.io",
+    "SelfSubjectReview",
+    "selfsubjectreviews",
+    "selfsubjectreview",
+    false,
+);
+pub const TOKEN_REVIEWS: ResourceInfo = review(
+    "authentication.k8s.io",
+    "TokenReview",
+    "tokenreviews",
+    "tokenreview",
+    false,
+);
 
 /// Every resource skiff serves, in discovery order.
 pub const RESOURCES: &[ResourceInfo] = &[
@@ -319,6 +486,18 @@ pub const RESOURCES: &[ResourceInfo] = &[
     RUNTIME_CLASSES,
     INGRESSES,
     INGRESS_CLASSES,
+    SERVICE_ACCOUNTS,
+    ROLES,
+    CLUSTER_ROLES,
+    ROLE_BINDINGS,
+    CLUSTER_ROLE_BINDINGS,
+    CERTIFICATE_SIGNING_REQUESTS,
+    SELF_SUBJECT_ACCESS_REVIEWS,
+    SELF_SUBJECT_RULES_REVIEWS,
+    SUBJECT_ACCESS_REVIEWS,
+    LOCAL_SUBJECT_ACCESS_REVIEWS,
+    SELF_SUBJECT_REVIEWS,
+    TOKEN_REVIEWS,
 ];
 
 impl ResourceInfo {
@@ -352,6 +531,11 @@ impl ResourceInfo {
 
     pub fn list_kind(&self) -> String {
         format!("{}List", self.kind)
+    }
+
+    /// Whether objects of this kind are kept in the store (reviews are not).
+    pub fn is_stored(&self) -> bool {
+        self.verbs.contains(&"get")
     }
 
     pub fn subresource(&self, name: &str) -> Option<&'static Subresource> {

@@ -195,6 +195,8 @@ pub fn validate_object(resource: &ResourceInfo, object: &Value) -> Vec<FieldCaus
         "RuntimeClass" => validate_runtime_class(object, &mut causes),
         "Ingress" => validate_ingress(object, &mut causes),
         "IngressClass" => validate_ingress_class(object, &mut causes),
+        "RoleBinding" | "ClusterRoleBinding" => validate_binding(resource, object, &mut causes),
+        "CertificateSigningRequest" => validate_csr(object, &mut causes),
         _ => {}
     }
     causes
@@ -212,6 +214,10 @@ pub fn validate_update(resource: &ResourceInfo, old: &Value, new: &Value) -> Vec
         "RuntimeClass" => &["/handler"],
         // Which controller implements a class is fixed once Ingresses may name it.
         "IngressClass" => &["/spec/controller"],
+        // As in Kubernetes: a binding's role is fixed; rebind by recreating.
+        "RoleBinding" | "ClusterRoleBinding" => &["/roleRef"],
+        // A request is what was asked for; only its status moves.
+        "CertificateSigningRequest" => &["/spec"],
         _ => &[],
     };
     for pointer in immutable {
@@ -262,6 +268,11 @@ fn validate_metadata(resource: &ResourceInfo, object: &Value) -> Vec<FieldCause>
     } else {
         let error = match resource.kind {
             "Namespace" | "Service" => dns1123_label_errors(name),
+            // Kubernetes' ValidateRBACName: any path segment (`system:node`).
+            "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
+                let errors = path_segment_name_errors(name);
+                (!errors.is_empty()).then(|| errors.join(", "))
+            }
             _ => dns1123_subdomain_errors(name),
         };
         if let Some(e) = error {
@@ -737,6 +748,113 @@ fn validate_service(object: &Value, causes: &mut Vec<FieldCause>) {
 
 /// `RuntimeClass`: `handler` names a runtime on the nodes (a DNS label, as in
 /// Kubernetes), and the node selector of `scheduling` is made of valid labels.
+/// A CSR names its signer, carries a request and asks for at least one usage.
+fn validate_csr(object: &Value, causes: &mut Vec<FieldCause>) {
+    let spec = &object["spec"];
+    let text = |f: &str| spec.get(f).and_then(Value::as_str).unwrap_or_default();
+    if text("request").is_empty() {
+        causes.push(FieldCause::required("spec.request"));
+    }
+    let signer = text("signerName");
+    if signer.is_empty() {
+        causes.push(FieldCause::required("spec.signerName"));
+    } else if !signer.split_once('/').is_some_and(|(domain, path)| {
+        !path.is_empty() && dns1123_subdomain_errors(domain).is_none()
+    }) {
+        causes.push(FieldCause::invalid(
+            "spec.signerName",
+            &Value::from(signer),
+            "must be a fully qualified domain and path of the form 'example.com/signer-name'",
+        ));
+    }
+    if spec
+        .get("usages")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+    {
+        causes.push(FieldCause::required("spec.usages"));
+    }
+}
+
+/// Kubernetes' `ValidateRoleBindingSubject` and roleRef checks.
+fn validate_binding(resource: &ResourceInfo, object: &Value, causes: &mut Vec<FieldCause>) {
+    const RBAC: &str = "rbac.authorization.k8s.io";
+    let role_ref = &object["roleRef"];
+    if role_ref.get("apiGroup").and_then(Value::as_str) != Some(RBAC) {
+        causes.push(FieldCause::invalid(
+            "roleRef.apiGroup",
+            role_ref.get("apiGroup").unwrap_or(&Value::Null),
+            format!("supported values: \"{RBAC}\""),
+        ));
+    }
+    let kinds: &[&str] = if resource.namespaced {
+        &["Role", "ClusterRole"]
+    } else {
+        &["ClusterRole"]
+    };
+    let kind = role_ref
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !kinds.contains(&kind) {
+        causes.push(FieldCause::invalid(
+            "roleRef.kind",
+            &Value::from(kind),
+            format!("supported values: {}", kinds.join(", ")),
+        ));
+    }
+    if role_ref
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .is_empty()
+    {
+        causes.push(FieldCause::required("roleRef.name"));
+    }
+    let subjects = object.get("subjects").and_then(Value::as_array);
+    for (i, subject) in subjects.into_iter().flatten().enumerate() {
+        let field = |f: &str| format!("subjects[{i}].{f}");
+        let name = subject
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if name.is_empty() {
+            causes.push(FieldCause::required(field("name")));
+        }
+        match subject
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+        {
+            "ServiceAccount" => {
+                if !resource.namespaced
+                    && subject
+                        .get("namespace")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .is_empty()
+                {
+                    causes.push(FieldCause::required(field("namespace")));
+                }
+            }
+            "User" | "Group" => {
+                if subject.get("apiGroup").and_then(Value::as_str) != Some(RBAC) {
+                    causes.push(FieldCause::invalid(
+                        field("apiGroup"),
+                        subject.get("apiGroup").unwrap_or(&Value::Null),
+                        format!("supported values: \"{RBAC}\""),
+                    ));
+                }
+            }
+            other => causes.push(FieldCause::invalid(
+                field("kind"),
+                &Value::from(other),
+                "supported values: \"ServiceAccount\", \"User\", \"Group\"",
+            )),
+        }
+    }
+}
+
 fn validate_runtime_class(object: &Value, causes: &mut Vec<FieldCause>) {
     match object.get("handler").and_then(Value::as_str) {
         None | Some("") => causes.push(FieldCause::required("handler")),

@@ -22,6 +22,146 @@ pub struct ControlArgs {
     pub controllers: ControllerArgs,
     #[command(flatten)]
     pub network: NetworkArgs,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// How the API server is secured (k3s's `--tls-san`), and the development escape hatch.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SecurityArgs {
+    /// Serve plain HTTP with no authentication or authorization: anyone who reaches the
+    /// port is a cluster admin. For development on a trusted machine only.
+    #[arg(long)]
+    insecure_http: bool,
+    /// Extra names or addresses for the API server's certificate (repeatable).
+    #[arg(long = "tls-san", value_name = "NAME")]
+    tls_san: Vec<String>,
+    /// The cluster's DNS domain, for the certificate's `kubernetes.default.svc.<domain>`.
+    #[arg(long, default_value = "cluster.local", hide = true)]
+    tls_cluster_domain: String,
+    /// Read-only requests served at once; more are answered 429 (kube-apiserver's flag).
+    #[arg(long, default_value_t = skiff_control::apiserver::limits::DEFAULT_MAX_READ_ONLY)]
+    max_requests_inflight: usize,
+    /// Mutating requests served at once; more are answered 429.
+    #[arg(long, default_value_t = skiff_control::apiserver::limits::DEFAULT_MAX_MUTATING)]
+    max_mutating_requests_inflight: usize,
+    /// Seconds a request may take (watches, followed logs and port-forwards excepted).
+    #[arg(long, default_value_t = 60)]
+    request_timeout: u64,
+}
+
+/// The control plane's security as set up from the flags: what `skiff_control::run`
+/// gets, the URL and the kubeconfig clients use.
+pub struct Secured {
+    pub security: skiff_control::ApiSecurity,
+    pub server: String,
+    pub kubeconfig: String,
+}
+
+impl Secured {
+    /// The PKI, unless the cluster runs `--insecure-http`.
+    pub fn pki(&self) -> Option<&std::sync::Arc<skiff_control::pki::ClusterPki>> {
+        match &self.security {
+            skiff_control::ApiSecurity::Tls(pki) => Some(pki),
+            skiff_control::ApiSecurity::InsecureHttp => None,
+        }
+    }
+
+    /// A client of this cluster authenticating as `user` in `groups` (a certificate the
+    /// PKI issues), or an unauthenticated one under `--insecure-http`.
+    pub fn client_as(&self, user: &str, groups: &[&str]) -> Result<skiff_client::Client> {
+        let Some(pki) = self.pki() else {
+            return Ok(skiff_client::Client::new(&self.server)?);
+        };
+        let identity = pki.issue_client(
+            user,
+            groups,
+            skiff_control::pki::LEAF_LIFETIME,
+            std::time::SystemTime::now(),
+        )?;
+        let config = skiff_client::HttpConfig {
+            tls: skiff_client::TlsConfig {
+                ca_pem: pki.ca_pem().as_bytes().to_vec(),
+                identity_pem: Some(identity.identity_pem()),
+                insecure_skip_verify: false,
+            },
+            ..skiff_client::HttpConfig::default()
+        };
+        Ok(skiff_client::Client::with_config(&self.server, &config)?)
+    }
+}
+
+impl SecurityArgs {
+    /// The request limits the flags ask for.
+    pub fn limits(&self) -> skiff_control::apiserver::limits::LimitsConfig {
+        skiff_control::apiserver::limits::LimitsConfig {
+            max_read_only: self.max_requests_inflight.max(1),
+            max_mutating: self.max_mutating_requests_inflight.max(1),
+            request_timeout: std::time::Duration::from_secs(self.request_timeout.max(1)),
+            ..Default::default()
+        }
+    }
+
+    /// Loads or makes the cluster PKI under `DATA_DIR/pki` (the serving certificate
+    /// names the bound and advertised addresses, the `kubernetes` Service IP and every
+    /// `--tls-san`), and an admin kubeconfig for it.
+    pub fn secure(
+        &self,
+        data_dir: &std::path::Path,
+        bound: SocketAddr,
+        advertise: Option<IpAddr>,
+        kubernetes_service_ip: Option<std::net::Ipv4Addr>,
+    ) -> Result<Secured> {
+        let host = if bound.ip().is_unspecified() {
+            SocketAddr::new(IpAddr::from([127, 0, 0, 1]), bound.port())
+        } else {
+            bound
+        };
+        if self.insecure_http {
+            eprintln!("skiff: WARNING: --insecure-http: the API is plain HTTP and unauthenticated; anyone who reaches {bound} is a cluster admin");
+            let server = format!("http://{host}");
+            let kubeconfig = skiff_client::kubeconfig::render(&server);
+            return Ok(Secured {
+                security: skiff_control::ApiSecurity::InsecureHttp,
+                server,
+                kubeconfig,
+            });
+        }
+        let mut ips = vec![bound.ip()];
+        ips.extend(advertise);
+        ips.extend(kubernetes_service_ip.map(IpAddr::V4));
+        let names = skiff_control::pki::ServingNames::standard(
+            &self.tls_cluster_domain,
+            &ips,
+            &self.tls_san,
+        );
+        let pki = skiff_control::pki::ClusterPki::ensure(
+            &data_dir.join("pki"),
+            &names,
+            std::time::SystemTime::now(),
+        )?;
+        let admin = pki.issue_client(
+            skiff_control::pki::ADMIN_USER,
+            &[skiff_control::pki::MASTERS_GROUP],
+            skiff_control::pki::LEAF_LIFETIME,
+            std::time::SystemTime::now(),
+        )?;
+        let server = format!("https://{host}");
+        let kubeconfig = skiff_client::kubeconfig::render_with(
+            &server,
+            &skiff_client::kubeconfig::Credentials {
+                ca_pem: Some(pki.ca_pem()),
+                client_certificate_pem: Some(&admin.cert_pem),
+                client_key_pem: Some(&admin.key_pem),
+                token: None,
+            },
+        );
+        Ok(Secured {
+            security: skiff_control::ApiSecurity::Tls(std::sync::Arc::new(pki)),
+            server,
+            kubeconfig,
+        })
+    }
 }
 
 /// The cluster's address ranges and the API server's advertised address, named as k3s
@@ -128,13 +268,16 @@ pub async fn run(args: ControlArgs) -> Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let server = kubeconfig_server(listener.local_addr()?);
+    let secured = args.security.secure(
+        &args.data_dir,
+        listener.local_addr()?,
+        args.network.advertise_address(),
+        allocation.ranges()?.kubernetes_service_ip(),
+    )?;
+    let server = secured.server.clone();
     let kubeconfig_path = args.data_dir.join("kubeconfig");
-    write_atomically(
-        &kubeconfig_path,
-        skiff_client::kubeconfig::render(&server).as_bytes(),
-    )
-    .with_context(|| format!("cannot write {}", kubeconfig_path.display()))?;
+    write_private(&kubeconfig_path, secured.kubeconfig.as_bytes())
+        .with_context(|| format!("cannot write {}", kubeconfig_path.display()))?;
     let config = skiff_control::ControlConfig {
         store_dir: args.data_dir.join("store"),
         store: skiff_control::store::StoreConfig {
@@ -143,6 +286,8 @@ pub async fn run(args: ControlArgs) -> Result<ExitCode> {
         controllers: args.controllers.config(),
         allocation,
         advertise_address: args.network.advertise_address(),
+        security: secured.security,
+        limits: args.security.limits(),
         ..Default::default()
     };
     eprintln!("skiff control: serving the API at {server}");
@@ -158,21 +303,11 @@ pub async fn run(args: ControlArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The URL clients use for a server bound to `bound`: clients cannot connect to the
-/// unspecified address, so it becomes loopback.
-pub fn kubeconfig_server(bound: std::net::SocketAddr) -> String {
-    if bound.ip().is_unspecified() {
-        format!("http://127.0.0.1:{}", bound.port())
-    } else {
-        format!("http://{bound}")
-    }
-}
-
-/// Writes a file so readers never see it half-written.
-pub fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents)?;
-    std::fs::rename(&tmp, path)
+/// Writes a file that holds a secret (a kubeconfig with a key): 0600 from creation on,
+/// and atomically.
+pub fn write_private(path: &std::path::Path, contents: &[u8]) -> Result<()> {
+    skiff_control::pki::write_private(path, contents)?;
+    Ok(())
 }
 
 pub async fn shutdown_signal() {

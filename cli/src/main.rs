@@ -8,6 +8,7 @@ mod control;
 mod dns;
 mod files;
 mod get;
+mod join;
 mod logs;
 mod node;
 mod push;
@@ -62,6 +63,8 @@ enum Command {
     Up(node::UpArgs),
     /// Run the cluster DNS add-on on its own (it runs inside `skiff node` and `skiff up`).
     Dns(dns::DnsCommandArgs),
+    /// Manage bootstrap tokens for joining nodes.
+    Token(join::TokenArgs),
 }
 
 #[global_allocator]
@@ -142,6 +145,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rollout(args) => rollout::rollout(&context, args).await,
         Command::Node(args) => node::node(&context, args).await,
         Command::Dns(args) => dns::run(&context, args).await,
+        Command::Token(args) => join::token(&context, args).await,
         Command::Up(args) => node::up(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_command_line_is_well_formed() {
+        // clap checks argument names only when a subcommand is parsed; check them all.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

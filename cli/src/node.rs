@@ -1,7 +1,7 @@
 //! `skiff node` (a node agent joining a cluster) and `skiff up` (control plane, scheduler
 //! and one node agent in one process on the embedded store).
 
-use crate::control::{kubeconfig_server, shutdown_signal, write_atomically};
+use crate::control::{shutdown_signal, write_private};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use serde_json::{json, Value};
@@ -57,6 +57,16 @@ pub struct NodeArgs {
     /// The API server URL (default: from the kubeconfig).
     #[arg(long)]
     server: Option<String>,
+    /// A bootstrap token to join with (`skiff token create`); used once, when the data
+    /// directory holds no node credentials yet.
+    #[arg(long)]
+    token: Option<String>,
+    /// `sha256:<hex>` of the cluster CA's public key, checked before the token is sent.
+    #[arg(long)]
+    ca_cert_hash: Option<String>,
+    /// Join without --ca-cert-hash, trusting whatever CA the server presents.
+    #[arg(long)]
+    discovery_token_unsafe_skip_ca_verification: bool,
     #[arg(long)]
     data_dir: PathBuf,
     /// The cluster's Service range (as the control plane's `--service-cidr`): the node
@@ -85,6 +95,8 @@ pub struct UpArgs {
     controllers: crate::control::ControllerArgs,
     #[command(flatten)]
     network: crate::control::NetworkArgs,
+    #[command(flatten)]
+    security: crate::control::SecurityArgs,
     #[command(flatten)]
     agent: AgentArgs,
     #[command(flatten)]
@@ -227,12 +239,41 @@ async fn run_agent(
     Ok(())
 }
 
+/// The node's client: an explicit `--kubeconfig`, else the credentials an earlier join
+/// left in the data directory, else a join with `--token`, else `--server` alone (an
+/// `--insecure-http` cluster) or the discovered kubeconfig.
+async fn node_client(
+    context: &crate::get::Context,
+    args: &NodeArgs,
+    node_name: &str,
+) -> Result<skiff_client::Client> {
+    let own = crate::join::node_kubeconfig(&args.data_dir);
+    if context.kubeconfig.is_none() && own.exists() {
+        return Ok(skiff_client::Client::from_kubeconfig(Some(&own))?);
+    }
+    if let Some(token) = &args.token {
+        let server = args.server.as_deref().context("--token needs --server")?;
+        if args.ca_cert_hash.is_none() && !args.discovery_token_unsafe_skip_ca_verification {
+            bail!("--token needs --ca-cert-hash sha256:<hex> (or --discovery-token-unsafe-skip-ca-verification)");
+        }
+        return crate::join::join(crate::join::Join {
+            server,
+            token,
+            ca_cert_hash: args.ca_cert_hash.as_deref(),
+            node_name,
+            data_dir: &args.data_dir,
+        })
+        .await;
+    }
+    match &args.server {
+        Some(server) if context.kubeconfig.is_none() => Ok(skiff_client::Client::new(server)?),
+        _ => context.client(),
+    }
+}
+
 pub async fn node(context: &crate::get::Context, args: NodeArgs) -> Result<ExitCode> {
-    let client = match &args.server {
-        Some(server) => skiff_client::Client::new(server)?,
-        None => context.client()?,
-    };
     let mut config = node_config(&args.agent, &args.data_dir)?;
+    let client = node_client(context, &args, &config.name).await?;
     config.service_cidr = Some(args.service_cidr);
     let node_dns = args.dns.node(args.service_cidr)?;
     (config.cluster_dns, config.host_dns) = (node_dns.cluster, node_dns.host);
@@ -299,12 +340,16 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let server = kubeconfig_server(listener.local_addr()?);
-    let kubeconfig = args.data_dir.join("kubeconfig");
-    write_atomically(
-        &kubeconfig,
-        skiff_client::kubeconfig::render(&server).as_bytes(),
+    let advertise = args.network.advertise_address_or(args.agent.address);
+    let secured = args.security.secure(
+        &args.data_dir,
+        listener.local_addr()?,
+        advertise,
+        allocation.ranges()?.kubernetes_service_ip(),
     )?;
+    let server = secured.server.clone();
+    let kubeconfig = args.data_dir.join("kubeconfig");
+    write_private(&kubeconfig, secured.kubeconfig.as_bytes())?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -313,7 +358,9 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
         store_dir: args.data_dir.join("store"),
         controllers: args.controllers.config(),
         allocation,
-        advertise_address: args.network.advertise_address_or(args.agent.address),
+        advertise_address: advertise,
+        security: secured.security.clone(),
+        limits: args.security.limits(),
         ..Default::default()
     };
     let control = tokio::spawn(skiff_control::run(
@@ -321,9 +368,16 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
         listener,
         wait(stopped.clone()),
     ));
-    let client = skiff_client::Client::new(&server)?;
-    wait_until_ready(&client).await?;
     let mut config = node_config(&args.agent, &args.data_dir.join("node"))?;
+    // The agent beside the control plane has a node's credential, as any other: the
+    // Node authorizer limits it to this node's objects.
+    let node_user = format!("system:node:{}", config.name);
+    let client = secured.client_as(&node_user, &["system:nodes"])?;
+    wait_until_ready(&client).await?;
+    let admin = secured.client_as(
+        skiff_control::pki::ADMIN_USER,
+        &[skiff_control::pki::MASTERS_GROUP],
+    )?;
     config.service_cidr = Some(args.network.service_cidr());
     (config.cluster_dns, config.host_dns) = (node_dns.cluster, node_dns.host);
     // The agent beside the control plane renews its lease well within the grace period
@@ -342,13 +396,13 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     eprintln!("skiff up: kubeconfig written to {}", kubeconfig.display());
     if !args.no_example {
         let pod = match args.examples.clone().or_else(default_examples) {
-            Some(dir) => example_pod(&client, &dir).await,
+            Some(dir) => example_pod(&admin, &dir).await,
             None => None,
         };
         match pod {
             Some(pod) => {
                 let pods = &skiff_api::resource::PODS;
-                match client.create(pods, Some("default"), &pod).await {
+                match admin.create(pods, Some("default"), &pod).await {
                     Ok(_) => eprintln!("skiff up: started the example pod `ticker` (a wasm module logging once a second)"),
                     Err(e) if e.code() == Some(409) => eprintln!("skiff up: the example pod `ticker` exists already"),
                     Err(e) => eprintln!("skiff up: could not create the example pod: {e}"),

@@ -10,7 +10,8 @@
 
 use crate::registry::{Registry, WriteOptions};
 use k8s_openapi::api::core::v1::{
-    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Service, ServicePort, ServiceSpec,
+    ConfigMap, EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Service, ServicePort,
+    ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -268,6 +269,113 @@ pub async fn ensure_dns_service(registry: &Registry) -> Result<Outcome, ApiError
         reconciled_dns_service,
     )
     .await
+}
+
+/// Where joining nodes find the cluster's CA (kubeadm's `kube-public/cluster-info`).
+pub const CLUSTER_INFO_NAMESPACE: &str = "kube-public";
+pub const CLUSTER_INFO_NAME: &str = "cluster-info";
+
+/// The `cluster-info` ConfigMap: a kubeconfig with the server and the CA only, readable
+/// by anyone (a Role bound to `system:anonymous`), so a node can fetch the CA before it
+/// has a credential and check it against the hash it was given before it sends one.
+pub fn desired_cluster_info(server: &str, ca_pem: &str) -> ConfigMap {
+    let kubeconfig = skiff_client::kubeconfig::render_with(
+        server,
+        &skiff_client::kubeconfig::Credentials {
+            ca_pem: Some(ca_pem),
+            ..Default::default()
+        },
+    );
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(CLUSTER_INFO_NAME.into()),
+            namespace: Some(CLUSTER_INFO_NAMESPACE.into()),
+            ..Default::default()
+        },
+        data: Some([("kubeconfig".to_string(), kubeconfig)].into()),
+        ..Default::default()
+    }
+}
+
+/// Writes `cluster-info` and the Role and RoleBinding that let anonymous requests read
+/// it (and nothing else), creating or correcting them.
+pub async fn ensure_cluster_info(
+    registry: &Registry,
+    server: &str,
+    ca_pem: &str,
+) -> Result<(), ApiError> {
+    use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+    let desired = desired_cluster_info(server, ca_pem);
+    ensure(
+        registry,
+        &skiff_api::resource::CONFIG_MAPS,
+        (CLUSTER_INFO_NAMESPACE, CLUSTER_INFO_NAME),
+        &desired,
+        |current: &ConfigMap| {
+            (current.data != desired.data).then(|| ConfigMap {
+                data: desired.data.clone(),
+                ..current.clone()
+            })
+        },
+    )
+    .await?;
+    let name = "skiff:cluster-info-reader";
+    let meta = ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(CLUSTER_INFO_NAMESPACE.into()),
+        ..Default::default()
+    };
+    let role = Role {
+        metadata: meta.clone(),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["configmaps".into()]),
+            resource_names: Some(vec![CLUSTER_INFO_NAME.into()]),
+            verbs: vec!["get".into()],
+            ..Default::default()
+        }]),
+    };
+    ensure(
+        registry,
+        &skiff_api::resource::ROLES,
+        (CLUSTER_INFO_NAMESPACE, name),
+        &role,
+        |current: &Role| {
+            (current.rules != role.rules).then(|| Role {
+                rules: role.rules.clone(),
+                ..current.clone()
+            })
+        },
+    )
+    .await?;
+    let binding = RoleBinding {
+        metadata: meta,
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: name.into(),
+        },
+        subjects: Some(vec![Subject {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "User".into(),
+            name: crate::auth::ANONYMOUS_USER.into(),
+            namespace: None,
+        }]),
+    };
+    ensure(
+        registry,
+        &skiff_api::resource::ROLE_BINDINGS,
+        (CLUSTER_INFO_NAMESPACE, name),
+        &binding,
+        |current: &RoleBinding| {
+            (current.subjects != binding.subjects).then(|| RoleBinding {
+                subjects: binding.subjects.clone(),
+                ..current.clone()
+            })
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 /// Creates `desired` as `namespace/name` if absent; otherwise writes `reconcile`'s

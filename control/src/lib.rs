@@ -4,11 +4,14 @@
 
 pub mod allocator;
 pub mod apiserver;
+pub mod auth;
 pub mod bootstrap;
+pub mod csr;
 pub mod defaults;
 pub mod images;
 pub mod metrics;
 pub mod namespaces;
+pub mod pki;
 pub mod registry;
 pub mod store;
 
@@ -32,6 +35,21 @@ pub enum ControlError {
     Client(String),
     #[error("invalid allocation settings: {0}")]
     Allocation(#[from] allocator::AllocatorError),
+    #[error("the cluster PKI is unusable: {0}")]
+    Pki(#[from] pki::PkiError),
+    #[error("the API server's TLS settings are unusable: {0}")]
+    Tls(#[from] apiserver::transport::TransportError),
+}
+
+/// How the API server secures its clients' connections.
+#[derive(Debug, Clone)]
+pub enum ApiSecurity {
+    /// HTTPS with the cluster PKI's serving certificate; every request is authenticated
+    /// (client certificates, bootstrap and service-account tokens) and authorized (RBAC,
+    /// the Node authorizer). What `skiff control` and `skiff up` run.
+    Tls(Arc<pki::ClusterPki>),
+    /// Plain HTTP, every request a cluster admin: `--insecure-http`, for development.
+    InsecureHttp,
 }
 
 /// Settings of [`run`].
@@ -51,6 +69,12 @@ pub struct ControlConfig {
     /// The address the `default/kubernetes` Endpoints name (`--advertise-address`); by
     /// default the listen address, or loopback when that is unspecified.
     pub advertise_address: Option<std::net::IpAddr>,
+    /// TLS and authentication, or neither. The `Default` is `InsecureHttp`, for tests of
+    /// other parts; the `skiff` binary always says which it runs.
+    pub security: ApiSecurity,
+    /// Requests in flight (`--max-requests-inflight`, `--max-mutating-requests-inflight`)
+    /// and the request timeout.
+    pub limits: apiserver::limits::LimitsConfig,
 }
 
 impl Default for ControlConfig {
@@ -63,6 +87,8 @@ impl Default for ControlConfig {
             run_controllers: true,
             allocation: allocator::AllocationConfig::default(),
             advertise_address: None,
+            security: ApiSecurity::InsecureHttp,
+            limits: apiserver::limits::LimitsConfig::default(),
         }
     }
 }
@@ -84,6 +110,9 @@ fn advertised_ip(
         })
 }
 
+/// The user the control plane's own scheduler and controllers authenticate as.
+pub const LOOPBACK_USER: &str = "system:apiserver";
+
 /// Runs the control plane on a bound listener until `shutdown` completes.
 pub async fn run(
     config: ControlConfig,
@@ -100,6 +129,45 @@ pub async fn run(
     );
     registry
         .ensure_default_namespaces()
+        .await
+        .map_err(ControlError::Bootstrap)?;
+    let (auth, transport, loopback_scheme, loopback_tls) = match &config.security {
+        ApiSecurity::Tls(pki) => {
+            let serving = pki.serving();
+            let transport = apiserver::transport::Transport::tls(
+                &serving.cert_pem,
+                &serving.key_pem,
+                pki.ca_pem(),
+            )?;
+            // The control plane's own loops use a loopback identity in system:masters, as
+            // kube-apiserver's loopback client does.
+            let identity = pki.issue_client(
+                LOOPBACK_USER,
+                &[pki::MASTERS_GROUP],
+                pki::LEAF_LIFETIME,
+                std::time::SystemTime::now(),
+            )?;
+            let tls = skiff_client::TlsConfig {
+                ca_pem: pki.ca_pem().as_bytes().to_vec(),
+                identity_pem: Some(identity.identity_pem()),
+                insecure_skip_verify: false,
+            };
+            (
+                auth::Auth::new(auth::AuthMode::Secure),
+                transport,
+                "https",
+                tls,
+            )
+        }
+        ApiSecurity::InsecureHttp => (
+            auth::Auth::new(auth::AuthMode::Insecure),
+            apiserver::transport::Transport::Plain,
+            "http",
+            skiff_client::TlsConfig::default(),
+        ),
+    };
+    let auth = Arc::new(auth);
+    auth.ensure_default_policy(&registry)
         .await
         .map_err(ControlError::Bootstrap)?;
     defaults::ensure_default_runtime_class(&registry)
@@ -120,6 +188,26 @@ pub async fn run(
         .await
         .map_err(ControlError::Bootstrap)?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let certificates_changed = Arc::new(tokio::sync::Notify::new());
+    let signer = match &config.security {
+        ApiSecurity::Tls(pki) => {
+            let server = format!(
+                "https://{}",
+                std::net::SocketAddr::new(endpoint.address, endpoint.port)
+            );
+            bootstrap::ensure_cluster_info(&registry, &server, pki.ca_pem())
+                .await
+                .map_err(ControlError::Bootstrap)?;
+            Some(tokio::spawn(csr::run(
+                registry.clone(),
+                pki.clone(),
+                certificates_changed.clone(),
+                stopped.clone(),
+            )))
+        }
+        ApiSecurity::InsecureHttp => None,
+    };
+    let rbac_follower = tokio::spawn(auth.clone().follow(registry.clone(), stopped.clone()));
     let namespace_deleted = Arc::new(tokio::sync::Notify::new());
     let finalizer = tokio::spawn(namespaces::run_finalizer(
         registry.clone(),
@@ -133,8 +221,15 @@ pub async fn run(
     } else {
         bound
     };
-    let api_client = skiff_client::Client::new(&format!("http://{loopback}"))
-        .map_err(|e| ControlError::Client(e.to_string()))?;
+    let loopback_config = skiff_client::HttpConfig {
+        tls: loopback_tls,
+        ..skiff_client::HttpConfig::default()
+    };
+    let api_client = skiff_client::Client::with_config(
+        &format!("{loopback_scheme}://{loopback}"),
+        &loopback_config,
+    )
+    .map_err(|e| ControlError::Client(e.to_string()))?;
     let run_controllers = config.run_controllers;
     // One informer factory for the scheduler and every controller: one list+watch per
     // collection in this process, however many loops read it.
@@ -173,13 +268,20 @@ pub async fn run(
         bookmark_interval: config.bookmark_interval,
         node_http: skiff_client::http::HttpClient::new(&skiff_client::HttpConfig::default())
             .map_err(|e| ControlError::Client(e.to_string()))?,
+        auth,
+        certificates_changed,
+        limits: Arc::new(apiserver::limits::Limits::new(config.limits)),
     };
-    let result = apiserver::serve(listener, state, async move {
+    let result = apiserver::serve(listener, state, transport, async move {
         shutdown.await;
         let _ = stop.send(true);
     })
     .await;
     let _ = finalizer.await;
+    let _ = rbac_follower.await;
+    if let Some(signer) = signer {
+        let _ = signer.await;
+    }
     let _ = scheduler.await;
     let _ = controller_manager.await;
     store.close().await;

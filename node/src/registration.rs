@@ -113,7 +113,7 @@ pub fn node_object(config: &NodeConfig, log_port: u16, now: &str) -> Value {
     })
 }
 
-/// Creates the Node, or brings an existing one up to date (labels, taints, status).
+/// Creates the Node, or brings an existing one up to date (its labels, its status).
 /// Returns the pod CIDR the API server gave the node, if any; the node's pod capacity
 /// is at most the addresses it holds.
 pub async fn register(
@@ -131,9 +131,23 @@ pub async fn register(
         }
         Err(e) => return Err(e),
         Ok(mut existing) => {
-            existing["metadata"]["labels"] = desired["metadata"]["labels"].clone();
-            existing["spec"]["taints"] = desired["spec"]["taints"].clone();
-            client.replace(nodes, None, &config.name, &existing).await?;
+            // As the kubelet does on re-registration: the agent's own labels are set
+            // again, labels others added stay, and taints are left alone — the
+            // registration taints apply when the Node is made; afterwards taints are the
+            // cluster's (node lifecycle, `kubectl taint`), and NodeRestriction forbids a
+            // node to change them.
+            let mut changed = false;
+            if let Some(wanted) = desired["metadata"]["labels"].as_object() {
+                for (key, value) in wanted {
+                    if existing["metadata"]["labels"][key] != *value {
+                        existing["metadata"]["labels"][key] = value.clone();
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                client.replace(nodes, None, &config.name, &existing).await?;
+            }
         }
     }
     let mut current = client.get(nodes, None, &config.name).await?;

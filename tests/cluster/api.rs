@@ -64,7 +64,7 @@ fn case(
 async fn bad_input_gets_a_status_and_changes_nothing() -> Result<()> {
     let cluster = InProcess::start_api_only().await?;
     let client = cluster.client();
-    let http = reqwest::Client::new();
+    let http = cluster.http.clone();
     let deployments = &skiff_api::resource::DEPLOYMENTS;
     let web = client
         .create(deployments, Some("default"), &deployment("web", "web"))
@@ -970,7 +970,7 @@ async fn bookmarks_metrics_and_table_objects() -> Result<()> {
         }
     }
 
-    let http = reqwest::Client::new();
+    let http = cluster.http.clone();
     let table: Value = http
         .get(format!(
             "{}/api/v1/namespaces/elsewhere/configmaps?includeObject=Object",

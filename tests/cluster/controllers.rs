@@ -22,11 +22,10 @@ impl Cluster {
         let control =
             ControlProcess::start_with(&dir.path().join("control"), &["--fast-node-lifecycle"])
                 .await?;
-        let client = Client::new(&control.server)?;
+        let client = control.client()?;
         let mut started = Vec::new();
         for name in nodes {
-            started
-                .push(NodeProcess::start(&control.server, name, &dir.path().join(name), "").await?);
+            started.push(NodeProcess::start(&control, name, &dir.path().join(name), "").await?);
         }
         Ok(Cluster {
             dir,
@@ -321,13 +320,8 @@ fn a_dead_node_has_its_pods_replaced_and_a_dead_cluster_evicts_nothing() -> Resu
             "replacement took {replaced_after:?}"
         );
         // n2 comes back: never more than replicas + maxSurge pods.
-        cluster.nodes[1] = NodeProcess::start(
-            &cluster.control.server,
-            "n2",
-            &cluster.dir.path().join("n2"),
-            "",
-        )
-        .await?;
+        cluster.nodes[1] =
+            NodeProcess::start(&cluster.control, "n2", &cluster.dir.path().join("n2"), "").await?;
         let until = Instant::now() + Duration::from_secs(3);
         while Instant::now() < until {
             let active = cluster.active_pods().await?.len();

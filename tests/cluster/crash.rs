@@ -35,7 +35,7 @@ async fn acknowledged_writes_survive_kill_9() -> Result<()> {
     for cycle in 0..cycles {
         // The store must open after every crash; start() fails the test if it does not.
         let mut control = ControlProcess::start(dir.path()).await?;
-        let client = Client::new(&control.server)?;
+        let client = control.client()?;
         verify(&client, &acked, cycle).await?;
         if cycle == 0 {
             for w in 0..WRITERS {
@@ -74,7 +74,7 @@ async fn acknowledged_writes_survive_kill_9() -> Result<()> {
         }
     }
     let control = ControlProcess::start(dir.path()).await?;
-    let client = Client::new(&control.server)?;
+    let client = control.client()?;
     verify(&client, &acked, cycles).await?;
     ensure!(
         acked.created.len() > cycles,

@@ -8,12 +8,30 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A control plane running inside the test process.
+/// A control plane running inside the test process, secured as `skiff control` is: TLS
+/// with the cluster PKI, client-certificate authentication, RBAC.
 pub struct InProcess {
     pub server: String,
     pub dir: tempfile::TempDir,
+    /// The cluster CA, which tests use to issue certificates to any user they need.
+    pub pki: std::sync::Arc<skiff_control::pki::ClusterPki>,
+    /// A raw HTTP client that trusts the CA and authenticates as the admin, for tests
+    /// that send hand-made requests.
+    pub http: reqwest::Client,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A reqwest client trusting `ca_pem`, authenticating with `identity_pem` if given.
+pub fn tls_http(ca_pem: &str, identity_pem: Option<&[u8]>) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes())?);
+    if let Some(identity) = identity_pem {
+        builder = builder.identity(reqwest::Identity::from_pem(identity)?);
+    }
+    Ok(builder.build()?)
 }
 
 impl InProcess {
@@ -29,10 +47,37 @@ impl InProcess {
     }
 
     async fn start_with(run_controllers: bool) -> Result<InProcess> {
+        Self::start_limited(run_controllers, Default::default()).await
+    }
+
+    /// The API server alone, with request limits of its own.
+    pub async fn start_api_only_limited(
+        limits: skiff_control::apiserver::limits::LimitsConfig,
+    ) -> Result<InProcess> {
+        Self::start_limited(false, limits).await
+    }
+
+    async fn start_limited(
+        run_controllers: bool,
+        limits: skiff_control::apiserver::limits::LimitsConfig,
+    ) -> Result<InProcess> {
         let dir = tempfile::tempdir()?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let server = format!("http://{}", listener.local_addr()?);
+        let server = format!("https://{}", listener.local_addr()?);
+        let names = skiff_control::pki::ServingNames::standard("cluster.local", &[], &[]);
+        let pki = std::sync::Arc::new(skiff_control::pki::ClusterPki::ensure(
+            &dir.path().join("pki"),
+            &names,
+            std::time::SystemTime::now(),
+        )?);
+        let admin = issue(
+            &pki,
+            skiff_control::pki::ADMIN_USER,
+            &[skiff_control::pki::MASTERS_GROUP],
+        )?;
         let config = skiff_control::ControlConfig {
+            security: skiff_control::ApiSecurity::Tls(pki.clone()),
+            limits,
             store_dir: dir.path().join("store"),
             store: skiff_control::store::StoreConfig {
                 history_capacity: 200,
@@ -53,21 +98,35 @@ impl InProcess {
         });
         std::fs::write(
             dir.path().join("kubeconfig"),
-            skiff_client::kubeconfig::render(&server),
+            skiff_client::kubeconfig::render_with(
+                &server,
+                &skiff_client::kubeconfig::Credentials {
+                    ca_pem: Some(pki.ca_pem()),
+                    client_certificate_pem: Some(&admin.cert_pem),
+                    client_key_pem: Some(&admin.key_pem),
+                    token: None,
+                },
+            ),
         )?;
+        let http = tls_http(pki.ca_pem(), Some(&admin.identity_pem()))?;
         let cluster = InProcess {
             server,
             dir,
+            pki,
+            http,
             stop: Some(stop),
             task: Some(task),
         };
-        wait_ready(&cluster.server, Duration::from_secs(10)).await?;
+        wait_ready_with(&cluster.http, &cluster.server, Duration::from_secs(10)).await?;
         Ok(cluster)
     }
 
+    /// A client authenticating as the cluster admin (`system:masters`).
     pub fn client(&self) -> skiff_client::Client {
-        skiff_client::Client::new(&self.server).expect("server URL is valid")
+        skiff_client::Client::from_kubeconfig(Some(&self.kubeconfig()))
+            .expect("the test kubeconfig is valid")
     }
+
 
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
@@ -83,9 +142,70 @@ impl InProcess {
     }
 }
 
-/// Waits until `/readyz` answers ok.
+/// A certificate from the cluster CA for `user` in `groups`.
+pub fn issue(
+    pki: &skiff_control::pki::ClusterPki,
+    user: &str,
+    groups: &[&str],
+) -> Result<skiff_control::pki::Credential> {
+    Ok(pki.issue_client(
+        user,
+        groups,
+        Duration::from_secs(3600),
+        std::time::SystemTime::now(),
+    )?)
+}
+
+/// A skiff client of `server` trusting `ca_pem`, with a client certificate and/or token.
+pub fn client_with(
+    server: &str,
+    ca_pem: &str,
+    identity_pem: Option<Vec<u8>>,
+    token: Option<&str>,
+) -> Result<skiff_client::Client> {
+    let config = skiff_client::HttpConfig {
+        tls: skiff_client::TlsConfig {
+            ca_pem: ca_pem.as_bytes().to_vec(),
+            identity_pem,
+            insecure_skip_verify: false,
+        },
+        bearer_token: token.map(str::to_string),
+        ..skiff_client::HttpConfig::default()
+    };
+    Ok(skiff_client::Client::with_config(server, &config)?)
+}
+
+/// Waits for the admin kubeconfig a `skiff control`/`skiff up` process writes in
+/// `data_dir` and for its server to answer `/readyz` through it; returns a client of it.
+/// (The file is written before the port is served; a restarted process rewrites it
+/// with the same CA.)
+pub async fn wait_for_kubeconfig(
+    data_dir: &Path,
+    timeout: Duration,
+) -> Result<skiff_client::Client> {
+    let kubeconfig = data_dir.join("kubeconfig");
+    eventually(timeout, "the kubeconfig and a ready API server", || async {
+        let client = skiff_client::Client::from_kubeconfig(Some(&kubeconfig)).ok()?;
+        let ready = matches!(
+            client.get_bytes("/readyz", "x").await,
+            Ok(Some((_, body))) if body == b"ok"
+        );
+        ready.then_some(client)
+    })
+    .await
+}
+
+/// Waits until `/readyz` of a plain-HTTP server answers ok.
 pub async fn wait_ready(server: &str, timeout: Duration) -> Result<()> {
-    let http = reqwest::Client::new();
+    wait_ready_with(&reqwest::Client::new(), server, timeout).await
+}
+
+/// Waits until `/readyz` answers ok through `http`.
+pub async fn wait_ready_with(
+    http: &reqwest::Client,
+    server: &str,
+    timeout: Duration,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(r) = http.get(format!("{server}/readyz")).send().await {
@@ -150,6 +270,9 @@ impl Drop for Killed {
 pub struct ControlProcess {
     pub child: Child,
     pub server: String,
+    /// The admin kubeconfig the process wrote.
+    pub kubeconfig: PathBuf,
+    pub data_dir: PathBuf,
 }
 
 impl ControlProcess {
@@ -170,10 +293,42 @@ impl ControlProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        let server = format!("http://127.0.0.1:{port}");
-        let process = ControlProcess { child, server };
-        wait_ready(&process.server, Duration::from_secs(20)).await?;
+        let server = format!("https://127.0.0.1:{port}");
+        let process = ControlProcess {
+            child,
+            server,
+            kubeconfig: data_dir.join("kubeconfig"),
+            data_dir: data_dir.to_path_buf(),
+        };
+        wait_for_kubeconfig(data_dir, Duration::from_secs(20)).await?;
         Ok(process)
+    }
+
+    /// A client authenticating as the cluster admin, from the written kubeconfig.
+    pub fn client(&self) -> Result<skiff_client::Client> {
+        Ok(skiff_client::Client::from_kubeconfig(Some(
+            &self.kubeconfig,
+        ))?)
+    }
+
+    /// A new bootstrap token (valid for an hour) and the CA hash to pin: what
+    /// `skiff node --token … --ca-cert-hash …` joins with.
+    pub async fn join_token(&self) -> Result<(String, String)> {
+        let token = skiff_control::auth::tokens::BootstrapToken::generate(&mut rand::random::<u32>);
+        let expiration = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+        let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": token.secret_name(), "namespace": "kube-system"},
+            "type": "bootstrap.kubernetes.io/token",
+            "stringData": {"token-id": token.id, "token-secret": token.secret,
+                "expiration": expiration, "usage-bootstrap-authentication": "true"}});
+        self.client()?
+            .create(&skiff_api::resource::SECRETS, Some("kube-system"), &secret)
+            .await?;
+        let ca = std::fs::read(self.data_dir.join("pki/ca.crt"))?;
+        Ok((
+            token.reveal(),
+            skiff_control::pki::ca_cert_hash_of_pem(&ca)?,
+        ))
     }
 
     /// `kill -9`: the process gets no chance to flush or clean up.
@@ -207,24 +362,29 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts `skiff node` and waits until its Node is Ready.
     pub async fn start(
-        server: &str,
+        control: &ControlProcess,
         name: &str,
         data_dir: &Path,
         labels: &str,
     ) -> Result<NodeProcess> {
-        Self::start_with(server, name, data_dir, labels, &[]).await
+        Self::start_with(control, name, data_dir, labels, &[]).await
     }
 
     /// As [`NodeProcess::start`], with extra flags (`--address`, say).
     pub async fn start_with(
-        server: &str,
+        control: &ControlProcess,
         name: &str,
         data_dir: &Path,
         labels: &str,
         extra: &[&str],
     ) -> Result<NodeProcess> {
+        // Every test node joins as a real one does: a bootstrap token, the CA pinned, a
+        // certificate of its own; it restarts with the credentials the join left.
+        let (token, ca_hash) = control.join_token().await?;
         let child = Command::new(skiff_binary()?)
-            .args(["node", "--name", name, "--server", server, "--data-dir"])
+            .args(["node", "--name", name, "--server", &control.server])
+            .args(["--token", &token, "--ca-cert-hash", &ca_hash])
+            .arg("--data-dir")
             .arg(data_dir)
             .args(["--node-labels", labels])
             .args(extra)
@@ -235,7 +395,7 @@ impl NodeProcess {
             .stderr(Stdio::null())
             .spawn()?;
         let process = NodeProcess { child };
-        let client = skiff_client::Client::new(server)?;
+        let client = control.client()?;
         let nodes = &skiff_api::resource::NODES;
         eventually(
             Duration::from_secs(30),

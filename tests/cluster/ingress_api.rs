@@ -148,7 +148,7 @@ fn kubectl_applies_lists_refuses_and_describes_ingresses() -> Result<()> {
         let dir = tempfile::tempdir()?;
         let control = ControlProcess::start(&dir.path().join("control")).await?;
         // The node's InternalIP is its --address, 127.0.0.1 by default.
-        let _node = NodeProcess::start(&control.server, "n1", &dir.path().join("n1"), "").await?;
+        let _node = NodeProcess::start(&control, "n1", &dir.path().join("n1"), "").await?;
         let kubectl = Kubectl {
             kubeconfig: dir.path().join("control").join("kubeconfig"),
             cache: tempfile::tempdir()?,

@@ -19,5 +19,6 @@ mod kubectl;
 mod netns;
 mod quantities;
 mod runtimeclass;
+mod security;
 mod services;
 mod wasm;

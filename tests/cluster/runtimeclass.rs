@@ -21,8 +21,8 @@ impl Cluster {
     async fn start() -> Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let control = ControlProcess::start(&dir.path().join("control")).await?;
-        let client = Client::new(&control.server)?;
-        let node = NodeProcess::start(&control.server, "n1", &dir.path().join("n1"), "").await?;
+        let client = control.client()?;
+        let node = NodeProcess::start(&control, "n1", &dir.path().join("n1"), "").await?;
         Ok(Cluster {
             dir,
             _node: node,

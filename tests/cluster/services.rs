@@ -35,9 +35,9 @@ impl ServiceCluster {
         let peer = Peer::create("svc", NODE_IP, CLIENT_IP)?;
         let dir = tempfile::tempdir()?;
         let control = ControlProcess::start(&dir.path().join("control")).await?;
-        let client = Client::new(&control.server)?;
+        let client = control.client()?;
         let node = NodeProcess::start_with(
-            &control.server,
+            &control,
             "n1",
             &dir.path().join("n1"),
             "",
@@ -772,7 +772,7 @@ fn an_agent_restart_neither_duplicates_nor_leaks_rules_or_addresses() -> Result<
         // kill -9: nothing is cleaned up; the new agent replaces, never adds.
         cluster._node.kill_hard()?;
         cluster._node = NodeProcess::start_with(
-            &cluster._control.server,
+            &cluster._control,
             "n1",
             &cluster.dir.path().join("n1"),
             "",
@@ -1082,9 +1082,8 @@ fn services_work_the_same_on_skiff_up() -> Result<()> {
                 .stderr(std::process::Stdio::null())
                 .spawn()?,
         );
-        let server = format!("http://127.0.0.1:{port}");
-        crate::harness::wait_ready(&server, Duration::from_secs(20)).await?;
-        let client = Client::new(&server)?;
+        let client =
+            crate::harness::wait_for_kubeconfig(dir.path(), Duration::from_secs(20)).await?;
         let apply = |object: Value| {
             let client = client.clone();
             async move {

@@ -20,8 +20,8 @@ impl Cluster {
     async fn start() -> Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let control = ControlProcess::start(&dir.path().join("control")).await?;
-        let client = Client::new(&control.server)?;
-        let node = NodeProcess::start(&control.server, "n1", &dir.path().join("n1"), "").await?;
+        let client = control.client()?;
+        let node = NodeProcess::start(&control, "n1", &dir.path().join("n1"), "").await?;
         Ok(Cluster {
             dir,
             nodes: vec![node],
@@ -554,7 +554,7 @@ fn unschedulable_pods_wait_for_a_matching_node() -> Result<()> {
         )
         .await?;
         let ssd = NodeProcess::start(
-            &cluster.control.server,
+            &cluster.control,
             "ssd1",
             &cluster.dir.path().join("ssd1"),
             "disk=ssd",
@@ -587,13 +587,8 @@ fn an_agent_killed_with_sigkill_brings_its_pods_back_once() -> Result<()> {
             })
             .await?;
         cluster.nodes[0].kill_hard()?;
-        let node = NodeProcess::start(
-            &cluster.control.server,
-            "n1",
-            &cluster.dir.path().join("n1"),
-            "",
-        )
-        .await?;
+        let node =
+            NodeProcess::start(&cluster.control, "n1", &cluster.dir.path().join("n1"), "").await?;
         cluster.nodes[0] = node;
         let restart_count = |p: &Value| {
             p.pointer("/status/containerStatuses/0/restartCount")

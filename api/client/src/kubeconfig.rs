@@ -255,13 +255,58 @@ impl Kubeconfig {
     }
 }
 
-/// Renders a kubeconfig for a skiff cluster at `server`.
+/// What a rendered kubeconfig trusts and authenticates with, PEM.
+#[derive(Clone, Default)]
+pub struct Credentials<'a> {
+    pub ca_pem: Option<&'a str>,
+    pub client_certificate_pem: Option<&'a str>,
+    pub client_key_pem: Option<&'a str>,
+    pub token: Option<&'a str>,
+}
+
+impl std::fmt::Debug for Credentials<'_> {
+    // Never print key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("has_ca", &self.ca_pem.is_some())
+            .field(
+                "has_client_certificate",
+                &self.client_certificate_pem.is_some(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Renders a kubeconfig for a skiff cluster at `server`, without credentials (an
+/// `--insecure-http` cluster).
 pub fn render(server: &str) -> String {
+    render_with(server, &Credentials::default())
+}
+
+/// Renders a kubeconfig for a skiff cluster at `server` with the CA and credentials
+/// inline (`*-data`), so the file stands alone as kubectl expects. It holds a private
+/// key: write it 0600.
+pub fn render_with(server: &str, credentials: &Credentials<'_>) -> String {
+    use skiff_api::object::base64_encode;
+    let mut cluster = json!({"server": server});
+    if let Some(ca) = credentials.ca_pem {
+        cluster["certificate-authority-data"] = json!(base64_encode(ca.as_bytes()));
+    }
+    let mut user = json!({});
+    if let Some(cert) = credentials.client_certificate_pem {
+        user["client-certificate-data"] = json!(base64_encode(cert.as_bytes()));
+    }
+    if let Some(key) = credentials.client_key_pem {
+        user["client-key-data"] = json!(base64_encode(key.as_bytes()));
+    }
+    if let Some(token) = credentials.token {
+        user["token"] = json!(token);
+    }
     let doc = json!({
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "skiff", "cluster": {"server": server}}],
-        "users": [{"name": "skiff-admin", "user": {}}],
+        "clusters": [{"name": "skiff", "cluster": cluster}],
+        "users": [{"name": "skiff-admin", "user": user}],
         "contexts": [{"name": "skiff", "context": {"cluster": "skiff", "user": "skiff-admin", "namespace": "default"}}],
         "current-context": "skiff",
         "preferences": {},

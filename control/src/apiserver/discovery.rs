@@ -3,9 +3,7 @@
 //! is enough for `kubectl apply` with its default validation.
 
 use serde_json::{json, Value};
-use skiff_api::resource::{
-    named_groups, resources_in, ResourceInfo, Subresource, ALL_VERBS, RESOURCES,
-};
+use skiff_api::resource::{named_groups, resources_in, ResourceInfo, Subresource, RESOURCES};
 
 /// The exact media type of aggregated discovery responses; kubectl recognises the
 /// aggregated form by it and parses anything else as the legacy form.
@@ -75,7 +73,7 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
             "singularName": r.singular,
             "namespaced": r.namespaced,
             "kind": r.kind,
-            "verbs": ALL_VERBS,
+            "verbs": r.verbs,
             "shortNames": r.short_names,
             "categories": r.categories,
         }));
@@ -124,7 +122,7 @@ fn aggregated_resource(r: &ResourceInfo) -> Value {
         "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
         "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
         "singularResource": r.singular,
-        "verbs": ALL_VERBS,
+        "verbs": r.verbs,
         "shortNames": r.short_names,
         "categories": r.categories,
         "subresources": subresources,

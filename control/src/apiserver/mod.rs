@@ -5,9 +5,11 @@
 //! Every error is a `kind: Status` body with a matching reason and code.
 
 mod discovery;
+pub mod limits;
 mod list_options;
 mod portforward;
 mod spdy;
+pub mod transport;
 mod watch;
 mod websocket;
 
@@ -25,6 +27,7 @@ use axum::Router;
 use serde_json::{json, Value};
 use skiff_api::object::parse_body;
 use skiff_api::patch::PatchType;
+use skiff_api::rbac::{Attributes, UserInfo};
 use skiff_api::resource::{find_by_path, ResourceInfo};
 use skiff_api::selector::{structured_to_string, FieldSelector, LabelSelector};
 use skiff_api::status::{success_status, ApiError};
@@ -55,18 +58,23 @@ pub struct ApiState {
     /// Talks to node agents (container logs).
     /// The client for node agents' kubelet endpoints (logs), from the one HTTP stack.
     pub node_http: skiff_client::http::HttpClient,
+    /// Who a request is from and what it may do.
+    pub auth: Arc<crate::auth::Auth>,
+    /// Wakes the certificate approver and signer after a CSR is created or approved.
+    pub certificates_changed: Arc<Notify>,
+    /// Seats for requests in flight, and the request timeout.
+    pub limits: Arc<limits::Limits>,
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     state: ApiState,
+    transport: transport::Transport,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let router = Router::new().fallback(dispatch).with_state(state);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    transport::serve(listener, router, transport, shutdown).await
 }
 
 /// One parsed request path.
@@ -277,10 +285,143 @@ fn verb_name(method: &Method, target: &ResourcePath, watching: bool) -> &'static
     }
 }
 
+/// Who sent `request`: its connection's verified certificate or its bearer token;
+/// anonymous when it carries neither.
+fn authenticate(state: &ApiState, request: &Request) -> Result<UserInfo, ApiError> {
+    let certificate = request
+        .extensions()
+        .get::<transport::PeerCertificate>()
+        .and_then(|p| p.0.as_deref());
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let user = state.auth.authenticate(
+        &state.registry,
+        certificate.map(|c| c.as_ref()),
+        authorization,
+    )?;
+    Ok(user.unwrap_or_else(crate::auth::anonymous))
+}
+
+/// Authorizes a request outside the resource API (discovery, health, images) by its path.
+fn authorize_path(
+    state: &ApiState,
+    user: &UserInfo,
+    method: &Method,
+    path: &str,
+) -> Result<(), ApiError> {
+    let verb = method.as_str().to_ascii_lowercase();
+    let attributes = Attributes::non_resource(user, &verb, path);
+    state.auth.authorize(&state.registry, &attributes, None)
+}
+
 async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
     let started = Instant::now();
     let path = request.uri().path().to_string();
-    let (verb, resource_label, response) = match parse_target(&path) {
+    let user = match authenticate(&state, &request) {
+        Ok(user) => user,
+        Err(e) => {
+            state
+                .metrics
+                .record("other", "unauthenticated", e.code, started.elapsed());
+            return error_response(&e);
+        }
+    };
+    let target = parse_target(&path);
+    let allowed = match &target {
+        Ok(Target::Resource(_)) => Ok(()),
+        _ => authorize_path(&state, &user, request.method(), &path),
+    };
+    if let Err(e) = allowed {
+        state
+            .metrics
+            .record("other", "forbidden", e.code, started.elapsed());
+        return error_response(&e);
+    }
+    let long_running = is_long_running(&target, request.uri().query());
+    let read_only = matches!(*request.method(), Method::GET | Method::HEAD);
+    let health = matches!(target, Ok(Target::Health(_)));
+    let class = limits::classify(&user, read_only, long_running, health);
+    let _seat = match state.limits.seat(class) {
+        limits::Seat::Refused => {
+            state
+                .metrics
+                .record("other", "throttled", 429, started.elapsed());
+            return too_many_requests();
+        }
+        seat => seat,
+    };
+    let routed = route(&state, &user, target, request);
+    let (verb, resource_label, response) = if long_running {
+        routed.await
+    } else {
+        match tokio::time::timeout(state.limits.request_timeout, routed).await {
+            Ok(routed) => routed,
+            Err(_) => (
+                "other",
+                "timeout".to_string(),
+                error_response(&request_timed_out()),
+            ),
+        }
+    };
+    state.metrics.record(
+        verb,
+        &resource_label,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// Requests that stream for as long as the client wants: watches, followed logs and
+/// port-forwards. They hold no seat and have no request timeout (a watch ends at its
+/// own `timeoutSeconds`).
+fn is_long_running(target: &Result<Target, ApiError>, query: Option<&str>) -> bool {
+    let Ok(Target::Resource(target)) = target else {
+        return false;
+    };
+    let query = parse_query(query);
+    let flag = |name: &str| matches!(query.get(name).map(String::as_str), Some("true" | "1"));
+    match target.subresource.as_deref() {
+        None => target.name.is_none() && flag("watch"),
+        Some("log") => flag("follow"),
+        Some("portforward") => true,
+        _ => false,
+    }
+}
+
+fn too_many_requests() -> Response {
+    let error = ApiError::new(
+        429,
+        "TooManyRequests",
+        "Too many requests, please try again later.",
+    );
+    let mut response = error_response(&error);
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(limits::RETRY_AFTER_SECONDS),
+    );
+    response
+}
+
+fn request_timed_out() -> ApiError {
+    ApiError::new(
+        504,
+        "Timeout",
+        "The request did not complete within the allotted time (the request timeout).",
+    )
+}
+
+/// Routes an authenticated request to its handler; returns the metrics' verb and
+/// resource label with the response.
+async fn route(
+    state: &ApiState,
+    user: &UserInfo,
+    target: Result<Target, ApiError>,
+    request: Request,
+) -> (&'static str, String, Response) {
+    match target {
         Err(e) => ("get", "unknown".to_string(), error_response(&e)),
         Ok(Target::Resource(target)) => {
             let query = parse_query(request.uri().query());
@@ -290,9 +431,27 @@ async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
                 Some(sub) => format!("{}/{sub}", target.resource.plural),
                 None => target.resource.plural.to_string(),
             };
-            let response = match handle_resource(&state, request, target, query).await {
-                Ok(r) => r,
+            let attributes = Attributes {
+                user,
+                verb,
+                namespace: target.namespace.as_deref().unwrap_or_default(),
+                api_group: target.resource.group,
+                resource: target.resource.plural,
+                subresource: target.subresource.as_deref().unwrap_or_default(),
+                name: target.name.as_deref().unwrap_or_default(),
+                resource_request: true,
+                path: "",
+            };
+            let field_selector = query.get("fieldSelector").map(String::as_str);
+            let response = match state
+                .auth
+                .authorize(&state.registry, &attributes, field_selector)
+            {
                 Err(e) => error_response(&e),
+                Ok(()) => match handle_resource(state, user, request, target, query).await {
+                    Ok(r) => r,
+                    Err(e) => error_response(&e),
+                },
             };
             (verb, label, response)
         }
@@ -302,7 +461,7 @@ async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
             } else {
                 "get"
             };
-            let response = match handle_image(&state, request, &reference).await {
+            let response = match handle_image(state, request, &reference).await {
                 Ok(r) => r,
                 Err(e) => error_response(&e),
             };
@@ -311,16 +470,9 @@ async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
         Ok(other) => (
             "get",
             "discovery".to_string(),
-            handle_meta(&state, request.method(), request.headers(), other),
+            handle_meta(state, request.method(), request.headers(), other),
         ),
-    };
-    state.metrics.record(
-        verb,
-        &resource_label,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
+    }
 }
 
 fn handle_meta(state: &ApiState, method: &Method, headers: &HeaderMap, target: Target) -> Response {
@@ -552,6 +704,162 @@ fn selectors(
 
 async fn handle_resource(
     state: &ApiState,
+    user: &UserInfo,
+    request: Request,
+    target: ResourcePath,
+    query: HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let resource = target.resource;
+    if !resource.is_stored() {
+        return answer_review(state, user, request, &target).await;
+    }
+    let rbac = crate::auth::RBAC_RESOURCES.contains(&resource);
+    let node_object = matches!(
+        *resource,
+        skiff_api::resource::NODES | skiff_api::resource::LEASES
+    ) && crate::auth::node::node_name(user).is_some();
+    let method = request.method().clone();
+    let writes_object = matches!(method, Method::POST | Method::PUT | Method::PATCH)
+        && target.subresource.is_none();
+    let request = if (rbac || node_object) && writes_object {
+        admit_guarded_write(state, user, request, &target).await?
+    } else {
+        request
+    };
+    let csr = *resource == skiff_api::resource::CERTIFICATE_SIGNING_REQUESTS;
+    let request = if csr && method == Method::POST {
+        stamp_requester(user, request).await?
+    } else {
+        request
+    };
+    let response = handle_stored_resource(state, request, target, query).await?;
+    if csr && method != Method::GET {
+        state.certificates_changed.notify_one();
+    }
+    if rbac && method != Method::GET {
+        // A binding is in force once its write has been answered.
+        state.auth.reconcile(&state.registry).await;
+    }
+    Ok(response)
+}
+
+/// Answers a POST of a review (SelfSubjectAccessReview and its kin).
+async fn answer_review(
+    state: &ApiState,
+    user: &UserInfo,
+    request: Request,
+    target: &ResourcePath,
+) -> Result<Response, ApiError> {
+    if request.method() != Method::POST || target.name.is_some() || target.subresource.is_some() {
+        return Err(ApiError::method_not_allowed(format!(
+            "{} only supports create",
+            target.resource.qualified_plural()
+        )));
+    }
+    let (headers, body) = read_body(request).await?;
+    let body = decode_object_body(&headers, &body)?;
+    let reply = crate::auth::reviews::answer(
+        &state.auth,
+        &state.registry,
+        user,
+        target.resource,
+        target.namespace.as_deref(),
+        body,
+    )?;
+    Ok(json_response(StatusCode::CREATED, &reply))
+}
+
+/// A CSR records who asked for it (`spec.username`, `uid`, `groups`, `extra`), from the
+/// request's authentication, whatever the body says: the approver trusts these.
+async fn stamp_requester(user: &UserInfo, request: Request) -> Result<Request, ApiError> {
+    let (parts, body) = request.into_parts();
+    let (headers, bytes) = read_body(Request::from_parts(parts.clone(), body)).await?;
+    let mut object = decode_object_body(&headers, &bytes)?;
+    let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else {
+        return Err(ApiError::bad_request("spec is required"));
+    };
+    spec.insert("username".into(), json!(user.name));
+    spec.insert("groups".into(), json!(user.groups));
+    if user.uid.is_empty() {
+        spec.remove("uid");
+    } else {
+        spec.insert("uid".into(), json!(user.uid));
+    }
+    if user.extra.is_empty() {
+        spec.remove("extra");
+    } else {
+        spec.insert("extra".into(), json!(user.extra));
+    }
+    let mut parts = parts;
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok(Request::from_parts(parts, Body::from(object.to_string())))
+}
+
+/// Escalation prevention (RBAC objects) and NodeRestriction (a node's own Node) look at
+/// the object a write would store before it is written; the request is handed back
+/// with its body, buffered.
+async fn admit_guarded_write(
+    state: &ApiState,
+    user: &UserInfo,
+    request: Request,
+    target: &ResourcePath,
+) -> Result<Request, ApiError> {
+    let method = request.method().clone();
+    let (parts, body) = request.into_parts();
+    let declared = parts.headers.clone();
+    let (_, bytes) = read_body(Request::from_parts(parts.clone(), body)).await?;
+    let resource = target.resource;
+    let ns = target.namespace.as_deref();
+    let current = target
+        .name
+        .as_deref()
+        .and_then(|name| state.registry.get(resource, ns, name).ok())
+        .map(|(_, object)| object);
+    let new = match method {
+        Method::PATCH => {
+            let ct = content_type(&declared);
+            let patch_type = PatchType::from_content_type(&ct)
+                .ok_or_else(|| ApiError::unsupported_media_type(&ct))?;
+            let patch = parse_body(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let base = current.clone().unwrap_or_else(|| json!({}));
+            skiff_api::patch::apply_patch(patch_type, &base, &patch)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?
+        }
+        _ => decode_object_body(&declared, &bytes)?,
+    };
+    let name = target
+        .name
+        .clone()
+        .or_else(|| skiff_api::object::meta_str(&new, "name").map(str::to_string))
+        .unwrap_or_default();
+    state.auth.admit_rbac_write(
+        &state.registry,
+        user,
+        crate::auth::WriteTarget {
+            resource,
+            namespace: ns,
+            name: &name,
+        },
+        current.as_ref(),
+        &new,
+    )?;
+    if *resource == skiff_api::resource::NODES {
+        state
+            .auth
+            .admit_node_write(user, &name, current.as_ref(), &new)?;
+    } else if *resource == skiff_api::resource::LEASES {
+        // A node's Lease carries no restricted fields; only its name is checked.
+        state.auth.admit_node_write(user, &name, None, &new)?;
+    }
+    Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+async fn handle_stored_resource(
+    state: &ApiState,
     request: Request,
     target: ResourcePath,
     query: HashMap<String, String>,
@@ -666,6 +974,22 @@ async fn handle_resource(
                     target.subresource.as_deref(),
                     &options,
                 )
+                .await?;
+            Ok(written_response(StatusCode::OK, written))
+        }
+        ("PUT", Some(name), Some("approval")) => {
+            // The approval subresource changes the conditions and nothing else (not the
+            // certificate, which only the signer writes).
+            let options = write_options(&query)?;
+            let (headers, body) = read_body(request).await?;
+            let body = decode_object_body(&headers, &body)?;
+            let (_, mut current) = registry.get(resource, ns, name)?;
+            current["status"]["conditions"] = body
+                .pointer("/status/conditions")
+                .cloned()
+                .unwrap_or(Value::Null);
+            let written = registry
+                .update(resource, ns, name, current, Some("status"), &options)
                 .await?;
             Ok(written_response(StatusCode::OK, written))
         }

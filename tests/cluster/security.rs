@@ -1,0 +1,1237 @@
+//! The secure API server (reliability-security §7.4 A-1…A-3): authentication over TLS
+//! with real client certificates and bootstrap tokens, the RBAC matrix with escalation
+//! prevention, node isolation (Node authorizer + NodeRestriction), and the real kubectl
+//! with the kubeconfig `skiff control` writes (`auth whoami`, `auth can-i`).
+
+use crate::harness::{issue, tls_http, ControlProcess, InProcess};
+use anyhow::{bail, ensure, Context, Result};
+use futures::StreamExt as _;
+use serde_json::{json, Value};
+use std::process::Command;
+
+/// Sends `method path` with an optional JSON body and returns the code and body.
+async fn send(
+    http: &reqwest::Client,
+    server: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    token: Option<&str>,
+) -> Result<(u16, Value)> {
+    let method = reqwest::Method::from_bytes(method.as_bytes())?;
+    let mut request = http.request(method, format!("{server}{path}"));
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await?;
+    let code = response.status().as_u16();
+    let text = response.text().await?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok((code, body))
+}
+
+fn bootstrap_secret(id: &str, secret: &str, expiration: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": format!("bootstrap-token-{id}"), "namespace": "kube-system"},
+        "type": "bootstrap.kubernetes.io/token",
+        "stringData": {"token-id": id, "token-secret": secret, "expiration": expiration,
+            "usage-bootstrap-authentication": "true"}})
+}
+
+async fn whoami(http: &reqwest::Client, server: &str, token: Option<&str>) -> Result<(u16, Value)> {
+    let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
+    send(
+        http,
+        server,
+        "POST",
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        Some(&review),
+        token,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_authenticate_by_certificate_or_token_and_nothing_else() -> Result<()> {
+    let cluster = InProcess::start_api_only().await?;
+    let server = &cluster.server;
+    let anonymous = tls_http(cluster.pki.ca_pem(), None)?;
+
+    // No credential: only health and version answer.
+    for path in ["/healthz", "/livez", "/readyz", "/version"] {
+        let (code, body) = send(&anonymous, server, "GET", path, None, None).await?;
+        ensure!(code == 200, "anonymous GET {path}: {code} {body}");
+    }
+    for path in [
+        "/api",
+        "/apis",
+        "/metrics",
+        "/api/v1/namespaces",
+        "/api/v1/namespaces/default/secrets",
+        "/openapi/v3",
+    ] {
+        let (code, body) = send(&anonymous, server, "GET", path, None, None).await?;
+        ensure!(
+            code == 401 && body["kind"] == "Status" && body["reason"] == "Unauthorized",
+            "anonymous GET {path}: {code} {body}"
+        );
+    }
+    let config_map =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "sneaky"}});
+    let (code, _) = send(
+        &anonymous,
+        server,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some(&config_map),
+        None,
+    )
+    .await?;
+    ensure!(code == 401, "anonymous create: {code}");
+
+    // CN is the user, each O a group: a certificate made with openssl, as an
+    // administrator would make one, signed by the cluster CA.
+    let alice =
+        openssl_client_certificate(&cluster.dir.path().join("pki"), "/O=dev/O=ops/CN=alice")?;
+    let alice_http = tls_http(cluster.pki.ca_pem(), Some(&alice))?;
+    let (code, review) = whoami(&alice_http, server, None).await?;
+    ensure!(code == 201, "whoami: {code} {review}");
+    let info = &review["status"]["userInfo"];
+    ensure!(info["username"] == "alice", "{review}");
+    ensure!(
+        info["groups"] == json!(["dev", "ops", "system:authenticated"]),
+        "{review}"
+    );
+
+    // A certificate from another CA fails the TLS handshake: no HTTP answer at all.
+    let foreign_dir = tempfile::tempdir()?;
+    let names = skiff_control::pki::ServingNames::standard("cluster.local", &[], &[]);
+    let foreign = skiff_control::pki::ClusterPki::ensure(
+        foreign_dir.path(),
+        &names,
+        std::time::SystemTime::now(),
+    )?;
+    let mallory = issue(&foreign, "system:admin", &["system:masters"])?;
+    let mallory_http = tls_http(cluster.pki.ca_pem(), Some(&mallory.identity_pem()))?;
+    let attempt = mallory_http
+        .get(format!("{server}/api/v1/namespaces"))
+        .send()
+        .await;
+    match attempt {
+        Err(e) => ensure!(
+            e.is_connect() || e.is_request(),
+            "unexpected error kind: {e}"
+        ),
+        Ok(r) => bail!(
+            "a foreign CA's certificate got an HTTP answer: {}",
+            r.status()
+        ),
+    }
+    // And a client that does not trust the server's CA refuses it.
+    let wrong_trust = tls_http(foreign.ca_pem(), None)?;
+    ensure!(wrong_trust
+        .get(format!("{server}/healthz"))
+        .send()
+        .await
+        .is_err());
+
+    // Bootstrap tokens: valid, unknown, wrong secret, expired, revoked.
+    let admin = &cluster.http;
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let earlier = (chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339();
+    let secrets = "/api/v1/namespaces/kube-system/secrets";
+    let (code, body) = send(
+        admin,
+        server,
+        "POST",
+        secrets,
+        Some(&bootstrap_secret("abcdef", "0123456789abcdef", &later)),
+        None,
+    )
+    .await?;
+    ensure!(code == 201, "token secret: {code} {body}");
+    let (code, body) = send(
+        admin,
+        server,
+        "POST",
+        secrets,
+        Some(&bootstrap_secret("oldtkn", "0123456789abcdef", &earlier)),
+        None,
+    )
+    .await?;
+    ensure!(code == 201, "expired token secret: {code} {body}");
+    let (code, review) = whoami(&anonymous, server, Some("abcdef.0123456789abcdef")).await?;
+    ensure!(code == 201, "bootstrap whoami: {code} {review}");
+    ensure!(
+        review["status"]["userInfo"]["username"] == "system:bootstrap:abcdef",
+        "{review}"
+    );
+    ensure!(
+        review["status"]["userInfo"]["groups"]
+            == json!(["system:bootstrappers", "system:authenticated"]),
+        "{review}"
+    );
+    for bad in [
+        "abcdef.0123456789abcdee",
+        "zzzzzz.0123456789abcdef",
+        "oldtkn.0123456789abcdef",
+        "not-a-token",
+        "",
+    ] {
+        let (code, body) = send(
+            &anonymous,
+            server,
+            "GET",
+            "/api/v1/namespaces",
+            None,
+            Some(bad),
+        )
+        .await?;
+        ensure!(
+            code == 401 && body["reason"] == "Unauthorized",
+            "token {bad:?}: {code} {body}"
+        );
+        ensure!(
+            !body.to_string().contains("0123456789abcde"),
+            "a token secret in an answer: {body}"
+        );
+    }
+    // A bootstrapper may not read what it is not granted.
+    let (code, body) = send(
+        &anonymous,
+        server,
+        "GET",
+        secrets,
+        None,
+        Some("abcdef.0123456789abcdef"),
+    )
+    .await?;
+    ensure!(code == 403, "bootstrapper lists secrets: {code} {body}");
+    ensure!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("system:bootstrap:abcdef"),
+        "{body}"
+    );
+    let (code, _) = send(
+        admin,
+        server,
+        "DELETE",
+        &format!("{secrets}/bootstrap-token-abcdef"),
+        None,
+        None,
+    )
+    .await?;
+    ensure!(code == 200, "revoke: {code}");
+    let (code, _) = whoami(&anonymous, server, Some("abcdef.0123456789abcdef")).await?;
+    ensure!(code == 401, "revoked token: {code}");
+
+    // Nothing the refused requests sent was written.
+    let (code, body) = send(
+        admin,
+        server,
+        "GET",
+        "/api/v1/namespaces/default/configmaps/sneaky",
+        None,
+        None,
+    )
+    .await?;
+    ensure!(code == 404, "anonymous write landed: {code} {body}");
+    cluster.stop().await;
+    Ok(())
+}
+
+/// A key and a certificate for `subject` made and signed with openssl (the CA's files
+/// in `pki_dir`), as `client certificate + key` PEM.
+fn openssl_client_certificate(pki_dir: &std::path::Path, subject: &str) -> Result<Vec<u8>> {
+    let scratch = tempfile::tempdir()?;
+    let (key, csr, cert) = (
+        scratch.path().join("c.key"),
+        scratch.path().join("c.csr"),
+        scratch.path().join("c.crt"),
+    );
+    let run = |args: &[&std::ffi::OsStr]| -> Result<()> {
+        let output = Command::new("openssl").args(args).output()?;
+        ensure!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(())
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+    run(&[
+        &os("ecparam"),
+        &os("-name"),
+        &os("prime256v1"),
+        &os("-genkey"),
+        &os("-noout"),
+        &os("-out"),
+        key.as_os_str(),
+    ])?;
+    run(&[
+        &os("req"),
+        &os("-new"),
+        &os("-key"),
+        key.as_os_str(),
+        &os("-subj"),
+        &os(subject),
+        &os("-out"),
+        csr.as_os_str(),
+    ])?;
+    let ext = scratch.path().join("ext.cnf");
+    std::fs::write(
+        &ext,
+        "extendedKeyUsage=clientAuth\nkeyUsage=digitalSignature\n",
+    )?;
+    run(&[
+        &os("x509"),
+        &os("-req"),
+        &os("-in"),
+        csr.as_os_str(),
+        &os("-CA"),
+        pki_dir.join("ca.crt").as_os_str(),
+        &os("-CAkey"),
+        pki_dir.join("ca.key").as_os_str(),
+        &os("-set_serial"),
+        &os(&format!("{}", rand::random::<u32>())),
+        &os("-days"),
+        &os("1"),
+        &os("-extfile"),
+        ext.as_os_str(),
+        &os("-out"),
+        cert.as_os_str(),
+    ])?;
+    let mut pem = std::fs::read(&cert)?;
+    pem.extend(std::fs::read(&key)?);
+    Ok(pem)
+}
+
+/// One row of the RBAC matrix: a subject, a request, and whether it is allowed.
+struct Case {
+    user: &'static str,
+    verb: &'static str,
+    path: &'static str,
+    allowed: bool,
+}
+
+fn rbac_setup() -> Vec<(&'static str, Value)> {
+    let binding = |ns: &str, name: &str, role_kind: &str, role: &str, subject: Value| {
+        let (kind, path) = if ns.is_empty() {
+            (
+                "ClusterRoleBinding",
+                "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings".to_string(),
+            )
+        } else {
+            (
+                "RoleBinding",
+                format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings"),
+            )
+        };
+        let mut object = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+            "subjects": [subject]});
+        if !ns.is_empty() {
+            object["metadata"]["namespace"] = json!(ns);
+        }
+        (Box::leak(path.into_boxed_str()) as &'static str, object)
+    };
+    let user =
+        |name: &str| json!({"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": name});
+    let group = |name: &str| json!({"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": name});
+    let ns = |name: &str| {
+        (
+            "/api/v1/namespaces",
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+        )
+    };
+    let cm = |ns: &str, name: &str| {
+        (
+            Box::leak(format!("/api/v1/namespaces/{ns}/configmaps").into_boxed_str())
+                as &'static str,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": "v"}}),
+        )
+    };
+    let secret = |ns: &str| {
+        (
+            Box::leak(format!("/api/v1/namespaces/{ns}/secrets").into_boxed_str()) as &'static str,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s1"}, "stringData": {"password": "hunter2"}}),
+        )
+    };
+    vec![
+        ns("a"),
+        ns("b"),
+        cm("a", "cm1"),
+        cm("a", "cm2"),
+        cm("b", "cm1"),
+        cm("b", "cm2"),
+        secret("a"),
+        secret("b"),
+        binding("a", "alice-view", "ClusterRole", "view", user("alice")),
+        binding("a", "bob-edit", "ClusterRole", "edit", user("bob")),
+        binding("", "ops-view", "ClusterRole", "view", group("ops")),
+        (
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/b/roles",
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": "one-config-map", "namespace": "b"},
+                "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["cm1"], "verbs": ["get"]}]}),
+        ),
+        binding("b", "carol-one", "Role", "one-config-map", user("carol")),
+        // A binding to a role that does not exist grants nothing.
+        binding("b", "dave-missing", "Role", "no-such-role", user("dave")),
+    ]
+}
+
+fn rbac_matrix() -> Vec<Case> {
+    let case = |user, verb, path, allowed| Case {
+        user,
+        verb,
+        path,
+        allowed,
+    };
+    vec![
+        // alice: view in a.
+        case("alice", "get", "/api/v1/namespaces/a/configmaps/cm1", true),
+        case("alice", "list", "/api/v1/namespaces/a/configmaps", true),
+        case(
+            "alice",
+            "watch",
+            "/api/v1/namespaces/a/configmaps?watch=true&timeoutSeconds=1",
+            true,
+        ),
+        case("alice", "list", "/api/v1/namespaces/a/pods", true),
+        case("alice", "get", "/api/v1/namespaces/a/secrets/s1", false),
+        case("alice", "list", "/api/v1/namespaces/a/secrets", false),
+        case("alice", "create", "/api/v1/namespaces/a/configmaps", false),
+        case(
+            "alice",
+            "delete",
+            "/api/v1/namespaces/a/configmaps/cm1",
+            false,
+        ),
+        case("alice", "get", "/api/v1/namespaces/b/configmaps/cm1", false),
+        case("alice", "list", "/api/v1/configmaps", false),
+        case(
+            "alice",
+            "list",
+            "/apis/apps/v1/namespaces/a/deployments",
+            true,
+        ),
+        case(
+            "alice",
+            "create",
+            "/apis/apps/v1/namespaces/a/deployments",
+            false,
+        ),
+        case(
+            "alice",
+            "list",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/a/rolebindings",
+            false,
+        ),
+        case("alice", "list", "/api/v1/nodes", false),
+        // bob: edit in a.
+        case("bob", "get", "/api/v1/namespaces/a/secrets/s1", true),
+        case("bob", "create", "/api/v1/namespaces/a/configmaps", true),
+        case("bob", "delete", "/api/v1/namespaces/a/configmaps/cm2", true),
+        case(
+            "bob",
+            "create",
+            "/apis/apps/v1/namespaces/a/deployments",
+            true,
+        ),
+        case("bob", "create", "/api/v1/namespaces/b/configmaps", false),
+        case("bob", "get", "/api/v1/namespaces/b/secrets/s1", false),
+        case(
+            "bob",
+            "create",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/a/rolebindings",
+            false,
+        ),
+        // ops (a group, via a ClusterRoleBinding): view everywhere.
+        case("ops-member", "list", "/api/v1/configmaps", true),
+        case(
+            "ops-member",
+            "get",
+            "/api/v1/namespaces/b/configmaps/cm2",
+            true,
+        ),
+        case(
+            "ops-member",
+            "get",
+            "/api/v1/namespaces/b/secrets/s1",
+            false,
+        ),
+        case(
+            "ops-member",
+            "create",
+            "/api/v1/namespaces/b/configmaps",
+            false,
+        ),
+        // carol: one named config map in b.
+        case("carol", "get", "/api/v1/namespaces/b/configmaps/cm1", true),
+        case("carol", "get", "/api/v1/namespaces/b/configmaps/cm2", false),
+        case("carol", "list", "/api/v1/namespaces/b/configmaps", false),
+        case("carol", "get", "/api/v1/namespaces/a/configmaps/cm1", false),
+        // dave: bound to a missing role; eve: nothing at all.
+        case("dave", "get", "/api/v1/namespaces/b/configmaps/cm1", false),
+        case("eve", "get", "/api/v1/namespaces/a/configmaps/cm1", false),
+        case("eve", "list", "/api/v1/namespaces", false),
+        // Every authenticated user may discover and review itself.
+        case("eve", "get", "/api", true),
+        case("eve", "get", "/apis/apps/v1", true),
+        case("eve", "get", "/version", true),
+        case("eve", "get", "/metrics", false),
+    ]
+}
+
+fn groups_of(user: &str) -> Vec<&'static str> {
+    match user {
+        "ops-member" => vec!["ops"],
+        _ => vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_grants_exactly_what_bindings_say() -> Result<()> {
+    let cluster = InProcess::start_api_only().await?;
+    let server = &cluster.server;
+    for (path, object) in rbac_setup() {
+        let (code, body) = send(&cluster.http, server, "POST", path, Some(&object), None).await?;
+        ensure!(code == 201, "setup POST {path}: {code} {body}");
+    }
+    let mut failures = Vec::new();
+    for case in rbac_matrix() {
+        let identity = issue(&cluster.pki, case.user, &groups_of(case.user))?;
+        let http = tls_http(cluster.pki.ca_pem(), Some(&identity.identity_pem()))?;
+        // Writes are dry runs: authorization is decided the same, the matrix leaves the
+        // objects as they are for later rows.
+        let (method, body, path) = match case.verb {
+            "create" => {
+                let body = if case.path.contains("deployments") {
+                    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+                        "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}},
+                        "spec": {"containers": [{"name": "c", "image": "x"}]}}}})
+                } else if case.path.contains("rolebindings") {
+                    json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "x"},
+                        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}, "subjects": []})
+                } else {
+                    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "new"}})
+                };
+                ("POST", Some(body), format!("{}?dryRun=All", case.path))
+            }
+            "delete" => ("DELETE", None, format!("{}?dryRun=All", case.path)),
+            _ => ("GET", None, case.path.to_string()),
+        };
+        let (code, answer) = send(&http, server, method, &path, body.as_ref(), None).await?;
+        let allowed = !matches!(code, 401 | 403);
+        if allowed != case.allowed {
+            failures.push(format!(
+                "{} {} {}: expected allowed={}, got {code} {answer}",
+                case.user, case.verb, case.path, case.allowed
+            ));
+        } else if allowed && !(200..300).contains(&code) {
+            failures.push(format!(
+                "{} {} {}: allowed but {code} {answer}",
+                case.user, case.verb, case.path
+            ));
+        } else if !allowed {
+            let message = answer["message"].as_str().unwrap_or_default();
+            if code != 403
+                || answer["reason"] != "Forbidden"
+                || !message.contains(&format!("User \"{}\"", case.user))
+            {
+                failures.push(format!(
+                    "{} {} {}: a denial must be 403 naming the user: {code} {answer}",
+                    case.user, case.verb, case.path
+                ));
+            }
+            if !message.contains(&format!("cannot {}", case.verb)) {
+                failures.push(format!(
+                    "{} {} {}: the denial does not name the verb: {message}",
+                    case.user, case.verb, case.path
+                ));
+            }
+        }
+    }
+    ensure!(failures.is_empty(), "RBAC matrix:\n{}", failures.join("\n"));
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_and_bindings_cannot_grant_more_than_their_author_holds() -> Result<()> {
+    let cluster = InProcess::start_api_only().await?;
+    let server = &cluster.server;
+    let admin = &cluster.http;
+    let rbac = "/apis/rbac.authorization.k8s.io/v1";
+    // frank may manage roles and bindings in a and read pods there, nothing more.
+    let setup = [
+        (
+            "/api/v1/namespaces",
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}}),
+        ),
+        (
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/a/roles",
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "rbac-manager"},
+                "rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["create", "update", "get"]},
+                          {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]}),
+        ),
+        (
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/a/rolebindings",
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "frank"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "rbac-manager"},
+                "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "frank"}]}),
+        ),
+    ];
+    for (path, object) in &setup {
+        let (code, body) = send(admin, server, "POST", path, Some(object), None).await?;
+        ensure!(code == 201, "setup {path}: {code} {body}");
+    }
+    let frank_identity = issue(&cluster.pki, "frank", &[])?;
+    let frank = tls_http(cluster.pki.ca_pem(), Some(&frank_identity.identity_pem()))?;
+    let role = |name: &str, verbs: Value| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": name},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": verbs}]})
+    };
+    let roles = format!("{rbac}/namespaces/a/roles");
+    let (code, body) = send(
+        &frank,
+        server,
+        "POST",
+        &roles,
+        Some(&role("read-pods", json!(["get"]))),
+        None,
+    )
+    .await?;
+    ensure!(
+        code == 201,
+        "a role within frank's own rules: {code} {body}"
+    );
+    let (code, body) = send(
+        &frank,
+        server,
+        "POST",
+        &roles,
+        Some(&role("delete-pods", json!(["get", "delete"]))),
+        None,
+    )
+    .await?;
+    ensure!(
+        code == 403
+            && body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("not currently held"),
+        "escalating role: {code} {body}"
+    );
+    let binding = |name: &str, kind: &str, role: &str| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+            "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "mallory"}]})
+    };
+    let bindings = format!("{rbac}/namespaces/a/rolebindings");
+    let (code, body) = send(
+        &frank,
+        server,
+        "POST",
+        &bindings,
+        Some(&binding("ok", "Role", "read-pods")),
+        None,
+    )
+    .await?;
+    ensure!(code == 201, "binding a role frank holds: {code} {body}");
+    let (code, body) = send(
+        &frank,
+        server,
+        "POST",
+        &bindings,
+        Some(&binding("admin", "ClusterRole", "admin")),
+        None,
+    )
+    .await?;
+    ensure!(code == 403, "binding admin: {code} {body}");
+    // Updating his own role to more than he holds is refused too, and leaves it as it was.
+    let mut grown = role("read-pods", json!(["get", "list", "delete"]));
+    grown["metadata"]["namespace"] = json!("a");
+    let (code, body) = send(
+        &frank,
+        server,
+        "PUT",
+        &format!("{roles}/read-pods"),
+        Some(&grown),
+        None,
+    )
+    .await?;
+    ensure!(code == 403, "escalating update: {code} {body}");
+    let (_, stored) = send(
+        admin,
+        server,
+        "GET",
+        &format!("{roles}/read-pods"),
+        None,
+        None,
+    )
+    .await?;
+    ensure!(stored["rules"][0]["verbs"] == json!(["get"]), "{stored}");
+    // With `bind` on the admin ClusterRole in a, the binding is his to make.
+    let (code, body) = send(admin, server, "POST", &roles, Some(&json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "bind-admin"},
+        "rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "resourceNames": ["admin"], "verbs": ["bind"]}]})), None).await?;
+    ensure!(code == 201, "{code} {body}");
+    let (code, body) = send(
+        admin,
+        server,
+        "POST",
+        &bindings,
+        Some(
+            &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "frank-bind"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "bind-admin"},
+        "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "frank"}]}),
+        ),
+        None,
+    )
+    .await?;
+    ensure!(code == 201, "{code} {body}");
+    let (code, body) = send(
+        &frank,
+        server,
+        "POST",
+        &bindings,
+        Some(&binding("admin", "ClusterRole", "admin")),
+        None,
+    )
+    .await?;
+    ensure!(
+        code == 201,
+        "binding admin with the bind verb: {code} {body}"
+    );
+    // mallory now has admin in a: she can read secrets there (and only there).
+    let mallory_identity = issue(&cluster.pki, "mallory", &[])?;
+    let mallory = tls_http(cluster.pki.ca_pem(), Some(&mallory_identity.identity_pem()))?;
+    let (code, _) = send(
+        &mallory,
+        server,
+        "GET",
+        "/api/v1/namespaces/a/secrets",
+        None,
+        None,
+    )
+    .await?;
+    ensure!(code == 200, "admin in a lists secrets: {code}");
+    let (code, _) = send(
+        &mallory,
+        server,
+        "GET",
+        "/api/v1/namespaces/default/secrets",
+        None,
+        None,
+    )
+    .await?;
+    ensure!(code == 403, "admin in a lists secrets of default: {code}");
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_credential_reaches_only_its_own_node_pods_and_secrets() -> Result<()> {
+    let cluster = InProcess::start_api_only().await?;
+    let server = &cluster.server;
+    let admin = &cluster.http;
+    let node = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"node-restriction.kubernetes.io/zone": "z1", "team": "x"}},
+        "spec": {"taints": [{"key": "dedicated", "value": "x", "effect": "NoSchedule"}]}})
+    };
+    let pod = |name: &str, node: &str, secret: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}],
+            "volumes": [{"name": "s", "secret": {"secretName": secret}}]}})
+    };
+    let secret = |name: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": {"k": "v"}});
+    let setup = [
+        ("/api/v1/nodes", node("a")),
+        ("/api/v1/nodes", node("b")),
+        ("/api/v1/namespaces/default/secrets", secret("secret-a")),
+        ("/api/v1/namespaces/default/secrets", secret("secret-b")),
+        (
+            "/api/v1/namespaces/default/pods",
+            pod("on-a", "a", "secret-a"),
+        ),
+        (
+            "/api/v1/namespaces/default/pods",
+            pod("on-b", "b", "secret-b"),
+        ),
+    ];
+    for (path, object) in &setup {
+        let (code, body) = send(admin, server, "POST", path, Some(object), None).await?;
+        ensure!(code == 201, "setup {path}: {code} {body}");
+    }
+    let identity = issue(&cluster.pki, "system:node:a", &["system:nodes"])?;
+    let node_a = tls_http(cluster.pki.ca_pem(), Some(&identity.identity_pem()))?;
+    let get = |path: &'static str| async move {
+        let (code, body) = send(admin, server, "GET", path, None, None).await?;
+        ensure!(code == 200, "{path}: {code}");
+        Ok::<Value, anyhow::Error>(body)
+    };
+    let node_b = get("/api/v1/nodes/b").await?;
+    let pod_b = get("/api/v1/namespaces/default/pods/on-b").await?;
+    let node_a_object = get("/api/v1/nodes/a").await?;
+    let mut status_b = node_b.clone();
+    status_b["status"] = json!({"conditions": [{"type": "Ready", "status": "False"}]});
+    let mut pod_b_status = pod_b.clone();
+    pod_b_status["status"] = json!({"phase": "Failed"});
+    let mut untainted = node_a_object.clone();
+    untainted["spec"]["taints"] = json!([]);
+    let mut relabelled = node_a_object.clone();
+    relabelled["metadata"]["labels"]["node-restriction.kubernetes.io/zone"] = json!("z2");
+    let merge = |v: Value| v;
+    // (method, path, body, expected code)
+    let denied: Vec<(&str, &str, Option<Value>)> = vec![
+        ("PUT", "/api/v1/nodes/b/status", Some(status_b)),
+        (
+            "PATCH",
+            "/api/v1/nodes/b",
+            Some(merge(json!({"metadata": {"labels": {"x": "y"}}}))),
+        ),
+        (
+            "PUT",
+            "/api/v1/namespaces/default/pods/on-b/status",
+            Some(pod_b_status),
+        ),
+        (
+            "PATCH",
+            "/api/v1/namespaces/default/pods/on-b",
+            Some(json!({"metadata": {"labels": {"x": "y"}}})),
+        ),
+        ("DELETE", "/api/v1/namespaces/default/pods/on-b", None),
+        ("GET", "/api/v1/namespaces/default/secrets/secret-b", None),
+        ("GET", "/api/v1/namespaces/default/secrets", None),
+        ("DELETE", "/api/v1/nodes/a", None),
+        ("PUT", "/api/v1/nodes/a", Some(untainted)),
+        ("PUT", "/api/v1/nodes/a", Some(relabelled)),
+        (
+            "PATCH",
+            "/api/v1/nodes/a",
+            Some(json!({"metadata": {"labels": {"node-restriction.kubernetes.io/zone": null}}})),
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            Some(pod("sneaky", "a", "secret-b")),
+        ),
+        (
+            "GET",
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+            None,
+        ),
+    ];
+    for (method, path, body) in &denied {
+        let mut request = node_a.request(
+            reqwest::Method::from_bytes(method.as_bytes())?,
+            format!("{server}{path}"),
+        );
+        if let Some(body) = body {
+            request = if *method == "PATCH" {
+                request
+                    .header("Content-Type", "application/merge-patch+json")
+                    .body(body.to_string())
+            } else {
+                request.json(body)
+            };
+        }
+        let response = request.send().await?;
+        let code = response.status().as_u16();
+        let text = response.text().await?;
+        ensure!(
+            code == 403,
+            "node a: {method} {path} answered {code}, not 403: {text}"
+        );
+        ensure!(!text.contains("\"data\""), "a refusal carried data: {text}");
+    }
+    // What stayed untouched, stayed untouched.
+    ensure!(
+        get("/api/v1/nodes/b").await?["metadata"]["resourceVersion"]
+            == node_b["metadata"]["resourceVersion"]
+    );
+    ensure!(
+        get("/api/v1/namespaces/default/pods/on-b").await?["metadata"]["resourceVersion"]
+            == pod_b["metadata"]["resourceVersion"]
+    );
+    ensure!(
+        get("/api/v1/nodes/a").await?["spec"]["taints"]
+            .as_array()
+            .map(Vec::len)
+            == Some(1)
+    );
+
+    // And what a node needs, it gets.
+    let allowed: Vec<(&str, &str, Option<Value>)> = vec![
+        ("GET", "/api/v1/namespaces/default/secrets/secret-a", None),
+        ("GET", "/api/v1/pods?fieldSelector=spec.nodeName%3Da", None),
+        (
+            "GET",
+            "/api/v1/namespaces/default/secrets?fieldSelector=type%3Dkubernetes.io%2Ftls",
+            None,
+        ),
+        (
+            "PATCH",
+            "/api/v1/nodes/a",
+            Some(json!({"metadata": {"labels": {"team": "y"}}})),
+        ),
+        (
+            "PATCH",
+            "/api/v1/namespaces/default/pods/on-a/status",
+            Some(json!({"status": {"phase": "Running"}})),
+        ),
+    ];
+    for (method, path, body) in &allowed {
+        let mut request = node_a.request(
+            reqwest::Method::from_bytes(method.as_bytes())?,
+            format!("{server}{path}"),
+        );
+        if let Some(body) = body {
+            request = request
+                .header("Content-Type", "application/merge-patch+json")
+                .body(body.to_string());
+        }
+        let response = request.send().await?;
+        let code = response.status().as_u16();
+        let text = response.text().await?;
+        ensure!(
+            code == 200,
+            "node a: {method} {path} answered {code}: {text}"
+        );
+    }
+    let secret_a = get("/api/v1/namespaces/default/secrets/secret-a").await?;
+    ensure!(secret_a["data"]["k"] == "dg==", "{secret_a}");
+    cluster.stop().await;
+    Ok(())
+}
+
+fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> Result<(bool, String)> {
+    let output = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .context("running kubectl")?;
+    // A successful command's answer is its stdout (kubectl warns on stderr); a failed
+    // one's is everything it printed.
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let text = if output.status.success() {
+        stdout
+    } else {
+        format!("{stdout}{}", String::from_utf8_lossy(&output.stderr))
+    };
+    Ok((output.status.success(), text))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_works_over_tls_with_the_written_kubeconfig() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir()?;
+    let control = ControlProcess::start(dir.path()).await?;
+    let kubeconfig = control.kubeconfig.clone();
+    for secret_file in [
+        kubeconfig.clone(),
+        dir.path().join("pki/ca.key"),
+        dir.path().join("pki/apiserver.key"),
+    ] {
+        let mode = std::fs::metadata(&secret_file)?.permissions().mode() & 0o777;
+        ensure!(mode == 0o600, "{} is {mode:o}", secret_file.display());
+    }
+    let written = std::fs::read_to_string(&kubeconfig)?;
+    ensure!(written.contains("server: https://"), "{written}");
+
+    let (ok, text) = tokio::task::spawn_blocking({
+        let kubeconfig = kubeconfig.clone();
+        move || kubectl(&kubeconfig, &["get", "namespaces"])
+    })
+    .await??;
+    ensure!(ok && text.contains("kube-system"), "{text}");
+    let (ok, text) = kubectl(&kubeconfig, &["auth", "whoami", "-o", "json"])?;
+    ensure!(ok, "{text}");
+    let review: Value = serde_json::from_str(&text)?;
+    ensure!(
+        review["status"]["userInfo"]["username"] == "system:admin",
+        "{review}"
+    );
+    ensure!(
+        review["status"]["userInfo"]["groups"][0] == "system:masters",
+        "{review}"
+    );
+    let (ok, text) = kubectl(&kubeconfig, &["auth", "can-i", "delete", "nodes"])?;
+    ensure!(ok && text.trim() == "yes", "{text}");
+
+    // A kubeconfig for a user with only `view` in default: reads yes, writes no.
+    let (ok, text) = kubectl(
+        &kubeconfig,
+        &[
+            "create",
+            "rolebinding",
+            "viewer",
+            "--clusterrole=view",
+            "--user=viewer",
+            "-n",
+            "default",
+        ],
+    )?;
+    ensure!(ok, "{text}");
+    let ca = std::fs::read_to_string(dir.path().join("pki/ca.crt"))?;
+    let viewer_kubeconfig = dir.path().join("viewer.kubeconfig");
+    let viewer = viewer_credential(dir.path())?;
+    std::fs::write(
+        &viewer_kubeconfig,
+        skiff_client::kubeconfig::render_with(
+            &control.server,
+            &skiff_client::kubeconfig::Credentials {
+                ca_pem: Some(&ca),
+                client_certificate_pem: Some(&viewer.cert_pem),
+                client_key_pem: Some(&viewer.key_pem),
+                token: None,
+            },
+        ),
+    )?;
+    let (ok, text) = kubectl(&viewer_kubeconfig, &["auth", "can-i", "list", "pods"])?;
+    ensure!(ok && text.trim() == "yes", "viewer can-i list pods: {text}");
+    let (ok, text) = kubectl(&viewer_kubeconfig, &["auth", "can-i", "create", "pods"])?;
+    ensure!(
+        !ok && text.trim() == "no",
+        "viewer can-i create pods: {text}"
+    );
+    let (ok, text) = kubectl(&viewer_kubeconfig, &["auth", "can-i", "--list"])?;
+    ensure!(
+        ok && text.contains("pods") && text.contains("selfsubjectaccessreviews"),
+        "can-i --list: {text}"
+    );
+    let (ok, text) = kubectl(&viewer_kubeconfig, &["get", "pods"])?;
+    ensure!(ok, "viewer get pods: {text}");
+    let (ok, text) = kubectl(
+        &viewer_kubeconfig,
+        &["create", "configmap", "nope", "--from-literal=a=b"],
+    )?;
+    ensure!(
+        !ok && text.contains("forbidden") && text.contains("User \"viewer\""),
+        "viewer create: {text}"
+    );
+    let (ok, text) = kubectl(&viewer_kubeconfig, &["get", "pods", "-n", "kube-system"])?;
+    ensure!(
+        !ok && text.contains("forbidden"),
+        "viewer in kube-system: {text}"
+    );
+    Ok(())
+}
+
+/// A certificate for `viewer`, issued with the CA key `skiff control` wrote (read-only:
+/// the PKI directory is loaded without rewriting anything).
+fn viewer_credential(data_dir: &std::path::Path) -> Result<skiff_control::pki::Credential> {
+    let names = skiff_control::pki::ServingNames::standard("cluster.local", &[], &[]);
+    let scratch = tempfile::tempdir()?;
+    for file in ["ca.crt", "ca.key"] {
+        std::fs::copy(data_dir.join("pki").join(file), scratch.path().join(file))?;
+    }
+    let pki = skiff_control::pki::ClusterPki::ensure(
+        scratch.path(),
+        &names,
+        std::time::SystemTime::now(),
+    )?;
+    issue(&pki, "viewer", &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_is_refused_with_429_while_probes_and_node_heartbeats_go_on() -> Result<()> {
+    use skiff_control::apiserver::limits::LimitsConfig;
+    let limits = LimitsConfig {
+        max_read_only: 8,
+        max_mutating: 4,
+        request_timeout: std::time::Duration::from_secs(8),
+        ..LimitsConfig::default()
+    };
+    let cluster = InProcess::start_api_only_limited(limits).await?;
+    let server = cluster.server.clone();
+    let admin = cluster.client();
+    admin
+        .create(
+            &skiff_api::resource::ROLE_BINDINGS,
+            Some("default"),
+            &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "alice"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+                "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "alice"}]}),
+        )
+        .await?;
+    let node_identity = issue(&cluster.pki, "system:node:a", &["system:nodes"])?;
+    let node = crate::harness::client_with(
+        &server,
+        cluster.pki.ca_pem(),
+        Some(node_identity.identity_pem()),
+        None,
+    )?;
+    let leases = &skiff_api::resource::LEASES;
+    node.create(
+        leases,
+        Some("kube-node-lease"),
+        &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "a"},
+            "spec": {"holderIdentity": "a", "leaseDurationSeconds": 40}}),
+    )
+    .await?;
+    let alice_identity = issue(&cluster.pki, "alice", &[])?;
+    let alice = tls_http(cluster.pki.ca_pem(), Some(&alice_identity.identity_pem()))?;
+    let config_maps = format!("{server}/api/v1/namespaces/default/configmaps");
+
+    // Slow clients: uploads that trickle one byte every 200 ms for 12 s hold every
+    // mutating seat, until the request timeout (8 s) cuts them.
+    let mut slow = tokio::task::JoinSet::new();
+    for i in 0..4 {
+        let (alice, url) = (alice.clone(), config_maps.clone());
+        slow.spawn(async move {
+            let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("slow-{i}")}}).to_string();
+            let chunks = futures::stream::iter(body.into_bytes().into_iter().chain(std::iter::repeat_n(b' ', 60)))
+                .then(|b| async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    Ok::<_, std::io::Error>(vec![b])
+                });
+            let started = std::time::Instant::now();
+            let response = alice
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .body(reqwest::Body::wrap_stream(chunks))
+                .send()
+                .await;
+            let code = response.map(|r| r.status().as_u16()).unwrap_or(0);
+            anyhow::Ok((code, started.elapsed()))
+        });
+    }
+    // Wait until the slow uploads hold the seats: a fast create is refused.
+    crate::harness::eventually(std::time::Duration::from_secs(5), "the slow uploads to hold every seat", || async {
+        let response = alice.post(format!("{config_maps}?dryRun=All")).json(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probe"}})).send().await.ok()?;
+        (response.status().as_u16() == 429).then_some(())
+    })
+    .await?;
+
+    let flood_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let anonymous = tls_http(cluster.pki.ca_pem(), None)?;
+    let probes = {
+        let (done, server) = (flood_done.clone(), server.clone());
+        tokio::spawn(async move {
+            let mut answered = 0u32;
+            for _ in 0..2_000 {
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let response = anonymous.get(format!("{server}/readyz")).send().await?;
+                let code = response.status().as_u16();
+                let body = response.text().await?;
+                ensure!(
+                    code == 200 && body == "ok",
+                    "/readyz during the flood: {code} {body}"
+                );
+                answered += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            anyhow::Ok(answered)
+        })
+    };
+    let heartbeats = {
+        let done = flood_done.clone();
+        tokio::spawn(async move {
+            let mut renewed = 0u32;
+            for _ in 0..2_000 {
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+                node.patch(
+                    leases,
+                    Some("kube-node-lease"),
+                    "a",
+                    "application/merge-patch+json",
+                    &json!({"spec": {"renewTime": now}}),
+                )
+                .await
+                .context("a node heartbeat during the flood")?;
+                renewed += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            anyhow::Ok(renewed)
+        })
+    };
+    // The flood: 2,000 concurrent creates (dry runs) and lists.
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..2_000 {
+        let (alice, url) = (alice.clone(), config_maps.clone());
+        flood.spawn(async move {
+            let request = if i % 2 == 0 {
+                alice.post(format!("{url}?dryRun=All")).json(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("flood-{i}")}}))
+            } else {
+                alice.get(&url)
+            };
+            let response = request.send().await?;
+            let code = response.status().as_u16();
+            let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            anyhow::Ok((code, retry_after, body))
+        });
+    }
+    let (mut ok, mut throttled) = (0, 0);
+    while let Some(result) = flood.join_next().await {
+        let (code, retry_after, body) = result??;
+        match code {
+            200 | 201 => ok += 1,
+            429 => {
+                ensure!(
+                    retry_after.as_deref() == Some("1"),
+                    "429 without Retry-After: {retry_after:?}"
+                );
+                ensure!(
+                    body["reason"] == "TooManyRequests" && body["code"] == 429,
+                    "{body}"
+                );
+                throttled += 1;
+            }
+            other => bail!("a flood request answered {other}: {body}"),
+        }
+    }
+    flood_done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answered = probes.await??;
+    let renewed = heartbeats.await??;
+    // The slow uploads were cut at the request timeout, and nothing they sent was stored.
+    while let Some(result) = slow.join_next().await {
+        let (code, took) = result??;
+        ensure!(matches!(code, 504 | 0), "a slow upload answered {code}");
+        ensure!(
+            took < std::time::Duration::from_secs(11),
+            "a slow upload was held {took:?}"
+        );
+    }
+    let stored = admin
+        .list(
+            &skiff_api::resource::CONFIG_MAPS,
+            Some("default"),
+            &Default::default(),
+        )
+        .await?;
+    ensure!(
+        stored["items"].as_array().is_some_and(Vec::is_empty),
+        "{stored}"
+    );
+    eprintln!("flood: {ok} served, {throttled} refused with 429; {answered} probes and {renewed} heartbeats during it");
+    ensure!(
+        throttled > 0,
+        "2,000 concurrent requests against held seats were never refused"
+    );
+    ensure!(ok > 0, "no read of the flood was served");
+    ensure!(
+        answered > 0 && renewed > 0,
+        "probes {answered}, heartbeats {renewed}"
+    );
+    cluster.stop().await;
+    Ok(())
+}
