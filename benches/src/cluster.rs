@@ -52,6 +52,50 @@ pub fn spawn(binary: &Path, args: &[String]) -> Result<Started> {
     Ok(Started(child))
 }
 
+/// Waits for the admin kubeconfig `skiff control`/`skiff up` writes in `data_dir`, and
+/// for the API server to answer `/readyz` through it: a client of the cluster admin.
+pub async fn admin_client(data_dir: &Path) -> Result<skiff_client::Client> {
+    let kubeconfig = data_dir.join("kubeconfig");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(client) = skiff_client::Client::from_kubeconfig(Some(&kubeconfig)) {
+            if matches!(client.get_bytes("/readyz", "x").await, Ok(Some((_, body))) if body == b"ok")
+            {
+                return Ok(client);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!(
+        "no ready API server with a kubeconfig in {}",
+        data_dir.display()
+    )
+}
+
+/// `--server`, `--token` and `--ca-cert-hash` for a `skiff node` joining the cluster
+/// whose control plane keeps its data in `data_dir` (a bootstrap token made for it).
+pub async fn join_args(client: &skiff_client::Client, data_dir: &Path) -> Result<Vec<String>> {
+    let token = skiff_control::auth::tokens::BootstrapToken::generate(&mut rand::random::<u32>);
+    let expiration = (chrono::Utc::now() + chrono::Duration::hours(24)).to_rfc3339();
+    let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": token.secret_name(), "namespace": "kube-system"},
+        "type": "bootstrap.kubernetes.io/token",
+        "stringData": {"token-id": token.id, "token-secret": token.secret,
+            "expiration": expiration, "usage-bootstrap-authentication": "true"}});
+    client
+        .create(&skiff_api::resource::SECRETS, Some("kube-system"), &secret)
+        .await?;
+    let ca = std::fs::read(data_dir.join("pki/ca.crt"))?;
+    Ok(vec![
+        "--server".into(),
+        client.server().to_string(),
+        "--token".into(),
+        token.reveal(),
+        "--ca-cert-hash".into(),
+        skiff_control::pki::ca_cert_hash_of_pem(&ca)?,
+    ])
+}
+
 /// Waits until `server` answers and a node is Ready.
 pub async fn wait_for_ready_node(client: &skiff_client::Client) -> Result<()> {
     let nodes = &skiff_api::resource::NODES;

@@ -39,7 +39,6 @@ pub async fn run(args: DensityArgs) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let skiff = skiff_binary(args.skiff.as_deref())?;
     let port = free_port()?;
-    let server = format!("http://127.0.0.1:{port}");
     let _control = spawn(
         &skiff,
         &[
@@ -53,28 +52,18 @@ pub async fn run(args: DensityArgs) -> Result<()> {
             "16".into(),
         ],
     )?;
-    let client = Client::new(&server)?;
-    // `/readyz` answers plain text, not an API object: checked by status alone.
-    crate::cluster::wait_http(
-        &reqwest::Client::new(),
-        &format!("{server}/readyz"),
-        "skiff control",
-    )
-    .await?;
-    let node = spawn(
-        &skiff,
-        &[
-            "node".into(),
-            "--name".into(),
-            "dense".into(),
-            "--server".into(),
-            server.clone(),
-            "--data-dir".into(),
-            dir.path().join("node").display().to_string(),
-            "--max-pods".into(),
-            (args.pods + 10).to_string(),
-        ],
-    )?;
+    let control_dir = dir.path().join("control");
+    let client = crate::cluster::admin_client(&control_dir).await?;
+    // The node joins as any node does: a bootstrap token and the pinned CA.
+    let mut node_args: Vec<String> = vec!["node".into(), "--name".into(), "dense".into()];
+    node_args.extend(crate::cluster::join_args(&client, &control_dir).await?);
+    node_args.extend([
+        "--data-dir".into(),
+        dir.path().join("node").display().to_string(),
+        "--max-pods".into(),
+        (args.pods + 10).to_string(),
+    ]);
+    let node = spawn(&skiff, &node_args)?;
     wait_for_ready_node(&client).await?;
     let image = format!(
         "file://{}",

@@ -102,7 +102,7 @@ pub async fn run(args: DeploymentArgs) -> Result<()> {
             max_pods,
         ],
     )?;
-    let client = Client::new(&format!("http://127.0.0.1:{port}"))?;
+    let client = crate::cluster::admin_client(dir.path()).await?;
     wait_for_ready_node(&client).await?;
     let image = format!(
         "file://{}",

@@ -240,7 +240,7 @@ pub async fn run(args: DnsArgs) -> Result<()> {
         resolv.display().to_string(),
     ]);
     let up: Started = spawn(launcher, &command)?;
-    let client = skiff_client::Client::new(&format!("http://127.0.0.1:{port}"))?;
+    let client = cluster::admin_client(&dir.path().join("up")).await?;
     cluster::wait_for_ready_node(&client).await?;
 
     // The names: one ClusterIP Service each, and the same names and addresses for

@@ -145,7 +145,7 @@ pub async fn serving_cluster(
             "--no-example".into(),
         ],
     )?;
-    let client = skiff_client::Client::new(&format!("http://127.0.0.1:{port}"))?;
+    let client = cluster::admin_client(dir).await?;
     cluster::wait_for_ready_node(&client).await?;
     let deployment = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",

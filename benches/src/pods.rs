@@ -155,7 +155,7 @@ pub async fn run(args: PodsArgs) -> Result<()> {
             (args.pods.max(args.burst) + 100).to_string(),
         ],
     )?;
-    let client = Client::new(&format!("http://127.0.0.1:{port}"))?;
+    let client = crate::cluster::admin_client(dir.path()).await?;
     wait_for_ready_node(&client).await?;
     let image_path = args
         .examples

@@ -11,7 +11,7 @@ use clap::Args;
 use futures::StreamExt;
 use serde_json::{json, Value};
 use skiff_api::k8s_openapi::api::core::v1::{Node, Pod};
-use skiff_client::{Client, ListOptions};
+use skiff_client::ListOptions;
 use skiff_scheduler::core::{
     feasible_nodes_to_find, node_info, pod_info, pod_requests, schedule_index,
 };
@@ -108,14 +108,7 @@ pub async fn run(args: SchedulerArgs) -> Result<()> {
             format!("127.0.0.1:{port}"),
         ],
     )?;
-    let client = Client::new(&format!("http://127.0.0.1:{port}"))?;
-    // `/readyz` answers plain text, not an API object: checked by status alone.
-    crate::cluster::wait_http(
-        &reqwest::Client::new(),
-        &format!("http://127.0.0.1:{port}/readyz"),
-        "skiff control",
-    )
-    .await?;
+    let client = crate::cluster::admin_client(dir.path()).await?;
     let node_resource = &skiff_api::resource::NODES;
     let creators: Vec<_> = (0..32)
         .map(|c| {

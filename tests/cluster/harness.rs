@@ -127,7 +127,6 @@ impl InProcess {
             .expect("the test kubeconfig is valid")
     }
 
-
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
     }

@@ -1235,3 +1235,113 @@ async fn a_flood_is_refused_with_429_while_probes_and_node_heartbeats_go_on() ->
     cluster.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_cleaner_deletes_expired_bootstrap_tokens_only() -> Result<()> {
+    let cluster = InProcess::start().await?;
+    let (server, admin) = (&cluster.server, &cluster.http);
+    let secrets = "/api/v1/namespaces/kube-system/secrets";
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    for (id, expiration) in [("keep01", later.as_str()), ("gone01", soon.as_str())] {
+        let (code, body) = send(
+            admin,
+            server,
+            "POST",
+            secrets,
+            Some(&bootstrap_secret(id, "0123456789abcdef", expiration)),
+            None,
+        )
+        .await?;
+        ensure!(code == 201, "{code} {body}");
+    }
+    let anonymous = tls_http(cluster.pki.ca_pem(), None)?;
+    let (code, _) = whoami(&anonymous, server, Some("gone01.0123456789abcdef")).await?;
+    ensure!(code == 201, "the token works before it expires: {code}");
+    crate::harness::eventually(
+        std::time::Duration::from_secs(15),
+        "the expired token's Secret to be deleted",
+        || async {
+            let (code, _) = send(
+                admin,
+                server,
+                "GET",
+                &format!("{secrets}/bootstrap-token-gone01"),
+                None,
+                None,
+            )
+            .await
+            .ok()?;
+            (code == 404).then_some(())
+        },
+    )
+    .await?;
+    let (code, _) = send(
+        admin,
+        server,
+        "GET",
+        &format!("{secrets}/bootstrap-token-keep01"),
+        None,
+        None,
+    )
+    .await?;
+    ensure!(code == 200, "the valid token was deleted too: {code}");
+    let (code, _) = whoami(&anonymous, server, Some("gone01.0123456789abcdef")).await?;
+    ensure!(code == 401, "an expired token still authenticates: {code}");
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_namespace_gets_a_default_service_account_back_when_deleted() -> Result<()> {
+    let cluster = InProcess::start().await?;
+    let (server, admin) = (&cluster.server, &cluster.http);
+    let (code, body) = send(
+        admin,
+        server,
+        "POST",
+        "/api/v1/namespaces",
+        Some(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}})),
+        None,
+    )
+    .await?;
+    ensure!(code == 201, "{code} {body}");
+    let account = "/api/v1/namespaces/team/serviceaccounts/default";
+    let first = crate::harness::eventually(
+        std::time::Duration::from_secs(15),
+        "team's default service account",
+        || async {
+            let (code, body) = send(admin, server, "GET", account, None, None).await.ok()?;
+            (code == 200).then_some(body)
+        },
+    )
+    .await?;
+    let (code, _) = send(admin, server, "DELETE", account, None, None).await?;
+    ensure!(code == 200, "delete: {code}");
+    crate::harness::eventually(
+        std::time::Duration::from_secs(15),
+        "the default service account to come back",
+        || async {
+            let (code, body) = send(admin, server, "GET", account, None, None).await.ok()?;
+            (code == 200 && body["metadata"]["uid"] != first["metadata"]["uid"]).then_some(())
+        },
+    )
+    .await?;
+    for namespace in ["default", "kube-system"] {
+        let (code, _) = send(
+            admin,
+            server,
+            "GET",
+            &format!("/api/v1/namespaces/{namespace}/serviceaccounts/default"),
+            None,
+            None,
+        )
+        .await?;
+        ensure!(
+            code == 200,
+            "{namespace} has no default service account: {code}"
+        );
+    }
+    cluster.stop().await;
+    Ok(())
+}

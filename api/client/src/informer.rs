@@ -163,6 +163,7 @@ typed_cache_objects!(
     k8s_openapi::api::node::v1::RuntimeClass,
     k8s_openapi::api::networking::v1::Ingress,
     k8s_openapi::api::networking::v1::IngressClass,
+    k8s_openapi::api::core::v1::ServiceAccount,
 );
 
 /// A list response decoded straight into `K`.

@@ -14,7 +14,9 @@ pub mod harness;
 pub mod ingress;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod serviceaccounts;
 pub mod servicelb;
+pub mod tokencleaner;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use k8s_openapi::api::core::v1::Pod;
@@ -44,6 +46,8 @@ pub struct ControllerConfig {
     pub workers: usize,
     /// Events older than this are deleted.
     pub event_ttl: Duration,
+    /// How often expired bootstrap tokens are looked for.
+    pub token_cleaner_period: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -55,6 +59,7 @@ impl Default for ControllerConfig {
             eviction_rate: 10.0,
             workers: 4,
             event_ttl: Duration::from_secs(3600),
+            token_cleaner_period: Duration::from_secs(60),
         }
     }
 }
@@ -67,6 +72,7 @@ impl ControllerConfig {
             node_monitor_grace_period: Duration::from_secs(4),
             node_monitor_period: Duration::from_millis(500),
             default_toleration_seconds: 2,
+            token_cleaner_period: Duration::from_secs(1),
             ..Default::default()
         }
     }
@@ -129,6 +135,18 @@ pub async fn run(
             factory.client().clone(),
             config.event_ttl,
             Duration::from_secs(60),
+            clock.clone(),
+            wait(stopped.clone()),
+        )),
+        tokio::spawn(serviceaccounts::run(
+            factory.clone(),
+            config.workers,
+            clock.clone(),
+            wait(stopped.clone()),
+        )),
+        tokio::spawn(tokencleaner::run(
+            factory.client().clone(),
+            config.token_cleaner_period,
             clock.clone(),
             wait(stopped.clone()),
         )),
