@@ -42,11 +42,21 @@ pub fn skiff_binary(explicit: Option<&Path>) -> Result<PathBuf> {
 }
 
 pub fn spawn(binary: &Path, args: &[String]) -> Result<Started> {
+    // SKIFF_BENCH_LOG=FILE keeps what the started processes print, for a failed run.
+    let stderr = match std::env::var_os("SKIFF_BENCH_LOG") {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        ),
+        None => Stdio::null(),
+    };
     let child = Command::new(binary)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .with_context(|| format!("cannot start {}", binary.display()))?;
     Ok(Started(child))

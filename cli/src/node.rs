@@ -271,9 +271,36 @@ async fn node_client(
     }
 }
 
+/// The CA a secured cluster's kubeconfig trusts (`None` for an `http://` cluster).
+fn cluster_ca(
+    context: &crate::get::Context,
+    args: &NodeArgs,
+    client: &skiff_client::Client,
+) -> Result<Option<Vec<u8>>> {
+    if !client.server().starts_with("https://") {
+        return Ok(None);
+    }
+    let own = crate::join::node_kubeconfig(&args.data_dir);
+    let path = match &context.kubeconfig {
+        Some(explicit) => Some(explicit.as_path()),
+        None if own.exists() => Some(own.as_path()),
+        None => None,
+    };
+    let connection = skiff_client::kubeconfig::Kubeconfig::discover(path)?.current_connection()?;
+    let ca = connection.http.tls.ca_pem;
+    if ca.is_empty() {
+        bail!(
+            "the kubeconfig trusts no CA for {}: the node's endpoint needs the cluster CA",
+            client.server()
+        );
+    }
+    Ok(Some(ca))
+}
+
 pub async fn node(context: &crate::get::Context, args: NodeArgs) -> Result<ExitCode> {
     let mut config = node_config(&args.agent, &args.data_dir)?;
     let client = node_client(context, &args, &config.name).await?;
+    config.cluster_ca_pem = cluster_ca(context, &args, &client)?;
     config.service_cidr = Some(args.service_cidr);
     let node_dns = args.dns.node(args.service_cidr)?;
     (config.cluster_dns, config.host_dns) = (node_dns.cluster, node_dns.host);
@@ -373,6 +400,7 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     // Node authorizer limits it to this node's objects.
     let node_user = format!("system:node:{}", config.name);
     let client = secured.client_as(&node_user, &["system:nodes"])?;
+    config.cluster_ca_pem = secured.pki().map(|pki| pki.ca_pem().as_bytes().to_vec());
     wait_until_ready(&client).await?;
     let admin = secured.client_as(
         skiff_control::pki::ADMIN_USER,

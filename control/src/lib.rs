@@ -131,7 +131,7 @@ pub async fn run(
         .ensure_default_namespaces()
         .await
         .map_err(ControlError::Bootstrap)?;
-    let (auth, transport, loopback_scheme, loopback_tls) = match &config.security {
+    let (auth, transport, loopback_scheme, loopback_tls, node_tls) = match &config.security {
         ApiSecurity::Tls(pki) => {
             let serving = pki.serving();
             let transport = apiserver::transport::Transport::tls(
@@ -152,17 +152,32 @@ pub async fn run(
                 identity_pem: Some(identity.identity_pem()),
                 insecure_skip_verify: false,
             };
+            // Towards node agents the API server is `kube-apiserver-kubelet-client`, the
+            // one client their endpoints serve; agents' certificates chain to the CA.
+            let kubelet_client = pki.issue_client(
+                skiff_api::rbac::KUBELET_CLIENT_USER,
+                &[],
+                pki::LEAF_LIFETIME,
+                std::time::SystemTime::now(),
+            )?;
+            let node_tls = skiff_client::TlsConfig {
+                ca_pem: pki.ca_pem().as_bytes().to_vec(),
+                identity_pem: Some(kubelet_client.identity_pem()),
+                insecure_skip_verify: false,
+            };
             (
                 auth::Auth::new(auth::AuthMode::Secure),
                 transport,
                 "https",
                 tls,
+                node_tls,
             )
         }
         ApiSecurity::InsecureHttp => (
             auth::Auth::new(auth::AuthMode::Insecure),
             apiserver::transport::Transport::Plain,
             "http",
+            skiff_client::TlsConfig::default(),
             skiff_client::TlsConfig::default(),
         ),
     };
@@ -266,8 +281,12 @@ pub async fn run(
         namespace_deleted,
         advertise_address,
         bookmark_interval: config.bookmark_interval,
-        node_http: skiff_client::http::HttpClient::new(&skiff_client::HttpConfig::default())
-            .map_err(|e| ControlError::Client(e.to_string()))?,
+        node_http: skiff_client::http::HttpClient::new(&skiff_client::HttpConfig {
+            tls: node_tls,
+            ..skiff_client::HttpConfig::default()
+        })
+        .map_err(|e| ControlError::Client(e.to_string()))?,
+        node_scheme: loopback_scheme,
         auth,
         certificates_changed,
         limits: Arc::new(apiserver::limits::Limits::new(config.limits)),

@@ -134,6 +134,8 @@ pub struct ClusterPki {
     /// The CA's name, key identifier and key, as every issued certificate names it.
     issuer: Issuer<'static, KeyPair>,
     serving: Credential,
+    /// PKCS#8 PEM of the service-account signing key.
+    service_account_key_pem: String,
 }
 
 impl std::fmt::Debug for ClusterPki {
@@ -149,6 +151,9 @@ const CA_KEY: &str = "ca.key";
 const SERVING_CERT: &str = "apiserver.crt";
 const SERVING_KEY: &str = "apiserver.key";
 const SERVING_NAMES: &str = "apiserver.names";
+/// The key service-account tokens are signed with (kube-apiserver's
+/// `--service-account-signing-key-file`).
+const SERVICE_ACCOUNT_KEY: &str = "sa.key";
 
 impl ClusterPki {
     /// Loads the PKI from `dir`, making whatever is missing: the CA on first start, the
@@ -193,8 +198,10 @@ impl ClusterPki {
                 cert_pem: String::new(),
                 key_pem: String::new(),
             },
+            service_account_key_pem: String::new(),
         };
         pki.serving = pki.ensure_serving(names, now)?;
+        pki.service_account_key_pem = ensure_service_account_key(dir)?;
         Ok(pki)
     }
 
@@ -214,6 +221,11 @@ impl ClusterPki {
     /// The API server's serving certificate (with the CA after it) and key.
     pub fn serving(&self) -> &Credential {
         &self.serving
+    }
+
+    /// The service-account token signing key, PKCS#8 PEM.
+    pub fn service_account_key_pem(&self) -> &str {
+        &self.service_account_key_pem
     }
 
     pub fn dir(&self) -> &Path {
@@ -265,6 +277,30 @@ impl ClusterPki {
         let mut params = leaf_params(now, lifetime);
         params.distinguished_name = request.params.distinguished_name.clone();
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        request.params = params;
+        request
+            .signed_by(&self.issuer)
+            .map(|c| c.pem())
+            .map_err(|e| PkiError::Issue(e.to_string()))
+    }
+
+    /// Signs a PEM certificate request as a serving certificate for the names it asks
+    /// for (the approver has checked they are the requester's own), valid from now for
+    /// `lifetime`.
+    pub fn sign_serving_request(
+        &self,
+        request_pem: &[u8],
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> Result<String, PkiError> {
+        let text = std::str::from_utf8(request_pem)
+            .map_err(|_| PkiError::Issue("the request is not PEM text".into()))?;
+        let mut request = rcgen::CertificateSigningRequestParams::from_pem(text)
+            .map_err(|e| PkiError::Issue(format!("the request does not parse: {e}")))?;
+        let mut params = leaf_params(now, lifetime);
+        params.distinguished_name = request.params.distinguished_name.clone();
+        params.subject_alt_names = request.params.subject_alt_names.clone();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         request.params = params;
         request
             .signed_by(&self.issuer)
@@ -357,10 +393,29 @@ pub fn client_key_and_request(user: &str, group: &str) -> Result<Credential, Pki
     })
 }
 
+/// When the (first) certificate of `cert_pem` stops being valid.
+pub fn certificate_not_after(cert_pem: &[u8]) -> Result<SystemTime, PkiError> {
+    let text = String::from_utf8_lossy(cert_pem);
+    not_after(Path::new("<certificate>"), &text)
+}
+
 /// `sha256:<hex>` of a DER SubjectPublicKeyInfo.
 pub fn spki_sha256(spki_der: &[u8]) -> String {
     use sha2::Digest as _;
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(spki_der)))
+}
+
+/// The service-account signing key, made on first start (ECDSA P-256 PKCS#8).
+fn ensure_service_account_key(dir: &Path) -> Result<String, PkiError> {
+    let path = dir.join(SERVICE_ACCOUNT_KEY);
+    if let Some(pem) = read_optional(&path)? {
+        return Ok(pem);
+    }
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| PkiError::Issue(e.to_string()))?;
+    let pem = key.serialize_pem();
+    write_private(&path, pem.as_bytes())?;
+    Ok(pem)
 }
 
 fn make_ca(now: SystemTime) -> Result<(String, KeyPair), PkiError> {
@@ -527,7 +582,7 @@ mod tests {
     fn first_start_makes_a_ca_and_keys_only_the_owner_reads() {
         let dir = tempfile::tempdir().unwrap();
         let pki = ClusterPki::ensure(dir.path(), &names(), SystemTime::now()).unwrap();
-        for key in [CA_KEY, SERVING_KEY] {
+        for key in [CA_KEY, SERVING_KEY, SERVICE_ACCOUNT_KEY] {
             let mode = std::fs::metadata(dir.path().join(key))
                 .unwrap()
                 .permissions()

@@ -7,6 +7,7 @@
 //! runtime lists.
 
 pub mod addresses;
+pub mod agent_tls;
 pub mod cache;
 pub mod dns;
 pub mod images;
@@ -18,6 +19,7 @@ pub mod probes;
 pub mod proxy;
 pub mod registration;
 pub mod runtimes;
+pub mod serving;
 pub mod status;
 
 use k8s_openapi::api::node::v1::RuntimeClass;
@@ -47,6 +49,10 @@ pub enum NodeError {
     },
     #[error("the log endpoint could not start: {0}")]
     Listen(#[from] std::io::Error),
+    #[error("the log endpoint has no serving certificate: {0}")]
+    Serving(#[from] serving::ServingError),
+    #[error("the log endpoint's TLS is unusable: {0}")]
+    EndpointTls(#[from] agent_tls::AgentTlsError),
 }
 
 /// Settings of one node agent.
@@ -79,6 +85,10 @@ pub struct NodeConfig {
     /// Where the Ingress proxy listens for HTTP and HTTPS (`None`: off).
     pub ingress_http: Option<std::net::SocketAddr>,
     pub ingress_https: Option<std::net::SocketAddr>,
+    /// The cluster CA (PEM), when the cluster is secured: the log and port-forward
+    /// endpoint then serves TLS with a certificate from it and serves only the API
+    /// server's client certificate. `None` (an `--insecure-http` cluster): plain HTTP.
+    pub cluster_ca_pem: Option<Vec<u8>>,
 }
 
 impl NodeConfig {
@@ -107,6 +117,7 @@ impl NodeConfig {
             host_dns: Default::default(),
             ingress_http: None,
             ingress_https: None,
+            cluster_ca_pem: None,
         }
     }
 }
@@ -177,9 +188,25 @@ pub async fn run(
         clock.clone(),
     ));
     let (stop_logs, logs_stopped) = tokio::sync::oneshot::channel::<()>();
-    let log_server = tokio::spawn(logs::serve(log_listener, runtimes.clone(), async move {
-        let _ = logs_stopped.await;
-    }));
+    let endpoint_tls = match &config.cluster_ca_pem {
+        Some(ca) => {
+            let credential = serving::ensure(&client, &config).await?;
+            Some(agent_tls::server_config(
+                &credential.cert_pem,
+                &credential.key_pem,
+                ca,
+            )?)
+        }
+        None => None,
+    };
+    let log_server = tokio::spawn(logs::serve(
+        log_listener,
+        runtimes.clone(),
+        endpoint_tls,
+        async move {
+            let _ = logs_stopped.await;
+        },
+    ));
 
     let queue = WorkQueue::new(Backoff {
         base: Duration::from_millis(100),

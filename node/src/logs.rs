@@ -373,12 +373,16 @@ async fn follow(
     }
 }
 
-/// Serves the log endpoint on `listener` until `shutdown` completes.
+/// Serves the log endpoint on `listener` until `shutdown` completes: over TLS serving
+/// only the API server's client certificate when `tls` is given (a secured cluster),
+/// plain HTTP otherwise (`--insecure-http`).
 pub async fn serve(
     listener: TcpListener,
     runtimes: RuntimeRegistry,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -386,18 +390,43 @@ pub async fn serve(
             _ = &mut shutdown => return,
         };
         let Ok((stream, _)) = accepted else { continue };
-        let runtimes = runtimes.clone();
+        let (runtimes, acceptor) = (runtimes.clone(), acceptor.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let runtimes = runtimes.clone();
-                async move { Ok::<_, Infallible>(handle(runtimes, request).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
+            match acceptor {
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    let Ok(Ok(stream)) = handshake.await else {
+                        return;
+                    };
+                    // A certificate of the cluster CA that is not the API server's (a
+                    // node's, a user's) gets nothing either.
+                    if !crate::agent_tls::is_api_server(stream.get_ref().1) {
+                        return;
+                    }
+                    serve_connection(stream, runtimes).await;
+                }
+                None => serve_connection(stream, runtimes).await,
+            }
         });
     }
+}
+
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve_connection<S>(stream: S, runtimes: RuntimeRegistry)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let runtimes = runtimes.clone();
+        async move { Ok::<_, Infallible>(handle(runtimes, request).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .with_upgrades()
+        .await;
 }
 
 #[cfg(test)]

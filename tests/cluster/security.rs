@@ -1345,3 +1345,83 @@ async fn every_namespace_gets_a_default_service_account_back_when_deleted() -> R
     cluster.stop().await;
     Ok(())
 }
+
+#[test]
+fn a_node_endpoint_serves_only_the_api_server() -> Result<()> {
+    crate::netns::isolated(async {
+        let dir = tempfile::tempdir()?;
+        let control = ControlProcess::start(&dir.path().join("control")).await?;
+        let _node =
+            crate::harness::NodeProcess::start(&control, "n1", &dir.path().join("n1"), "").await?;
+        let admin = control.client()?;
+        let node = admin.get(&skiff_api::resource::NODES, None, "n1").await?;
+        let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+            .as_u64()
+            .context("the node's endpoint port")?;
+        let address = node["status"]["addresses"][0]["address"]
+            .as_str()
+            .context("address")?
+            .to_string();
+        let url = format!("https://{address}:{port}/containerLogs/default/none/c");
+        let ca = std::fs::read_to_string(dir.path().join("control/pki/ca.crt"))?;
+        // Plain HTTP, TLS without a certificate, and an admin's or a node's certificate of
+        // the cluster CA: none gets an answer.
+        let plain = reqwest::Client::new()
+            .get(format!(
+                "http://{address}:{port}/containerLogs/default/none/c"
+            ))
+            .send()
+            .await;
+        ensure!(
+            plain.is_err(),
+            "plain HTTP answered: {:?}",
+            plain.map(|r| r.status())
+        );
+        let no_certificate = tls_http(&ca, None)?.get(&url).send().await;
+        ensure!(
+            no_certificate.is_err(),
+            "TLS without a client certificate answered"
+        );
+        let names = skiff_control::pki::ServingNames::standard("cluster.local", &[], &[]);
+        let scratch = tempfile::tempdir()?;
+        for file in ["ca.crt", "ca.key"] {
+            std::fs::copy(
+                dir.path().join("control/pki").join(file),
+                scratch.path().join(file),
+            )?;
+        }
+        let pki = skiff_control::pki::ClusterPki::ensure(
+            scratch.path(),
+            &names,
+            std::time::SystemTime::now(),
+        )?;
+        for (user, groups) in [
+            ("system:admin", vec!["system:masters"]),
+            ("system:node:n2", vec!["system:nodes"]),
+        ] {
+            let credential = issue(&pki, user, &groups)?;
+            let answer = tls_http(&ca, Some(&credential.identity_pem()))?
+                .get(&url)
+                .send()
+                .await;
+            ensure!(
+                answer.is_err(),
+                "{user}'s certificate got an answer: {:?}",
+                answer.map(|r| r.status())
+            );
+        }
+        // The API server's own client certificate is served (a missing pod is a 404 of
+        // the agent's, not a refused connection).
+        let kubelet_client = issue(&pki, skiff_api::rbac::KUBELET_CLIENT_USER, &[])?;
+        let answer = tls_http(&ca, Some(&kubelet_client.identity_pem()))?
+            .get(&url)
+            .send()
+            .await?;
+        ensure!(
+            answer.status().as_u16() == 404,
+            "the API server's certificate: {}",
+            answer.status()
+        );
+        Ok(())
+    })
+}

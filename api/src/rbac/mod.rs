@@ -48,6 +48,9 @@ pub const ALL_AUTHENTICATED: &str = "system:authenticated";
 pub const ALL_UNAUTHENTICATED: &str = "system:unauthenticated";
 /// Node agents authenticate in this group, as `system:node:<node name>`.
 pub const NODES_GROUP: &str = "system:nodes";
+/// The API server's client certificate towards node agents (kubeadm's name): the only
+/// client an agent's log and port-forward endpoint serves.
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 /// Service accounts authenticate as `system:serviceaccount:<namespace>:<name>`.
 pub const SERVICE_ACCOUNT_USER_PREFIX: &str = "system:serviceaccount:";
 

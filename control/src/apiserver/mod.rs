@@ -64,6 +64,9 @@ pub struct ApiState {
     pub certificates_changed: Arc<Notify>,
     /// Seats for requests in flight, and the request timeout.
     pub limits: Arc<limits::Limits>,
+    /// `https` (agents serve TLS and take `node_http`'s client certificate) or `http`
+    /// (an `--insecure-http` cluster).
+    pub node_scheme: &'static str,
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
@@ -1157,8 +1160,10 @@ async fn pod_log(
         }
         q.finish()
     };
-    let url =
-        format!("http://{host}:{port}/containerLogs/{namespace}/{name}/{container}?{forwarded}");
+    let scheme = state.node_scheme;
+    let url = format!(
+        "{scheme}://{host}:{port}/containerLogs/{namespace}/{name}/{container}?{forwarded}"
+    );
     let response = state
         .node_http
         .send(skiff_client::http::HttpRequest::new(
@@ -1288,15 +1293,16 @@ async fn pod_port_forward(
     }
     let (host, port, node_name) = node_endpoint(state, name, &pod)?;
     let dial: portforward::Dial = {
-        let (http, namespace, name) = (
+        let (http, namespace, name, scheme) = (
             state.node_http.clone(),
             namespace.to_string(),
             name.to_string(),
+            state.node_scheme,
         );
         Arc::new(move |pod_port: u16| {
             let (http, url) = (
                 http.clone(),
-                format!("http://{host}:{port}/portForward/{namespace}/{name}/{pod_port}"),
+                format!("{scheme}://{host}:{port}/portForward/{namespace}/{name}/{pod_port}"),
             );
             let node_name = node_name.clone();
             Box::pin(async move {

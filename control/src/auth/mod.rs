@@ -11,6 +11,7 @@
 
 pub mod node;
 pub mod reviews;
+pub mod serviceaccount;
 pub mod tokens;
 
 use crate::registry::Registry;
@@ -52,6 +53,30 @@ pub struct Auth {
     mode: AuthMode,
     /// The current RBAC view; replaced whole, read under a short lock.
     rbac: RwLock<Arc<RbacSnapshot>>,
+    /// Service-account token issuing and checking (secure mode only).
+    service_accounts: Option<ServiceAccountTokens>,
+}
+
+/// The issuer and audience of the cluster's service-account tokens (kubeadm's).
+pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// Signs and checks service-account tokens.
+pub struct ServiceAccountTokens {
+    signer: serviceaccount::TokenSigner,
+    verifier: serviceaccount::TokenVerifier,
+}
+
+impl ServiceAccountTokens {
+    /// Tokens signed with `key_pem` (PKCS#8), issued by and for this API server.
+    pub fn new(key_pem: &str) -> Result<Self, serviceaccount::TokenError> {
+        let signer = serviceaccount::TokenSigner::from_pkcs8_pem(key_pem)?;
+        let verifier = serviceaccount::TokenVerifier::new(
+            vec![signer.verification_key()],
+            vec![SERVICE_ACCOUNT_ISSUER.to_string()],
+            vec![SERVICE_ACCOUNT_ISSUER.to_string()],
+        );
+        Ok(ServiceAccountTokens { signer, verifier })
+    }
 }
 
 impl std::fmt::Debug for Auth {
@@ -85,7 +110,14 @@ impl Auth {
         Auth {
             mode,
             rbac: RwLock::new(Arc::new(RbacSnapshot::default())),
+            service_accounts: None,
         }
+    }
+
+    /// Secure mode with service-account tokens.
+    pub fn with_service_accounts(mut self, tokens: ServiceAccountTokens) -> Auth {
+        self.service_accounts = Some(tokens);
+        self
     }
 
     pub fn mode(&self) -> AuthMode {
@@ -137,7 +169,85 @@ impl Auth {
                 }
             };
         }
+        if let Some(tokens) = &self.service_accounts {
+            return match service_account_user(registry, tokens, token) {
+                Ok(user) => Ok(Some(user)),
+                Err(why) => {
+                    tracing::info!(reason = %why, "refused a service account token");
+                    Err(unauthorized())
+                }
+            };
+        }
         Err(unauthorized())
+    }
+
+    /// Issues a token for the service account `namespace/name` (TokenRequest): bound to
+    /// `pod` if given, for `audiences` (default: the API server), for `expiration`.
+    /// Returns the token and when it expires.
+    pub fn issue_service_account_token(
+        &self,
+        registry: &Registry,
+        namespace: &str,
+        name: &str,
+        request: TokenRequestOptions,
+    ) -> Result<(String, std::time::SystemTime), ApiError> {
+        let tokens = self.service_accounts.as_ref().ok_or_else(|| {
+            ApiError::service_unavailable("service account tokens need the secure API server")
+        })?;
+        let accounts = &resource::SERVICE_ACCOUNTS;
+        let (_, account) = registry.get(accounts, Some(namespace), name)?;
+        let uid = skiff_api::object::meta_str(&account, "uid")
+            .unwrap_or_default()
+            .to_string();
+        let pod = match request.bound_pod {
+            None => None,
+            Some((pod_name, pod_uid)) => {
+                let (_, pod) = registry.get(&resource::PODS, Some(namespace), &pod_name)?;
+                let stored_uid = skiff_api::object::meta_str(&pod, "uid").unwrap_or_default();
+                if pod_uid.as_deref().is_some_and(|u| u != stored_uid) {
+                    return Err(ApiError::new(409, "Conflict", format!(
+                        "the UID in the bound object reference ({}) does not match the UID in record ({stored_uid})",
+                        pod_uid.unwrap_or_default()
+                    )));
+                }
+                Some(serviceaccount::ObjectRef::new(
+                    pod_name,
+                    stored_uid.to_string(),
+                ))
+            }
+        };
+        if request.expiration < serviceaccount::MIN_TOKEN_EXPIRATION {
+            return Err(ApiError::bad_request("spec.expirationSeconds: Invalid value: may not specify a duration less than 10 minutes"));
+        }
+        let audiences = if request.audiences.is_empty() {
+            vec![SERVICE_ACCOUNT_ISSUER.to_string()]
+        } else {
+            request.audiences
+        };
+        let expiration = serviceaccount::clamp_expiration(
+            request.expiration,
+            serviceaccount::DEFAULT_MAX_TOKEN_EXPIRATION,
+        );
+        let issued = serviceaccount::ServiceAccountTokenRequest {
+            namespace: namespace.to_string(),
+            service_account: serviceaccount::ObjectRef::new(name.to_string(), uid),
+            audiences,
+            expiration,
+            pod,
+            node: None,
+            warn_after: None,
+        };
+        let now = std::time::SystemTime::from(registry.clock.now());
+        let token = tokens
+            .signer
+            .issue(
+                SERVICE_ACCOUNT_ISSUER,
+                &issued,
+                now,
+                &serviceaccount::new_jti(),
+            )
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok((token, now + expiration))
     }
 
     /// Whether `attributes` are allowed: `Ok`, or the 401 (anonymous) / 403 to answer.
@@ -384,6 +494,61 @@ impl Auth {
             Err(poisoned) => *poisoned.into_inner() = snapshot,
         }
     }
+}
+
+/// What a TokenRequest asks for.
+#[derive(Debug, Clone)]
+pub struct TokenRequestOptions {
+    pub audiences: Vec<String>,
+    pub expiration: std::time::Duration,
+    /// A pod (name, uid if given) the token lives and dies with.
+    pub bound_pod: Option<(String, Option<String>)>,
+}
+
+/// The user of a service-account token: signature, issuer, audience and lifetime
+/// checked, then the objects it names — the service account (same uid) and a bound
+/// pod (same uid, not being deleted) — must still exist, so deleting either revokes it.
+fn service_account_user(
+    registry: &Registry,
+    tokens: &ServiceAccountTokens,
+    token: &str,
+) -> Result<UserInfo, String> {
+    let now = std::time::SystemTime::from(registry.clock.now());
+    let verified = tokens
+        .verifier
+        .verify(token, now)
+        .map_err(|e| e.to_string())?;
+    let namespace = verified.namespace.as_str();
+    let uid_of = |r: &ResourceInfo, name: &str| -> Result<(String, Value), String> {
+        let (_, object) = registry
+            .get(r, Some(namespace), name)
+            .map_err(|_| format!("{} {namespace}/{name} no longer exists", r.singular))?;
+        let uid = skiff_api::object::meta_str(&object, "uid")
+            .unwrap_or_default()
+            .to_string();
+        Ok((uid, object))
+    };
+    let account = &verified.service_account;
+    let (uid, _) = uid_of(&resource::SERVICE_ACCOUNTS, &account.name)?;
+    if uid != account.uid {
+        return Err(format!(
+            "service account {namespace}/{} was replaced",
+            account.name
+        ));
+    }
+    if let Some(pod) = &verified.pod {
+        let (uid, object) = uid_of(&resource::PODS, &pod.name)?;
+        let deleting = object
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|v| !v.is_null());
+        if uid != pod.uid || deleting {
+            return Err(format!(
+                "pod {namespace}/{} the token is bound to is gone",
+                pod.name
+            ));
+        }
+    }
+    Ok(verified.user_info())
 }
 
 /// The user a verified client certificate names: CN is the user, each O a group.
