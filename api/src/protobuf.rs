@@ -244,6 +244,7 @@ fn review_spec(api_version: &str, kind: &str) -> Option<SpecDecoder> {
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => Some(access_review_spec),
         ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => Some(rules_review_spec),
         ("authentication.k8s.io/v1", "SelfSubjectReview") => Some(|_| Ok(json!({}))),
+        ("authentication.k8s.io/v1", "TokenRequest") => Some(token_request_spec),
         _ => None,
     }
 }
@@ -359,6 +360,28 @@ fn policy_rule(bytes: &[u8]) -> Result<Value, ProtobufError> {
         }
     }
     Ok(Value::Object(rule))
+}
+
+/// `TokenRequestSpec`: audiences = 1 (repeated), expirationSeconds = 4, boundObjectRef =
+/// 3 (kind 1, apiVersion 2, name 3, uid 4), as `kubectl create token` sends them.
+fn token_request_spec(bytes: &[u8]) -> Result<Value, ProtobufError> {
+    let mut spec = Map::new();
+    let mut audiences = Vec::new();
+    for (number, field) in fields(bytes)? {
+        match (number, field) {
+            (1, Field::Bytes(b)) => audiences.push(json!(text(b)?)),
+            (4, Field::Varint(v)) => {
+                spec.insert("expirationSeconds".into(), json!(v as i64));
+            }
+            (3, Field::Bytes(b)) => {
+                let names = [(1, "kind"), (2, "apiVersion"), (3, "name"), (4, "uid")];
+                spec.insert("boundObjectRef".into(), named_strings(b, &names)?);
+            }
+            _ => {}
+        }
+    }
+    spec.insert("audiences".into(), Value::Array(audiences));
+    Ok(Value::Object(spec))
 }
 
 /// `SelfSubjectRulesReviewSpec`: namespace = 1.

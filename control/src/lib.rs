@@ -165,8 +165,10 @@ pub async fn run(
                 identity_pem: Some(kubelet_client.identity_pem()),
                 insecure_skip_verify: false,
             };
+            let tokens = auth::ServiceAccountTokens::new(pki.service_account_key_pem())
+                .map_err(|e| ControlError::Client(format!("the service account key: {e}")))?;
             (
-                auth::Auth::new(auth::AuthMode::Secure),
+                auth::Auth::new(auth::AuthMode::Secure).with_service_accounts(tokens),
                 transport,
                 "https",
                 tls,

@@ -1425,3 +1425,213 @@ fn a_node_endpoint_serves_only_the_api_server() -> Result<()> {
         Ok(())
     })
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_tokens_work_until_their_account_or_pod_is_gone() -> Result<()> {
+    let cluster = InProcess::start_api_only().await?;
+    let (server, admin) = (cluster.server.clone(), cluster.http.clone());
+    let kubeconfig = cluster.kubeconfig();
+    let setup = [
+        (
+            "/api/v1/namespaces/default/serviceaccounts",
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "robot"}}),
+        ),
+        (
+            "/api/v1/namespaces/default/serviceaccounts",
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "nobody"}}),
+        ),
+        (
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "robot-view"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+                "subjects": [{"kind": "ServiceAccount", "name": "robot", "namespace": "default"}]}),
+        ),
+        (
+            "/api/v1/namespaces/default/pods",
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "worker"},
+            "spec": {"serviceAccountName": "robot", "containers": [{"name": "c", "image": "x"}]}}),
+        ),
+    ];
+    for (path, object) in &setup {
+        let (code, body) = send(&admin, &server, "POST", path, Some(object), None).await?;
+        ensure!(code == 201, "setup {path}: {code} {body}");
+    }
+    // kubectl create token, as a user would.
+    let create = |args: Vec<String>| {
+        let kubeconfig = kubeconfig.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            kubectl(&kubeconfig, &args)
+        })
+    };
+    let (ok, token) = create(vec![
+        "create".into(),
+        "token".into(),
+        "robot".into(),
+        "--duration=1h".into(),
+    ])
+    .await??;
+    ensure!(ok, "kubectl create token: {token}");
+    let token = token.trim().to_string();
+    ensure!(token.split('.').count() == 3, "not a JWT: {token}");
+    let anonymous = tls_http(cluster.pki.ca_pem(), None)?;
+    let (code, review) = whoami(&anonymous, &server, Some(&token)).await?;
+    ensure!(code == 201, "whoami: {code} {review}");
+    let info = &review["status"]["userInfo"];
+    ensure!(
+        info["username"] == "system:serviceaccount:default:robot",
+        "{review}"
+    );
+    ensure!(
+        info["groups"]
+            == json!([
+                "system:serviceaccounts",
+                "system:serviceaccounts:default",
+                "system:authenticated"
+            ]),
+        "{review}"
+    );
+    // What its Role allows, and nothing more.
+    let (code, _) = send(
+        &anonymous,
+        &server,
+        "GET",
+        "/api/v1/namespaces/default/pods",
+        None,
+        Some(&token),
+    )
+    .await?;
+    ensure!(code == 200, "the robot lists pods: {code}");
+    let (code, body) = send(
+        &anonymous,
+        &server,
+        "GET",
+        "/api/v1/namespaces/default/secrets",
+        None,
+        Some(&token),
+    )
+    .await?;
+    ensure!(
+        code == 403
+            && body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("system:serviceaccount:default:robot"),
+        "{code} {body}"
+    );
+    let (ok, nobody) = create(vec!["create".into(), "token".into(), "nobody".into()]).await??;
+    ensure!(ok, "{nobody}");
+    let (code, _) = send(
+        &anonymous,
+        &server,
+        "GET",
+        "/api/v1/namespaces/default/pods",
+        None,
+        Some(nobody.trim()),
+    )
+    .await?;
+    ensure!(
+        code == 403,
+        "an account without a binding lists pods: {code}"
+    );
+    // Forged, for another audience, too short: refused.
+    let mut forged = token.clone();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    let (code, _) = send(
+        &anonymous,
+        &server,
+        "GET",
+        "/api/v1/namespaces/default/pods",
+        None,
+        Some(&forged),
+    )
+    .await?;
+    ensure!(code == 401, "a forged token: {code}");
+    let (ok, other) = create(vec![
+        "create".into(),
+        "token".into(),
+        "robot".into(),
+        "--audience=https://elsewhere.example".into(),
+    ])
+    .await??;
+    ensure!(ok, "{other}");
+    let (code, _) = send(
+        &anonymous,
+        &server,
+        "GET",
+        "/api/v1/namespaces/default/pods",
+        None,
+        Some(other.trim()),
+    )
+    .await?;
+    ensure!(code == 401, "a token for another audience: {code}");
+    let (ok, text) = create(vec![
+        "create".into(),
+        "token".into(),
+        "robot".into(),
+        "--duration=1m".into(),
+    ])
+    .await??;
+    ensure!(!ok && text.contains("10 minutes"), "{text}");
+    // Bound to a pod: valid while the pod is.
+    let (ok, bound) = create(vec![
+        "create".into(),
+        "token".into(),
+        "robot".into(),
+        "--bound-object-kind=Pod".into(),
+        "--bound-object-name=worker".into(),
+    ])
+    .await??;
+    ensure!(ok, "{bound}");
+    let bound = bound.trim().to_string();
+    let (code, review) = whoami(&anonymous, &server, Some(&bound)).await?;
+    ensure!(
+        code == 201
+            && review["status"]["userInfo"]["extra"]["authentication.kubernetes.io/pod-name"]
+                == json!(["worker"]),
+        "{code} {review}"
+    );
+    let (code, _) = send(
+        &admin,
+        &server,
+        "DELETE",
+        "/api/v1/namespaces/default/pods/worker?gracePeriodSeconds=0",
+        None,
+        None,
+    )
+    .await?;
+    ensure!(code == 200, "delete pod: {code}");
+    crate::harness::eventually(
+        std::time::Duration::from_secs(10),
+        "the pod-bound token to stop working",
+        || async {
+            let (code, _) = whoami(&anonymous, &server, Some(&bound)).await.ok()?;
+            (code == 401).then_some(())
+        },
+    )
+    .await?;
+    // Deleting the account revokes its tokens.
+    let (code, _) = send(
+        &admin,
+        &server,
+        "DELETE",
+        "/api/v1/namespaces/default/serviceaccounts/robot",
+        None,
+        None,
+    )
+    .await?;
+    ensure!(code == 200, "delete account: {code}");
+    let (code, _) = send(
+        &anonymous,
+        &server,
+        "GET",
+        "/api/v1/namespaces/default/pods",
+        None,
+        Some(&token),
+    )
+    .await?;
+    ensure!(code == 401, "the token of a deleted account: {code}");
+    cluster.stop().await;
+    Ok(())
+}

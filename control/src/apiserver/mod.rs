@@ -980,6 +980,12 @@ async fn handle_stored_resource(
                 .await?;
             Ok(written_response(StatusCode::OK, written))
         }
+        ("POST", Some(name), Some("token")) => {
+            let (headers, body) = read_body(request).await?;
+            let body = decode_object_body(&headers, &body)?;
+            let reply = token_request(state, ns.unwrap_or_default(), name, body)?;
+            Ok(json_response(StatusCode::CREATED, &reply))
+        }
         ("PUT", Some(name), Some("approval")) => {
             // The approval subresource changes the conditions and nothing else (not the
             // certificate, which only the signer writes).
@@ -1107,6 +1113,53 @@ async fn handle_stored_resource(
             resource.qualified_plural()
         ))),
     }
+}
+
+/// `serviceaccounts/{name}/token` (TokenRequest, `kubectl create token`): a signed token
+/// for the service account, for the audiences and time asked (an hour by default),
+/// optionally bound to a pod.
+fn token_request(
+    state: &ApiState,
+    namespace: &str,
+    name: &str,
+    body: Value,
+) -> Result<Value, ApiError> {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestStatus};
+    let mut request: TokenRequest = serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not a valid TokenRequest: {e}")))?;
+    let spec = &request.spec;
+    let bound_pod = match &spec.bound_object_ref {
+        None => None,
+        Some(bound) if bound.kind.as_deref() == Some("Pod") => Some((
+            bound.name.clone().unwrap_or_default(),
+            bound.uid.clone().filter(|u| !u.is_empty()),
+        )),
+        Some(bound) => {
+            return Err(ApiError::bad_request(format!(
+                "spec.boundObjectRef.kind: Unsupported value: {:?}: supported values: \"Pod\"",
+                bound.kind.clone().unwrap_or_default()
+            )))
+        }
+    };
+    let seconds = spec.expiration_seconds.unwrap_or(3600);
+    let options = crate::auth::TokenRequestOptions {
+        audiences: spec.audiences.clone(),
+        expiration: std::time::Duration::from_secs(u64::try_from(seconds).unwrap_or(0)),
+        bound_pod,
+    };
+    let (token, expires) =
+        state
+            .auth
+            .issue_service_account_token(&state.registry, namespace, name, options)?;
+    request.status = Some(TokenRequestStatus {
+        token,
+        expiration_timestamp: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(expires.into()),
+    });
+    let mut reply =
+        serde_json::to_value(&request).map_err(|e| ApiError::internal(e.to_string()))?;
+    reply["apiVersion"] = json!("authentication.k8s.io/v1");
+    reply["kind"] = json!("TokenRequest");
+    Ok(reply)
 }
 
 /// `pods/{name}/log`: finds the pod's node and streams the container log from its agent.
