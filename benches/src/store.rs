@@ -38,18 +38,40 @@ pub struct StoreArgs {
     etcd: String,
 }
 
+/// Makes a client's own HTTP connection pool (a client is a process of its own: it
+/// shares no connection with the others).
+type Connect = Arc<dyn Fn() -> Result<reqwest::Client> + Send + Sync>;
+
 /// One way of writing an object durably.
 #[derive(Clone)]
 enum Target {
-    Skiff { url: String, http: reqwest::Client },
+    Skiff {
+        url: String,
+        http: reqwest::Client,
+        connect: Connect,
+    },
     Etcd(Arc<Etcd>),
 }
 
 impl Target {
+    /// This target as another client sees it: skiff over a connection of its own (TLS
+    /// and HTTP/2 are per connection, as for separate processes); etcd through its
+    /// gateway client's connection pool.
+    fn for_another_client(&self) -> Result<Target> {
+        Ok(match self {
+            Target::Skiff { url, connect, .. } => Target::Skiff {
+                url: url.clone(),
+                http: connect()?,
+                connect: connect.clone(),
+            },
+            Target::Etcd(etcd) => Target::Etcd(etcd.clone()),
+        })
+    }
+
     async fn create(&self, name: &str) -> Result<()> {
         let object = payload(name);
         let response = match self {
-            Target::Skiff { url, http } => {
+            Target::Skiff { url, http, .. } => {
                 http.post(format!("{url}/api/v1/namespaces/default/configmaps"))
                     .header("Content-Type", "application/json")
                     .body(object)
@@ -62,11 +84,14 @@ impl Target {
                     .await;
             }
         };
-        if !response.status().is_success() {
+        let status = response.status();
+        // The answer is read whole, as a client does: a response dropped unread resets
+        // its HTTP/2 stream, and h2 ends a connection after 1,024 such resets.
+        let body = response.bytes().await?;
+        if !status.is_success() {
             bail!(
-                "write failed with {}: {}",
-                response.status(),
-                response.text().await.unwrap_or_default()
+                "write failed with {status}: {}",
+                String::from_utf8_lossy(&body)
             );
         }
         Ok(())
@@ -115,7 +140,7 @@ async fn measure(
         let started = Instant::now();
         let mut tasks = Vec::new();
         for c in 0..clients {
-            let target = target.clone();
+            let target = target.for_another_client()?;
             let tag = tag.to_string();
             tasks.push(tokio::spawn(async move {
                 for i in 0..per_client {
@@ -176,17 +201,27 @@ pub async fn run(args: StoreArgs) -> Result<()> {
         args.latency_ops, args.throughput_ops
     );
     let levels = [1usize, 16, 64];
+    let connect_secure: Connect = {
+        let (ca_pem, writer) = (ca_pem.clone(), writer.clone());
+        Arc::new(move || tls_client(&ca_pem, &writer, 4))
+    };
     let secure = Target::Skiff {
         url: skiff_url.clone(),
         http: secure_http,
+        connect: connect_secure,
     };
     let skiff_results = measure(&secure, "s", &args, &levels).await?;
     let etcd_results = measure(&Target::Etcd(etcd.clone()), "e", &args, &levels).await?;
     let plain = Target::Skiff {
         url: insecure_url,
         http: plain_http,
+        connect: Arc::new(|| {
+            Ok(reqwest::Client::builder()
+                .pool_max_idle_per_host(4)
+                .build()?)
+        }),
     };
-    let plain_results = measure(&plain, "p", &args, &[]).await?;
+    let plain_results = measure(&plain, "p", &args, &[64]).await?;
     let (handshakes_per_second, fresh_p50) = handshakes(&skiff_url, &ca_pem, &writer, 500).await?;
     println!();
     println!(
@@ -239,6 +274,17 @@ pub async fn run(args: StoreArgs) -> Result<()> {
         skiff_results.p50_us,
         plain_results.p50_us,
         skiff_results.p50_us as i64 - plain_results.p50_us as i64
+    );
+    let (secure_64, plain_64) = (
+        skiff_results.throughput.last().map_or(0.0, |t| t.1),
+        plain_results.throughput.last().map_or(0.0, |t| t.1),
+    );
+    println!(
+        "{:<28} {:>10.0}/s {:>10.0}/s {:>9.2}x",
+        "throughput, 64 clients",
+        secure_64,
+        plain_64,
+        secure_64 / plain_64
     );
     println!(
         "{:<28} {:>10.0}/s  (a new TCP + TLS 1.3 connection with a client certificate per request; p50 {fresh_p50}us)",

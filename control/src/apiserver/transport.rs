@@ -40,9 +40,32 @@ impl std::fmt::Debug for Transport {
     }
 }
 
-/// The DER leaf certificate a client presented and the CA verified, if any.
+/// The DER leaf certificate a client presented and the CA verified, if any, with the
+/// user it names, worked out once per connection (not per request).
 #[derive(Clone, Debug, Default)]
-pub struct PeerCertificate(pub Option<Arc<CertificateDer<'static>>>);
+pub struct PeerCertificate {
+    pub der: Option<Arc<CertificateDer<'static>>>,
+    user: Arc<std::sync::OnceLock<Option<skiff_api::rbac::UserInfo>>>,
+}
+
+impl PeerCertificate {
+    pub fn new(der: Option<Arc<CertificateDer<'static>>>) -> Self {
+        PeerCertificate {
+            der,
+            user: Arc::default(),
+        }
+    }
+
+    /// The user the certificate names (`None` without a certificate, or for one that
+    /// names nobody), from `parse` the first time on this connection.
+    pub fn user(
+        &self,
+        parse: impl FnOnce(&[u8]) -> Option<skiff_api::rbac::UserInfo>,
+    ) -> Option<&skiff_api::rbac::UserInfo> {
+        let der = self.der.as_deref()?;
+        self.user.get_or_init(|| parse(der.as_ref())).as_ref()
+    }
+}
 
 /// Errors building the TLS configuration.
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +162,7 @@ pub async fn serve(
                     else {
                         return;
                     };
-                    let peer = PeerCertificate(
+                    let peer = PeerCertificate::new(
                         stream
                             .get_ref()
                             .1
@@ -154,7 +177,7 @@ pub async fn serve(
                     let _ = watcher.watch(conn).await;
                 }
                 None => {
-                    let service = with_peer(router, PeerCertificate(None));
+                    let service = with_peer(router, PeerCertificate::new(None));
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(tcp), service)
                         .into_owned();
