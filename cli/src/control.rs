@@ -48,6 +48,15 @@ pub struct SecurityArgs {
     /// Seconds a request may take (watches, followed logs and port-forwards excepted).
     #[arg(long, default_value_t = 60)]
     request_timeout: u64,
+    /// Write an audit log (one audit.k8s.io/v1 Event per request, level Metadata) here.
+    #[arg(long)]
+    audit_log_path: Option<PathBuf>,
+    /// Rotate the audit log at this many megabytes.
+    #[arg(long, default_value_t = 100)]
+    audit_log_maxsize: u64,
+    /// Rotated audit logs kept.
+    #[arg(long, default_value_t = 3)]
+    audit_log_maxbackup: usize,
 }
 
 /// The control plane's security as set up from the flags: what `skiff_control::run`
@@ -92,6 +101,17 @@ impl Secured {
 }
 
 impl SecurityArgs {
+    /// The audit log the flags ask for, if any.
+    pub fn audit(&self) -> Option<skiff_control::audit::AuditConfig> {
+        self.audit_log_path
+            .clone()
+            .map(|path| skiff_control::audit::AuditConfig {
+                path,
+                max_bytes: self.audit_log_maxsize.max(1).saturating_mul(1 << 20),
+                max_backups: self.audit_log_maxbackup,
+            })
+    }
+
     /// The request limits the flags ask for.
     pub fn limits(&self) -> skiff_control::apiserver::limits::LimitsConfig {
         skiff_control::apiserver::limits::LimitsConfig {
@@ -288,6 +308,7 @@ pub async fn run(args: ControlArgs) -> Result<ExitCode> {
         advertise_address: args.network.advertise_address(),
         security: secured.security,
         limits: args.security.limits(),
+        audit: args.security.audit(),
         ..Default::default()
     };
     eprintln!("skiff control: serving the API at {server}");

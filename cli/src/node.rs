@@ -388,6 +388,7 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
         advertise_address: advertise,
         security: secured.security.clone(),
         limits: args.security.limits(),
+        audit: args.security.audit(),
         ..Default::default()
     };
     let control = tokio::spawn(skiff_control::run(

@@ -4,6 +4,7 @@
 
 pub mod allocator;
 pub mod apiserver;
+pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod csr;
@@ -75,6 +76,8 @@ pub struct ControlConfig {
     /// Requests in flight (`--max-requests-inflight`, `--max-mutating-requests-inflight`)
     /// and the request timeout.
     pub limits: apiserver::limits::LimitsConfig,
+    /// The audit log (`--audit-log-path`); off when `None`, as in Kubernetes.
+    pub audit: Option<audit::AuditConfig>,
 }
 
 impl Default for ControlConfig {
@@ -89,6 +92,7 @@ impl Default for ControlConfig {
             advertise_address: None,
             security: ApiSecurity::InsecureHttp,
             limits: apiserver::limits::LimitsConfig::default(),
+            audit: None,
         }
     }
 }
@@ -289,6 +293,11 @@ pub async fn run(
         })
         .map_err(|e| ControlError::Client(e.to_string()))?,
         node_scheme: loopback_scheme,
+        audit: config
+            .audit
+            .clone()
+            .map(audit::AuditLog::open)
+            .transpose()?,
         auth,
         certificates_changed,
         limits: Arc::new(apiserver::limits::Limits::new(config.limits)),

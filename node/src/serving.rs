@@ -34,7 +34,7 @@ pub enum ServingError {
     #[error("cannot make the serving key or request: {0}")]
     Key(String),
     #[error("the serving certificate request failed: {0}")]
-    Request(#[from] skiff_client::ClientError),
+    Request(Box<skiff_client::ClientError>),
     #[error("the serving certificate request was {0}")]
     Refused(String),
     #[error("the serving certificate was not signed within {0:?}")]
@@ -45,6 +45,12 @@ pub enum ServingError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<skiff_client::ClientError> for ServingError {
+    fn from(e: skiff_client::ClientError) -> Self {
+        ServingError::Request(Box::new(e))
+    }
 }
 
 /// The names the certificate must carry: the node's address and its name.

@@ -47,19 +47,20 @@ impl InProcess {
     }
 
     async fn start_with(run_controllers: bool) -> Result<InProcess> {
-        Self::start_limited(run_controllers, Default::default()).await
+        Self::start_configured(run_controllers, |_| {}).await
     }
 
     /// The API server alone, with request limits of its own.
     pub async fn start_api_only_limited(
         limits: skiff_control::apiserver::limits::LimitsConfig,
     ) -> Result<InProcess> {
-        Self::start_limited(false, limits).await
+        Self::start_configured(false, move |config| config.limits = limits).await
     }
 
-    async fn start_limited(
+    /// The API server alone, with settings changed by `configure`.
+    pub async fn start_configured(
         run_controllers: bool,
-        limits: skiff_control::apiserver::limits::LimitsConfig,
+        configure: impl FnOnce(&mut skiff_control::ControlConfig),
     ) -> Result<InProcess> {
         let dir = tempfile::tempdir()?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -77,7 +78,6 @@ impl InProcess {
         )?;
         let config = skiff_control::ControlConfig {
             security: skiff_control::ApiSecurity::Tls(pki.clone()),
-            limits,
             store_dir: dir.path().join("store"),
             store: skiff_control::store::StoreConfig {
                 history_capacity: 200,
@@ -87,6 +87,8 @@ impl InProcess {
             run_controllers,
             ..Default::default()
         };
+        let mut config = config;
+        configure(&mut config);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let shutdown = async move {

@@ -1635,3 +1635,89 @@ async fn service_account_tokens_work_until_their_account_or_pod_is_gone() -> Res
     cluster.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_records_who_did_what_without_bodies() -> Result<()> {
+    let audit_dir = tempfile::tempdir()?;
+    let path = audit_dir.path().join("audit.log");
+    let audit = skiff_control::audit::AuditConfig {
+        path: path.clone(),
+        max_bytes: 100 << 20,
+        max_backups: 1,
+    };
+    let cluster =
+        InProcess::start_configured(false, move |config| config.audit = Some(audit)).await?;
+    let server = &cluster.server;
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"}, "stringData": {"password": "hunter2-audit"}});
+    let (code, _) = send(
+        &cluster.http,
+        server,
+        "POST",
+        "/api/v1/namespaces/default/secrets",
+        Some(&secret),
+        None,
+    )
+    .await?;
+    ensure!(code == 201);
+    let bob = issue(&cluster.pki, "bob", &["dev"])?;
+    let bob = tls_http(cluster.pki.ca_pem(), Some(&bob.identity_pem()))?;
+    let (code, _) = send(
+        &bob,
+        server,
+        "GET",
+        "/api/v1/namespaces/default/secrets/db",
+        None,
+        None,
+    )
+    .await?;
+    ensure!(code == 403);
+    let anonymous = tls_http(cluster.pki.ca_pem(), None)?;
+    let (code, _) = send(&anonymous, server, "GET", "/api/v1/namespaces", None, None).await?;
+    ensure!(code == 401);
+    let events: Vec<Value> = crate::harness::eventually(
+        std::time::Duration::from_secs(5),
+        "the audit lines",
+        || async {
+            let text = std::fs::read_to_string(&path).ok()?;
+            let events: Vec<Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            events
+                .iter()
+                .any(|e| e["responseStatus"]["code"] == 401)
+                .then_some(events)
+        },
+    )
+    .await?;
+    let find = |user: &str, code: u16| {
+        events
+            .iter()
+            .find(|e| e["user"]["username"] == user && e["responseStatus"]["code"] == code)
+            .cloned()
+    };
+    let created = find("system:admin", 201).context("the admin's create")?;
+    ensure!(
+        created["verb"] == "create" && created["objectRef"]["resource"] == "secrets",
+        "{created}"
+    );
+    let refused = find("bob", 403).context("bob's refused get")?;
+    ensure!(
+        refused["verb"] == "get"
+            && refused["objectRef"]["name"] == "db"
+            && refused["user"]["groups"][0] == "dev",
+        "{refused}"
+    );
+    ensure!(refused["sourceIPs"][0] == "127.0.0.1", "{refused}");
+    ensure!(
+        find("system:anonymous", 401).is_some(),
+        "no record of the anonymous request"
+    );
+    let text = std::fs::read_to_string(&path)?;
+    ensure!(
+        !text.contains("hunter2-audit") && !text.contains("aHVudGVyMi1hdWRpdA"),
+        "a secret reached the audit log"
+    );
+    cluster.stop().await;
+    Ok(())
+}

@@ -67,6 +67,8 @@ pub struct ApiState {
     /// `https` (agents serve TLS and take `node_http`'s client certificate) or `http`
     /// (an `--insecure-http` cluster).
     pub node_scheme: &'static str,
+    /// Where every request is recorded, when auditing is on.
+    pub audit: Option<crate::audit::AuditLog>,
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
@@ -323,6 +325,62 @@ fn authorize_path(
 }
 
 async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
+    let received = chrono::Utc::now();
+    let audit = state
+        .audit
+        .clone()
+        .map(|log| (log, audit_record(&request, received)));
+    let response = serve_request(state, request).await;
+    if let Some((log, mut record)) = audit {
+        record.code = response.status().as_u16();
+        if let Some(user) = response.extensions().get::<AuditedUser>() {
+            (record.user, record.groups) = (user.0.name.clone(), user.0.groups.clone());
+        }
+        record.completed = chrono::Utc::now();
+        log.record(&record);
+    }
+    response
+}
+
+/// Who a response was for, for the audit record.
+#[derive(Clone)]
+struct AuditedUser(UserInfo);
+
+/// What the audit log says of `request` before it is served.
+fn audit_record(
+    request: &Request,
+    received: chrono::DateTime<chrono::Utc>,
+) -> crate::audit::AuditRecord {
+    let method = request.method();
+    let mut record = crate::audit::AuditRecord {
+        request_uri: request.uri().to_string(),
+        received,
+        source_ip: request
+            .extensions()
+            .get::<transport::PeerCertificate>()
+            .and_then(|p| p.remote)
+            .map(|a| a.ip().to_string()),
+        user: crate::auth::ANONYMOUS_USER.into(),
+        ..Default::default()
+    };
+    match parse_target(request.uri().path()) {
+        Ok(Target::Resource(target)) => {
+            let query = parse_query(request.uri().query());
+            let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+            record.verb = verb_name(method, &target, watching).to_string();
+            record.api_group = target.resource.group.to_string();
+            record.api_version = target.resource.version.to_string();
+            record.resource = target.resource.plural.to_string();
+            record.subresource = target.subresource.unwrap_or_default();
+            record.namespace = target.namespace.unwrap_or_default();
+            record.name = target.name.unwrap_or_default();
+        }
+        _ => record.verb = method.as_str().to_ascii_lowercase(),
+    }
+    record
+}
+
+async fn serve_request(state: ApiState, request: Request) -> Response {
     let started = Instant::now();
     let path = request.uri().path().to_string();
     let user = match authenticate(&state, &request) {
@@ -334,10 +392,24 @@ async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
             return error_response(&e);
         }
     };
-    let target = parse_target(&path);
+    let mut response = serve_authenticated(&state, &user, request, &path, started).await;
+    if state.audit.is_some() {
+        response.extensions_mut().insert(AuditedUser(user));
+    }
+    response
+}
+
+async fn serve_authenticated(
+    state: &ApiState,
+    user: &UserInfo,
+    request: Request,
+    path: &str,
+    started: Instant,
+) -> Response {
+    let target = parse_target(path);
     let allowed = match &target {
         Ok(Target::Resource(_)) => Ok(()),
-        _ => authorize_path(&state, &user, request.method(), &path),
+        _ => authorize_path(state, user, request.method(), path),
     };
     if let Err(e) = allowed {
         state
@@ -348,7 +420,7 @@ async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
     let long_running = is_long_running(&target, request.uri().query());
     let read_only = matches!(*request.method(), Method::GET | Method::HEAD);
     let health = matches!(target, Ok(Target::Health(_)));
-    let class = limits::classify(&user, read_only, long_running, health);
+    let class = limits::classify(user, read_only, long_running, health);
     let _seat = match state.limits.seat(class) {
         limits::Seat::Refused => {
             state
@@ -358,7 +430,7 @@ async fn dispatch(State(state): State<ApiState>, request: Request) -> Response {
         }
         seat => seat,
     };
-    let routed = route(&state, &user, target, request);
+    let routed = route(state, user, target, request);
     let (verb, resource_label, response) = if long_running {
         routed.await
     } else {

@@ -45,6 +45,8 @@ impl std::fmt::Debug for Transport {
 #[derive(Clone, Debug, Default)]
 pub struct PeerCertificate {
     pub der: Option<Arc<CertificateDer<'static>>>,
+    /// The client's address (for the audit log).
+    pub remote: Option<std::net::SocketAddr>,
     user: Arc<std::sync::OnceLock<Option<skiff_api::rbac::UserInfo>>>,
 }
 
@@ -52,8 +54,14 @@ impl PeerCertificate {
     pub fn new(der: Option<Arc<CertificateDer<'static>>>) -> Self {
         PeerCertificate {
             der,
+            remote: None,
             user: Arc::default(),
         }
+    }
+
+    fn from(mut self, remote: std::net::SocketAddr) -> Self {
+        self.remote = Some(remote);
+        self
     }
 
     /// The user the certificate names (`None` without a certificate, or for one that
@@ -141,7 +149,7 @@ pub async fn serve(
     loop {
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 // Out of descriptors and the like: back off instead of spinning.
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting an API connection failed");
@@ -151,6 +159,7 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        let (tcp, remote) = tcp;
         let _ = tcp.set_nodelay(true);
         let (router, builder, acceptor) = (router.clone(), builder.clone(), acceptor.clone());
         let watcher = graceful.watcher();
@@ -169,7 +178,8 @@ pub async fn serve(
                             .peer_certificates()
                             .and_then(|chain| chain.first())
                             .map(|leaf| Arc::new(leaf.clone().into_owned())),
-                    );
+                    )
+                    .from(remote);
                     let service = with_peer(router, peer);
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -177,7 +187,7 @@ pub async fn serve(
                     let _ = watcher.watch(conn).await;
                 }
                 None => {
-                    let service = with_peer(router, PeerCertificate::new(None));
+                    let service = with_peer(router, PeerCertificate::new(None).from(remote));
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(tcp), service)
                         .into_owned();
