@@ -7,7 +7,7 @@
 //! that kubeconfig and need no token. And `skiff token create`.
 
 use anyhow::{bail, Context as _, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 use skiff_client::Client;
 use std::path::Path;
 use std::time::Duration;
@@ -113,56 +113,18 @@ async fn request_certificate(
     node_name: &str,
     request_pem: &str,
 ) -> Result<String> {
-    let csrs = &skiff_api::resource::CERTIFICATE_SIGNING_REQUESTS;
     let name = format!("node-csr-{node_name}-{:08x}", rand_suffix());
-    let body = json!({
-        "apiVersion": "certificates.k8s.io/v1",
-        "kind": "CertificateSigningRequest",
-        "metadata": {"name": name},
-        "spec": {
-            "request": skiff_api::object::base64_encode(request_pem.as_bytes()),
-            "signerName": skiff_control::csr::KUBELET_CLIENT_SIGNER,
-            "usages": ["digital signature", "client auth"],
-        },
-    });
-    client
-        .create(csrs, None, &body)
+    let request = skiff_client::certificates::CertificateRequest {
+        name: &name,
+        request_pem,
+        signer_name: skiff_control::csr::KUBELET_CLIENT_SIGNER,
+        usages: &["digital signature", "client auth"],
+        timeout: SIGNING_TIMEOUT,
+    };
+    let pem = skiff_client::certificates::request_certificate(client, request)
         .await
-        .context("the control plane refused the join (is the token valid and unexpired?)")?;
-    let deadline = tokio::time::Instant::now() + SIGNING_TIMEOUT;
-    loop {
-        let csr = client.get(csrs, None, &name).await?;
-        if let Some(failure) = finished_without_certificate(&csr) {
-            bail!("the node's certificate request was {failure}");
-        }
-        if let Some(certificate) = csr["status"]["certificate"].as_str() {
-            let pem = skiff_api::object::base64_decode(certificate)
-                .context("the issued certificate is not base64")?;
-            return Ok(String::from_utf8(pem)?);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!(
-                "the node's certificate request {name} was not signed within {SIGNING_TIMEOUT:?}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn finished_without_certificate(csr: &Value) -> Option<String> {
-    csr["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find_map(|c| {
-            let kind = c["type"].as_str()?;
-            (matches!(kind, "Denied" | "Failed") && c["status"] == "True").then(|| {
-                format!(
-                    "{}: {}",
-                    kind.to_lowercase(),
-                    c["message"].as_str().unwrap_or_default()
-                )
-            })
-        })
+        .context("the control plane did not give the node a certificate (is the token valid and unexpired?)")?;
+    Ok(String::from_utf8(pem)?)
 }
 
 fn rand_suffix() -> u32 {

@@ -270,18 +270,12 @@ impl ClusterPki {
         lifetime: Duration,
         now: SystemTime,
     ) -> Result<String, PkiError> {
-        let text = std::str::from_utf8(request_pem)
-            .map_err(|_| PkiError::Issue("the request is not PEM text".into()))?;
-        let mut request = rcgen::CertificateSigningRequestParams::from_pem(text)
-            .map_err(|e| PkiError::Issue(format!("the request does not parse: {e}")))?;
-        let mut params = leaf_params(now, lifetime);
-        params.distinguished_name = request.params.distinguished_name.clone();
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        request.params = params;
-        request
-            .signed_by(&self.issuer)
-            .map(|c| c.pem())
-            .map_err(|e| PkiError::Issue(e.to_string()))
+        self.sign_request(
+            request_pem,
+            lifetime,
+            now,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
     }
 
     /// Signs a PEM certificate request as a serving certificate for the names it asks
@@ -293,14 +287,33 @@ impl ClusterPki {
         lifetime: Duration,
         now: SystemTime,
     ) -> Result<String, PkiError> {
+        self.sign_request(
+            request_pem,
+            lifetime,
+            now,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    /// A leaf certificate for the request's subject with `usage`; a serving certificate
+    /// keeps the names asked for, a client certificate carries none.
+    fn sign_request(
+        &self,
+        request_pem: &[u8],
+        lifetime: Duration,
+        now: SystemTime,
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Result<String, PkiError> {
         let text = std::str::from_utf8(request_pem)
             .map_err(|_| PkiError::Issue("the request is not PEM text".into()))?;
         let mut request = rcgen::CertificateSigningRequestParams::from_pem(text)
             .map_err(|e| PkiError::Issue(format!("the request does not parse: {e}")))?;
         let mut params = leaf_params(now, lifetime);
         params.distinguished_name = request.params.distinguished_name.clone();
-        params.subject_alt_names = request.params.subject_alt_names.clone();
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        if usage == ExtendedKeyUsagePurpose::ServerAuth {
+            params.subject_alt_names = request.params.subject_alt_names.clone();
+        }
+        params.extended_key_usages = vec![usage];
         request.params = params;
         request
             .signed_by(&self.issuer)

@@ -5,7 +5,6 @@
 //! a third of its lifetime is left and it names the node's current addresses.
 
 use crate::NodeConfig;
-use serde_json::{json, Value};
 use skiff_client::Client;
 use std::io::Write as _;
 use std::path::Path;
@@ -33,12 +32,8 @@ impl std::fmt::Debug for ServingCredential {
 pub enum ServingError {
     #[error("cannot make the serving key or request: {0}")]
     Key(String),
-    #[error("the serving certificate request failed: {0}")]
-    Request(Box<skiff_client::ClientError>),
-    #[error("the serving certificate request was {0}")]
-    Refused(String),
-    #[error("the serving certificate was not signed within {0:?}")]
-    Timeout(Duration),
+    #[error("no serving certificate: {0}")]
+    Request(Box<skiff_client::certificates::CertificateError>),
     #[error("cannot keep the serving certificate in {path}: {source}")]
     Io {
         path: String,
@@ -47,8 +42,8 @@ pub enum ServingError {
     },
 }
 
-impl From<skiff_client::ClientError> for ServingError {
-    fn from(e: skiff_client::ClientError) -> Self {
+impl From<skiff_client::certificates::CertificateError> for ServingError {
+    fn from(e: skiff_client::certificates::CertificateError) -> Self {
         ServingError::Request(Box::new(e))
     }
 }
@@ -121,52 +116,15 @@ async fn request_signed(
     node: &str,
     request_pem: &str,
 ) -> Result<Vec<u8>, ServingError> {
-    let csrs = &skiff_api::resource::CERTIFICATE_SIGNING_REQUESTS;
     let name = format!("node-serving-{node}-{:08x}", rand::random::<u32>());
-    let body = json!({
-        "apiVersion": "certificates.k8s.io/v1",
-        "kind": "CertificateSigningRequest",
-        "metadata": {"name": name},
-        "spec": {
-            "request": skiff_api::object::base64_encode(request_pem.as_bytes()),
-            "signerName": KUBELET_SERVING_SIGNER,
-            "usages": ["digital signature", "server auth"],
-        },
-    });
-    client.create(csrs, None, &body).await?;
-    let deadline = tokio::time::Instant::now() + SIGNING_TIMEOUT;
-    loop {
-        let csr = client.get(csrs, None, &name).await?;
-        if let Some(why) = refusal(&csr) {
-            return Err(ServingError::Refused(why));
-        }
-        if let Some(pem) = csr["status"]["certificate"]
-            .as_str()
-            .and_then(skiff_api::object::base64_decode)
-        {
-            return Ok(pem);
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(ServingError::Timeout(SIGNING_TIMEOUT));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn refusal(csr: &Value) -> Option<String> {
-    csr["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find_map(|c| {
-            let kind = c["type"].as_str()?;
-            (matches!(kind, "Denied" | "Failed") && c["status"] == "True").then(|| {
-                format!(
-                    "{}: {}",
-                    kind.to_lowercase(),
-                    c["message"].as_str().unwrap_or_default()
-                )
-            })
-        })
+    let request = skiff_client::certificates::CertificateRequest {
+        name: &name,
+        request_pem,
+        signer_name: KUBELET_SERVING_SIGNER,
+        usages: &["digital signature", "server auth"],
+        timeout: SIGNING_TIMEOUT,
+    };
+    Ok(skiff_client::certificates::request_certificate(client, request).await?)
 }
 
 /// Writes `contents` with `mode` from creation on, atomically.

@@ -5,6 +5,7 @@
 //! The control-loop harness shared by the controllers, the node agent and the DNS add-on
 //! will live here too, so they share one watch implementation.
 
+pub mod certificates;
 pub mod controller;
 pub mod events;
 pub mod factory;
