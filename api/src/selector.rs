@@ -76,11 +76,35 @@ impl LabelSelector {
 
     /// Builds a selector from a structured `metav1.LabelSelector` (as in `spec.selector`).
     pub fn from_structured(selector: &Value) -> Result<Self, SelectorError> {
-        Self::parse(&structured_to_string(selector))
+        let labels: Vec<(&str, &str)> = selector
+            .get("matchLabels")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or("\u{0}not a string")))
+            .collect();
+        let expressions: Vec<(&str, &str, Vec<&str>)> = selector
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                let text = |f: &str| e.get(f).and_then(Value::as_str).unwrap_or_default();
+                let values = e
+                    .get("values")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(|v| v.as_str().unwrap_or("\u{0}not a string"))
+                    .collect();
+                (text("key"), text("operator"), values)
+            })
+            .collect();
+        Self::from_parts(labels, expressions)
     }
 
-    /// As [`LabelSelector::from_structured`], from the typed object: the same rendering
-    /// and parsing, so both forms accept and refuse the same selectors.
+    /// As [`LabelSelector::from_structured`], from the typed object: both forms accept
+    /// and refuse the same selectors.
     pub fn from_typed(
         selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
     ) -> Result<Self, SelectorError> {
@@ -88,12 +112,76 @@ impl LabelSelector {
             .match_labels
             .iter()
             .flatten()
-            .map(|(k, v)| (k.as_str(), v.as_str()));
-        let expressions = selector.match_expressions.iter().flatten().map(|e| {
-            let values = e.values.iter().flatten().map(String::as_str).collect();
-            (e.key.as_str(), e.operator.as_str(), values)
-        });
-        Self::parse(&render_structured(labels, expressions))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let expressions = selector
+            .match_expressions
+            .iter()
+            .flatten()
+            .map(|e| {
+                let values = e.values.iter().flatten().map(String::as_str).collect();
+                (e.key.as_str(), e.operator.as_str(), values)
+            })
+            .collect();
+        Self::from_parts(labels, expressions)
+    }
+
+    /// The requirements of a structured selector, each key and value checked as it is
+    /// (never rendered to text and parsed back, where a value `a,b` would become two
+    /// requirements); an unknown operator, or values where the operator takes none (or
+    /// none where it needs some), is an error, as in Kubernetes.
+    fn from_parts(
+        labels: Vec<(&str, &str)>,
+        expressions: Vec<(&str, &str, Vec<&str>)>,
+    ) -> Result<Self, SelectorError> {
+        let rendered = || render_structured(labels.iter().copied(), expressions.iter().cloned());
+        let error = |reason: String| SelectorError {
+            input: rendered(),
+            reason,
+        };
+        let mut requirements = Vec::new();
+        for (key, value) in &labels {
+            requirements.push(Requirement::Equals(
+                checked_key(key).map_err(error)?,
+                checked_value(value).map_err(error)?,
+            ));
+        }
+        for (key, operator, values) in &expressions {
+            let key = checked_key(key).map_err(error)?;
+            let set = || -> Result<Vec<String>, SelectorError> {
+                if values.is_empty() {
+                    return Err(error(format!("{operator} needs at least one value")));
+                }
+                values
+                    .iter()
+                    .map(|v| checked_value(v).map_err(error))
+                    .collect()
+            };
+            let none = || -> Result<(), SelectorError> {
+                match values.is_empty() {
+                    true => Ok(()),
+                    false => Err(error(format!("{operator} takes no values"))),
+                }
+            };
+            requirements.push(match *operator {
+                "In" => Requirement::In(key, set()?),
+                "NotIn" => Requirement::NotIn(key, set()?),
+                "Exists" => {
+                    none()?;
+                    Requirement::Exists(key)
+                }
+                "DoesNotExist" => {
+                    none()?;
+                    Requirement::DoesNotExist(key)
+                }
+                other => {
+                    return Err(error(format!(
+                        "{other:?} is not a valid label selector operator"
+                    )))
+                }
+            });
+        }
+        Ok(LabelSelector { requirements })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -459,5 +547,48 @@ mod tests {
             .check_supported("Service")
             .is_err());
         assert!(FieldSelector::parse("bogus").is_err());
+    }
+}
+
+#[cfg(test)]
+mod structured_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn structured_selectors_are_checked_as_they_are_not_reparsed_text() {
+        // Rendered to text, `a,b` would become `k=a` and "label b exists": more pods.
+        assert!(LabelSelector::from_structured(&json!({"matchLabels": {"k": "a,b"}})).is_err());
+        let typed: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector =
+            serde_json::from_value(json!({"matchLabels": {"k": "a,b"}})).unwrap();
+        assert!(LabelSelector::from_typed(&typed).is_err());
+        for bad in [
+            json!({"matchExpressions": [{"key": "k", "operator": "Sometimes", "values": ["a"]}]}),
+            json!({"matchExpressions": [{"key": "k", "operator": "In", "values": []}]}),
+            json!({"matchExpressions": [{"key": "k", "operator": "Exists", "values": ["a"]}]}),
+            json!({"matchLabels": {"k": 5}}),
+        ] {
+            assert!(LabelSelector::from_structured(&bad).is_err(), "{bad}");
+        }
+        let selector = LabelSelector::from_structured(&json!({
+        "matchLabels": {"app": "web"},
+        "matchExpressions": [
+            {"key": "tier", "operator": "In", "values": ["a", "b"]},
+            {"key": "canary", "operator": "DoesNotExist"},
+        ]}))
+        .unwrap();
+        assert!(selector.matches(&labels(&[("app", "web"), ("tier", "b")])));
+        assert!(!selector.matches(&labels(&[("app", "web"), ("tier", "c")])));
+        assert!(!selector.matches(&labels(&[("app", "web"), ("tier", "a"), ("canary", "1")])));
+        assert!(LabelSelector::from_structured(&json!({}))
+            .unwrap()
+            .is_empty());
     }
 }
