@@ -306,9 +306,7 @@ fn authenticate(state: &ApiState, request: &Request) -> Result<UserInfo, ApiErro
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let user = state
-        .auth
-        .authenticate(&state.registry, None, authorization)?;
+    let user = state.auth.authenticate(&state.registry, authorization)?;
     Ok(user.unwrap_or_else(crate::auth::anonymous))
 }
 

@@ -124,13 +124,13 @@ impl Auth {
         self.mode
     }
 
-    /// Who sent a request: the verified client certificate's subject, else the bearer
-    /// token's owner, else `None` (anonymous). A token that is present but invalid is
-    /// 401, whatever path it was sent to.
+    /// Who sent a request without a client certificate (those are read once per
+    /// connection, with [`certificate_user`]): the bearer token's owner, else `None`
+    /// (anonymous). A token that is present but invalid is 401, whatever path it was
+    /// sent to. Under `--insecure-http` everyone is an admin.
     pub fn authenticate(
         &self,
         registry: &Registry,
-        client_certificate: Option<&[u8]>,
         authorization: Option<&str>,
     ) -> Result<Option<UserInfo>, ApiError> {
         if self.mode == AuthMode::Insecure {
@@ -138,9 +138,6 @@ impl Auth {
                 INSECURE_USER,
                 &[SYSTEM_MASTERS, ALL_AUTHENTICATED],
             )));
-        }
-        if let Some(der) = client_certificate {
-            return certificate_user(der).map(Some).ok_or_else(unauthorized);
         }
         let Some(header) = authorization else {
             return Ok(None);

@@ -117,9 +117,7 @@ pub fn answer(
             let found = if token.is_empty() {
                 None
             } else {
-                auth.authenticate(registry, None, Some(&header))
-                    .ok()
-                    .flatten()
+                auth.authenticate(registry, Some(&header)).ok().flatten()
             };
             let status = match found {
                 Some(found) => authn::TokenReviewStatus {
