@@ -548,19 +548,6 @@ mod tests {
             .is_err());
         assert!(FieldSelector::parse("bogus").is_err());
     }
-}
-
-#[cfg(test)]
-mod structured_tests {
-    use super::*;
-    use serde_json::json;
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn structured_selectors_are_checked_as_they_are_not_reparsed_text() {
