@@ -222,6 +222,16 @@ pub async fn run(args: StoreArgs) -> Result<()> {
         }),
     };
     let plain_results = measure(&plain, "p", &args, &[64]).await?;
+    let connect_http1: Connect = {
+        let (ca_pem, writer) = (ca_pem.clone(), writer.clone());
+        Arc::new(move || tls_client_http1(&ca_pem, &writer, 4))
+    };
+    let secure_http1 = Target::Skiff {
+        url: skiff_url.clone(),
+        http: tls_client_http1(&ca_pem, &writer, 128)?,
+        connect: connect_http1,
+    };
+    let http1_results = measure(&secure_http1, "h", &args, &[64]).await?;
     let (handshakes_per_second, fresh_p50) = handshakes(&skiff_url, &ca_pem, &writer, 500).await?;
     println!();
     println!(
@@ -286,6 +296,17 @@ pub async fn run(args: StoreArgs) -> Result<()> {
         plain_64,
         secure_64 / plain_64
     );
+    let (http1_64, etcd_64) = (
+        http1_results.throughput.last().map_or(0.0, |t| t.1),
+        etcd_results.throughput.last().map_or(0.0, |t| t.1),
+    );
+    println!(
+        "{:<28} {:>10.0}/s {:>10.0}/s {:>9.2}x  (skiff over HTTPS, HTTP/1.1 clients, vs etcd)",
+        "HTTP/1.1, 64 clients",
+        http1_64,
+        etcd_64,
+        http1_64 / etcd_64
+    );
     println!(
         "{:<28} {:>10.0}/s  (a new TCP + TLS 1.3 connection with a client certificate per request; p50 {fresh_p50}us)",
         "TLS handshakes", handshakes_per_second
@@ -346,12 +367,25 @@ async fn user_credential(admin: &skiff_client::Client, user: &str) -> Result<Vec
 }
 
 fn tls_client(ca_pem: &[u8], identity: &[u8], idle: usize) -> Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem)?)
+        .identity(reqwest::Identity::from_pem(identity)?)
+        .pool_max_idle_per_host(idle);
+    Ok(builder.build()?)
+}
+
+/// As [`tls_client`], speaking HTTP/1.1 only (a client without HTTP/2, as urllib3-based
+/// ones such as the Python client are).
+fn tls_client_http1(ca_pem: &[u8], identity: &[u8], idle: usize) -> Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(ca_pem)?)
         .identity(reqwest::Identity::from_pem(identity)?)
         .pool_max_idle_per_host(idle)
+        .http1_only()
         .build()?)
 }
 
