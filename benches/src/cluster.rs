@@ -87,11 +87,7 @@ pub async fn admin_client(data_dir: &Path) -> Result<skiff_client::Client> {
 pub async fn join_args(client: &skiff_client::Client, data_dir: &Path) -> Result<Vec<String>> {
     let token = skiff_control::auth::tokens::BootstrapToken::generate(&mut rand::random::<u32>);
     let expiration = (chrono::Utc::now() + chrono::Duration::hours(24)).to_rfc3339();
-    let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": token.secret_name(), "namespace": "kube-system"},
-        "type": "bootstrap.kubernetes.io/token",
-        "stringData": {"token-id": token.id, "token-secret": token.secret,
-            "expiration": expiration, "usage-bootstrap-authentication": "true"}});
+    let secret = token.secret_object(&expiration);
     client
         .create(&skiff_api::resource::SECRETS, Some("kube-system"), &secret)
         .await?;

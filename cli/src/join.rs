@@ -7,7 +7,6 @@
 //! that kubeconfig and need no token. And `skiff token create`.
 
 use anyhow::{bail, Context as _, Result};
-use serde_json::json;
 use skiff_client::Client;
 use std::path::Path;
 use std::time::Duration;
@@ -168,20 +167,8 @@ pub async fn token(
     let mut random = rand::random::<u32>;
     let token = skiff_control::auth::tokens::BootstrapToken::generate(&mut random);
     let expiration = chrono::Utc::now() + chrono::Duration::hours(i64::try_from(ttl_hours)?);
-    let secret = json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": token.secret_name(), "namespace": skiff_control::auth::tokens::BOOTSTRAP_TOKEN_NAMESPACE},
-        "type": skiff_control::auth::tokens::BOOTSTRAP_TOKEN_SECRET_TYPE,
-        "stringData": {
-            "token-id": token.id,
-            "token-secret": token.secret,
-            "expiration": expiration.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "usage-bootstrap-authentication": "true",
-            "usage-bootstrap-signing": "true",
-            "description": "created by skiff token create",
-        },
-    });
+    let secret =
+        token.secret_object(&expiration.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     client
         .create(
             &skiff_api::resource::SECRETS,

@@ -181,15 +181,20 @@ pub enum Step {
     Nothing,
 }
 
-/// The pure decision for one request. `node_addresses` are the addresses and host name
-/// of the Node a node subject names, if that Node exists.
-pub fn next_step(csr: &CertificateSigningRequest, node_addresses: Option<&[String]>) -> Step {
+/// Whether a request is done with: signed, denied or failed.
+fn finished(csr: &CertificateSigningRequest) -> bool {
     let has_certificate = csr
         .status
         .as_ref()
         .and_then(|s| s.certificate.as_ref())
         .is_some_and(|c| !c.0.is_empty());
-    if has_certificate || condition(csr, "Denied") || condition(csr, "Failed") {
+    has_certificate || condition(csr, "Denied") || condition(csr, "Failed")
+}
+
+/// The pure decision for one request. `node_addresses` are the addresses and host name
+/// of the Node a node subject names, if that Node exists.
+pub fn next_step(csr: &CertificateSigningRequest, node_addresses: Option<&[String]>) -> Step {
+    if finished(csr) {
         return Step::Nothing;
     }
     let subject = match requested_subject(&csr.spec.request.0) {
@@ -259,6 +264,10 @@ async fn act(
     pki: &ClusterPki,
     mut csr: CertificateSigningRequest,
 ) -> Result<bool, skiff_api::ApiError> {
+    // Finished requests stay in the store; every scan passes over them without parsing.
+    if finished(&csr) {
+        return Ok(false);
+    }
     let now = registry.clock.now();
     let addresses = requested_subject(&csr.spec.request.0)
         .ok()

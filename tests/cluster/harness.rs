@@ -317,11 +317,7 @@ impl ControlProcess {
     pub async fn join_token(&self) -> Result<(String, String)> {
         let token = skiff_control::auth::tokens::BootstrapToken::generate(&mut rand::random::<u32>);
         let expiration = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
-        let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": token.secret_name(), "namespace": "kube-system"},
-            "type": "bootstrap.kubernetes.io/token",
-            "stringData": {"token-id": token.id, "token-secret": token.secret,
-                "expiration": expiration, "usage-bootstrap-authentication": "true"}});
+        let secret = token.secret_object(&expiration);
         self.client()?
             .create(&skiff_api::resource::SECRETS, Some("kube-system"), &secret)
             .await?;

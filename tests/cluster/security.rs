@@ -34,11 +34,11 @@ async fn send(
 }
 
 fn bootstrap_secret(id: &str, secret: &str, expiration: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": format!("bootstrap-token-{id}"), "namespace": "kube-system"},
-        "type": "bootstrap.kubernetes.io/token",
-        "stringData": {"token-id": id, "token-secret": secret, "expiration": expiration,
-            "usage-bootstrap-authentication": "true"}})
+    let token = skiff_control::auth::tokens::BootstrapToken {
+        id: id.to_string(),
+        secret: secret.to_string(),
+    };
+    token.secret_object(expiration)
 }
 
 async fn whoami(http: &reqwest::Client, server: &str, token: Option<&str>) -> Result<(u16, Value)> {

@@ -72,6 +72,24 @@ impl BootstrapToken {
         format!("{BOOTSTRAP_TOKEN_SECRET_PREFIX}{}", self.id)
     }
 
+    /// The Secret that makes this token valid until `expiration` (RFC 3339), for
+    /// authentication and for signing `cluster-info`, as `kubeadm token create` writes it.
+    pub fn secret_object(&self, expiration: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": self.secret_name(), "namespace": BOOTSTRAP_TOKEN_NAMESPACE},
+            "type": BOOTSTRAP_TOKEN_SECRET_TYPE,
+            "stringData": {
+                "token-id": self.id,
+                "token-secret": self.secret,
+                "expiration": expiration,
+                "usage-bootstrap-authentication": "true",
+                "usage-bootstrap-signing": "true",
+            },
+        })
+    }
+
     /// `id.secret`, for the joining side.
     pub fn reveal(&self) -> String {
         format!("{}.{}", self.id, self.secret)
@@ -139,17 +157,6 @@ pub fn authenticate(
         groups,
         ..UserInfo::default()
     })
-}
-
-/// Whether a stored bootstrap token Secret has expired at `now` (for the token cleaner).
-pub fn expired(secret: &Secret, now: chrono::DateTime<chrono::Utc>) -> bool {
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get("expiration"))
-        .and_then(|v| std::str::from_utf8(&v.0).ok())
-        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-        .is_some_and(|at| at <= now)
 }
 
 /// Compares two secrets in time that depends only on their length.
