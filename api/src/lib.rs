@@ -19,6 +19,7 @@ pub mod resolv;
 pub mod resource;
 pub mod selector;
 pub mod service;
+pub mod serviceaccount;
 pub mod status;
 pub mod table;
 pub mod validation;

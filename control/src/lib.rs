@@ -270,7 +270,10 @@ pub async fn run(
     };
     let controller_manager = {
         let mut stopped = stopped.clone();
-        let controller_config = config.controllers.clone();
+        let mut controller_config = config.controllers.clone();
+        if let ApiSecurity::Tls(pki) = &config.security {
+            controller_config.root_ca_pem = Some(pki.ca_pem().to_string());
+        }
         tokio::spawn(async move {
             let stop = async move {
                 let _ = stopped.wait_for(|s| *s).await;

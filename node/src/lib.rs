@@ -19,8 +19,11 @@ pub mod probes;
 pub mod proxy;
 pub mod registration;
 pub mod runtimes;
+pub mod service_env;
 pub mod serving;
 pub mod status;
+pub mod tokens;
+pub mod volumes;
 
 use k8s_openapi::api::node::v1::RuntimeClass;
 use runtimes::RuntimeRegistry;
@@ -53,6 +56,19 @@ pub enum NodeError {
     Serving(#[from] serving::ServingError),
     #[error("the log endpoint's TLS is unusable: {0}")]
     EndpointTls(#[from] agent_tls::AgentTlsError),
+}
+
+/// The node's system trust store (Debian's bundle), which pods' `https://` requests
+/// trust besides the cluster CA.
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The roots pods' `https://` requests are verified against: the cluster CA, then the
+/// system's (if the node has them).
+fn https_roots(cluster_ca_pem: Option<&[u8]>) -> Vec<u8> {
+    let mut roots = cluster_ca_pem.map(<[u8]>::to_vec).unwrap_or_default();
+    roots.push(b'\n');
+    roots.extend(std::fs::read(SYSTEM_ROOTS).unwrap_or_default());
+    roots
 }
 
 /// Settings of one node agent.
@@ -161,8 +177,10 @@ pub async fn run(
     // The service proxy: nftables rules for the node, and the router pods' outgoing
     // HTTP goes through.
     let router = Arc::new(proxy::ProxyRouter::default());
+    let https_roots = https_roots(config.cluster_ca_pem.as_deref());
     for backend in runtimes.backends() {
         backend.runtime.set_http_router(router.clone());
+        backend.runtime.set_https_roots(&https_roots);
     }
     let (stop_proxy, proxy_stopped) = tokio::sync::oneshot::channel::<()>();
     let service_proxy = tokio::spawn(proxy::run(

@@ -8,6 +8,8 @@
 use crate::addresses::PodAddresses;
 use crate::plan::{plan, ObservedSandbox, PlanInput, PodRef, StartFailure, SyncAction};
 use crate::runtimes::{Backend, ClassLookup, RuntimeRegistry};
+use crate::tokens::{PodTokens, TokenKey};
+use crate::volumes::{self, VolumeFile};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as ApiQuantity;
 use skiff_api::clock::SharedClock;
@@ -22,12 +24,30 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 pub use crate::plan::{crash_backoff, restarts, BACKOFF_RESET, INITIAL_BACKOFF, MAX_BACKOFF};
 
 /// Plan/execute rounds of one sync before it gives up and looks again a little later.
 const MAX_PLAN_ROUNDS: usize = 5;
+/// How soon a failed token renewal is tried again.
+const TOKEN_RETRY: Duration = Duration::from_secs(10);
+
+/// What a pod's token projection asks for: its account, audience and lifetime, bound
+/// to the pod.
+fn token_key(pod: &core::Pod, projection: &core::ServiceAccountTokenProjection) -> TokenKey {
+    let spec = pod.spec.as_ref();
+    TokenKey {
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        service_account: spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| skiff_api::serviceaccount::DEFAULT_ACCOUNT.into()),
+        audience: projection.audience.clone().filter(|a| !a.is_empty()),
+        expiration_seconds: projection.expiration_seconds.unwrap_or(3600),
+        pod_name: pod.metadata.name.clone().unwrap_or_default(),
+        pod_uid: pod.metadata.uid.clone().unwrap_or_default(),
+    }
+}
 
 /// Errors of one pod sync; all are retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +150,29 @@ impl SourceReader<'_> {
             }
         })
     }
+}
+
+/// Whether the pod has run to its end (its tokens need no renewal).
+fn is_finished(pod: &core::Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// One value per name, the last one defined (as kubelet's env map: `env` over
+/// `envFrom` over the Services'), in the order names first appear.
+fn last_definition_wins(env: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut position: HashMap<String, usize> = HashMap::new();
+    let mut merged: Vec<(String, String)> = Vec::with_capacity(env.len());
+    for (name, value) in env {
+        match position.get(&name) {
+            Some(&i) => merged[i].1 = value,
+            None => {
+                position.insert(name.clone(), merged.len());
+                merged.push((name, value));
+            }
+        }
+    }
+    merged
 }
 
 /// The environment of a container: `envFrom`, then `env` values and references to
@@ -249,6 +292,8 @@ pub struct PodSyncer {
     /// sync that runs on an older cached copy meanwhile does not write again (it could
     /// only get a 409); the write's own watch event syncs the pod once more.
     written: Mutex<HashMap<String, u64>>,
+    /// The service-account tokens of the pods' projected volumes.
+    tokens: PodTokens,
 }
 
 impl PodSyncer {
@@ -267,6 +312,7 @@ impl PodSyncer {
         PodSyncer {
             addresses,
             written: Mutex::new(HashMap::new()),
+            tokens: PodTokens::new(client.clone(), clock.clone()),
             client,
             runtimes,
             runtime_classes,
@@ -446,7 +492,12 @@ impl PodSyncer {
                     .any(|a| matches!(a, SyncAction::DeletePod { .. }));
             let next = self.execute(pod, namespace, name, actions).await?;
             if !replan {
-                return Ok(next);
+                return Ok(match pod {
+                    Some(pod) if pod.metadata.deletion_timestamp.is_none() && !is_finished(pod) => {
+                        self.with_token_renewal(pod, uid, next).await
+                    }
+                    _ => next,
+                });
             }
         }
         // Still changing after several rounds: look again soon rather than spin here.
@@ -543,6 +594,7 @@ impl PodSyncer {
                 }
                 SyncAction::ForgetPod { uid } => {
                     self.remove_volumes(&uid);
+                    self.tokens.forget_pod(&uid);
                     lock(&self.written).remove(&uid);
                     self.addresses.release(&uid);
                     self.failures().retain(|(u, _), _| u != &uid);
@@ -650,14 +702,23 @@ impl PodSyncer {
             }
         };
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let mut env = match container_env(&self.client, namespace, spec).await {
+        let mut env = match self.service_env(pod) {
             Ok(env) => env,
             Err(message) => {
                 failed(&message);
                 return fail("CreateContainerConfigError", message);
             }
         };
+        match container_env(&self.client, namespace, spec).await {
+            // The container's own variables come after (and so win over) the Services'.
+            Ok(own) => env.extend(own),
+            Err(message) => {
+                failed(&message);
+                return fail("CreateContainerConfigError", message);
+            }
+        };
         self.fill_downward_api(pod, spec, &mut env);
+        let env = last_definition_wins(env);
         let mounts = match self.mounts_for(pod, uid, spec).await {
             Ok(m) => m,
             Err(message) => {
@@ -777,33 +838,19 @@ impl PodSyncer {
     }
 
     /// Makes the pod's volumes exist on the node and returns their directories by name.
-    /// `emptyDir` volumes are shared by the pod's containers; `configMap` and `secret`
-    /// volumes are written out as one file per key.
+    /// `emptyDir` volumes are shared by the pod's containers; `configMap`, `secret`,
+    /// `downwardAPI` and `projected` volumes are written out as files.
     async fn prepare_volumes(
         &self,
         pod: &core::Pod,
         uid: &str,
     ) -> Result<HashMap<String, PathBuf>, String> {
-        let reader = SourceReader {
-            client: &self.client,
-            namespace: pod.metadata.namespace.as_deref().unwrap_or("default"),
-        };
         let mut dirs = HashMap::new();
         let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_deref());
         for volume in volumes.unwrap_or_default() {
             let name = volume.name.clone();
             let own_dir = self.volume_root.join(uid).join(&name);
             let io = |e: std::io::Error| format!("volume {name}: {e}");
-            let files = volume
-                .config_map
-                .as_ref()
-                .map(|c| (Source::ConfigMap, c.name.as_str(), c.optional))
-                .or_else(|| {
-                    volume.secret.as_ref().map(|s| {
-                        let name = s.secret_name.as_deref().unwrap_or_default();
-                        (Source::Secret, name, s.optional)
-                    })
-                });
             let dir = if volume.empty_dir.is_some() {
                 std::fs::create_dir_all(&own_dir).map_err(io)?;
                 own_dir
@@ -819,24 +866,232 @@ impl PodSyncer {
                     ));
                 }
                 path
-            } else if let Some((source, object_name, optional)) = files {
-                let data = match reader.data(source, object_name, true).await {
-                    Ok(data) => data,
-                    Err(_) if optional == Some(true) => BTreeMap::new(),
-                    Err(e) => return Err(format!("volume {name}: {e}")),
-                };
-                std::fs::create_dir_all(&own_dir).map_err(io)?;
-                for (key, bytes) in data {
-                    // Keys are validated as file names by the API (no `/`, no `..`).
-                    std::fs::write(own_dir.join(key), bytes).map_err(io)?;
-                }
-                own_dir
             } else {
-                return Err(format!("volume {name}: only emptyDir, hostPath, configMap and secret volumes are supported"));
+                let (files, mode) = self
+                    .volume_files(pod, volume)
+                    .await
+                    .map_err(|e| format!("volume {name}: {e}"))?;
+                volumes::write_files(&own_dir, &files, mode).map_err(io)?;
+                own_dir
             };
             dirs.insert(name, dir);
         }
         Ok(dirs)
+    }
+
+    /// The files of a volume made of files, and their default mode.
+    async fn volume_files(
+        &self,
+        pod: &core::Pod,
+        volume: &core::Volume,
+    ) -> Result<(Vec<VolumeFile>, i32), String> {
+        let reader = SourceReader {
+            client: &self.client,
+            namespace: pod.metadata.namespace.as_deref().unwrap_or("default"),
+        };
+        let default = volumes::DEFAULT_MODE;
+        if let Some(c) = &volume.config_map {
+            let source = (
+                Source::ConfigMap,
+                c.name.as_str(),
+                c.optional,
+                c.items.as_deref(),
+            );
+            let files = self.source_files(&reader, source).await?;
+            return Ok((files, c.default_mode.unwrap_or(default)));
+        }
+        if let Some(s) = &volume.secret {
+            let name = s.secret_name.as_deref().unwrap_or_default();
+            let source = (Source::Secret, name, s.optional, s.items.as_deref());
+            let files = self.source_files(&reader, source).await?;
+            return Ok((files, s.default_mode.unwrap_or(default)));
+        }
+        if let Some(d) = &volume.downward_api {
+            let files = self.downward_files(pod, d.items.as_deref().unwrap_or_default())?;
+            return Ok((files, d.default_mode.unwrap_or(default)));
+        }
+        let Some(projected) = &volume.projected else {
+            return Err("only emptyDir, hostPath, configMap, secret, downwardAPI and projected volumes are supported".into());
+        };
+        let mut files = Vec::new();
+        for projection in projected.sources.iter().flatten() {
+            if let Some(c) = &projection.config_map {
+                let source = (
+                    Source::ConfigMap,
+                    c.name.as_str(),
+                    c.optional,
+                    c.items.as_deref(),
+                );
+                files.extend(self.source_files(&reader, source).await?);
+            }
+            if let Some(s) = &projection.secret {
+                let source = (
+                    Source::Secret,
+                    s.name.as_str(),
+                    s.optional,
+                    s.items.as_deref(),
+                );
+                files.extend(self.source_files(&reader, source).await?);
+            }
+            if let Some(d) = &projection.downward_api {
+                files.extend(self.downward_files(pod, d.items.as_deref().unwrap_or_default())?);
+            }
+            if let Some(t) = &projection.service_account_token {
+                let key = token_key(pod, t);
+                let issued = self.tokens.token(&key).await?;
+                files.push(VolumeFile {
+                    path: volumes::checked_path(&t.path)?.to_string(),
+                    bytes: issued.token.into_bytes(),
+                    mode: None,
+                });
+            }
+        }
+        Ok((files, projected.default_mode.unwrap_or(default)))
+    }
+
+    /// The files of one ConfigMap or Secret: (kind, name, optional, items).
+    async fn source_files(
+        &self,
+        reader: &SourceReader<'_>,
+        (source, name, optional, items): (Source, &str, Option<bool>, Option<&[core::KeyToPath]>),
+    ) -> Result<Vec<VolumeFile>, String> {
+        let optional = optional == Some(true);
+        let data = match reader.data(source, name, true).await {
+            Ok(data) => data,
+            Err(_) if optional => BTreeMap::new(),
+            Err(e) => return Err(e),
+        };
+        volumes::select_items(
+            &data,
+            items,
+            optional,
+            &format!("{} {name:?}", source.kind()),
+        )
+    }
+
+    fn downward_files(
+        &self,
+        pod: &core::Pod,
+        items: &[core::DownwardAPIVolumeFile],
+    ) -> Result<Vec<VolumeFile>, String> {
+        let place = self.place(pod);
+        items
+            .iter()
+            .map(|item| {
+                let field = item
+                    .field_ref
+                    .as_ref()
+                    .map(|f| f.field_path.as_str())
+                    .ok_or_else(|| {
+                        format!(
+                            "downwardAPI item {:?}: only fieldRef is supported",
+                            item.path
+                        )
+                    })?;
+                let value = volumes::pod_field(pod, field, &place).ok_or_else(|| {
+                    format!(
+                        "downwardAPI item {:?}: field {field:?} is not supported",
+                        item.path
+                    )
+                })?;
+                Ok(VolumeFile {
+                    path: volumes::checked_path(&item.path)?.to_string(),
+                    bytes: value.into_bytes(),
+                    mode: item.mode,
+                })
+            })
+            .collect()
+    }
+
+    /// Where `pod` runs, for downward-API fields.
+    fn place(&self, pod: &core::Pod) -> volumes::PodPlace<'_> {
+        volumes::PodPlace {
+            node_name: &self.node_name,
+            host_ip: &self.host_ip,
+            pod_ip: pod
+                .metadata
+                .uid
+                .as_deref()
+                .and_then(|uid| self.addresses.get(uid))
+                .map(|ip| ip.to_string()),
+        }
+    }
+
+    /// `next`, or sooner when one of the pod's tokens is due for renewal.
+    async fn with_token_renewal(&self, pod: &core::Pod, uid: &str, next: Next) -> Next {
+        let Some(due) = self.renew_tokens(pod, uid).await else {
+            return next;
+        };
+        let wait = due
+            .duration_since(self.clock.system_time())
+            .unwrap_or_default()
+            .max(Duration::from_secs(1));
+        match next {
+            Next::After(d) if d <= wait => next,
+            _ => Next::After(wait),
+        }
+    }
+
+    /// Renews the service-account tokens of a pod whose volumes exist, rewriting the
+    /// token files that changed; returns when the next one is due.
+    async fn renew_tokens(&self, pod: &core::Pod, uid: &str) -> Option<SystemTime> {
+        let mut next: Option<SystemTime> = None;
+        let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_deref());
+        for volume in volumes.unwrap_or_default() {
+            let dir = self.volume_root.join(uid).join(&volume.name);
+            let Some(projected) = volume.projected.as_ref().filter(|_| dir.is_dir()) else {
+                continue;
+            };
+            for t in projected
+                .sources
+                .iter()
+                .flatten()
+                .filter_map(|p| p.service_account_token.as_ref())
+            {
+                let Ok(path) = volumes::checked_path(&t.path) else {
+                    continue;
+                };
+                match self.tokens.token(&token_key(pod, t)).await {
+                    Ok(issued) => {
+                        let at = issued.refresh_at();
+                        next = Some(next.map_or(at, |n| n.min(at)));
+                        let file = VolumeFile {
+                            path: path.to_string(),
+                            bytes: issued.token.into_bytes(),
+                            mode: None,
+                        };
+                        let mode = projected.default_mode.unwrap_or(volumes::DEFAULT_MODE);
+                        if let Err(e) = volumes::write_files(&dir, &[file], mode) {
+                            tracing::warn!(pod = ?pod.metadata.name, error = %e, "writing a renewed token failed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = ?pod.metadata.name, error = %e, "renewing a token failed");
+                        let soon = self.clock.system_time() + TOKEN_RETRY;
+                        next = Some(next.map_or(soon, |n| n.min(soon)));
+                    }
+                }
+            }
+        }
+        next
+    }
+
+    /// The Service variables of `pod`'s containers (see [`crate::service_env`]); an
+    /// error until the node has read the Services once, as kubelet's.
+    fn service_env(&self, pod: &core::Pod) -> Result<Vec<(String, String)>, String> {
+        let Some(router) = &self.router else {
+            return Ok(Vec::new());
+        };
+        let table = router
+            .loaded()
+            .ok_or("services have not yet been read at least once, cannot construct envvars")?;
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let links = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.enable_service_links)
+            .unwrap_or(true);
+        Ok(crate::service_env::service_env(&table, namespace, links))
     }
 
     fn fill_downward_api(
@@ -845,6 +1100,7 @@ impl PodSyncer {
         spec: &core::Container,
         env: &mut [(String, String)],
     ) {
+        let place = self.place(pod);
         for var in spec.env.iter().flatten() {
             let Some(path) = var
                 .value_from
@@ -854,21 +1110,9 @@ impl PodSyncer {
             else {
                 continue;
             };
-            let meta = &pod.metadata;
-            let value = match path {
-                "metadata.name" => meta.name.clone(),
-                "metadata.namespace" => meta.namespace.clone(),
-                "metadata.uid" => meta.uid.clone(),
-                "spec.nodeName" => Some(self.node_name.clone()),
-                "status.hostIP" => Some(self.host_ip.clone()),
-                "status.podIP" => meta
-                    .uid
-                    .as_deref()
-                    .and_then(|uid| self.addresses.get(uid))
-                    .map(|ip| ip.to_string()),
-                _ => None,
-            };
-            if let (Some(v), Some(slot)) = (value, env.iter_mut().find(|(k, _)| *k == var.name)) {
+            let value = volumes::pod_field(pod, path, &place);
+            let slot = env.iter_mut().rev().find(|(k, _)| *k == var.name);
+            if let (Some(v), Some(slot)) = (value, slot) {
                 slot.1 = v;
             }
         }
@@ -1216,6 +1460,20 @@ mod tests {
         assert_eq!(crash_backoff(6, Duration::ZERO), Duration::from_secs(300));
         assert_eq!(crash_backoff(30, Duration::ZERO), Duration::from_secs(300));
         assert_eq!(crash_backoff(5, Duration::from_secs(601)), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_last_definition_of_a_variable_wins() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            last_definition_wins(env(&[("A", "service"), ("B", "1"), ("A", "own")])),
+            env(&[("A", "own"), ("B", "1")])
+        );
     }
 
     #[test]

@@ -451,6 +451,11 @@ pub trait RuntimeService: Send + Sync + 'static {
     /// backend that carries them out itself (the wasm backend's `wasi:http` calls).
     fn set_http_router(&self, _router: std::sync::Arc<dyn HttpRouter>) {}
 
+    /// Trusts the certificates in `roots_pem` (the cluster CA and the node's system
+    /// roots) for the pods' `https://` requests, for a backend that originates them
+    /// itself (the wasm backend's `wasi:http` calls).
+    fn set_https_roots(&self, _roots_pem: &[u8]) {}
+
     /// The in-process server of a serving container listening on `addr` (a pod IP and
     /// port) on this node, if the backend runs one there.
     fn local_http(&self, _addr: std::net::SocketAddr) -> Option<std::sync::Arc<dyn LocalHttp>> {

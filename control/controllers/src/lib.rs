@@ -13,8 +13,8 @@ pub mod gc;
 pub mod harness;
 pub mod ingress;
 pub mod nodelifecycle;
+pub mod per_namespace;
 pub mod replicaset;
-pub mod serviceaccounts;
 pub mod servicelb;
 pub mod tokencleaner;
 
@@ -48,6 +48,9 @@ pub struct ControllerConfig {
     pub event_ttl: Duration,
     /// How often expired bootstrap tokens are looked for.
     pub token_cleaner_period: Duration,
+    /// The cluster CA (PEM) published to every namespace as `kube-root-ca.crt`; `None`
+    /// (an `--insecure-http` cluster) publishes nothing.
+    pub root_ca_pem: Option<String>,
 }
 
 impl Default for ControllerConfig {
@@ -60,6 +63,7 @@ impl Default for ControllerConfig {
             workers: 4,
             event_ttl: Duration::from_secs(3600),
             token_cleaner_period: Duration::from_secs(60),
+            root_ca_pem: None,
         }
     }
 }
@@ -89,7 +93,7 @@ pub async fn run(
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(replicaset::run(
             factory.clone(),
             config.clone(),
@@ -138,7 +142,8 @@ pub async fn run(
             clock.clone(),
             wait(stopped.clone()),
         )),
-        tokio::spawn(serviceaccounts::run(
+        tokio::spawn(per_namespace::run(
+            per_namespace::DefaultServiceAccount,
             factory.clone(),
             config.workers,
             clock.clone(),
@@ -151,6 +156,15 @@ pub async fn run(
             wait(stopped.clone()),
         )),
     ];
+    if let Some(ca_pem) = config.root_ca_pem.clone() {
+        tasks.push(tokio::spawn(per_namespace::run(
+            per_namespace::RootCaConfigMap { ca_pem },
+            factory.clone(),
+            config.workers,
+            clock.clone(),
+            wait(stopped.clone()),
+        )));
+    }
     shutdown.await;
     let _ = stop.send(true);
     for t in tasks {

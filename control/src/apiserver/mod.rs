@@ -802,6 +802,14 @@ async fn handle_resource(
     } else {
         request
     };
+    let node_token = *resource == skiff_api::resource::SERVICE_ACCOUNTS
+        && target.subresource.as_deref() == Some("token")
+        && crate::auth::node::node_name(user).is_some();
+    let request = if node_token && method == Method::POST {
+        admit_node_token_request(state, user, request, &target).await?
+    } else {
+        request
+    };
     let csr = *resource == skiff_api::resource::CERTIFICATE_SIGNING_REQUESTS;
     let request = if csr && method == Method::POST {
         stamp_requester(user, request).await?
@@ -931,6 +939,37 @@ async fn admit_guarded_write(
         // A node's Lease carries no restricted fields; only its name is checked.
         state.auth.admit_node_write(user, &name, None, &new)?;
     }
+    Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+/// NodeRestriction of a node's TokenRequest: the token must be bound to a pod that
+/// runs on that node (the Node authorizer has already checked the pod's account). The
+/// request is handed back with its body, buffered.
+async fn admit_node_token_request(
+    state: &ApiState,
+    user: &UserInfo,
+    request: Request,
+    target: &ResourcePath,
+) -> Result<Request, ApiError> {
+    let (parts, body) = request.into_parts();
+    let (headers, bytes) = read_body(Request::from_parts(parts.clone(), body)).await?;
+    let token_request: k8s_openapi::api::authentication::v1::TokenRequest =
+        serde_json::from_value(decode_object_body(&headers, &bytes)?).map_err(|e| {
+            ApiError::bad_request(format!("the body is not a valid TokenRequest: {e}"))
+        })?;
+    let bound = token_request.spec.bound_object_ref.as_ref();
+    let pod = bound.filter(|b| b.kind.as_deref() == Some("Pod")).map(|b| {
+        (
+            b.name.clone().unwrap_or_default(),
+            b.uid.clone().unwrap_or_default(),
+        )
+    });
+    state.auth.admit_node_token_request(
+        &state.registry,
+        user,
+        target.namespace.as_deref().unwrap_or_default(),
+        pod,
+    )?;
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 

@@ -368,6 +368,51 @@ impl Auth {
             .map_err(|why| ApiError::forbidden(format!("nodes {node:?} is forbidden: {why}")))
     }
 
+    /// NodeRestriction of a node's TokenRequest: bound to a pod (`(name, uid)`, the uid
+    /// possibly empty) that exists and runs on the node. Other users pass.
+    pub fn admit_node_token_request(
+        &self,
+        registry: &Registry,
+        user: &UserInfo,
+        namespace: &str,
+        pod: Option<(String, String)>,
+    ) -> Result<(), ApiError> {
+        let Some(node) = node::node_name(user) else {
+            return Ok(());
+        };
+        let forbidden = |why: String| {
+            ApiError::forbidden(format!(
+                "serviceaccounts/token is forbidden: node {node:?} {why}"
+            ))
+        };
+        let Some((name, uid)) = pod else {
+            return Err(forbidden(
+                "may only request tokens bound to a pod".to_string(),
+            ));
+        };
+        let stored = registry
+            .get(&resource::PODS, Some(namespace), &name)
+            .map(|(_, pod)| pod)
+            .map_err(|_| {
+                forbidden(format!(
+                    "requested a token bound to pod {namespace}/{name}, which does not exist"
+                ))
+            })?;
+        let on_node = stored.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node);
+        let stored_uid = skiff_api::object::meta_str(&stored, "uid").unwrap_or_default();
+        if !on_node {
+            return Err(forbidden(format!(
+                "requested a token bound to pod {namespace}/{name}, which runs on another node"
+            )));
+        }
+        if !uid.is_empty() && uid != stored_uid {
+            return Err(forbidden(format!(
+                "requested a token bound to pod {namespace}/{name} with another uid"
+            )));
+        }
+        Ok(())
+    }
+
     /// The RBAC view requests are authorized against now.
     pub fn snapshot(&self) -> Arc<RbacSnapshot> {
         match self.rbac.read() {

@@ -41,6 +41,9 @@ pub trait NodeGraph {
 pub enum Referenced {
     Secret,
     ConfigMap,
+    /// `spec.serviceAccountName`: a node may ask for tokens of the accounts its pods
+    /// run as.
+    ServiceAccount,
 }
 
 /// The node authorizer's answer.
@@ -104,6 +107,12 @@ pub fn authorize(
         ("", "configmaps") => allow_if(
             verb == "get" && graph.node_uses(node, Referenced::ConfigMap, ns, name),
             "can only read configmaps its pods use",
+        ),
+        ("", "serviceaccounts") => allow_if(
+            sub == "token"
+                && verb == "create"
+                && graph.node_uses(node, Referenced::ServiceAccount, ns, name),
+            "can only ask for tokens of the service accounts its pods run as",
         ),
         ("", "events") | ("events.k8s.io", "events") => allow_if(
             matches!(verb, "create" | "update" | "patch"),
@@ -202,11 +211,14 @@ pub fn pod_references(pod: &Value, kind: Referenced, name: &str) -> bool {
     let (volume_key, key_ref, env_from_key) = match kind {
         Referenced::Secret => ("secret", "secretKeyRef", "secretRef"),
         Referenced::ConfigMap => ("configMap", "configMapKeyRef", "configMapRef"),
+        Referenced::ServiceAccount => {
+            return spec["serviceAccountName"].as_str() == Some(name);
+        }
     };
     let named = |v: &Value, field: &str| v.get(field).and_then(Value::as_str) == Some(name);
     let volume_name_field = match kind {
         Referenced::Secret => "secretName",
-        Referenced::ConfigMap => "name",
+        _ => "name",
     };
     let in_volumes = spec["volumes"].as_array().is_some_and(|volumes| {
         volumes.iter().any(|v| {
@@ -260,7 +272,7 @@ mod tests {
 
     fn graph() -> Pods {
         let pod = |node: &str, secret: &str, config: &str| {
-            json!({"spec": {"nodeName": node,
+            json!({"spec": {"nodeName": node, "serviceAccountName": format!("sa-{node}"),
                 "volumes": [{"name": "s", "secret": {"secretName": secret}}],
                 "containers": [{"name": "c", "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": config, "key": "k"}}}]}]}})
         };
@@ -336,6 +348,37 @@ mod tests {
             ("update", "", "secrets", "", "ns", "secret-a", None, false),
             ("get", "", "configmaps", "", "ns", "config-a", None, true),
             ("get", "", "configmaps", "", "ns", "config-b", None, false),
+            (
+                "create",
+                "",
+                "serviceaccounts",
+                "token",
+                "ns",
+                "sa-a",
+                None,
+                true,
+            ),
+            (
+                "create",
+                "",
+                "serviceaccounts",
+                "token",
+                "ns",
+                "sa-b",
+                None,
+                false,
+            ),
+            (
+                "create",
+                "",
+                "serviceaccounts",
+                "token",
+                "other",
+                "sa-a",
+                None,
+                false,
+            ),
+            ("get", "", "serviceaccounts", "", "ns", "sa-a", None, false),
             ("create", "", "events", "", "ns", "", None, true),
             ("delete", "", "events", "", "ns", "e", None, false),
             (

@@ -1,12 +1,15 @@
-//! The Pod strategy: spec defaults, the initial status with its QoS class, and graceful
-//! deletion of pods bound to a node.
+//! The Pod strategy: spec defaults, the initial status with its QoS class, the
+//! ServiceAccount admission, and graceful deletion of pods bound to a node.
 
 use crate::registry::strategy::Strategy;
 use crate::registry::typed::{retyped, with_typed};
-use k8s_openapi::api::core::v1::{PodSpec, PodStatus, ResourceRequirements};
+use crate::registry::Registry;
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus, ResourceRequirements, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use serde_json::Value;
 use skiff_api::quantity::Quantity;
+use skiff_api::serviceaccount as pod_service_account;
+use skiff_api::status::ApiError;
 use std::collections::BTreeMap;
 
 /// Pods (`core/v1`).
@@ -25,6 +28,32 @@ impl Strategy for PodStrategy {
             ..Default::default()
         };
         pod["status"] = serde_json::to_value(status).unwrap_or_default();
+    }
+
+    fn admit_create(&self, registry: &Registry, pod: &mut Value) -> Result<(), ApiError> {
+        let Some(mut typed) = retyped::<Pod>(pod) else {
+            return Ok(());
+        };
+        let namespace = typed.metadata.namespace.clone().unwrap_or_default();
+        let name = pod_service_account::account_name(&typed);
+        let account: Option<ServiceAccount> = match registry.get(
+            &skiff_api::resource::SERVICE_ACCOUNTS,
+            Some(&namespace),
+            &name,
+        ) {
+            Ok((_, stored)) => retyped(&stored),
+            Err(e) if e.code == 404 => None,
+            Err(e) => return Err(e),
+        };
+        pod_service_account::admit(&mut typed, account.as_ref(), &registry.env.random_suffix())
+            .map_err(|refusal| {
+                let pod_name = typed.metadata.name.as_deref().unwrap_or_default();
+                ApiError::forbidden(format!("pods {pod_name:?} is forbidden: {refusal}"))
+            })?;
+        if let Ok(admitted) = serde_json::to_value(&typed) {
+            *pod = admitted;
+        }
+        Ok(())
     }
 
     fn delete_grace(&self, pod: &Value, requested: Option<i64>) -> i64 {

@@ -82,6 +82,12 @@ impl ProxyRouter {
         table
     }
 
+    /// The table once the first sync of Services and EndpointSlices is loaded (`None`
+    /// before: what depends on every Service, such as container environments, waits).
+    pub fn loaded(&self) -> Option<Arc<ServiceTable>> {
+        self.applied.borrow().as_ref().map(|_| self.table())
+    }
+
     /// Waits (at most `limit`) until this node routes no new connection to any of
     /// `addresses` as a ready endpoint, in process and in its loaded rules. Whether it
     /// got there is returned; the caller stops the pod either way.

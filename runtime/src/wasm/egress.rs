@@ -2,7 +2,10 @@
 //! makes goes through [`PodHooks::send_request`]. The node's [`HttpRouter`] decides where
 //! it goes (a Service name or ClusterIP becomes a ready endpoint; anything else follows
 //! the egress policy); an endpoint served by a wasm container of this node is called
-//! in-process (no socket, no TCP), any other endpoint over TCP.
+//! in-process (no socket, no TCP), any other endpoint over TCP. An `https://` request
+//! is always sent over TCP with TLS originated here (the guest cannot bring its own
+//! trust), verified against the roots the node sets: the cluster CA, so a pod reaches
+//! the API server at `https://kubernetes.default.svc`, and the node's system roots.
 //!
 //! The crate is built without wasmtime-wasi-http's `default-send-request`, so there is no
 //! built-in client a request could take instead of this one.
@@ -34,6 +37,9 @@ pub struct Egress {
     router: RwLock<Arc<dyn HttpRouter>>,
     resolver: RwLock<Arc<dyn NameResolver>>,
     local: RwLock<HashMap<SocketAddr, Weak<HttpServer>>>,
+    /// The client side of `https://` requests; `None` until roots are set (such
+    /// requests fail as a TLS configuration error).
+    tls: RwLock<Option<Arc<rustls::ClientConfig>>>,
 }
 
 impl Default for Egress {
@@ -42,6 +48,7 @@ impl Default for Egress {
             router: RwLock::new(Arc::new(DenyAllRouter)),
             resolver: RwLock::new(Arc::new(NoNames)),
             local: RwLock::new(HashMap::new()),
+            tls: RwLock::new(None),
         }
     }
 }
@@ -65,6 +72,26 @@ impl Egress {
 
     pub fn set_resolver(&self, resolver: Arc<dyn NameResolver>) {
         *write(&self.resolver) = resolver;
+    }
+
+    /// Trusts the certificates in `roots_pem` (and only those) for `https://` requests;
+    /// returns how many there are (certificates that do not parse are skipped).
+    pub fn set_https_roots(&self, roots_pem: &[u8]) -> usize {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(roots_pem).flatten() {
+            let _ = roots.add(certificate);
+        }
+        let count = roots.len();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map(|builder| builder.with_root_certificates(roots).with_no_client_auth());
+        match config {
+            Ok(config) => *write(&self.tls) = Some(Arc::new(config)),
+            Err(e) => tracing::warn!(error = %e, "no TLS client configuration for wasm pods"),
+        }
+        count
     }
 
     /// Makes `server` answer in-process for `addr` (a pod IP and port).
@@ -97,7 +124,8 @@ impl Egress {
         let uri = request.uri().clone();
         let host = uri.host().ok_or(HttpError::HttpRequestUriInvalid)?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = uri.port_u16().unwrap_or(80);
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let hops = request
             .headers()
             .get(HOPS_HEADER)
@@ -124,7 +152,20 @@ impl Egress {
                 return refuse(request, HttpError::HttpRequestDenied).await;
             }
         };
-        if let Some(server) = self.local(endpoint) {
+        let tls = if https {
+            let config = read(&self.tls)
+                .clone()
+                .ok_or(HttpError::ConfigurationError)?;
+            let name = match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => rustls::pki_types::ServerName::IpAddress(ip.into()),
+                Err(_) => rustls::pki_types::ServerName::try_from(host.to_string())
+                    .map_err(|_| HttpError::HttpRequestUriInvalid)?,
+            };
+            Some((config, name))
+        } else {
+            None
+        };
+        if let Some(server) = self.local(endpoint).filter(|_| tls.is_none()) {
             let request = request.map(|body| DrainOnDrop::new(body).boxed_unsync());
             return tokio::time::timeout(first_byte_timeout, server.handle(request))
                 .await
@@ -133,7 +174,8 @@ impl Egress {
         let connect_timeout = options
             .and_then(|o| o.connect_timeout)
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        send_over_tcp(endpoint, request, connect_timeout, first_byte_timeout).await
+        let timeouts = (connect_timeout, first_byte_timeout);
+        send_over_tcp(endpoint, tls, request, timeouts).await
     }
 }
 
@@ -148,22 +190,47 @@ async fn refuse(
     Err(error)
 }
 
-/// One request over a new TCP connection to `endpoint` (a pod of another backend, or on
-/// another node).
+/// A connection's byte stream: plain TCP or TLS over it.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// The TLS client configuration and the name the server's certificate must carry.
+type TlsTarget = (
+    Arc<rustls::ClientConfig>,
+    rustls::pki_types::ServerName<'static>,
+);
+
+/// One request over a new TCP connection to `endpoint` (a pod of another backend, on
+/// another node, or a TLS server such as the API server); `timeouts` are for the
+/// connection (TLS handshake included) and the first response byte.
 async fn send_over_tcp(
     endpoint: SocketAddr,
+    tls: Option<TlsTarget>,
     mut request: http::Request<WasiBody>,
-    connect_timeout: Duration,
-    first_byte_timeout: Duration,
+    (connect_timeout, first_byte_timeout): (Duration, Duration),
 ) -> Result<http::Response<WasiBody>, HttpError> {
-    let stream = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(endpoint))
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect(endpoint)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => HttpError::ConnectionRefused,
+                _ => HttpError::Connect(e),
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let stream: Box<dyn Stream> = match tls {
+            None => Box::new(tcp),
+            Some((config, name)) => Box::new(
+                tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(tls_error)?,
+            ),
+        };
+        Ok::<_, HttpError>(stream)
+    };
+    let stream = tokio::time::timeout(connect_timeout, connect)
         .await
-        .map_err(|_| HttpError::ConnectionTimeout)?
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => HttpError::ConnectionRefused,
-            _ => HttpError::Connect(e),
-        })?;
-    let _ = stream.set_nodelay(true);
+        .map_err(|_| HttpError::ConnectionTimeout)??;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(stream))
             .await
@@ -184,6 +251,23 @@ async fn send_over_tcp(
         .map_err(|_| HttpError::ConnectionReadTimeout)?
         .map_err(HttpError::from)?;
     Ok(response.map(|body| body.map_err(HttpError::from).boxed_unsync()))
+}
+
+/// A failed TLS handshake as the guest sees it: a certificate that does not verify, an
+/// alert from the server, or another protocol error.
+fn tls_error(error: std::io::Error) -> HttpError {
+    match error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(_)) => HttpError::TlsCertificateError,
+        Some(rustls::Error::AlertReceived(alert)) => HttpError::TlsAlertReceived {
+            alert_id: Some(u8::from(*alert)),
+            alert_message: Some(format!("{alert:?}")),
+        },
+        Some(_) => HttpError::TlsProtocolError,
+        None => HttpError::Tls(error),
+    }
 }
 
 /// The per-store hooks: who the caller is, and the node's egress.

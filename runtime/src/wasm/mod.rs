@@ -819,6 +819,12 @@ impl<S: ImageSource> RuntimeService for WasmRuntime<S> {
         self.inner.egress.set_router(router);
     }
 
+    /// Until they are set, every `https://` request fails.
+    fn set_https_roots(&self, roots_pem: &[u8]) {
+        let count = self.inner.egress.set_https_roots(roots_pem);
+        tracing::debug!(count, "trusted roots for the pods' https requests");
+    }
+
     fn local_http(&self, addr: std::net::SocketAddr) -> Option<Arc<dyn crate::LocalHttp>> {
         let server = self.inner.egress.local(addr)?;
         Some(Arc::new(serve::LocalServer(server)))
