@@ -13,11 +13,14 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Service, ServicePort,
     ServiceSpec,
 };
+use k8s_openapi::api::discovery::v1::{
+    Endpoint, EndpointConditions, EndpointPort as DiscoveryPort, EndpointSlice,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use skiff_api::resource::{ResourceInfo, ENDPOINTS, SERVICES};
+use skiff_api::resource::{ResourceInfo, ENDPOINTS, ENDPOINT_SLICES, SERVICES};
 use skiff_api::status::ApiError;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -215,6 +218,74 @@ pub fn reconciled_endpoints(existing: &Endpoints, endpoint: ApiEndpoint) -> Opti
     Some(endpoints)
 }
 
+/// The EndpointSlice of the one API server, as Kubernetes' endpoint reconciler writes it
+/// beside the Endpoints (the service proxies read slices): no managed-by label, so the
+/// EndpointSlice controller leaves it alone.
+pub fn desired_endpoint_slice(endpoint: ApiEndpoint) -> EndpointSlice {
+    let address_type = match endpoint.address {
+        IpAddr::V4(_) => "IPv4",
+        IpAddr::V6(_) => "IPv6",
+    };
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(NAME.into()),
+            namespace: Some(NAMESPACE.into()),
+            labels: labels(&[(skiff_api::endpointslice::SERVICE_NAME_LABEL, NAME)]),
+            ..Default::default()
+        },
+        address_type: address_type.into(),
+        endpoints: vec![Endpoint {
+            addresses: vec![endpoint.address.to_string()],
+            conditions: Some(EndpointConditions {
+                ready: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ports: Some(vec![DiscoveryPort {
+            name: Some(PORT_NAME.into()),
+            port: Some(i32::from(endpoint.port)),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+    }
+}
+
+/// The stored slice changed to name `endpoint`, or `None` when it already does.
+pub fn reconciled_endpoint_slice(
+    existing: &EndpointSlice,
+    endpoint: ApiEndpoint,
+) -> Option<EndpointSlice> {
+    let desired = desired_endpoint_slice(endpoint);
+    let labelled = existing
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(skiff_api::endpointslice::SERVICE_NAME_LABEL))
+        .map(String::as_str)
+        == Some(NAME);
+    if labelled
+        && existing.address_type == desired.address_type
+        && existing.endpoints == desired.endpoints
+        && existing.ports == desired.ports
+    {
+        return None;
+    }
+    let mut slice = existing.clone();
+    slice.address_type = desired.address_type;
+    slice.endpoints = desired.endpoints;
+    slice.ports = desired.ports;
+    slice
+        .metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(
+            skiff_api::endpointslice::SERVICE_NAME_LABEL.into(),
+            NAME.into(),
+        );
+    Some(slice)
+}
+
 /// What a reconcile of one object did, for the log and the tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -223,13 +294,13 @@ pub enum Outcome {
     Unchanged,
 }
 
-/// Creates the `kubernetes` Service and Endpoints if absent and brings them in line with
-/// `endpoint` if present. The Service is written first, so its cluster IP is claimed
-/// before anything names it.
+/// Creates the `kubernetes` Service, Endpoints and EndpointSlice if absent and brings
+/// them in line with `endpoint` if present. The Service is written first, so its
+/// cluster IP is claimed before anything names it.
 pub async fn ensure_kubernetes_service(
     registry: &Registry,
     endpoint: ApiEndpoint,
-) -> Result<(Outcome, Outcome), ApiError> {
+) -> Result<(Outcome, Outcome, Outcome), ApiError> {
     let cluster_ip = registry
         .ranges
         .kubernetes_service_ip()
@@ -250,7 +321,15 @@ pub async fn ensure_kubernetes_service(
         |e: &Endpoints| reconciled_endpoints(e, endpoint),
     )
     .await?;
-    Ok((service, endpoints))
+    let slice = ensure(
+        registry,
+        &ENDPOINT_SLICES,
+        (NAMESPACE, NAME),
+        &desired_endpoint_slice(endpoint),
+        |e: &EndpointSlice| reconciled_endpoint_slice(e, endpoint),
+    )
+    .await?;
+    Ok((service, endpoints, slice))
 }
 
 /// Creates the `kube-dns` Service if absent, at the range's DNS address, and restores
@@ -482,15 +561,33 @@ mod tests {
         let first = ensure_kubernetes_service(&registry, endpoint(6443))
             .await
             .unwrap();
-        assert_eq!(first, (Outcome::Created, Outcome::Created));
+        assert_eq!(
+            first,
+            (Outcome::Created, Outcome::Created, Outcome::Created)
+        );
         let again = ensure_kubernetes_service(&registry, endpoint(6443))
             .await
             .unwrap();
-        assert_eq!(again, (Outcome::Unchanged, Outcome::Unchanged));
+        assert_eq!(
+            again,
+            (Outcome::Unchanged, Outcome::Unchanged, Outcome::Unchanged)
+        );
         let moved = ensure_kubernetes_service(&registry, endpoint(7443))
             .await
             .unwrap();
-        assert_eq!(moved, (Outcome::Updated, Outcome::Updated));
+        assert_eq!(
+            moved,
+            (Outcome::Updated, Outcome::Updated, Outcome::Updated)
+        );
+        let (_, slice) = registry
+            .get(&ENDPOINT_SLICES, Some(NAMESPACE), NAME)
+            .unwrap();
+        assert_eq!(slice["endpoints"][0]["addresses"][0], "192.168.1.5");
+        assert_eq!(slice["ports"][0]["port"], 7443);
+        assert_eq!(
+            slice["metadata"]["labels"]["kubernetes.io/service-name"],
+            "kubernetes"
+        );
         let (_, service) = registry.get(&SERVICES, Some(NAMESPACE), NAME).unwrap();
         let service: Service = serde_json::from_value(service).unwrap();
         assert_eq!(

@@ -752,11 +752,20 @@ async fn a_node_credential_reaches_only_its_own_node_pods_and_secrets() -> Resul
     let pod = |name: &str, node: &str, secret: &str| {
         json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}],
+        "spec": {"nodeName": node, "serviceAccountName": "runner", "containers": [{"name": "c", "image": "x"}],
             "volumes": [{"name": "s", "secret": {"secretName": secret}}]}})
     };
     let secret = |name: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": {"k": "v"}});
+    let account = |name: &str| json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
     let setup = [
+        (
+            "/api/v1/namespaces/default/serviceaccounts",
+            account("runner"),
+        ),
+        (
+            "/api/v1/namespaces/default/serviceaccounts",
+            account("other"),
+        ),
         ("/api/v1/nodes", node("a")),
         ("/api/v1/nodes", node("b")),
         ("/api/v1/namespaces/default/secrets", secret("secret-a")),
@@ -831,6 +840,22 @@ async fn a_node_credential_reaches_only_its_own_node_pods_and_secrets() -> Resul
             "GET",
             "/apis/rbac.authorization.k8s.io/v1/clusterroles",
             None,
+        ),
+        // Tokens only of its pods' accounts, and only bound to its own pods.
+        (
+            "POST",
+            "/api/v1/namespaces/default/serviceaccounts/runner/token",
+            Some(token_request(Some("on-b"))),
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/serviceaccounts/runner/token",
+            Some(token_request(None)),
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/serviceaccounts/other/token",
+            Some(token_request(Some("on-a"))),
         ),
     ];
     for (method, path, body) in &denied {
@@ -912,8 +937,34 @@ async fn a_node_credential_reaches_only_its_own_node_pods_and_secrets() -> Resul
     }
     let secret_a = get("/api/v1/namespaces/default/secrets/secret-a").await?;
     ensure!(secret_a["data"]["k"] == "dg==", "{secret_a}");
+    let response = node_a
+        .post(format!(
+            "{server}/api/v1/namespaces/default/serviceaccounts/runner/token"
+        ))
+        .json(&token_request(Some("on-a")))
+        .send()
+        .await?;
+    let code = response.status().as_u16();
+    let answer: Value = response.json().await?;
+    ensure!(
+        code == 201
+            && answer["status"]["token"]
+                .as_str()
+                .is_some_and(|t| t.len() > 100),
+        "node a's token for its own pod: {code} {answer}"
+    );
     cluster.stop().await;
     Ok(())
+}
+
+/// A TokenRequest, bound to `pod` if given.
+fn token_request(pod: Option<&str>) -> Value {
+    let mut request = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"expirationSeconds": 3600}});
+    if let Some(pod) = pod {
+        request["spec"]["boundObjectRef"] = json!({"apiVersion": "v1", "kind": "Pod", "name": pod});
+    }
+    request
 }
 
 fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> Result<(bool, String)> {
@@ -1726,4 +1777,125 @@ async fn the_audit_log_records_who_did_what_without_bodies() -> Result<()> {
     );
     cluster.stop().await;
     Ok(())
+}
+
+/// A wasm pod's in-cluster client (reliability-security §7.4 A-2): the projected token,
+/// CA and namespace, `KUBERNETES_SERVICE_HOST`, HTTPS to the `kubernetes` Service
+/// verified against the cluster CA; 403 without a Role, the pods with one.
+#[test]
+fn an_in_cluster_client_lists_pods_only_when_a_role_allows_it() -> Result<()> {
+    crate::netns::isolated(async {
+        let dir = tempfile::tempdir()?;
+        let control = ControlProcess::start(&dir.path().join("control")).await?;
+        let _node =
+            crate::harness::NodeProcess::start(&control, "n1", &dir.path().join("n1"), "").await?;
+        let admin = control.client()?;
+        let r = &skiff_api::resource::NAMESPACES;
+        admin
+            .create(
+                r,
+                None,
+                &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apps"}}),
+            )
+            .await?;
+        let accounts = &skiff_api::resource::SERVICE_ACCOUNTS;
+        admin
+            .create(accounts, Some("apps"), &json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader"}}))
+            .await?;
+        // Every namespace gets the cluster CA to verify the API server with.
+        let ca = std::fs::read_to_string(control.data_dir.join("pki/ca.crt"))?;
+        let config_maps = &skiff_api::resource::CONFIG_MAPS;
+        crate::harness::eventually(
+            std::time::Duration::from_secs(20),
+            "kube-root-ca.crt in apps",
+            || async {
+                let map = admin
+                    .get(config_maps, Some("apps"), "kube-root-ca.crt")
+                    .await
+                    .ok()?;
+                (map["data"]["ca.crt"] == ca.as_str()).then_some(())
+            },
+        )
+        .await?;
+        let image = crate::harness::example_image("wasm32-wasip2", "in-cluster")?;
+        let pod = |name: &str, account: &str| {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                "spec": {"serviceAccountName": account, "restartPolicy": "Never",
+                    "containers": [{"name": "client", "image": image}]}})
+        };
+        let pods = &skiff_api::resource::PODS;
+        // An account that does not exist is refused at once.
+        let missing = admin
+            .create(pods, Some("apps"), &pod("nobody", "ghost"))
+            .await;
+        ensure!(
+            missing.as_ref().err().and_then(|e| e.code()) == Some(403),
+            "a pod of a missing account: {missing:?}"
+        );
+        let created = admin
+            .create(pods, Some("apps"), &pod("denied", "reader"))
+            .await?;
+        let volume = &created["spec"]["volumes"][0];
+        ensure!(
+            volume["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("kube-api-access-"))
+                && created["spec"]["containers"][0]["volumeMounts"][0]["mountPath"]
+                    == "/var/run/secrets/kubernetes.io/serviceaccount",
+            "the admitted pod: {}",
+            created["spec"]
+        );
+        let finished = |name: &'static str| {
+            let admin = admin.clone();
+            async move {
+                let phase = crate::harness::eventually(
+                    std::time::Duration::from_secs(30),
+                    &format!("pod {name} to finish"),
+                    || async {
+                        let pod = admin.get(pods, Some("apps"), name).await.ok()?;
+                        let phase = pod["status"]["phase"].as_str()?.to_string();
+                        matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+                    },
+                )
+                .await?;
+                let (_, log) = admin
+                    .get_bytes(&format!("/api/v1/namespaces/apps/pods/{name}/log"), "")
+                    .await?
+                    .context("no log")?;
+                Ok::<_, anyhow::Error>((phase, String::from_utf8_lossy(&log).into_owned()))
+            }
+        };
+        let (phase, log) = finished("denied").await?;
+        ensure!(
+            phase == "Failed"
+                && log.contains("GET /api/v1/namespaces/apps/pods: 403")
+                && log.contains("system:serviceaccount:apps:reader"),
+            "without a Role: {phase}\n{log}"
+        );
+        let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "pod-reader"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]});
+        let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "reader-reads-pods"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": "apps"}]});
+        admin
+            .create(&skiff_api::resource::ROLES, Some("apps"), &role)
+            .await?;
+        admin
+            .create(&skiff_api::resource::ROLE_BINDINGS, Some("apps"), &binding)
+            .await?;
+        admin
+            .create(pods, Some("apps"), &pod("allowed", "reader"))
+            .await?;
+        let (phase, log) = finished("allowed").await?;
+        ensure!(
+            phase == "Succeeded"
+                && log.contains("GET /api/v1/namespaces/apps/pods: 200")
+                && log.contains("pod: allowed")
+                && log.contains("pod: denied"),
+            "with a Role: {phase}\n{log}"
+        );
+        Ok(())
+    })
 }
