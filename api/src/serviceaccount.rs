@@ -59,8 +59,13 @@ pub fn account_name(pod: &Pod) -> String {
 }
 
 /// Admits `pod` as running under `account` (the stored account of [`account_name`], if
-/// it exists); `suffix` names the volume.
-pub fn admit(pod: &mut Pod, account: Option<&ServiceAccount>, suffix: &str) -> Result<(), Refusal> {
+/// it exists); `mount` names the token volume (`kube-api-access-{mount}`), `None` when
+/// the cluster issues no tokens.
+pub fn admit(
+    pod: &mut Pod,
+    account: Option<&ServiceAccount>,
+    mount: Option<&str>,
+) -> Result<(), Refusal> {
     let name = account_name(pod);
     if account.is_none() && name != DEFAULT_ACCOUNT {
         return Err(Refusal::MissingAccount {
@@ -77,9 +82,9 @@ pub fn admit(pod: &mut Pod, account: Option<&ServiceAccount>, suffix: &str) -> R
         .automount_service_account_token
         .or_else(|| account.and_then(|a| a.automount_service_account_token))
         .unwrap_or(true);
-    if !automount {
+    let Some(suffix) = mount.filter(|_| automount) else {
         return Ok(());
-    }
+    };
     let volumes = spec.volumes.get_or_insert_with(Vec::new);
     let volume_name = match volumes.iter().find(|v| is_api_access_volume(v)) {
         Some(existing) => existing.name.clone(),
@@ -197,7 +202,7 @@ mod tests {
             "initContainers": [{"name": "init", "image": "i"}],
             "containers": [{"name": "a", "image": "a"}, {"name": "b", "image": "b"}],
         }));
-        admit(&mut p, Some(&account(None)), "x2b4c").unwrap();
+        admit(&mut p, Some(&account(None)), Some("x2b4c")).unwrap();
         let spec = p.spec.as_ref().unwrap();
         assert_eq!(spec.service_account_name.as_deref(), Some("default"));
         assert_eq!(spec.service_account.as_deref(), Some("default"));
@@ -213,7 +218,7 @@ mod tests {
         let wanted = ("kube-api-access-x2b4c".to_string(), MOUNT_PATH.to_string());
         assert_eq!(mounts(&p), vec![vec![wanted.clone()]; 3]);
         // Admitting again (an update through the same path) adds nothing.
-        admit(&mut p, Some(&account(None)), "other").unwrap();
+        admit(&mut p, Some(&account(None)), Some("other")).unwrap();
         assert_eq!(p.spec.as_ref().unwrap().volumes.as_ref().unwrap().len(), 1);
         assert_eq!(mounts(&p), vec![vec![wanted]; 3]);
     }
@@ -232,7 +237,7 @@ mod tests {
                 spec["automountServiceAccountToken"] = json!(setting);
             }
             let mut p = pod(spec);
-            admit(&mut p, Some(&account(account_setting)), "abcde").unwrap();
+            admit(&mut p, Some(&account(account_setting)), Some("abcde")).unwrap();
             let has_volume = p.spec.as_ref().unwrap().volumes.iter().flatten().count() == 1;
             assert_eq!(has_volume, mounted, "{pod_setting:?} {account_setting:?}");
         }
@@ -241,7 +246,7 @@ mod tests {
             "volumes": [{"name": "mine", "emptyDir": {}}],
             "containers": [{"name": "a", "image": "a", "volumeMounts": [{"name": "mine", "mountPath": MOUNT_PATH}]}],
         }));
-        admit(&mut p, Some(&account(None)), "abcde").unwrap();
+        admit(&mut p, Some(&account(None)), Some("abcde")).unwrap();
         assert_eq!(mounts(&p), vec![vec![("mine".into(), MOUNT_PATH.into())]]);
     }
 
@@ -250,20 +255,28 @@ mod tests {
         let mut p = pod(
             json!({"serviceAccountName": "reader", "containers": [{"name": "a", "image": "a"}]}),
         );
-        let refusal = admit(&mut p, None, "abcde").unwrap_err();
+        let refusal = admit(&mut p, None, Some("abcde")).unwrap_err();
         assert_eq!(
             refusal.to_string(),
             "error looking up service account apps/reader: serviceaccount \"reader\" not found"
         );
         let mut p =
             pod(json!({"serviceAccount": "legacy", "containers": [{"name": "a", "image": "a"}]}));
-        admit(&mut p, Some(&account(None)), "abcde").unwrap();
+        admit(&mut p, Some(&account(None)), Some("abcde")).unwrap();
         assert_eq!(
             p.spec.as_ref().unwrap().service_account_name.as_deref(),
             Some("legacy")
         );
         let mut p = pod(json!({"containers": [{"name": "a", "image": "a"}]}));
-        admit(&mut p, None, "abcde").unwrap();
+        admit(&mut p, None, Some("abcde")).unwrap();
         assert_eq!(mounts(&p)[0].len(), 1);
+        // A cluster that issues no tokens mounts none.
+        let mut p = pod(json!({"containers": [{"name": "a", "image": "a"}]}));
+        admit(&mut p, None, None).unwrap();
+        assert!(mounts(&p)[0].is_empty());
+        assert_eq!(
+            p.spec.as_ref().unwrap().service_account_name.as_deref(),
+            Some("default")
+        );
     }
 }

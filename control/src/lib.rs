@@ -125,12 +125,13 @@ pub async fn run(
 ) -> Result<(), ControlError> {
     let ranges = Arc::new(config.allocation.ranges()?);
     let store = store::Store::open(&config.store_dir, config.store.clone())?;
-    let registry = registry::Registry::new(
+    let mut registry = registry::Registry::new(
         store.clone(),
         Arc::new(registry::SystemEnvironment),
         skiff_api::clock::system(),
         ranges,
     );
+    registry.service_account_tokens = matches!(config.security, ApiSecurity::Tls(_));
     registry
         .ensure_default_namespaces()
         .await

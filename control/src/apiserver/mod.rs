@@ -964,12 +964,13 @@ async fn admit_node_token_request(
             b.uid.clone().unwrap_or_default(),
         )
     });
-    state.auth.admit_node_token_request(
-        &state.registry,
-        user,
+    let account = (
         target.namespace.as_deref().unwrap_or_default(),
-        pod,
-    )?;
+        target.name.as_deref().unwrap_or_default(),
+    );
+    state
+        .auth
+        .admit_node_token_request(&state.registry, user, account, pod)?;
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 

@@ -368,13 +368,14 @@ impl Auth {
             .map_err(|why| ApiError::forbidden(format!("nodes {node:?} is forbidden: {why}")))
     }
 
-    /// NodeRestriction of a node's TokenRequest: bound to a pod (`(name, uid)`, the uid
-    /// possibly empty) that exists and runs on the node. Other users pass.
+    /// NodeRestriction of a node's TokenRequest for `account`: bound to a pod
+    /// (`(name, uid)`, the uid possibly empty) that exists, runs on the node and runs as
+    /// that account. Other users pass.
     pub fn admit_node_token_request(
         &self,
         registry: &Registry,
         user: &UserInfo,
-        namespace: &str,
+        (namespace, account): (&str, &str),
         pod: Option<(String, String)>,
     ) -> Result<(), ApiError> {
         let Some(node) = node::node_name(user) else {
@@ -403,6 +404,14 @@ impl Auth {
         if !on_node {
             return Err(forbidden(format!(
                 "requested a token bound to pod {namespace}/{name}, which runs on another node"
+            )));
+        }
+        let runs_as = stored
+            .pointer("/spec/serviceAccountName")
+            .and_then(Value::as_str);
+        if runs_as != Some(account) {
+            return Err(forbidden(format!(
+                "requested a token of {namespace}/{account} bound to pod {namespace}/{name}, which runs as another account"
             )));
         }
         if !uid.is_empty() && uid != stored_uid {

@@ -41,9 +41,6 @@ pub trait NodeGraph {
 pub enum Referenced {
     Secret,
     ConfigMap,
-    /// `spec.serviceAccountName`: a node may ask for tokens of the accounts its pods
-    /// run as.
-    ServiceAccount,
 }
 
 /// The node authorizer's answer.
@@ -104,14 +101,19 @@ pub fn authorize(
             ),
             _ => deny("cannot change secrets"),
         },
+        // Every pod mounts the namespace's CA bundle, which holds nothing secret (the CA
+        // is public, as in `kube-public/cluster-info`): no scan of the pods for it.
         ("", "configmaps") => allow_if(
-            verb == "get" && graph.node_uses(node, Referenced::ConfigMap, ns, name),
+            verb == "get"
+                && (name == skiff_api::serviceaccount::ROOT_CA_CONFIG_MAP
+                    || graph.node_uses(node, Referenced::ConfigMap, ns, name)),
             "can only read configmaps its pods use",
         ),
+        // Which pod the token is bound to (one of this node's, running as this account)
+        // is NodeRestriction's check on the request body: one pod lookup, where the
+        // graph would scan the namespace's pods on every pod start.
         ("", "serviceaccounts") => allow_if(
-            sub == "token"
-                && verb == "create"
-                && graph.node_uses(node, Referenced::ServiceAccount, ns, name),
+            sub == "token" && verb == "create",
             "can only ask for tokens of the service accounts its pods run as",
         ),
         ("", "events") | ("events.k8s.io", "events") => allow_if(
@@ -211,14 +213,11 @@ pub fn pod_references(pod: &Value, kind: Referenced, name: &str) -> bool {
     let (volume_key, key_ref, env_from_key) = match kind {
         Referenced::Secret => ("secret", "secretKeyRef", "secretRef"),
         Referenced::ConfigMap => ("configMap", "configMapKeyRef", "configMapRef"),
-        Referenced::ServiceAccount => {
-            return spec["serviceAccountName"].as_str() == Some(name);
-        }
     };
     let named = |v: &Value, field: &str| v.get(field).and_then(Value::as_str) == Some(name);
     let volume_name_field = match kind {
         Referenced::Secret => "secretName",
-        _ => "name",
+        Referenced::ConfigMap => "name",
     };
     let in_volumes = spec["volumes"].as_array().is_some_and(|volumes| {
         volumes.iter().any(|v| {
@@ -272,7 +271,7 @@ mod tests {
 
     fn graph() -> Pods {
         let pod = |node: &str, secret: &str, config: &str| {
-            json!({"spec": {"nodeName": node, "serviceAccountName": format!("sa-{node}"),
+            json!({"spec": {"nodeName": node,
                 "volumes": [{"name": "s", "secret": {"secretName": secret}}],
                 "containers": [{"name": "c", "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": config, "key": "k"}}}]}]}})
         };
@@ -358,27 +357,27 @@ mod tests {
                 None,
                 true,
             ),
-            (
-                "create",
-                "",
-                "serviceaccounts",
-                "token",
-                "ns",
-                "sa-b",
-                None,
-                false,
-            ),
-            (
-                "create",
-                "",
-                "serviceaccounts",
-                "token",
-                "other",
-                "sa-a",
-                None,
-                false,
-            ),
             ("get", "", "serviceaccounts", "", "ns", "sa-a", None, false),
+            (
+                "get",
+                "",
+                "configmaps",
+                "",
+                "other",
+                "kube-root-ca.crt",
+                None,
+                true,
+            ),
+            (
+                "update",
+                "",
+                "configmaps",
+                "",
+                "ns",
+                "kube-root-ca.crt",
+                None,
+                false,
+            ),
             ("create", "", "events", "", "ns", "", None, true),
             ("delete", "", "events", "", "ns", "e", None, false),
             (

@@ -147,6 +147,9 @@ pub struct Registry {
     pub clock: SharedClock,
     /// The ranges cluster IPs, node ports and pod CIDRs are allocated from.
     pub ranges: Arc<Ranges>,
+    /// Whether pods get service-account tokens mounted (the cluster signs them: a
+    /// secure API server). Off, pods still run as an account but mount nothing.
+    pub service_account_tokens: bool,
 }
 
 impl std::fmt::Debug for Registry {
@@ -321,6 +324,7 @@ impl Registry {
             env,
             clock,
             ranges,
+            service_account_tokens: false,
         }
     }
 

@@ -45,11 +45,15 @@ impl Strategy for PodStrategy {
             Err(e) if e.code == 404 => None,
             Err(e) => return Err(e),
         };
-        pod_service_account::admit(&mut typed, account.as_ref(), &registry.env.random_suffix())
-            .map_err(|refusal| {
+        let mount = registry
+            .service_account_tokens
+            .then(|| registry.env.random_suffix());
+        pod_service_account::admit(&mut typed, account.as_ref(), mount.as_deref()).map_err(
+            |refusal| {
                 let pod_name = typed.metadata.name.as_deref().unwrap_or_default();
                 ApiError::forbidden(format!("pods {pod_name:?} is forbidden: {refusal}"))
-            })?;
+            },
+        )?;
         if let Ok(admitted) = serde_json::to_value(&typed) {
             *pod = admitted;
         }
