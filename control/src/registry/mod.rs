@@ -973,20 +973,45 @@ impl Registry {
     }
 
     /// Makes sure the namespaces every cluster starts with exist.
+    /// The default namespaces, each with its `default` ServiceAccount already (the
+    /// service-account controller makes those of later namespaces), so pods created
+    /// right after the first start find their account.
     pub async fn ensure_default_namespaces(&self) -> Result<(), ApiError> {
         let ns = &skiff_api::resource::NAMESPACES;
+        let accounts = &skiff_api::resource::SERVICE_ACCOUNTS;
         for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-            if self.store.get(&object_key(ns, None, name)).is_none() {
-                let body =
-                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-                match self.create(ns, None, body, &WriteOptions::default()).await {
-                    Ok(_) => {}
-                    Err(e) if e.reason == "AlreadyExists" => {}
-                    Err(e) => return Err(e),
-                }
-            }
+            let namespace =
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            self.create_if_absent(ns, None, namespace).await?;
+            let account = json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": skiff_api::serviceaccount::DEFAULT_ACCOUNT, "namespace": name}});
+            self.create_if_absent(accounts, Some(name), account).await?;
         }
         Ok(())
+    }
+
+    async fn create_if_absent(
+        &self,
+        resource: &ResourceInfo,
+        namespace: Option<&str>,
+        object: Value,
+    ) -> Result<(), ApiError> {
+        let name = meta_str(&object, "name").unwrap_or_default().to_string();
+        if self
+            .store
+            .get(&object_key(resource, namespace, &name))
+            .is_some()
+        {
+            return Ok(());
+        }
+        match self
+            .create(resource, namespace, object, &WriteOptions::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.reason == "AlreadyExists" => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 
