@@ -3,9 +3,9 @@
 //! start-up when absent and never overwritten, so an administrator's changes to them
 //! (another default class, say) survive restarts.
 
-use crate::registry::{Registry, WriteOptions};
-use serde_json::{json, Value};
-use skiff_api::{ApiError, ResourceInfo};
+use crate::registry::Registry;
+use serde_json::json;
+use skiff_api::ApiError;
 
 /// The RuntimeClass pods without `runtimeClassName` behave as, and its handler.
 pub const DEFAULT_RUNTIME_CLASS: &str = "wasm";
@@ -21,7 +21,9 @@ pub async fn ensure_default_ingress_class(registry: &Registry) -> Result<(), Api
         "metadata": {"name": SKIFF_CLASS, "annotations": {DEFAULT_CLASS_ANNOTATION: "true"}},
         "spec": {"controller": SKIFF_CONTROLLER},
     });
-    create_if_absent(registry, &skiff_api::resource::INGRESS_CLASSES, body).await
+    registry
+        .create_if_absent(&skiff_api::resource::INGRESS_CLASSES, None, body)
+        .await
 }
 
 /// Creates the default RuntimeClass unless one of that name exists.
@@ -32,30 +34,17 @@ pub async fn ensure_default_runtime_class(registry: &Registry) -> Result<(), Api
         "metadata": {"name": DEFAULT_RUNTIME_CLASS},
         "handler": DEFAULT_RUNTIME_HANDLER,
     });
-    create_if_absent(registry, &skiff_api::resource::RUNTIME_CLASSES, body).await
-}
-
-/// Creates the cluster-scoped `body` unless an object of its name exists.
-async fn create_if_absent(
-    registry: &Registry,
-    resource: &ResourceInfo,
-    body: Value,
-) -> Result<(), ApiError> {
-    match registry
-        .create(resource, None, body, &WriteOptions::default())
+    registry
+        .create_if_absent(&skiff_api::resource::RUNTIME_CLASSES, None, body)
         .await
-    {
-        Ok(_) => Ok(()),
-        // Present already (maybe edited): leave it as it is.
-        Err(e) if e.reason == "AlreadyExists" => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::allocator::AllocationConfig;
+    use crate::registry::WriteOptions;
+    use serde_json::Value;
     use skiff_api::resource::{INGRESSES, INGRESS_CLASSES};
 
     fn ingress(name: &str, class: Option<&str>) -> Value {

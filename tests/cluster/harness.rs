@@ -410,6 +410,13 @@ impl NodeProcess {
         Ok(process)
     }
 
+    /// A `skiff control` in `dir/control` with one joined node `n1` in `dir/n1`.
+    pub async fn cluster_in(dir: &Path) -> Result<(ControlProcess, NodeProcess)> {
+        let control = ControlProcess::start(&dir.join("control")).await?;
+        let node = NodeProcess::start(&control, "n1", &dir.join("n1"), "").await?;
+        Ok((control, node))
+    }
+
     /// `kill -9` of the agent.
     pub fn kill_hard(&mut self) -> Result<()> {
         self.child.kill()?;

@@ -146,9 +146,8 @@ fn write_manifest(dir: &Path, name: &str, text: &str) -> Result<String> {
 fn kubectl_applies_lists_refuses_and_describes_ingresses() -> Result<()> {
     isolated(async {
         let dir = tempfile::tempdir()?;
-        let control = ControlProcess::start(&dir.path().join("control")).await?;
         // The node's InternalIP is its --address, 127.0.0.1 by default.
-        let _node = NodeProcess::start(&control, "n1", &dir.path().join("n1"), "").await?;
+        let (control, _node) = NodeProcess::cluster_in(dir.path()).await?;
         let kubectl = Kubectl {
             kubeconfig: dir.path().join("control").join("kubeconfig"),
             cache: tempfile::tempdir()?,

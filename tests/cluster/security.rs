@@ -1407,9 +1407,7 @@ async fn every_namespace_gets_a_default_service_account_back_when_deleted() -> R
 fn a_node_endpoint_serves_only_the_api_server() -> Result<()> {
     crate::netns::isolated(async {
         let dir = tempfile::tempdir()?;
-        let control = ControlProcess::start(&dir.path().join("control")).await?;
-        let _node =
-            crate::harness::NodeProcess::start(&control, "n1", &dir.path().join("n1"), "").await?;
+        let (control, _node) = crate::harness::NodeProcess::cluster_in(dir.path()).await?;
         let admin = control.client()?;
         let node = admin.get(&skiff_api::resource::NODES, None, "n1").await?;
         let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
@@ -1786,9 +1784,7 @@ async fn the_audit_log_records_who_did_what_without_bodies() -> Result<()> {
 fn an_in_cluster_client_lists_pods_only_when_a_role_allows_it() -> Result<()> {
     crate::netns::isolated(async {
         let dir = tempfile::tempdir()?;
-        let control = ControlProcess::start(&dir.path().join("control")).await?;
-        let _node =
-            crate::harness::NodeProcess::start(&control, "n1", &dir.path().join("n1"), "").await?;
+        let (control, _node) = crate::harness::NodeProcess::cluster_in(dir.path()).await?;
         let admin = control.client()?;
         let r = &skiff_api::resource::NAMESPACES;
         admin

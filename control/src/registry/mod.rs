@@ -990,7 +990,9 @@ impl Registry {
         Ok(())
     }
 
-    async fn create_if_absent(
+    /// Creates `object` unless one of its name exists (maybe edited: it is left as it
+    /// is).
+    pub async fn create_if_absent(
         &self,
         resource: &ResourceInfo,
         namespace: Option<&str>,
