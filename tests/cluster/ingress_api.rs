@@ -5,7 +5,7 @@
 //! No traffic flows, but the node agent routes its pod range, so the cluster runs in a
 //! network namespace of its own.
 
-use crate::harness::{eventually, ControlProcess, NodeProcess};
+use crate::harness::{eventually, NodeProcess};
 use crate::netns::isolated;
 use anyhow::{ensure, Result};
 use std::path::{Path, PathBuf};
@@ -147,7 +147,7 @@ fn kubectl_applies_lists_refuses_and_describes_ingresses() -> Result<()> {
     isolated(async {
         let dir = tempfile::tempdir()?;
         // The node's InternalIP is its --address, 127.0.0.1 by default.
-        let (control, _node) = NodeProcess::cluster_in(dir.path()).await?;
+        let (_control, _node) = NodeProcess::cluster_in(dir.path()).await?;
         let kubectl = Kubectl {
             kubeconfig: dir.path().join("control").join("kubeconfig"),
             cache: tempfile::tempdir()?,
