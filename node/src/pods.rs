@@ -32,6 +32,9 @@ pub use crate::plan::{crash_backoff, restarts, BACKOFF_RESET, INITIAL_BACKOFF, M
 const MAX_PLAN_ROUNDS: usize = 5;
 /// How soon a failed token renewal is tried again.
 const TOKEN_RETRY: Duration = Duration::from_secs(10);
+/// How long a container start waits for the node's first read of the Services (its
+/// environment lists them) before it fails as kubelet's does and is retried.
+const SERVICES_FIRST_READ: Duration = Duration::from_secs(10);
 
 /// What a pod's token projection asks for: its account, audience and lifetime, bound
 /// to the pod.
@@ -702,7 +705,7 @@ impl PodSyncer {
             }
         };
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-        let mut env = match self.service_env(pod) {
+        let mut env = match self.service_env(pod).await {
             Ok(env) => env,
             Err(message) => {
                 failed(&message);
@@ -1078,12 +1081,13 @@ impl PodSyncer {
 
     /// The Service variables of `pod`'s containers (see [`crate::service_env`]); an
     /// error until the node has read the Services once, as kubelet's.
-    fn service_env(&self, pod: &core::Pod) -> Result<Vec<(String, String)>, String> {
+    async fn service_env(&self, pod: &core::Pod) -> Result<Vec<(String, String)>, String> {
         let Some(router) = &self.router else {
             return Ok(Vec::new());
         };
         let table = router
-            .loaded()
+            .wait_loaded(SERVICES_FIRST_READ)
+            .await
             .ok_or("services have not yet been read at least once, cannot construct envvars")?;
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let links = pod

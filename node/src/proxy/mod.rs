@@ -88,6 +88,16 @@ impl ProxyRouter {
         self.applied.borrow().as_ref().map(|_| self.table())
     }
 
+    /// [`Self::loaded`], waiting at most `limit` for the first sync: a pod the agent
+    /// starts right after it starts (its own restart, say) gets its environment as soon
+    /// as the Services are read rather than a start failure and its back-off.
+    pub async fn wait_loaded(&self, limit: Duration) -> Option<Arc<ServiceTable>> {
+        let mut applied = self.applied.subscribe();
+        let first = applied.wait_for(Option::is_some);
+        let read = matches!(tokio::time::timeout(limit, first).await, Ok(Ok(_)));
+        read.then(|| self.table())
+    }
+
     /// Waits (at most `limit`) until this node routes no new connection to any of
     /// `addresses` as a ready endpoint, in process and in its loaded rules. Whether it
     /// got there is returned; the caller stops the pod either way.
@@ -192,5 +202,33 @@ pub async fn run(
     }
     if let Err(e) = routes.remove_all() {
         tracing::warn!(error = %e, "removing the service CIDR route failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_for_the_first_read_ends_when_it_is_loaded_or_at_its_limit() {
+        let router = Arc::new(ProxyRouter::default());
+        assert!(router.loaded().is_none());
+        assert!(router.wait_loaded(Duration::from_secs(10)).await.is_none());
+
+        let waiter = {
+            let router = router.clone();
+            tokio::spawn(async move { router.wait_loaded(Duration::from_secs(10)).await })
+        };
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let table = router.replace(ServiceTable::default());
+        router.applied.send_replace(Some(table));
+        let started = tokio::time::Instant::now();
+        let loaded = waiter.await.expect("the waiter runs");
+        assert!(loaded.is_some(), "the waiter sees the first read");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "it does not wait out its limit"
+        );
+        assert!(router.loaded().is_some());
     }
 }
